@@ -1,0 +1,49 @@
+# mlcycle: `make run` and `make test` work on a fresh clone; both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install run repro test test-fast lint format mlflow-ui prefect-ui clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(INSTALLED) ## create .venv and install mlcycle with its pinned dependencies
+
+run: install ## run the training pipeline (Prefect flow over the DVC stages) on the default data
+	$(BIN)/mlcycle run
+
+repro: install ## run the same stages with plain DVC
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: install ## run the whole test suite (unit, data, model, integration)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install ## skip the slow tests (real services, full pipeline runs)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install ## check formatting and lint rules
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: install ## apply formatting and safe lint fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+mlflow-ui: install ## browse runs and models at http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
+
+prefect-ui: install ## start a Prefect server with its UI at http://127.0.0.1:4200
+	$(BIN)/prefect server start
+
+clean: ## remove pipeline outputs and local tracking stores (keeps .venv and the DVC cache)
+	rm -rf data/raw data/processed artifacts reports mlflow.db mlartifacts

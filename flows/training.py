@@ -1,0 +1,41 @@
+"""The training pipeline flow: the DVC stages in order, then the pipeline run's bookkeeping.
+
+Wiring only; every step is a task from ``tasks/``. Run it with ``mlcycle run`` or
+``python -m flows.training``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow
+
+from tasks.config import Params
+from tasks.pipeline import (
+    PipelineSummary,
+    apply_params_task,
+    finish_pipeline_run_task,
+    push_data_task,
+    reproduce_stage_task,
+    start_pipeline_run_task,
+)
+
+# The stages of dvc.yaml, in order. The validation stage (next to come) goes between
+# collect and preprocess, here and in dvc.yaml.
+DATA_STAGES = ("collect", "preprocess", "train", "evaluate")
+
+
+@flow(name="training-pipeline", description="Collect, preprocess, train and evaluate a model.")
+def training_pipeline(params: Params | None = None) -> PipelineSummary:
+    """``params``: the whole of params.yaml; left empty, the file is used as it is."""
+    params = apply_params_task(params)
+    run_id = start_pipeline_run_task(params)
+    stages = [reproduce_stage_task(stage, run_id) for stage in DATA_STAGES]
+    push_data_task()
+    return finish_pipeline_run_task(run_id, params, stages)
+
+
+if __name__ == "__main__":
+    from flows.cli import main
+
+    sys.exit(main(["run", *sys.argv[1:]]))

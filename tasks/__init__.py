@@ -1,0 +1,13 @@
+"""One module per pipeline stage: typed pure functions, thin Prefect tasks, ``python -m`` mains."""
+
+import os
+
+# This project's machines have no network beyond package registries: keep the tools' telemetry
+# from filling the logs with connection errors. A user's own setting wins.
+for _name, _value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+}.items():
+    os.environ.setdefault(_name, _value)

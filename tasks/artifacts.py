@@ -1,0 +1,146 @@
+"""Atomic writes and the on-disk formats the stages hand to each other.
+
+Every output is written beside its final place and renamed over it, so a crash or an error
+leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.config import MlcycleError
+
+SPLITS = ("train", "val", "test")
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; swap it in for ``path`` on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise MlcycleError(f"{path}: not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise MlcycleError(f"{path}: not valid JSON ({error})") from None
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Images (N, H, W, C) uint8 with int64 labels indexing ``class_names``."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}"
+            )
+        if self.labels.shape != (len(self.images),):
+            raise ValueError(
+                f"{len(self.images)} images but labels have shape {self.labels.shape}"
+            )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        height, width, channels = self.images.shape[1:]
+        return int(height), int(width), int(channels)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return {name: int(count) for name, count in zip(self.class_names, counts, strict=True)}
+
+
+def write_raw_dataset(dataset: ImageDataset, out_dir: Path, source: str) -> dict[str, Any]:
+    """Write ``images.npy``, ``labels.npy`` and ``meta.json`` as one atomic folder."""
+    meta = {
+        "source": source,
+        "num_samples": len(dataset.labels),
+        "image_shape": list(dataset.image_shape),
+        "dtype": str(dataset.images.dtype),
+        "class_names": list(dataset.class_names),
+        "class_counts": dataset.class_counts(),
+    }
+    with atomic_directory(out_dir) as tmp:
+        np.save(tmp / "images.npy", dataset.images)
+        np.save(tmp / "labels.npy", dataset.labels)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def read_raw_dataset(raw_dir: Path, mmap: bool = False) -> ImageDataset:
+    """Read ``data/raw``; ``mmap`` maps the images instead of loading them into memory."""
+    for name in ("images.npy", "labels.npy", "meta.json"):
+        if not (raw_dir / name).is_file():
+            raise MlcycleError(f"{raw_dir / name}: not found; run the collect stage first")
+    meta = read_json(raw_dir / "meta.json")
+    images = np.load(raw_dir / "images.npy", mmap_mode="r" if mmap else None)
+    labels = np.load(raw_dir / "labels.npy")
+    return ImageDataset(images, labels, tuple(meta["class_names"]))
+
+
+def write_splits(splits: Mapping[str, tuple[ImageDataset, np.ndarray]], out_dir: Path,
+                 info: Mapping[str, Any]) -> None:
+    """Write ``<split>.npz`` (images, labels, raw row indices) and ``preprocess.json``."""
+    with atomic_directory(out_dir) as tmp:
+        for name, (dataset, indices) in splits.items():
+            np.savez(tmp / f"{name}.npz", images=dataset.images, labels=dataset.labels,
+                     indices=indices)
+        (tmp / "preprocess.json").write_text(json.dumps(dict(info), indent=2) + "\n")
+
+
+def read_split(processed_dir: Path, split: str) -> tuple[ImageDataset, dict[str, Any]]:
+    """One split of ``data/processed`` with the preprocessing info (stats, classes, shape)."""
+    path = processed_dir / f"{split}.npz"
+    if not path.is_file():
+        raise MlcycleError(f"{path}: not found; run the preprocess stage first")
+    info = read_json(processed_dir / "preprocess.json")
+    with np.load(path) as arrays:
+        dataset = ImageDataset(arrays["images"], arrays["labels"], tuple(info["class_names"]))
+    return dataset, info

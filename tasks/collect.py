@@ -1,0 +1,313 @@
+"""collect: bring a dataset from its source into the canonical ``data/raw`` format.
+
+Sources: ``sklearn-digits`` (embedded, the default), ``torchvision:<Name>`` (MNIST,
+FashionMNIST, KMNIST, CIFAR10 ... from ``collect.root``), ``folder:<path>`` (one sub-folder of
+images per class) and ``npz:<path>`` (arrays ``images`` and ``labels``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+
+from tasks.artifacts import ImageDataset, write_raw_dataset
+from tasks.config import (
+    RAW_DIR,
+    CollectParams,
+    MlcycleError,
+    load_params,
+    retry_unless_user_error,
+    stage_main,
+)
+
+log = logging.getLogger("mlcycle.collect")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class DataSourceError(MlcycleError):
+    """A source is missing, unreadable or not in the shape the canonical format needs."""
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    raw_dir: Path
+    num_samples: int
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+
+
+def run_collect(params: CollectParams, raw_dir: Path = RAW_DIR) -> CollectResult:
+    """Load ``params.source`` and write it to ``raw_dir`` (images, labels, meta.json)."""
+    dataset = load_source(params)
+    write_raw_dataset(dataset, raw_dir, source=params.source)
+    height, width, channels = dataset.image_shape
+    log.info(
+        "collect: %d images of %dx%dx%d in %d classes from %s -> %s",
+        len(dataset.labels), height, width, channels, len(dataset.class_names),
+        params.source, raw_dir,
+    )
+    return CollectResult(raw_dir, len(dataset.labels), dataset.image_shape, dataset.class_names)
+
+
+def load_source(params: CollectParams) -> ImageDataset:
+    kind, _, argument = params.source.partition(":")
+    if kind == "sklearn-digits":
+        dataset = load_sklearn_digits()
+    elif kind == "torchvision":
+        dataset = load_torchvision(argument, Path(params.root), params.download)
+    elif kind == "folder":
+        dataset = load_image_folder(Path(argument))
+    elif kind == "npz":
+        dataset = load_npz(Path(argument))
+    else:  # params validation already rejects these; kept for callers that bypass it
+        raise DataSourceError(f"collect.source: unknown source {params.source!r}")
+    if len(dataset.class_names) < 2:
+        raise DataSourceError(
+            f"{params.source}: found {len(dataset.class_names)} class; a classifier needs at least 2"
+        )
+    return dataset
+
+
+def load_sklearn_digits() -> ImageDataset:
+    """scikit-learn's 1,797 8x8 digits, rescaled from 0..16 to the canonical 0..255."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., np.newaxis]
+    return ImageDataset(
+        images, digits.target.astype(np.int64), tuple(str(name) for name in digits.target_names)
+    )
+
+
+def load_torchvision(name: str, root: Path, download: bool) -> ImageDataset:
+    """Train and test parts of a torchvision dataset, concatenated; we split it ourselves."""
+    import torchvision.datasets
+
+    dataset_class = getattr(torchvision.datasets, name, None)
+    if not (inspect.isclass(dataset_class)
+            and issubclass(dataset_class, torchvision.datasets.VisionDataset)):
+        raise DataSourceError(
+            f"torchvision:{name}: torchvision has no dataset {name!r} "
+            "(expected a class such as MNIST, FashionMNIST, KMNIST or CIFAR10)"
+        )
+    parameters = inspect.signature(dataset_class).parameters
+    if "train" in parameters:
+        parts = [{"train": True}, {"train": False}]
+    elif "split" in parameters:
+        parts = [{"split": "train"}, {"split": "test"}]
+    else:
+        raise DataSourceError(
+            f"torchvision:{name}: unsupported, it takes neither train= nor split= arguments"
+        )
+    images, labels, class_names = [], [], None
+    for part in parts:
+        try:
+            loaded = dataset_class(root=str(root), download=download, **part)
+        except Exception as error:  # torchvision raises RuntimeError, URLError, OSError ...
+            wanted = ", ".join(str(path) for path in expected_torchvision_files(dataset_class, root))
+            hint = (
+                "the download failed (is there network access?)"
+                if download
+                else "set collect.download=true to fetch them, or copy them there"
+            )
+            raise DataSourceError(
+                f"torchvision:{name}: dataset files not found or unreadable under {root} "
+                f"(looked for {wanted}); {hint} [{type(error).__name__}: {error}]"
+            ) from None
+        part_images, part_labels = _torchvision_arrays(loaded)
+        images.append(part_images)
+        labels.append(part_labels)
+        class_names = class_names or _torchvision_classes(loaded, part_labels)
+    all_labels = np.concatenate(labels)
+    if class_names is None or len(class_names) <= int(all_labels.max()):
+        class_names = tuple(str(label) for label in range(int(all_labels.max()) + 1))
+    return ImageDataset(np.concatenate(images), all_labels, tuple(class_names))
+
+
+def expected_torchvision_files(dataset_class: type, root: Path) -> list[Path]:
+    """Where a torchvision dataset looks for its files, for error messages."""
+    resources = getattr(dataset_class, "resources", None)
+    if resources:  # MNIST, FashionMNIST, KMNIST, QMNIST ...: <root>/<Class>/raw/<file>
+        raw_folder = root / dataset_class.__name__ / "raw"
+        return [raw_folder / Path(entry[0]).name.removesuffix(".gz") for entry in resources]
+    base_folder = getattr(dataset_class, "base_folder", None)
+    if base_folder:  # CIFAR10, CIFAR100: <root>/<base_folder>/<batch files>
+        listed = [*getattr(dataset_class, "train_list", []), *getattr(dataset_class, "test_list", [])]
+        return [root / base_folder / entry[0] for entry in listed] or [root / base_folder]
+    return [root / dataset_class.__name__]
+
+
+def _torchvision_arrays(dataset: object) -> tuple[np.ndarray, np.ndarray]:
+    data = getattr(dataset, "data", None)
+    targets = getattr(dataset, "targets", None)
+    if data is not None and targets is not None:
+        images = np.asarray(data)
+        labels = np.asarray(targets, dtype=np.int64)
+    else:  # datasets without in-memory arrays: decode sample by sample
+        samples = [dataset[index] for index in range(len(dataset))]  # type: ignore[arg-type]
+        images = np.stack([np.asarray(image) for image, _ in samples])
+        labels = np.asarray([label for _, label in samples], dtype=np.int64)
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+        images = images.transpose(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C), as SVHN stores
+    return _as_uint8(images, "torchvision data"), labels
+
+
+def _torchvision_classes(dataset: object, labels: np.ndarray) -> tuple[str, ...] | None:
+    classes = getattr(dataset, "classes", None)
+    return tuple(str(name) for name in classes) if classes else None
+
+
+def load_image_folder(root: Path) -> ImageDataset:
+    """``root/<class name>/<image files>``; hidden files (``.DS_Store``) are ignored."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not root.is_dir():
+        raise DataSourceError(f"folder:{root}: folder not found")
+    entries = sorted(path for path in root.iterdir() if not path.name.startswith("."))
+    stray = [path for path in entries if not path.is_dir()]
+    if stray:
+        raise DataSourceError(
+            f"folder:{root}: {stray[0]} is a file; expected only one sub-folder per class"
+        )
+    if not entries:
+        raise DataSourceError(f"folder:{root}: no class sub-folders found")
+    images, labels = [], []
+    first: tuple[Path, tuple[int, ...]] | None = None
+    for label, class_dir in enumerate(entries):
+        files = sorted(path for path in class_dir.iterdir() if not path.name.startswith("."))
+        if not files:
+            raise DataSourceError(f"folder:{root}: class folder {class_dir} holds no images")
+        for path in files:
+            if path.is_dir() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataSourceError(
+                    f"{path}: not an image file (expected {' '.join(IMAGE_SUFFIXES)})"
+                )
+            try:
+                with Image.open(path) as image:
+                    pixels = _pixels_from_image(image, path)
+            except (UnidentifiedImageError, OSError) as error:
+                raise DataSourceError(f"{path}: cannot decode image ({error})") from None
+            if first is None:
+                first = (path, pixels.shape)
+            elif pixels.shape != first[1]:
+                raise DataSourceError(
+                    f"{path}: image is {_shape_text(pixels.shape)} but {first[0]} is "
+                    f"{_shape_text(first[1])}; all images must share one shape"
+                )
+            images.append(pixels)
+            labels.append(label)
+    return ImageDataset(
+        np.stack(images), np.asarray(labels, dtype=np.int64), tuple(d.name for d in entries)
+    )
+
+
+def _pixels_from_image(image: object, path: Path) -> np.ndarray:
+    mode = image.mode  # type: ignore[attr-defined]
+    if mode in ("1", "L", "LA"):
+        image = image.convert("L")  # type: ignore[attr-defined]
+    elif mode in ("P", "RGBA", "CMYK", "YCbCr", "RGB"):
+        image = image.convert("RGB")  # type: ignore[attr-defined]
+    else:
+        raise DataSourceError(f"{path}: unsupported pixel mode {mode} (expected 8-bit L or RGB)")
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(size) for size in shape)
+
+
+def load_npz(path: Path) -> ImageDataset:
+    """Arrays ``images`` (N, H, W) or (N, H, W, C) and ``labels`` (N,); optional ``class_names``."""
+    if not path.is_file():
+        raise DataSourceError(f"npz:{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            found = sorted(arrays.files)
+            missing = [key for key in ("images", "labels") if key not in found]
+            if missing:
+                raise DataSourceError(
+                    f"{path}: missing array {' and '.join(repr(k) for k in missing)} "
+                    f"(expected 'images' and 'labels'; found {', '.join(found) or 'none'})"
+                )
+            images, labels = arrays["images"], arrays["labels"]
+            names = arrays["class_names"] if "class_names" in found else None
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+        raise DataSourceError(f"{path}: not a readable .npz file ({error})") from None
+    if images.ndim == 3:
+        images = images[..., np.newaxis]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise DataSourceError(
+            f"{path}: 'images' has shape {images.shape}; expected (N, H, W) or (N, H, W, C) "
+            "with C 1 or 3"
+        )
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataSourceError(
+            f"{path}: 'images' holds {len(images)} samples but 'labels' has shape {labels.shape}; "
+            "expected one label per image"
+        )
+    if len(images) == 0:
+        raise DataSourceError(f"{path}: 'images' is empty")
+    label_ids, class_names = _encode_labels(labels, names, path)
+    return ImageDataset(_as_uint8(images, f"{path}: 'images'"), label_ids, class_names)
+
+
+def _encode_labels(
+    labels: np.ndarray, names: np.ndarray | None, path: Path
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    if names is not None:
+        if labels.dtype.kind not in "iu":
+            raise DataSourceError(
+                f"{path}: 'labels' must be integers indexing 'class_names', got {labels.dtype}"
+            )
+        bad = labels[(labels < 0) | (labels >= len(names))]
+        if bad.size:
+            raise DataSourceError(
+                f"{path}: label {bad[0]} is outside 'class_names' (0..{len(names) - 1})"
+            )
+        return labels.astype(np.int64), tuple(str(name) for name in names)
+    if labels.dtype.kind not in "iuUSb":
+        raise DataSourceError(
+            f"{path}: 'labels' has dtype {labels.dtype}; expected integers or strings"
+        )
+    classes, label_ids = np.unique(labels, return_inverse=True)
+    return label_ids.astype(np.int64), tuple(str(value) for value in classes)
+
+
+def _as_uint8(images: np.ndarray, what: str) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.kind in "iu":
+        low, high = int(images.min()), int(images.max())
+        if low < 0 or high > 255:
+            raise DataSourceError(
+                f"{what}: integer pixels range {low}..{high}; expected 0..255"
+            )
+        return images.astype(np.uint8)
+    raise DataSourceError(
+        f"{what}: pixels are {images.dtype}; expected uint8 (or integers in 0..255). "
+        "Scale float images to 0..255 and cast them to uint8 first"
+    )
+
+
+collect_task = task(
+    name="collect", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error
+)(run_collect)
+
+
+def main() -> None:
+    params = load_params()
+    run_collect(params.collect)
+
+
+if __name__ == "__main__":
+    stage_main(main)

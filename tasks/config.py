@@ -1,0 +1,248 @@
+"""Typed, frozen parameters loaded once from ``params.yaml``, and the fixed layout on disk.
+
+Every stage reads its section through :func:`load_params`; nothing else parses the YAML.
+Unknown keys and wrong types fail with a message naming the dotted key at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from models import MODEL_NAMES
+
+
+class MlcycleError(Exception):
+    """A problem the user can fix (bad input, bad config, missing data): reported in one line."""
+
+
+class ConfigError(MlcycleError):
+    """``params.yaml`` or an override is invalid."""
+
+
+PARAMS_FILE = Path("params.yaml")
+
+# The layout every stage agrees on; paths are relative to the repository root, where DVC runs.
+RAW_DIR = Path("data/raw")
+PROCESSED_DIR = Path("data/processed")
+ARTIFACTS_DIR = Path("artifacts")
+MODEL_FILE = ARTIFACTS_DIR / "model.pt"
+CHECKPOINT_DIR = ARTIFACTS_DIR / "checkpoints"
+REPORTS_DIR = Path("reports")
+
+# A tuple field accepts a YAML/JSON list; the rest of each model stays strict (no "3" for 3).
+IntTuple = Annotated[tuple[int, ...], Field(strict=False, min_length=1)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+SOURCE_PATTERN = re.compile(r"^(sklearn-digits|torchvision:[A-Za-z0-9_]+|folder:.+|npz:.+)$")
+
+
+class CollectParams(_Section):
+    source: str = Field(
+        description="sklearn-digits | torchvision:<Name> | folder:<path> | npz:<path>"
+    )
+    root: str = Field(description="Folder holding (or receiving) torchvision datasets.")
+    download: bool = Field(description="Let torchvision download missing files.")
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        if not SOURCE_PATTERN.match(value):
+            raise ValueError(
+                f"unknown source {value!r}; expected sklearn-digits, torchvision:<Name>, "
+                "folder:<path> or npz:<path>"
+            )
+        return value
+
+
+class PreprocessParams(_Section):
+    seed: int
+    val_fraction: float = Field(gt=0, lt=1)
+    test_fraction: float = Field(gt=0, lt=1)
+    image_size: int | None = Field(ge=1, description="Resize to a square of this side; null keeps.")
+    channels: Literal[1, 3] | None = Field(description="Convert to 1 or 3 channels; null keeps.")
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> PreprocessParams:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction + test_fraction is {self.val_fraction + self.test_fraction:g}; "
+                "expected below 1 so that a train split remains"
+            )
+        return self
+
+
+class MLPParams(_Section):
+    hidden_sizes: IntTuple
+    dropout: float = Field(ge=0, lt=1)
+
+
+class CNNParams(_Section):
+    channels: IntTuple
+    hidden_size: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+
+
+class TrainParams(_Section):
+    model: str
+    optimizer: Literal["adam", "adamw", "sgd"]
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    momentum: float = Field(ge=0, lt=1, description="Used by sgd only.")
+    batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1)
+    seed: int
+    early_stopping_patience: int | None = Field(
+        ge=1, description="Stop after this many epochs without a better validation loss."
+    )
+    device: str = Field(description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    resume: bool = Field(description="Continue from artifacts/checkpoints/last.pt if present.")
+    mlp: MLPParams
+    cnn: CNNParams
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODEL_NAMES:
+            raise ValueError(f"unknown model {value!r}; expected one of {', '.join(MODEL_NAMES)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"unknown device {value!r}; expected auto, cpu, cuda or cuda:N")
+        return value
+
+    def model_options(self) -> dict[str, Any]:
+        """The chosen model's own options, as keyword arguments for its builder."""
+        return dict(getattr(self, self.model).model_dump())
+
+
+class EvaluateParams(_Section):
+    baseline: Literal["logistic_regression", "none"]
+    baseline_max_iter: int = Field(ge=1)
+    baseline_max_train_samples: int = Field(
+        ge=1, description="Fit the baseline on at most this many train images (seeded sample)."
+    )
+
+
+class Params(_Section):
+    collect: CollectParams
+    preprocess: PreprocessParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values, e.g. ``{"train.lr": 0.001}``: what MLflow logs as params."""
+        return dict(_flatten(self.model_dump(mode="json")))
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{dotted}.")
+        else:
+            yield dotted, value
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"{key}: unknown key")
+        elif item["type"] == "missing":
+            problems.append(f"{key}: missing")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            problems.append(f"{key}: {message} (got {item['input']!r})")
+    return f"{origin}: " + "; ".join(problems)
+
+
+def parse_params(data: Any, origin: str = str(PARAMS_FILE)) -> Params:
+    """Validate a parsed params tree, naming each bad key in one line."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, origin)) from None
+
+
+def read_params_tree(path: Path = PARAMS_FILE) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run from the repository root")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return tree if tree is not None else {}
+
+
+def load_params(path: Path = PARAMS_FILE, overrides: Iterable[str] = ()) -> Params:
+    """Load ``params.yaml`` and apply ``section.key=value`` overrides (values parsed as YAML)."""
+    tree = read_params_tree(path)
+    for override in overrides:
+        apply_override(tree, override)
+    return parse_params(tree, origin=str(path))
+
+
+def apply_override(tree: dict[str, Any], override: str) -> None:
+    """Set one ``dotted.key=value`` in a params tree, the way ``dvc exp run -S`` does."""
+    key, sep, raw = override.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"override {override!r}: expected section.key=value")
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"override {override!r}: {where} is not a section of params.yaml")
+        node = child
+    if parts[-1] not in node:
+        raise ConfigError(f"override {override!r}: {key} is not a key of params.yaml")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Plain message lines: a stage's output is read on a console or inside the Prefect log."""
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+
+
+def stage_main(main: Callable[[], None]) -> None:
+    """Run a ``python -m tasks.<stage>`` entry point: user errors become one line and exit 1."""
+    configure_logging()
+    try:
+        main()
+    except MlcycleError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retrying cannot fix bad input or bad config."""
+    return not isinstance(state.result(raise_on_failure=False), MlcycleError)

@@ -1,0 +1,250 @@
+"""evaluate: score the trained model on the held-out test split, beside an honest baseline.
+
+Writes ``reports/metrics.json`` (accuracy, macro-F1, the baseline's), the per-class report, the
+confusion matrix as a PNG and as DVC plot data. The baseline is a scikit-learn logistic
+regression on the same split, so a reader sees whether deep learning earned its keep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prefect import task
+
+from tasks.artifacts import ImageDataset, atomic_path, read_split, write_json
+from tasks.config import (
+    MODEL_FILE,
+    PROCESSED_DIR,
+    REPORTS_DIR,
+    EvaluateParams,
+    load_params,
+    retry_unless_user_error,
+    stage_main,
+)
+from tasks.tracking import (
+    TAG_EVALUATED,
+    TAG_MODEL_MD5,
+    TAG_MODEL_RUN,
+    RunTracker,
+    can_join,
+    find_run,
+    tracked_run,
+)
+from tasks.train import file_md5, load_model, predict_logits
+
+log = logging.getLogger("mlcycle.evaluate")
+
+METRICS_FILE = REPORTS_DIR / "metrics.json"
+CLASS_REPORT_FILE = REPORTS_DIR / "classification_report.json"
+CONFUSION_CSV = REPORTS_DIR / "confusion.csv"
+CONFUSION_PNG = REPORTS_DIR / "confusion_matrix.png"
+BASELINE_SEED = 0
+
+
+@dataclass(frozen=True)
+class Scores:
+    accuracy: float
+    macro_f1: float
+    per_class: dict[str, dict[str, float]]
+    confusion: np.ndarray
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    accuracy: float
+    macro_f1: float
+    baseline_accuracy: float | None
+    baseline_macro_f1: float | None
+    test_samples: int
+    metrics_path: Path
+
+
+def run_evaluate(
+    params: EvaluateParams,
+    model_path: Path = MODEL_FILE,
+    processed_dir: Path = PROCESSED_DIR,
+    reports_dir: Path = REPORTS_DIR,
+    tracker: RunTracker | None = None,
+) -> EvaluateResult:
+    model, spec = load_model(model_path)
+    test, _ = read_split(processed_dir, "test")
+    predicted = predict_logits(model, torch.from_numpy(test.images)).argmax(dim=1).numpy()
+    scores = classification_scores(test.labels, predicted, test.class_names)
+    baseline = None
+    if params.baseline == "logistic_regression":
+        train, info = read_split(processed_dir, "train")
+        baseline = logistic_regression_baseline(train, test, info, params)
+
+    metrics: dict[str, Any] = {
+        "accuracy": round(scores.accuracy, 6),
+        "macro_f1": round(scores.macro_f1, 6),
+        "test_samples": len(test.labels),
+    }
+    if baseline is not None:
+        metrics["baseline"] = {
+            "model": params.baseline,
+            "accuracy": round(baseline.accuracy, 6),
+            "macro_f1": round(baseline.macro_f1, 6),
+        }
+    paths = {
+        "metrics": reports_dir / METRICS_FILE.name,
+        "per_class": reports_dir / CLASS_REPORT_FILE.name,
+        "confusion_csv": reports_dir / CONFUSION_CSV.name,
+        "confusion_png": reports_dir / CONFUSION_PNG.name,
+    }
+    write_json(paths["metrics"], metrics)
+    write_json(paths["per_class"], scores.per_class)
+    write_confusion_csv(paths["confusion_csv"], test.labels, predicted, test.class_names)
+    plot_confusion_matrix(paths["confusion_png"], scores, test.class_names,
+                          title=f"{spec['model']} on {len(test.labels)} test images")
+    log.info(
+        "evaluate: test accuracy %.4f, macro-F1 %.4f (%d images)%s",
+        scores.accuracy, scores.macro_f1, len(test.labels),
+        f" | baseline {params.baseline}: accuracy {baseline.accuracy:.4f}, "
+        f"macro-F1 {baseline.macro_f1:.4f}" if baseline else "",
+    )
+    if tracker is not None:
+        logged = {"test_accuracy": scores.accuracy, "test_macro_f1": scores.macro_f1}
+        if baseline is not None:
+            logged |= {"baseline_accuracy": baseline.accuracy,
+                       "baseline_macro_f1": baseline.macro_f1}
+        tracker.log_metrics(logged)
+        for path in paths.values():
+            tracker.log_artifact(path, "evaluation")
+        tracker.set_tags({TAG_EVALUATED: "true"})
+    return EvaluateResult(
+        accuracy=scores.accuracy,
+        macro_f1=scores.macro_f1,
+        baseline_accuracy=baseline.accuracy if baseline else None,
+        baseline_macro_f1=baseline.macro_f1 if baseline else None,
+        test_samples=len(test.labels),
+        metrics_path=paths["metrics"],
+    )
+
+
+def classification_scores(actual: np.ndarray, predicted: np.ndarray,
+                          class_names: tuple[str, ...]) -> Scores:
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
+
+    label_ids = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        actual, predicted, labels=label_ids, zero_division=0
+    )
+    per_class = {
+        name: {"precision": round(float(p), 6), "recall": round(float(r), 6),
+               "f1": round(float(f), 6), "support": int(s)}
+        for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
+    }
+    return Scores(
+        accuracy=float(accuracy_score(actual, predicted)),
+        macro_f1=float(f1_score(actual, predicted, labels=label_ids, average="macro",
+                                zero_division=0)),
+        per_class=per_class,
+        confusion=confusion_matrix(actual, predicted, labels=label_ids),
+    )
+
+
+def logistic_regression_baseline(train: ImageDataset, test: ImageDataset, info: dict[str, Any],
+                                 params: EvaluateParams) -> Scores:
+    """Multinomial logistic regression on standardised pixels of the same train/test split."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    rows = np.arange(len(train.labels))
+    if len(rows) > params.baseline_max_train_samples:
+        rows = np.sort(np.random.default_rng(BASELINE_SEED).permutation(rows)[
+            : params.baseline_max_train_samples])
+        log.info("evaluate: baseline fits on %d of %d train images (evaluate.baseline_max_"
+                 "train_samples)", len(rows), len(train.labels))
+    started = time.perf_counter()
+    classifier = LogisticRegression(max_iter=params.baseline_max_iter)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        classifier.fit(_standardised(train.images[rows], info), train.labels[rows])
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        log.warning("evaluate: the baseline did not converge in %d iterations "
+                    "(raise evaluate.baseline_max_iter)", params.baseline_max_iter)
+    log.info("evaluate: baseline fitted in %.1fs", time.perf_counter() - started)
+    predicted = classifier.predict(_standardised(test.images, info))
+    return classification_scores(test.labels, predicted, test.class_names)
+
+
+def _standardised(images: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+    mean = np.asarray(info["mean"], dtype=np.float32)
+    std = np.asarray(info["std"], dtype=np.float32)
+    return ((images.astype(np.float32) / 255.0 - mean) / std).reshape(len(images), -1)
+
+
+def write_confusion_csv(path: Path, actual: np.ndarray, predicted: np.ndarray,
+                        class_names: tuple[str, ...]) -> None:
+    """One row per test image, the layout DVC's ``confusion`` plot template reads."""
+    names = np.asarray(class_names)
+    lines = ["actual,predicted", *(f"{a},{p}" for a, p in zip(names[actual], names[predicted],
+                                                              strict=True))]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def plot_confusion_matrix(path: Path, scores: Scores, class_names: tuple[str, ...],
+                          title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = scores.confusion
+    size = max(4.0, 0.5 * len(class_names) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(matrix, cmap="Blues")
+    axes.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    axes.set_yticks(range(len(class_names)), class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("actual")
+    axes.set_title(f"{title}\naccuracy {scores.accuracy:.4f}, macro-F1 {scores.macro_f1:.4f}")
+    if len(class_names) <= 30:
+        threshold = matrix.max() / 2
+        for (row, column), count in np.ndenumerate(matrix):
+            axes.text(column, row, str(count), ha="center", va="center", fontsize=8,
+                      color="white" if count > threshold else "black")
+    figure.tight_layout()
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        figure.savefig(handle, format="png", dpi=100, metadata={"Software": None})
+    plt.close(figure)
+
+
+evaluate_task = task(
+    name="evaluate", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error
+)(run_evaluate)
+
+
+def main() -> None:
+    params = load_params()
+    # Under the flow MLFLOW_RUN_ID names the pipeline run; under plain `dvc repro` the
+    # evaluation joins the run that trained this very model file, found by its hash.
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    model_run_id = None
+    if run_id is None and MODEL_FILE.is_file():
+        model_run_id = find_run(TAG_MODEL_MD5, file_md5(MODEL_FILE))
+        if model_run_id and can_join(model_run_id, params):
+            run_id = model_run_id
+    with tracked_run(params, run_id=run_id, run_name="evaluate") as tracker:
+        if model_run_id and model_run_id != tracker.run_id:
+            tracker.set_tags({TAG_MODEL_RUN: model_run_id})
+        run_evaluate(params.evaluate, tracker=tracker)
+
+
+if __name__ == "__main__":
+    stage_main(main)

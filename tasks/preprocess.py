@@ -1,0 +1,196 @@
+"""preprocess: fit images to the model's input and split them, stratified and seeded.
+
+Writes ``data/processed/{train,val,test}.npz`` (uint8 images, labels, rows of ``data/raw``) and
+``preprocess.json`` with the normalisation statistics, computed on the train split only. The
+statistics travel inside the trained model, so nothing downstream re-types them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+
+from tasks.artifacts import SPLITS, ImageDataset, read_raw_dataset, write_splits
+from tasks.config import (
+    PROCESSED_DIR,
+    RAW_DIR,
+    MlcycleError,
+    PreprocessParams,
+    load_params,
+    retry_unless_user_error,
+    stage_main,
+)
+
+log = logging.getLogger("mlcycle.preprocess")
+
+# ITU-R 601-2 luma, the weights Pillow's convert("L") uses.
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+CHUNK = 8192  # images per resize/statistics chunk: bounds memory on large datasets
+
+
+class SplitError(MlcycleError):
+    """The data cannot be split as asked (too few samples in a class, say)."""
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    processed_dir: Path
+    split_sizes: dict[str, int]
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def run_preprocess(
+    params: PreprocessParams, raw_dir: Path = RAW_DIR, processed_dir: Path = PROCESSED_DIR
+) -> PreprocessResult:
+    raw = read_raw_dataset(raw_dir)
+    images = prepare_images(raw.images, params.image_size, params.channels)
+    dataset = ImageDataset(images, raw.labels, raw.class_names)
+    indices = stratified_split(
+        dataset.labels, dataset.class_names, params.val_fraction, params.test_fraction, params.seed
+    )
+    mean, std = channel_statistics(dataset.images[indices["train"]])
+    splits = {
+        name: (
+            ImageDataset(dataset.images[rows], dataset.labels[rows], dataset.class_names),
+            rows,
+        )
+        for name, rows in indices.items()
+    }
+    sizes = {name: len(rows) for name, rows in indices.items()}
+    write_splits(
+        splits,
+        processed_dir,
+        info={
+            "class_names": list(dataset.class_names),
+            "image_shape": list(dataset.image_shape),
+            "source_image_shape": list(raw.image_shape),
+            "mean": list(mean),
+            "std": list(std),
+            "split_sizes": sizes,
+        },
+    )
+    log.info(
+        "preprocess: %s images -> %s (stratified, seed %d); input %s; mean %s std %s (train only)",
+        len(dataset.labels),
+        " / ".join(f"{name} {size}" for name, size in sizes.items()),
+        params.seed,
+        "x".join(map(str, dataset.image_shape)),
+        _rounded(mean),
+        _rounded(std),
+    )
+    return PreprocessResult(processed_dir, sizes, dataset.image_shape, mean, std)
+
+
+def prepare_images(images: np.ndarray, image_size: int | None, channels: int | None) -> np.ndarray:
+    """Resize to ``image_size`` squared and convert to ``channels``; ``None`` keeps either.
+
+    The one implementation of input fitting: training data and, later, served images go
+    through it, so a model always sees pixels prepared the same way.
+    """
+    if channels is not None and images.shape[-1] != channels:
+        images = convert_channels(images, channels)
+    if image_size is not None and images.shape[1:3] != (image_size, image_size):
+        images = resize(images, image_size)
+    return images
+
+
+def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    if channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    luma = np.tensordot(images.astype(np.float32), LUMA_WEIGHTS.astype(np.float32), axes=1)
+    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., np.newaxis]
+
+
+def resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear, antialiased when shrinking; uint8 in, uint8 out, chunked to bound memory."""
+    import torch
+    import torch.nn.functional as functional
+
+    out = np.empty((len(images), size, size, images.shape[-1]), dtype=np.uint8)
+    for start in range(0, len(images), CHUNK):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + CHUNK]))
+        batch = batch.permute(0, 3, 1, 2).float()
+        resized = functional.interpolate(
+            batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+        out[start : start + CHUNK] = (
+            resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        )
+    return out
+
+
+def stratified_split(
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Row indices per split, each split holding every class in its overall proportion."""
+    from sklearn.model_selection import train_test_split
+
+    counts = np.bincount(labels, minlength=len(class_names))
+    too_few = [(name, int(count)) for name, count in zip(class_names, counts, strict=True)
+               if count < len(SPLITS)]
+    if too_few:
+        listed = ", ".join(f"{name!r} has {count}" for name, count in too_few)
+        raise SplitError(
+            f"cannot stratify: class {listed} sample(s); each class needs at least "
+            f"{len(SPLITS)} (one per train/val/test split)"
+        )
+    rows = np.arange(len(labels))
+    try:
+        rest, test = train_test_split(
+            rows, test_size=test_fraction, stratify=labels, random_state=seed
+        )
+        train, val = train_test_split(
+            rest,
+            test_size=val_fraction / (1.0 - test_fraction),
+            stratify=labels[rest],
+            random_state=seed,
+        )
+    except ValueError as error:
+        raise SplitError(
+            f"cannot stratify {len(labels)} samples in {len(class_names)} classes with "
+            f"val_fraction={val_fraction}, test_fraction={test_fraction}: {error}"
+        ) from None
+    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+
+
+def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of pixels scaled to 0..1; a constant channel gets std 1."""
+    channels = images.shape[-1]
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
+    for start in range(0, len(images), CHUNK):
+        chunk = images[start : start + CHUNK].reshape(-1, channels).astype(np.float64) / 255.0
+        total += chunk.sum(axis=0)
+        total_sq += np.square(chunk).sum(axis=0)
+    count = images.size / channels
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+    std[std < 1e-6] = 1.0
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def _rounded(values: tuple[float, ...]) -> str:
+    return "[" + ", ".join(f"{value:.3f}" for value in values) + "]"
+
+
+preprocess_task = task(
+    name="preprocess", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error
+)(run_preprocess)
+
+
+def main() -> None:
+    run_preprocess(load_params().preprocess)
+
+
+if __name__ == "__main__":
+    stage_main(main)

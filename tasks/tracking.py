@@ -1,0 +1,244 @@
+"""MLflow and lineage plumbing shared by the stages and the flow.
+
+One MLflow run per pipeline run: the flow opens it and hands its id to the stages through
+``MLFLOW_RUN_ID``; a stage run on its own by ``dvc repro`` opens (train) or finds (evaluate) one.
+Every run carries the git commit, the DVC content hashes of the data and every param.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.config import MlcycleError, Params
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_ARTIFACT_ROOT = Path("mlartifacts")
+DEFAULT_EXPERIMENT = "mlcycle"
+DVC_LOCK = Path("dvc.lock")
+DATA_OUTPUTS = ("data/raw", "data/processed")
+SERVER_CHECK_TIMEOUT_S = 5.0
+
+TAG_GIT_COMMIT = "mlcycle.git_commit"
+TAG_GIT_DIRTY = "mlcycle.git_dirty"
+TAG_DVC_PREFIX = "mlcycle.dvc."
+TAG_FLOW_RUN = "mlcycle.prefect_flow_run_id"
+TAG_MODEL_MD5 = "mlcycle.model_md5"  # only on the run that logged that model file
+TAG_MODEL_RUN = "mlcycle.model_run_id"  # on runs that use a model logged by another run
+TAG_EVALUATED = "mlcycle.evaluated"
+
+
+class TrackingError(MlcycleError):
+    """The tracking server or store cannot be used."""
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+
+
+def connect() -> str:
+    """Point MLflow at the configured store and return the experiment id.
+
+    A tracking server that cannot be reached fails here within seconds, instead of after
+    MLflow's default retries (minutes).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    # Fail within seconds on a dead server; a user's own settings win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient()
+    name = experiment_name()
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = None if uri.startswith("http") else DEFAULT_ARTIFACT_ROOT.resolve().as_uri()
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created by a concurrent run in the meantime
+            return client.get_experiment_by_name(name).experiment_id
+    except MlflowException as error:
+        raise TrackingError(f"MLflow tracking store {uri}: {error.message}") from None
+
+
+def check_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
+    url = f"{uri.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            if response.status == 200:
+                return
+            reason = f"HTTP {response.status}"
+    except urllib.error.HTTPError as error:
+        reason = f"HTTP {error.code}"
+    except (urllib.error.URLError, OSError) as error:
+        reason = str(getattr(error, "reason", error))
+    raise TrackingError(
+        f"MLflow tracking server {uri} cannot be reached ({reason}); start it, or unset "
+        f"MLFLOW_TRACKING_URI to track in {DEFAULT_TRACKING_URI}"
+    )
+
+
+def git_state(repo: Path = Path()) -> dict[str, str]:
+    """The commit and whether tracked files differ from it (``dvc.lock`` is an output, not code)."""
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
+    except (OSError, subprocess.CalledProcessError):
+        return {TAG_GIT_COMMIT: "unknown", TAG_GIT_DIRTY: "unknown"}
+    return {TAG_GIT_COMMIT: commit, TAG_GIT_DIRTY: str(bool(changes)).lower()}
+
+
+def data_versions(lock_path: Path = DVC_LOCK) -> dict[str, str]:
+    """DVC content hashes of the data outputs, as ``dvc.lock`` records them."""
+    if not lock_path.is_file():
+        return {}
+    lock = yaml.safe_load(lock_path.read_text()) or {}
+    versions = {}
+    for stage in (lock.get("stages") or {}).values():
+        for out in stage.get("outs") or []:
+            if out.get("path") in DATA_OUTPUTS and "md5" in out:
+                versions[out["path"]] = out["md5"]
+    return versions
+
+
+def lineage_tags() -> dict[str, str]:
+    tags = git_state()
+    tags.update({f"{TAG_DVC_PREFIX}{path}": md5 for path, md5 in data_versions().items()})
+    return tags
+
+
+@dataclass(frozen=True)
+class RunTracker:
+    """Logs to one MLflow run by id; per-epoch metrics go in one batched call per epoch."""
+
+    run_id: str
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        stamp = int(time.time() * 1000)
+        batch = [Metric(key, float(value), stamp, step or 0) for key, value in metrics.items()]
+        MlflowClient().log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_params(self, params: Params) -> None:
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        logged = MlflowClient().get_run(self.run_id).data.params
+        fresh = {k: _param_text(v) for k, v in params.flat().items() if k not in logged}
+        if fresh:
+            MlflowClient().log_batch(self.run_id, params=[Param(k, v) for k, v in fresh.items()])
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _param_text(value: Any) -> str:
+    return str(value)  # what mlflow.log_params stores, so re-logging compares equal
+
+
+def params_conflict(run_id: str, params: Params) -> list[str]:
+    """Keys this run logged with a different value than ``params`` holds."""
+    from mlflow.tracking import MlflowClient
+
+    logged = MlflowClient().get_run(run_id).data.params
+    return [k for k, v in params.flat().items() if k in logged and logged[k] != _param_text(v)]
+
+
+@contextmanager
+def tracked_run(
+    params: Params, run_id: str | None = None, run_name: str | None = None
+) -> Iterator[RunTracker]:
+    """Open (or rejoin) an MLflow run for a stage; it is marked FAILED if the stage raises.
+
+    ``run_id`` falls back to ``MLFLOW_RUN_ID``, which the flow sets for its stages.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    experiment_id = connect()
+    run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
+    try:
+        run = mlflow.start_run(
+            run_id=run_id,
+            run_name=None if run_id else run_name,
+            experiment_id=None if run_id else experiment_id,
+        )
+    except MlflowException as error:
+        raise TrackingError(f"cannot open MLflow run {run_id or '(new)'}: {error.message}") from None
+    with run:
+        tracker = RunTracker(run.info.run_id)
+        tracker.log_params(params)
+        tracker.set_tags(lineage_tags())
+        yield tracker
+
+
+def find_run(tag: str, value: str) -> str | None:
+    """The newest run of the experiment carrying ``tag=value``."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = connect()
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tag}` = '{value}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def can_join(run_id: str, params: Params) -> bool:
+    """Whether an evaluation may log into this run: not evaluated yet, and same params."""
+    from mlflow.tracking import MlflowClient
+
+    evaluated = MlflowClient().get_run(run_id).data.tags.get(TAG_EVALUATED)
+    return not evaluated and not params_conflict(run_id, params)
+
+
+def run_url(run_id: str) -> str:
+    """Where to look at a run: the server's UI, or ``mlflow ui``'s default address."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    base = uri if uri.startswith("http") else os.environ.get("MLCYCLE_MLFLOW_UI_URL",
+                                                             "http://127.0.0.1:5000")
+    mlflow.set_tracking_uri(uri)
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

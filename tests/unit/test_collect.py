@@ -1,0 +1,217 @@
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.artifacts import read_raw_dataset, write_raw_dataset
+from tasks.collect import DataSourceError, load_source, run_collect
+from tasks.config import CollectParams
+from tests.conftest import synthetic_dataset
+
+
+def source(spec: str, root: Path | str = "data/external", download: bool = False):
+    return CollectParams(source=spec, root=str(root), download=download)
+
+
+def test_sklearn_digits_lands_in_the_canonical_format(tmp_path):
+    result = run_collect(source("sklearn-digits"), tmp_path / "raw")
+    dataset = read_raw_dataset(tmp_path / "raw")
+    meta = json.loads((tmp_path / "raw" / "meta.json").read_text())
+    assert result.num_samples == 1797
+    assert dataset.images.shape == (1797, 8, 8, 1)
+    assert dataset.images.dtype == np.uint8 and dataset.labels.dtype == np.int64
+    assert dataset.images.max() == 255 and dataset.images.min() == 0
+    assert meta["class_names"] == [str(k) for k in range(10)]
+    assert meta["image_shape"] == [8, 8, 1]
+    assert sum(meta["class_counts"].values()) == 1797
+
+
+# --- npz ---------------------------------------------------------------------------------
+
+def test_npz_with_string_labels_and_channelless_images(tmp_path):
+    path = tmp_path / "my.npz"
+    images = np.arange(6 * 4 * 4, dtype=np.uint8).reshape(6, 4, 4)
+    np.savez(path, images=images, labels=np.array(["cat", "dog", "cat", "dog", "ant", "ant"]))
+    dataset = load_source(source(f"npz:{path}"))
+    assert dataset.images.shape == (6, 4, 4, 1)
+    assert dataset.class_names == ("ant", "cat", "dog")
+    assert dataset.labels.tolist() == [1, 2, 1, 2, 0, 0]
+
+
+def test_npz_with_class_names_keeps_label_ids(tmp_path):
+    path = tmp_path / "my.npz"
+    np.savez(path, images=np.zeros((4, 2, 2, 3), np.uint8), labels=np.array([0, 1, 1, 0]),
+             class_names=np.array(["no", "yes", "maybe"]))
+    dataset = load_source(source(f"npz:{path}"))
+    assert dataset.class_names == ("no", "yes", "maybe")
+    assert dataset.labels.tolist() == [0, 1, 1, 0]
+
+
+def test_npz_integer_pixels_in_range_are_accepted(tmp_path):
+    path = tmp_path / "my.npz"
+    np.savez(path, images=np.full((2, 2, 2), 200, np.int32), labels=np.array([0, 1]))
+    assert load_source(source(f"npz:{path}")).images.dtype == np.uint8
+
+
+def test_npz_missing_file(tmp_path):
+    with pytest.raises(DataSourceError, match=r"npz:.*absent\.npz: file not found"):
+        load_source(source(f"npz:{tmp_path / 'absent.npz'}"))
+
+
+def test_npz_without_labels_names_the_array(tmp_path):
+    path = tmp_path / "my.npz"
+    np.savez(path, images=np.zeros((3, 2, 2), np.uint8), targets=np.zeros(3))
+    with pytest.raises(DataSourceError, match=r"missing array 'labels'.*found images, targets"):
+        load_source(source(f"npz:{path}"))
+
+
+def test_npz_with_mismatched_lengths(tmp_path):
+    path = tmp_path / "my.npz"
+    np.savez(path, images=np.zeros((5, 2, 2), np.uint8), labels=np.zeros(4, np.int64))
+    with pytest.raises(DataSourceError, match=r"'images' holds 5 samples but 'labels' has shape"):
+        load_source(source(f"npz:{path}"))
+
+
+def test_npz_float_pixels_are_refused_with_a_hint(tmp_path):
+    path = tmp_path / "my.npz"
+    np.savez(path, images=np.random.rand(3, 2, 2), labels=np.arange(3))
+    with pytest.raises(DataSourceError, match=r"pixels are float64; expected uint8"):
+        load_source(source(f"npz:{path}"))
+
+
+def test_npz_out_of_range_integers(tmp_path):
+    path = tmp_path / "my.npz"
+    np.savez(path, images=np.full((2, 2, 2), 300, np.int32), labels=np.array([0, 1]))
+    with pytest.raises(DataSourceError, match=r"range 300\.\.300; expected 0\.\.255"):
+        load_source(source(f"npz:{path}"))
+
+
+def test_npz_that_is_not_an_archive(tmp_path):
+    path = tmp_path / "my.npz"
+    path.write_text("hello")
+    with pytest.raises(DataSourceError, match="not a readable .npz"):
+        load_source(source(f"npz:{path}"))
+
+
+def test_single_class_is_refused(tmp_path):
+    path = tmp_path / "my.npz"
+    np.savez(path, images=np.zeros((3, 2, 2), np.uint8), labels=np.zeros(3, np.int64))
+    with pytest.raises(DataSourceError, match="found 1 class"):
+        load_source(source(f"npz:{path}"))
+
+
+# --- image folder ------------------------------------------------------------------------
+
+def write_png(path: Path, size=(6, 5), mode="L", value=100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, value if mode == "L" else (value, 0, 0)).save(path)
+
+
+def test_folder_of_class_subfolders(tmp_path):
+    for name in ("a.png", "b.png"):
+        write_png(tmp_path / "imgs" / "cat" / name)
+    write_png(tmp_path / "imgs" / "dog" / "c.png", value=7)
+    (tmp_path / "imgs" / "dog" / ".DS_Store").write_text("ignored: hidden")
+    dataset = load_source(source(f"folder:{tmp_path / 'imgs'}"))
+    assert dataset.class_names == ("cat", "dog")
+    assert dataset.images.shape == (3, 5, 6, 1)
+    assert dataset.labels.tolist() == [0, 0, 1]
+    assert dataset.images[2].max() == 7
+
+
+def test_folder_missing(tmp_path):
+    with pytest.raises(DataSourceError, match=r"folder:.*nowhere: folder not found"):
+        load_source(source(f"folder:{tmp_path / 'nowhere'}"))
+
+
+def test_folder_with_mixed_shapes_names_both_files(tmp_path):
+    write_png(tmp_path / "imgs" / "cat" / "small.png", size=(4, 4))
+    write_png(tmp_path / "imgs" / "dog" / "big.png", size=(8, 8))
+    with pytest.raises(DataSourceError, match=r"big\.png: image is 8x8x1 but .*small\.png is 4x4x1"):
+        load_source(source(f"folder:{tmp_path / 'imgs'}"))
+
+
+def test_folder_with_mixed_channels(tmp_path):
+    write_png(tmp_path / "imgs" / "cat" / "grey.png", mode="L")
+    write_png(tmp_path / "imgs" / "dog" / "colour.png", mode="RGB")
+    with pytest.raises(DataSourceError, match=r"colour\.png: image is 5x6x3 but .*grey\.png"):
+        load_source(source(f"folder:{tmp_path / 'imgs'}"))
+
+
+def test_folder_with_a_non_image_file(tmp_path):
+    write_png(tmp_path / "imgs" / "cat" / "a.png")
+    (tmp_path / "imgs" / "dog").mkdir()
+    (tmp_path / "imgs" / "dog" / "notes.txt").write_text("x")
+    with pytest.raises(DataSourceError, match=r"notes\.txt: not an image file"):
+        load_source(source(f"folder:{tmp_path / 'imgs'}"))
+
+
+def test_folder_with_an_undecodable_image(tmp_path):
+    write_png(tmp_path / "imgs" / "cat" / "a.png")
+    (tmp_path / "imgs" / "dog").mkdir()
+    (tmp_path / "imgs" / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataSourceError, match=r"broken\.png: cannot decode image"):
+        load_source(source(f"folder:{tmp_path / 'imgs'}"))
+
+
+def test_folder_with_an_empty_class(tmp_path):
+    write_png(tmp_path / "imgs" / "cat" / "a.png")
+    (tmp_path / "imgs" / "dog").mkdir()
+    with pytest.raises(DataSourceError, match=r"class folder .*dog holds no images"):
+        load_source(source(f"folder:{tmp_path / 'imgs'}"))
+
+
+# --- torchvision -------------------------------------------------------------------------
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """The IDX format MNIST ships in: magic (dtype 0x08 = uint8, ndim), sizes, raw bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += b"".join(struct.pack(">I", size) for size in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_torchvision_mnist_from_files_on_disk(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 6), ("t10k", 4)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(count) % 10)
+    dataset = load_source(source("torchvision:MNIST", root=tmp_path))
+    assert dataset.images.shape == (10, 28, 28, 1)
+    assert dataset.labels.tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
+    assert dataset.class_names[0] == "0 - zero"
+
+
+def test_torchvision_missing_files_are_named(tmp_path):
+    with pytest.raises(DataSourceError) as caught:
+        load_source(source("torchvision:FashionMNIST", root=tmp_path))
+    message = str(caught.value)
+    assert "FashionMNIST/raw/train-images-idx3-ubyte" in message
+    assert "t10k-labels-idx1-ubyte" in message
+    assert "collect.download=true" in message
+
+
+def test_torchvision_cifar_missing_files_are_named(tmp_path):
+    with pytest.raises(DataSourceError, match=r"cifar-10-batches-py/data_batch_1"):
+        load_source(source("torchvision:CIFAR10", root=tmp_path))
+
+
+def test_torchvision_unknown_dataset(tmp_path):
+    with pytest.raises(DataSourceError, match="torchvision has no dataset 'NotADataset'"):
+        load_source(source("torchvision:NotADataset", root=tmp_path))
+
+
+# --- atomicity -----------------------------------------------------------------------------
+
+def test_failed_collect_leaves_the_previous_data_untouched(tmp_path):
+    raw = tmp_path / "raw"
+    write_raw_dataset(synthetic_dataset(), raw, source="synthetic")
+    before = {p.name: p.read_bytes() for p in raw.iterdir()}
+    with pytest.raises(DataSourceError):
+        run_collect(source(f"npz:{tmp_path / 'absent.npz'}"), raw)
+    assert {p.name: p.read_bytes() for p in raw.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no temp folders left

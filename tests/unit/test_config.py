@@ -1,0 +1,104 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.config import ConfigError, Params, apply_override, load_params
+from tests.conftest import REPO_ROOT
+
+
+def write_params(tmp_path: Path, edit) -> Path:
+    tree = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    edit(tree)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def test_repository_params_load_into_frozen_typed_objects():
+    params = load_params(REPO_ROOT / "params.yaml")
+    assert params.collect.source == "sklearn-digits"
+    assert params.train.cnn.channels == (32, 64)
+    with pytest.raises(Exception, match="frozen"):
+        params.train.lr = 1.0  # type: ignore[misc]
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write_params(tmp_path, lambda tree: tree["train"].update(epoch=3))
+    with pytest.raises(ConfigError, match=r"train\.epoch: unknown key"):
+        load_params(path)
+
+
+def test_wrong_type_is_named_with_the_value(tmp_path):
+    path = write_params(tmp_path, lambda tree: tree["train"].update(epochs="ten"))
+    with pytest.raises(ConfigError, match=r"train\.epochs: .*integer.*'ten'"):
+        load_params(path)
+
+
+def test_missing_key_is_named(tmp_path):
+    path = write_params(tmp_path, lambda tree: tree["preprocess"].pop("seed"))
+    with pytest.raises(ConfigError, match=r"preprocess\.seed: missing"):
+        load_params(path)
+
+
+def test_unknown_model_lists_the_known_ones(tmp_path):
+    path = write_params(tmp_path, lambda tree: tree["train"].update(model="transformer"))
+    with pytest.raises(ConfigError, match=r"train\.model: unknown model 'transformer'.*mlp, cnn"):
+        load_params(path)
+
+
+def test_unknown_source_names_the_forms_expected(tmp_path):
+    path = write_params(tmp_path, lambda tree: tree["collect"].update(source="s3://bucket"))
+    with pytest.raises(ConfigError, match=r"collect\.source: unknown source 's3://bucket'"):
+        load_params(path)
+
+
+def test_split_fractions_must_leave_a_train_split(tmp_path):
+    path = write_params(tmp_path, lambda tree: tree["preprocess"].update(
+        val_fraction=0.5, test_fraction=0.5))
+    with pytest.raises(ConfigError, match="val_fraction \\+ test_fraction is 1"):
+        load_params(path)
+
+
+def test_not_yaml_and_missing_file_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "absent.yaml")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_overrides_parse_values_as_yaml():
+    params = load_params(REPO_ROOT / "params.yaml", overrides=[
+        "train.epochs=3", "train.cnn.channels=[8, 16]", "collect.source=npz:data/my.npz",
+        "preprocess.image_size=null",
+    ])
+    assert params.train.epochs == 3
+    assert params.train.cnn.channels == (8, 16)
+    assert params.collect.source == "npz:data/my.npz"
+    assert params.preprocess.image_size is None
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.epochs", "expected section.key=value"),
+    ("train.nope=1", "train.nope is not a key"),
+    ("nope.epochs=1", "nope is not a section"),
+    ("train.epochs.deeper=1", "train.epochs is not a section"),
+])
+def test_bad_overrides_are_named(override, message):
+    tree = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    with pytest.raises(ConfigError, match=message):
+        apply_override(tree, override)
+
+
+def test_override_with_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"train\.lr: .*number.*'fast'"):
+        load_params(REPO_ROOT / "params.yaml", overrides=["train.lr=fast"])
+
+
+def test_flat_params_use_dotted_keys(tiny_params: Params):
+    flat = tiny_params.flat()
+    assert flat["train.epochs"] == 2
+    assert flat["train.cnn.channels"] == [8, 16]
+    assert all("." in key for key in flat)

@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tasks.artifacts import read_split
+from tasks.config import MlcycleError
+from tasks.evaluate import classification_scores, run_evaluate
+from tasks.train import load_model, run_train
+
+
+@pytest.fixture
+def trained(tiny_params, processed_dir, tmp_path):
+    model_path = tmp_path / "model.pt"
+    run_train(tiny_params.train.model_copy(update={"epochs": 6, "lr": 0.01}), processed_dir,
+              model_path, tmp_path / "checkpoints", tmp_path / "train-reports")
+    return model_path
+
+
+def test_scores_on_known_predictions():
+    actual = np.array([0, 0, 1, 1, 2, 2])
+    predicted = np.array([0, 1, 1, 1, 2, 0])
+    scores = classification_scores(actual, predicted, ("a", "b", "c"))
+    assert scores.accuracy == pytest.approx(4 / 6)
+    assert scores.per_class["b"] == {"precision": pytest.approx(2 / 3), "recall": 1.0,
+                                     "f1": pytest.approx(0.8), "support": 2}
+    assert scores.macro_f1 == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
+    assert scores.confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
+def test_a_class_never_predicted_scores_zero_not_an_error():
+    scores = classification_scores(np.array([0, 1]), np.array([0, 0]), ("a", "b"))
+    assert scores.per_class["b"]["precision"] == 0.0
+
+
+def test_evaluation_reports(tiny_params, processed_dir, trained, tmp_path):
+    reports = tmp_path / "reports"
+    result = run_evaluate(tiny_params.evaluate, trained, processed_dir, reports)
+    test, _ = read_split(processed_dir, "test")
+    model, _ = load_model(trained)
+    expected = (model(torch.from_numpy(test.images)).argmax(1).numpy() == test.labels).mean()
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert metrics["accuracy"] == pytest.approx(expected, abs=1e-6) == result.accuracy
+    assert metrics["test_samples"] == len(test.labels)
+    assert metrics["baseline"]["model"] == "logistic_regression"
+    assert metrics["baseline"]["accuracy"] >= 0.9  # a linear model separates the bands too
+    per_class = json.loads((reports / "classification_report.json").read_text())
+    assert set(per_class) == set(test.class_names)
+    rows = (reports / "confusion.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted" and len(rows) == len(test.labels) + 1
+    with Image.open(reports / "confusion_matrix.png") as image:
+        assert image.format == "PNG" and image.width >= 300
+
+
+def test_evaluation_without_baseline(tiny_params, processed_dir, trained, tmp_path):
+    params = tiny_params.evaluate.model_copy(update={"baseline": "none"})
+    result = run_evaluate(params, trained, processed_dir, tmp_path / "reports")
+    assert result.baseline_accuracy is None
+    assert "baseline" not in json.loads((tmp_path / "reports" / "metrics.json").read_text())
+
+
+def test_missing_model_is_named(tiny_params, processed_dir, tmp_path):
+    with pytest.raises(MlcycleError, match=r"absent\.pt: not found; run the train stage"):
+        run_evaluate(tiny_params.evaluate, tmp_path / "absent.pt", processed_dir, tmp_path)
+
+
+def test_a_file_that_is_not_a_model_is_named(tiny_params, processed_dir, tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"junk")
+    with pytest.raises(MlcycleError, match=r"model\.pt: not a model written by the train stage"):
+        run_evaluate(tiny_params.evaluate, tmp_path / "model.pt", processed_dir, tmp_path)

@@ -1,0 +1,124 @@
+import http.server
+import socket
+import subprocess
+import threading
+import time
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tasks.tracking import (
+    TAG_DVC_PREFIX,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_MODEL_MD5,
+    TrackingError,
+    check_server,
+    connect,
+    data_versions,
+    git_state,
+    tracked_run,
+)
+from tasks.train import file_md5, run_train
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_fails_within_seconds(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=r"cannot be reached.*unset MLFLOW_TRACKING_URI"):
+        connect()
+    assert time.monotonic() - started < 10
+
+
+def test_server_answering_errors_is_reported():
+    class Failing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(503)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(TrackingError, match="HTTP 503"):
+            check_server(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+
+
+def test_tracked_run_records_params_lineage_and_failure(tracking_store, tiny_params, tmp_path):
+    with tracked_run(tiny_params, run_name="ok") as tracker:
+        tracker.log_metrics({"val_loss": 0.5}, step=1)
+    run = MlflowClient().get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.epochs"] == "2"
+    assert run.data.params["train.cnn.channels"] == "[8, 16]"
+    assert TAG_GIT_COMMIT in run.data.tags
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+
+    with pytest.raises(RuntimeError), tracked_run(tiny_params, run_name="broken") as tracker:
+        raise RuntimeError("stage crashed")
+    assert MlflowClient().get_run(tracker.run_id).info.status == "FAILED"
+
+
+def test_training_logs_each_epoch_and_a_loadable_model(
+    tracking_store, tiny_params, processed_dir, tmp_path
+):
+    params = tiny_params.train.model_copy(update={"epochs": 3, "early_stopping_patience": None})
+    with tracked_run(tiny_params) as tracker:
+        run_train(params, processed_dir, tmp_path / "model.pt", tmp_path / "ckpt",
+                  tmp_path / "reports", tracker=tracker)
+    client = MlflowClient()
+    history = client.get_metric_history(tracker.run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    run = client.get_run(tracker.run_id)
+    assert run.data.tags[TAG_MODEL_MD5] == file_md5(tmp_path / "model.pt")
+    model_uri = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list")[0].model_uri
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    import numpy as np
+
+    batch = np.zeros((2, 8, 8, 1), np.float32)
+    assert np.asarray(pyfunc.predict(batch)).shape == (2, 3)
+    assert pyfunc.metadata.get_input_schema() is not None
+
+
+def test_data_versions_come_from_dvc_lock(tmp_path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(
+        "schema: '2.0'\nstages:\n  collect:\n    outs:\n    - path: data/raw\n"
+        "      md5: abc.dir\n  preprocess:\n    outs:\n    - path: data/processed\n"
+        "      md5: def.dir\n  train:\n    outs:\n    - path: artifacts/model.pt\n      md5: x\n"
+    )
+    assert data_versions(lock) == {"data/raw": "abc.dir", "data/processed": "def.dir"}
+    assert data_versions(tmp_path / "absent.lock") == {}
+    assert TAG_DVC_PREFIX == "mlcycle.dvc."
+
+
+def test_git_state_flags_changed_code_but_not_dvc_lock(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "dvc.lock").write_text("a\n")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    assert git_state(tmp_path)[TAG_GIT_DIRTY] == "false"
+    (tmp_path / "dvc.lock").write_text("b\n")
+    assert git_state(tmp_path)[TAG_GIT_DIRTY] == "false"
+    (tmp_path / "code.py").write_text("x = 2\n")
+    state = git_state(tmp_path)
+    assert state[TAG_GIT_DIRTY] == "true" and len(state[TAG_GIT_COMMIT]) == 40
+
+
+def test_git_state_outside_a_repository_is_unknown(tmp_path):
+    assert git_state(tmp_path) == {TAG_GIT_COMMIT: "unknown", TAG_GIT_DIRTY: "unknown"}

@@ -1,0 +1,136 @@
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.config import TrainParams
+from tasks.train import (
+    CheckpointError,
+    TrainingState,
+    _advance,
+    _batches,
+    load_model,
+    resolve_device,
+    run_train,
+)
+
+
+def train_params(tiny_params, **changes) -> TrainParams:
+    return tiny_params.train.model_copy(update=changes)
+
+
+def train(tiny_params, processed_dir, out, **changes):
+    return run_train(
+        train_params(tiny_params, **changes),
+        processed_dir=processed_dir,
+        model_path=out / "model.pt",
+        checkpoint_dir=out / "checkpoints",
+        reports_dir=out / "reports",
+    )
+
+
+def md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_training_writes_model_checkpoint_and_history(tiny_params, processed_dir, tmp_path):
+    result = train(tiny_params, processed_dir, tmp_path / "out", epochs=3,
+                   early_stopping_patience=None)
+    out = tmp_path / "out"
+    assert result.epochs_run == 3 and result.device == "cpu"
+    history = (out / "reports" / "training_history.csv").read_text().splitlines()
+    assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,seconds"
+    assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"]
+    model, spec = load_model(out / "model.pt")
+    assert spec["model"] == "cnn" and spec["class_names"] == ["class_0", "class_1", "class_2"]
+    logits = model(torch.zeros(4, 8, 8, 1, dtype=torch.uint8))
+    assert logits.shape == (4, 3)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_each_model_learns_the_synthetic_task(tiny_params, processed_dir, tmp_path, model):
+    result = train(tiny_params, processed_dir, tmp_path, model=model, epochs=8, lr=0.01)
+    assert result.best_val_accuracy >= 0.9  # three well-separated classes
+
+
+def test_training_is_deterministic(tiny_params, processed_dir, tmp_path):
+    train(tiny_params, processed_dir, tmp_path / "a")
+    train(tiny_params, processed_dir, tmp_path / "b")
+    assert md5(tmp_path / "a" / "model.pt") == md5(tmp_path / "b" / "model.pt")
+
+
+def test_resume_continues_where_it_stopped(tiny_params, processed_dir, tmp_path):
+    settings = dict(early_stopping_patience=None)
+    straight = train(tiny_params, processed_dir, tmp_path / "straight", epochs=4, **settings)
+    train(tiny_params, processed_dir, tmp_path / "resumed", epochs=2, **settings)
+    resumed = train(tiny_params, processed_dir, tmp_path / "resumed", epochs=4, resume=True,
+                    **settings)
+    assert resumed.epochs_run == straight.epochs_run == 4
+    history = (tmp_path / "resumed" / "reports" / "training_history.csv").read_text()
+    assert [line.split(",")[0] for line in history.splitlines()[1:]] == ["1", "2", "3", "4"]
+    # Same RNG streams, same optimiser state: bit-identical to never having stopped.
+    assert md5(tmp_path / "resumed" / "model.pt") == md5(tmp_path / "straight" / "model.pt")
+
+
+def test_resume_without_a_checkpoint_starts_from_scratch(tiny_params, processed_dir, tmp_path):
+    assert train(tiny_params, processed_dir, tmp_path, resume=True).epochs_run == 2
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tiny_params, processed_dir, tmp_path):
+    train(tiny_params, processed_dir, tmp_path, model="cnn")
+    with pytest.raises(CheckpointError, match=r"last\.pt: was written for another model"):
+        train(tiny_params, processed_dir, tmp_path, model="mlp", resume=True)
+
+
+def test_unreadable_checkpoint_is_named(tiny_params, processed_dir, tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"truncated")
+    with pytest.raises(CheckpointError, match=r"last\.pt: cannot be read"):
+        train(tiny_params, processed_dir, tmp_path, resume=True)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    model = torch.nn.Linear(2, 2)
+    state = TrainingState()
+    for epoch, val_loss in enumerate([1.0, 0.8, 0.9, 0.85], start=1):
+        _advance(state, {"epoch": epoch, "val_loss": val_loss, "val_accuracy": 0.5}, model,
+                 patience=2)
+    assert state.stopped_early and state.best_epoch == 2 and state.best_val_loss == 0.8
+
+
+def test_patience_none_never_stops():
+    state = TrainingState()
+    for epoch in range(1, 6):
+        _advance(state, {"epoch": epoch, "val_loss": float(epoch), "val_accuracy": 0.0},
+                 torch.nn.Linear(1, 1), patience=None)
+    assert not state.stopped_early and state.best_epoch == 1
+
+
+def test_a_trailing_batch_of_one_joins_the_previous_batch():
+    assert _batches(65, 32) == [slice(0, 32), slice(32, 65)]
+    assert _batches(64, 32) == [slice(0, 32), slice(32, 64)]
+    assert _batches(1, 32) == [slice(0, 1)]
+
+
+def test_auto_device_uses_cuda_only_when_present():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_asking_for_cuda_without_one_is_an_error():
+    with pytest.raises(Exception, match="no CUDA device is available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_matches_cpu_quality(tiny_params, processed_dir, tmp_path):
+    cpu = train(tiny_params, processed_dir, tmp_path / "cpu", epochs=8, lr=0.01, device="cpu")
+    gpu = train(tiny_params, processed_dir, tmp_path / "gpu", epochs=8, lr=0.01, device="cuda")
+    assert gpu.device.startswith("cuda")
+    assert abs(gpu.best_val_accuracy - cpu.best_val_accuracy) <= 0.1
+    model, _ = load_model(tmp_path / "gpu" / "model.pt")  # loads on CPU
+    assert np.isfinite(model(torch.zeros(1, 8, 8, 1)).detach().numpy()).all()
