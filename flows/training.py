@@ -10,7 +10,7 @@ import sys
 
 from prefect import flow
 
-from tasks.config import Params
+from tasks.config import Params, hide_user_error_tracebacks
 from tasks.pipeline import (
     PipelineSummary,
     apply_params_task,
@@ -23,6 +23,8 @@ from tasks.pipeline import (
 # The stages of dvc.yaml, in order. The validation stage (next to come) goes between
 # collect and preprocess, here and in dvc.yaml.
 DATA_STAGES = ("collect", "preprocess", "train", "evaluate")
+
+hide_user_error_tracebacks()  # bad input reads as one line in the flow log, as on the console
 
 
 @flow(name="training-pipeline", description="Collect, preprocess, train and evaluate a model.")

@@ -35,7 +35,9 @@ def build_classifier(
     if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; expected one of {', '.join(MODEL_NAMES)}")
     height, width, channels = input_shape
-    network = MODELS[name](input_shape=(height, width, channels), num_classes=num_classes, **options)
+    network = MODELS[name](
+        input_shape=(height, width, channels), num_classes=num_classes, **options
+    )
     return nn.Sequential(PixelNormalize(mean, std), network)
 
 

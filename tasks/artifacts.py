@@ -83,9 +83,7 @@ class ImageDataset:
                 f"images must be uint8 (N, H, W, C), got {self.images.dtype} {self.images.shape}"
             )
         if self.labels.shape != (len(self.images),):
-            raise ValueError(
-                f"{len(self.images)} images but labels have shape {self.labels.shape}"
-            )
+            raise ValueError(f"{len(self.images)} images but labels have shape {self.labels.shape}")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -125,13 +123,15 @@ def read_raw_dataset(raw_dir: Path, mmap: bool = False) -> ImageDataset:
     return ImageDataset(images, labels, tuple(meta["class_names"]))
 
 
-def write_splits(splits: Mapping[str, tuple[ImageDataset, np.ndarray]], out_dir: Path,
-                 info: Mapping[str, Any]) -> None:
+def write_splits(
+    splits: Mapping[str, tuple[ImageDataset, np.ndarray]], out_dir: Path, info: Mapping[str, Any]
+) -> None:
     """Write ``<split>.npz`` (images, labels, raw row indices) and ``preprocess.json``."""
     with atomic_directory(out_dir) as tmp:
         for name, (dataset, indices) in splits.items():
-            np.savez(tmp / f"{name}.npz", images=dataset.images, labels=dataset.labels,
-                     indices=indices)
+            np.savez(
+                tmp / f"{name}.npz", images=dataset.images, labels=dataset.labels, indices=indices
+            )
         (tmp / "preprocess.json").write_text(json.dumps(dict(info), indent=2) + "\n")
 
 

@@ -50,8 +50,13 @@ def run_collect(params: CollectParams, raw_dir: Path = RAW_DIR) -> CollectResult
     height, width, channels = dataset.image_shape
     log.info(
         "collect: %d images of %dx%dx%d in %d classes from %s -> %s",
-        len(dataset.labels), height, width, channels, len(dataset.class_names),
-        params.source, raw_dir,
+        len(dataset.labels),
+        height,
+        width,
+        channels,
+        len(dataset.class_names),
+        params.source,
+        raw_dir,
     )
     return CollectResult(raw_dir, len(dataset.labels), dataset.image_shape, dataset.class_names)
 
@@ -70,7 +75,8 @@ def load_source(params: CollectParams) -> ImageDataset:
         raise DataSourceError(f"collect.source: unknown source {params.source!r}")
     if len(dataset.class_names) < 2:
         raise DataSourceError(
-            f"{params.source}: found {len(dataset.class_names)} class; a classifier needs at least 2"
+            f"{params.source}: found {len(dataset.class_names)} class; "
+            "a classifier needs at least 2"
         )
     return dataset
 
@@ -91,8 +97,10 @@ def load_torchvision(name: str, root: Path, download: bool) -> ImageDataset:
     import torchvision.datasets
 
     dataset_class = getattr(torchvision.datasets, name, None)
-    if not (inspect.isclass(dataset_class)
-            and issubclass(dataset_class, torchvision.datasets.VisionDataset)):
+    if not (
+        inspect.isclass(dataset_class)
+        and issubclass(dataset_class, torchvision.datasets.VisionDataset)
+    ):
         raise DataSourceError(
             f"torchvision:{name}: torchvision has no dataset {name!r} "
             "(expected a class such as MNIST, FashionMNIST, KMNIST or CIFAR10)"
@@ -111,7 +119,9 @@ def load_torchvision(name: str, root: Path, download: bool) -> ImageDataset:
         try:
             loaded = dataset_class(root=str(root), download=download, **part)
         except Exception as error:  # torchvision raises RuntimeError, URLError, OSError ...
-            wanted = ", ".join(str(path) for path in expected_torchvision_files(dataset_class, root))
+            wanted = ", ".join(
+                str(path) for path in expected_torchvision_files(dataset_class, root)
+            )
             hint = (
                 "the download failed (is there network access?)"
                 if download
@@ -139,7 +149,10 @@ def expected_torchvision_files(dataset_class: type, root: Path) -> list[Path]:
         return [raw_folder / Path(entry[0]).name.removesuffix(".gz") for entry in resources]
     base_folder = getattr(dataset_class, "base_folder", None)
     if base_folder:  # CIFAR10, CIFAR100: <root>/<base_folder>/<batch files>
-        listed = [*getattr(dataset_class, "train_list", []), *getattr(dataset_class, "test_list", [])]
+        listed = [
+            *getattr(dataset_class, "train_list", []),
+            *getattr(dataset_class, "test_list", []),
+        ]
         return [root / base_folder / entry[0] for entry in listed] or [root / base_folder]
     return [root / dataset_class.__name__]
 
@@ -289,9 +302,7 @@ def _as_uint8(images: np.ndarray, what: str) -> np.ndarray:
     if images.dtype.kind in "iu":
         low, high = int(images.min()), int(images.max())
         if low < 0 or high > 255:
-            raise DataSourceError(
-                f"{what}: integer pixels range {low}..{high}; expected 0..255"
-            )
+            raise DataSourceError(f"{what}: integer pixels range {low}..{high}; expected 0..255")
         return images.astype(np.uint8)
     raise DataSourceError(
         f"{what}: pixels are {images.dtype}; expected uint8 (or integers in 0..255). "

@@ -103,20 +103,24 @@ def run_evaluate(
     write_json(paths["metrics"], metrics)
     write_json(paths["per_class"], scores.per_class)
     write_confusion_csv(paths["confusion_csv"], test.labels, predicted, test.class_names)
-    plot_confusion_matrix(paths["confusion_png"], scores, test.class_names,
-                          title=f"{spec['model']} on {len(test.labels)} test images")
+    plot_confusion_matrix(
+        paths["confusion_png"],
+        scores,
+        test.class_names,
+        title=f"{spec['model']} on {len(test.labels)} test images",
+    )
     log.info(
         "evaluate: test accuracy %.4f, macro-F1 %.4f (%d images)%s",
-        scores.accuracy, scores.macro_f1, len(test.labels),
+        scores.accuracy,
+        scores.macro_f1,
+        len(test.labels),
         f" | baseline {params.baseline}: accuracy {baseline.accuracy:.4f}, "
-        f"macro-F1 {baseline.macro_f1:.4f}" if baseline else "",
+        f"macro-F1 {baseline.macro_f1:.4f}"
+        if baseline
+        else "",
     )
     if tracker is not None:
-        logged = {"test_accuracy": scores.accuracy, "test_macro_f1": scores.macro_f1}
-        if baseline is not None:
-            logged |= {"baseline_accuracy": baseline.accuracy,
-                       "baseline_macro_f1": baseline.macro_f1}
-        tracker.log_metrics(logged)
+        tracker.log_metrics(metrics_for_mlflow(metrics))
         for path in paths.values():
             tracker.log_artifact(path, "evaluation")
         tracker.set_tags({TAG_EVALUATED: "true"})
@@ -130,8 +134,20 @@ def run_evaluate(
     )
 
 
-def classification_scores(actual: np.ndarray, predicted: np.ndarray,
-                          class_names: tuple[str, ...]) -> Scores:
+def metrics_for_mlflow(metrics: dict[str, Any]) -> dict[str, float]:
+    """The MLflow metrics of a ``metrics.json``: the same numbers ``dvc metrics show`` shows."""
+    logged = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
+    if baseline := metrics.get("baseline"):
+        logged |= {
+            "baseline_accuracy": baseline["accuracy"],
+            "baseline_macro_f1": baseline["macro_f1"],
+        }
+    return logged
+
+
+def classification_scores(
+    actual: np.ndarray, predicted: np.ndarray, class_names: tuple[str, ...]
+) -> Scores:
     from sklearn.metrics import (
         accuracy_score,
         confusion_matrix,
@@ -144,39 +160,55 @@ def classification_scores(actual: np.ndarray, predicted: np.ndarray,
         actual, predicted, labels=label_ids, zero_division=0
     )
     per_class = {
-        name: {"precision": round(float(p), 6), "recall": round(float(r), 6),
-               "f1": round(float(f), 6), "support": int(s)}
+        name: {
+            "precision": round(float(p), 6),
+            "recall": round(float(r), 6),
+            "f1": round(float(f), 6),
+            "support": int(s),
+        }
         for name, p, r, f, s in zip(class_names, precision, recall, f1, support, strict=True)
     }
     return Scores(
         accuracy=float(accuracy_score(actual, predicted)),
-        macro_f1=float(f1_score(actual, predicted, labels=label_ids, average="macro",
-                                zero_division=0)),
+        macro_f1=float(
+            f1_score(actual, predicted, labels=label_ids, average="macro", zero_division=0)
+        ),
         per_class=per_class,
         confusion=confusion_matrix(actual, predicted, labels=label_ids),
     )
 
 
-def logistic_regression_baseline(train: ImageDataset, test: ImageDataset, info: dict[str, Any],
-                                 params: EvaluateParams) -> Scores:
+def logistic_regression_baseline(
+    train: ImageDataset, test: ImageDataset, info: dict[str, Any], params: EvaluateParams
+) -> Scores:
     """Multinomial logistic regression on standardised pixels of the same train/test split."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
     rows = np.arange(len(train.labels))
     if len(rows) > params.baseline_max_train_samples:
-        rows = np.sort(np.random.default_rng(BASELINE_SEED).permutation(rows)[
-            : params.baseline_max_train_samples])
-        log.info("evaluate: baseline fits on %d of %d train images (evaluate.baseline_max_"
-                 "train_samples)", len(rows), len(train.labels))
+        rows = np.sort(
+            np.random.default_rng(BASELINE_SEED).permutation(rows)[
+                : params.baseline_max_train_samples
+            ]
+        )
+        log.info(
+            "evaluate: baseline fits on %d of %d train images (evaluate.baseline_max_"
+            "train_samples)",
+            len(rows),
+            len(train.labels),
+        )
     started = time.perf_counter()
     classifier = LogisticRegression(max_iter=params.baseline_max_iter)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         classifier.fit(_standardised(train.images[rows], info), train.labels[rows])
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        log.warning("evaluate: the baseline did not converge in %d iterations "
-                    "(raise evaluate.baseline_max_iter)", params.baseline_max_iter)
+        log.warning(
+            "evaluate: the baseline did not converge in %d iterations "
+            "(raise evaluate.baseline_max_iter)",
+            params.baseline_max_iter,
+        )
     log.info("evaluate: baseline fitted in %.1fs", time.perf_counter() - started)
     predicted = classifier.predict(_standardised(test.images, info))
     return classification_scores(test.labels, predicted, test.class_names)
@@ -188,18 +220,22 @@ def _standardised(images: np.ndarray, info: dict[str, Any]) -> np.ndarray:
     return ((images.astype(np.float32) / 255.0 - mean) / std).reshape(len(images), -1)
 
 
-def write_confusion_csv(path: Path, actual: np.ndarray, predicted: np.ndarray,
-                        class_names: tuple[str, ...]) -> None:
+def write_confusion_csv(
+    path: Path, actual: np.ndarray, predicted: np.ndarray, class_names: tuple[str, ...]
+) -> None:
     """One row per test image, the layout DVC's ``confusion`` plot template reads."""
     names = np.asarray(class_names)
-    lines = ["actual,predicted", *(f"{a},{p}" for a, p in zip(names[actual], names[predicted],
-                                                              strict=True))]
+    lines = [
+        "actual,predicted",
+        *(f"{a},{p}" for a, p in zip(names[actual], names[predicted], strict=True)),
+    ]
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
 
 
-def plot_confusion_matrix(path: Path, scores: Scores, class_names: tuple[str, ...],
-                          title: str) -> None:
+def plot_confusion_matrix(
+    path: Path, scores: Scores, class_names: tuple[str, ...], title: str
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,8 +253,15 @@ def plot_confusion_matrix(path: Path, scores: Scores, class_names: tuple[str, ..
     if len(class_names) <= 30:
         threshold = matrix.max() / 2
         for (row, column), count in np.ndenumerate(matrix):
-            axes.text(column, row, str(count), ha="center", va="center", fontsize=8,
-                      color="white" if count > threshold else "black")
+            axes.text(
+                column,
+                row,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if count > threshold else "black",
+            )
     figure.tight_layout()
     with atomic_path(path) as tmp, tmp.open("wb") as handle:
         figure.savefig(handle, format="png", dpi=100, metadata={"Software": None})

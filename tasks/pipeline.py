@@ -33,7 +33,7 @@ from tasks.config import (
     load_params,
     retry_unless_user_error,
 )
-from tasks.evaluate import METRICS_FILE
+from tasks.evaluate import METRICS_FILE, metrics_for_mlflow
 from tasks.tracking import (
     TAG_FLOW_RUN,
     TAG_MODEL_MD5,
@@ -169,11 +169,14 @@ def reproduce_stage(stage: str, run_id: str | None = None) -> StageResult:
         if run_id:
             fail_pipeline_run(run_id)
         detail = next((line for line in reversed(tail) if line.startswith("error:")), None)
-        raise StageFailed(
-            f"stage '{stage}' failed (exit {process.returncode})"
-            + (f": {detail.removeprefix('error: ')}" if detail else f"; last output: {tail[-1]}"
-               if tail else "")
+        reason = (
+            detail.removeprefix("error: ")
+            if detail
+            else f"see the log above (last line: {tail[-1]})"
+            if tail
+            else "no output"
         )
+        raise StageFailed(f"stage '{stage}' failed: {reason}")
     return StageResult(stage, ran=True, seconds=round(time.perf_counter() - started, 2))
 
 
@@ -186,8 +189,9 @@ def push_data() -> int:
             _logger().info("dvc push: no default remote configured, data stays local")
             return 0
         pushed = repo.push()
-    _logger().info("dvc push: %d file(s) sent to remote '%s'", pushed,
-                   repo.config["core"]["remote"])
+    _logger().info(
+        "dvc push: %d file(s) sent to remote '%s'", pushed, repo.config["core"]["remote"]
+    )
     return pushed
 
 
@@ -214,8 +218,9 @@ def fail_pipeline_run(run_id: str) -> None:
     MlflowClient().set_terminated(run_id, "FAILED")
 
 
-def finish_pipeline_run(run_id: str, params: Params, stages: Sequence[StageResult]
-                        ) -> PipelineSummary:
+def finish_pipeline_run(
+    run_id: str, params: Params, stages: Sequence[StageResult]
+) -> PipelineSummary:
     """Record lineage, fill in results of skipped stages, publish the evaluation artifact."""
     from mlflow.tracking import MlflowClient
 
@@ -229,7 +234,7 @@ def finish_pipeline_run(run_id: str, params: Params, stages: Sequence[StageResul
         if model_run:
             tracker.set_tags({TAG_MODEL_RUN: model_run})
     if "evaluate" not in ran:
-        tracker.log_metrics(_metrics_for_mlflow(metrics))
+        tracker.log_metrics(metrics_for_mlflow(metrics))
     MlflowClient().set_terminated(run_id, "FINISHED")
     summary = PipelineSummary(
         run_id=run_id,
@@ -248,18 +253,11 @@ def finish_pipeline_run(run_id: str, params: Params, stages: Sequence[StageResul
     return summary
 
 
-def _metrics_for_mlflow(metrics: dict[str, Any]) -> dict[str, float]:
-    logged = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
-    if baseline := metrics.get("baseline"):
-        logged |= {"baseline_accuracy": baseline["accuracy"],
-                   "baseline_macro_f1": baseline["macro_f1"]}
-    return logged
-
-
 def summary_markdown(summary: PipelineSummary) -> str:
     baseline = summary.baseline
-    header = f"| metric | {summary.model} |" + (f" baseline ({baseline['model']}) |" if baseline
-                                                  else "")
+    header = f"| metric | {summary.model} |" + (
+        f" baseline ({baseline['model']}) |" if baseline else ""
+    )
     rule = "| --- | --- |" + (" --- |" if baseline else "")
     rows = [
         f"| accuracy | {summary.accuracy:.4f} |"
@@ -268,31 +266,35 @@ def summary_markdown(summary: PipelineSummary) -> str:
         + (f" {baseline['macro_f1']:.4f} |" if baseline else ""),
     ]
     versions = ", ".join(f"`{path}` {md5[:12]}" for path, md5 in summary.data_versions.items())
-    return "\n".join([
-        "## Test-split evaluation",
-        "",
-        header,
-        rule,
-        *rows,
-        "",
-        f"MLflow run: [{summary.run_id}]({summary.run_url})",
-        "",
-        f"Stages run: {', '.join(summary.stages_run) or 'none'}; "
-        f"skipped (unchanged): {', '.join(summary.stages_skipped) or 'none'}",
-        "",
-        f"Data versions (DVC): {versions or 'unknown'}",
-    ])
+    return "\n".join(
+        [
+            "## Test-split evaluation",
+            "",
+            header,
+            rule,
+            *rows,
+            "",
+            f"MLflow run: [{summary.run_id}]({summary.run_url})",
+            "",
+            f"Stages run: {', '.join(summary.stages_run) or 'none'}; "
+            f"skipped (unchanged): {', '.join(summary.stages_skipped) or 'none'}",
+            "",
+            f"Data versions (DVC): {versions or 'unknown'}",
+        ]
+    )
 
 
 apply_params_task = task(name="apply-params")(apply_params)
-reproduce_stage_task = task(
-    name="dvc-repro", retries=0, task_run_name="dvc-repro-{stage}"
-)(reproduce_stage)
+reproduce_stage_task = task(name="dvc-repro", retries=0, task_run_name="dvc-repro-{stage}")(
+    reproduce_stage
+)
 push_data_task = task(
     name="dvc-push", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error
 )(push_data)
 start_pipeline_run_task = task(
-    name="start-mlflow-run", retries=2, retry_delay_seconds=3,
+    name="start-mlflow-run",
+    retries=2,
+    retry_delay_seconds=3,
     retry_condition_fn=retry_unless_user_error,
 )(start_pipeline_run)
 finish_pipeline_run_task = task(name="finish-mlflow-run")(finish_pipeline_run)

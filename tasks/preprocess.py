@@ -136,8 +136,11 @@ def stratified_split(
     from sklearn.model_selection import train_test_split
 
     counts = np.bincount(labels, minlength=len(class_names))
-    too_few = [(name, int(count)) for name, count in zip(class_names, counts, strict=True)
-               if count < len(SPLITS)]
+    too_few = [
+        (name, int(count))
+        for name, count in zip(class_names, counts, strict=True)
+        if count < len(SPLITS)
+    ]
     if too_few:
         listed = ", ".join(f"{name!r} has {count}" for name, count in too_few)
         raise SplitError(

@@ -102,6 +102,7 @@ def check_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
 
 def git_state(repo: Path = Path()) -> dict[str, str]:
     """The commit and whether tracked files differ from it (``dvc.lock`` is an output, not code)."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=repo, capture_output=True, text=True, check=True
@@ -201,7 +202,9 @@ def tracked_run(
             experiment_id=None if run_id else experiment_id,
         )
     except MlflowException as error:
-        raise TrackingError(f"cannot open MLflow run {run_id or '(new)'}: {error.message}") from None
+        raise TrackingError(
+            f"cannot open MLflow run {run_id or '(new)'}: {error.message}"
+        ) from None
     with run:
         tracker = RunTracker(run.info.run_id)
         tracker.log_params(params)
@@ -237,8 +240,11 @@ def run_url(run_id: str) -> str:
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
-    base = uri if uri.startswith("http") else os.environ.get("MLCYCLE_MLFLOW_UI_URL",
-                                                             "http://127.0.0.1:5000")
+    base = (
+        uri
+        if uri.startswith("http")
+        else os.environ.get("MLCYCLE_MLFLOW_UI_URL", "http://127.0.0.1:5000")
+    )
     mlflow.set_tracking_uri(uri)
     experiment_id = MlflowClient().get_run(run_id).info.experiment_id
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"

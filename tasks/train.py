@@ -42,7 +42,8 @@ log = logging.getLogger("mlcycle.train")
 
 HISTORY_FILE = REPORTS_DIR / "training_history.csv"
 SUMMARY_FILE = REPORTS_DIR / "train.json"
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
+# No wall-clock column: outputs must depend on inputs only (DVC compares them by hash).
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 FORMAT_VERSION = 1
 
 
@@ -81,8 +82,9 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise MlcycleError(f"train.device is {requested!r} but no CUDA device is available; "
-                           "use auto or cpu")
+        raise MlcycleError(
+            f"train.device is {requested!r} but no CUDA device is available; use auto or cpu"
+        )
     return torch.device(requested)
 
 
@@ -94,8 +96,12 @@ def seed_everything(seed: int) -> None:
 
 def make_optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
     if params.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
-                               weight_decay=params.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=params.lr,
+            momentum=params.momentum,
+            weight_decay=params.weight_decay,
+        )
     optimizer_class = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
     return optimizer_class(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
 
@@ -130,7 +136,11 @@ def run_train(
         state = restore_checkpoint(checkpoint_path, fingerprint, model, optimizer)
     log.info(
         "train: %s on %s, %d train / %d val images, up to %d epochs%s",
-        params.model, device, len(train_set.labels), len(val_set.labels), params.epochs,
+        params.model,
+        device,
+        len(train_set.labels),
+        len(val_set.labels),
+        params.epochs,
         f" (resuming after epoch {state.epoch})" if state.epoch else "",
     )
     train_x, train_y = _to_device(train_set, device)
@@ -141,8 +151,9 @@ def run_train(
         if state.stopped_early:
             break
         epoch_started = time.perf_counter()
-        order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(
-            params.seed * 100_003 + epoch)).to(device)
+        order = torch.randperm(
+            len(train_y), generator=torch.Generator().manual_seed(params.seed * 100_003 + epoch)
+        ).to(device)
         train_loss, train_accuracy = _train_epoch(
             model, optimizer, loss_fn, train_x[order], train_y[order], params.batch_size
         )
@@ -153,28 +164,43 @@ def run_train(
             "train_accuracy": train_accuracy,
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
-            "seconds": round(time.perf_counter() - epoch_started, 3),
         }
+        seconds = time.perf_counter() - epoch_started
         _advance(state, row, model, params.early_stopping_patience)
         save_checkpoint(checkpoint_path, state, fingerprint, model, optimizer)
         log.info(
             "train: epoch %d/%d  loss %.4f acc %.4f | val loss %.4f acc %.4f  (%.1fs)%s",
-            epoch, params.epochs, train_loss, train_accuracy, val_loss, val_accuracy,
-            row["seconds"], "  best" if state.best_epoch == epoch else "",
+            epoch,
+            params.epochs,
+            train_loss,
+            train_accuracy,
+            val_loss,
+            val_accuracy,
+            seconds,
+            "  best" if state.best_epoch == epoch else "",
         )
         if tracker is not None:
-            tracker.log_metrics({
-                "train_loss": train_loss, "train_accuracy": train_accuracy,
-                "val_loss": val_loss, "val_accuracy": val_accuracy,
-                "epoch_seconds": row["seconds"],
-            }, step=epoch)
+            tracker.log_metrics(
+                {
+                    "train_loss": train_loss,
+                    "train_accuracy": train_accuracy,
+                    "val_loss": val_loss,
+                    "val_accuracy": val_accuracy,
+                    "epoch_seconds": seconds,
+                },
+                step=epoch,
+            )
         if state.stopped_early:
-            log.info("train: early stop, val loss has not improved for %d epochs",
-                     params.early_stopping_patience)
+            log.info(
+                "train: early stop, val loss has not improved for %d epochs",
+                params.early_stopping_patience,
+            )
 
     if not state.best_state:
-        raise CheckpointError(f"{checkpoint_path}: holds no trained weights; "
-                              "set train.resume=false to train from scratch")
+        raise CheckpointError(
+            f"{checkpoint_path}: holds no trained weights; "
+            "set train.resume=false to train from scratch"
+        )
     model.load_state_dict(state.best_state)
     save_model(model_path, spec, model, state)
     result = TrainResult(
@@ -188,29 +214,45 @@ def run_train(
         seconds=round(time.perf_counter() - started, 2),
     )
     write_history(reports_dir / HISTORY_FILE.name, state.history)
-    write_json(reports_dir / SUMMARY_FILE.name, {
-        "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run,
-        "best_val_loss": round(result.best_val_loss, 6),
-        "best_val_accuracy": round(result.best_val_accuracy, 6),
-        "stopped_early": result.stopped_early,
-    })
+    write_json(
+        reports_dir / SUMMARY_FILE.name,
+        {
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "best_val_loss": round(result.best_val_loss, 6),
+            "best_val_accuracy": round(result.best_val_accuracy, 6),
+            "stopped_early": result.stopped_early,
+        },
+    )
     if tracker is not None:
         log_model(tracker, model.cpu(), val_set, model_path)
-    log.info("train: best epoch %d (val loss %.4f, val acc %.4f) -> %s in %.1fs",
-             result.best_epoch, result.best_val_loss, result.best_val_accuracy, model_path,
-             result.seconds)
+    log.info(
+        "train: best epoch %d (val loss %.4f, val acc %.4f) -> %s in %.1fs",
+        result.best_epoch,
+        result.best_val_loss,
+        result.best_val_accuracy,
+        model_path,
+        result.seconds,
+    )
     return result
 
 
 def _to_device(dataset: ImageDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     # Images stay uint8 on the device (4x less memory and transfer); the model casts per batch.
-    return (torch.from_numpy(dataset.images).to(device),
-            torch.from_numpy(dataset.labels).to(device))
+    return (
+        torch.from_numpy(dataset.images).to(device),
+        torch.from_numpy(dataset.labels).to(device),
+    )
 
 
-def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                 images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> tuple[float, float]:
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+) -> tuple[float, float]:
     model.train()
     total_loss = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
@@ -238,19 +280,25 @@ def _batches(count: int, batch_size: int) -> list[slice]:
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(images[start:start + batch_size])
-                      for start in range(0, len(images), batch_size)])
+    return torch.cat(
+        [model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+    )
 
 
-def score(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-          loss_fn: nn.Module) -> tuple[float, float]:
+def score(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    loss_fn: nn.Module,
+) -> tuple[float, float]:
     logits = predict_logits(model, images, max(batch_size, 256))
-    return (loss_fn(logits, labels).item(),
-            (logits.argmax(dim=1) == labels).float().mean().item())
+    return (loss_fn(logits, labels).item(), (logits.argmax(dim=1) == labels).float().mean().item())
 
 
-def _advance(state: TrainingState, row: dict[str, float], model: nn.Module,
-             patience: int | None) -> None:
+def _advance(
+    state: TrainingState, row: dict[str, float], model: nn.Module, patience: int | None
+) -> None:
     state.epoch = int(row["epoch"])
     state.history.append(row)
     if row["val_loss"] < state.best_val_loss:
@@ -266,9 +314,17 @@ def _advance(state: TrainingState, row: dict[str, float], model: nn.Module,
 
 def _fingerprint(spec: dict[str, Any], params: TrainParams, train_file: Path) -> str:
     """What a checkpoint must match to be resumed: the model, the optimiser and the data."""
-    digest = hashlib.sha256(json.dumps(
-        {"spec": spec, "optimizer": params.optimizer, "batch_size": params.batch_size,
-         "seed": params.seed}, sort_keys=True).encode())
+    digest = hashlib.sha256(
+        json.dumps(
+            {
+                "spec": spec,
+                "optimizer": params.optimizer,
+                "batch_size": params.batch_size,
+                "seed": params.seed,
+            },
+            sort_keys=True,
+        ).encode()
+    )
     digest.update(file_md5(train_file).encode())
     return digest.hexdigest()
 
@@ -288,29 +344,39 @@ def _torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, handle)
 
 
-def save_checkpoint(path: Path, state: TrainingState, fingerprint: str, model: nn.Module,
-                    optimizer: torch.optim.Optimizer) -> None:
-    _torch_save({
-        "format": FORMAT_VERSION,
-        "fingerprint": fingerprint,
-        "state": {k: v for k, v in vars(state).items()},
-        "model_state": model.state_dict(),
-        "optimizer_state": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }, path)
+def save_checkpoint(
+    path: Path,
+    state: TrainingState,
+    fingerprint: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    _torch_save(
+        {
+            "format": FORMAT_VERSION,
+            "fingerprint": fingerprint,
+            "state": {k: v for k, v in vars(state).items()},
+            "model_state": model.state_dict(),
+            "optimizer_state": optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        path,
+    )
 
 
-def restore_checkpoint(path: Path, fingerprint: str, model: nn.Module,
-                       optimizer: torch.optim.Optimizer) -> TrainingState:
+def restore_checkpoint(
+    path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> TrainingState:
     if not path.is_file():
         log.info("train: resume asked but %s does not exist; starting from epoch 1", path)
         return TrainingState()
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"{path}: cannot be read ({error}); set train.resume=false "
-                              "to start over") from None
+        raise CheckpointError(
+            f"{path}: cannot be read ({error}); set train.resume=false to start over"
+        ) from None
     if checkpoint.get("fingerprint") != fingerprint:
         raise CheckpointError(
             f"{path}: was written for another model, optimiser or training data; "
@@ -325,18 +391,27 @@ def restore_checkpoint(path: Path, fingerprint: str, model: nn.Module,
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Sequential:
-    return build_classifier(spec["model"], spec["input_shape"], len(spec["class_names"]),
-                            spec["mean"], spec["std"], **spec["options"])
+    return build_classifier(
+        spec["model"],
+        spec["input_shape"],
+        len(spec["class_names"]),
+        spec["mean"],
+        spec["std"],
+        **spec["options"],
+    )
 
 
 def save_model(path: Path, spec: dict[str, Any], model: nn.Module, state: TrainingState) -> None:
-    _torch_save({
-        "format": FORMAT_VERSION,
-        **spec,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch,
-    }, path)
+    _torch_save(
+        {
+            "format": FORMAT_VERSION,
+            **spec,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch,
+        },
+        path,
+    )
 
 
 def load_model(path: Path) -> tuple[nn.Sequential, dict[str, Any]]:
@@ -348,8 +423,9 @@ def load_model(path: Path) -> tuple[nn.Sequential, dict[str, Any]]:
         model = build_from_spec(bundle)
         model.load_state_dict(bundle["state_dict"])
     except Exception as error:  # torch raises anything from struct.error to UnpicklingError
-        raise MlcycleError(f"{path}: not a model written by the train stage "
-                           f"({type(error).__name__}: {error})") from None
+        raise MlcycleError(
+            f"{path}: not a model written by the train stage ({type(error).__name__}: {error})"
+        ) from None
     return model.eval(), {k: v for k, v in bundle.items() if k != "state_dict"}
 
 
@@ -364,8 +440,9 @@ def _csv_number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
-def log_model(tracker: RunTracker, model: nn.Module, examples: ImageDataset,
-              model_path: Path) -> None:
+def log_model(
+    tracker: RunTracker, model: nn.Module, examples: ImageDataset, model_path: Path
+) -> None:
     """Log the model to MLflow with a signature and an input example, loadable by pyfunc."""
     import mlflow
     import mlflow.pytorch
@@ -377,8 +454,11 @@ def log_model(tracker: RunTracker, model: nn.Module, examples: ImageDataset,
     with torch.no_grad():
         output = model.eval()(torch.from_numpy(example)).numpy()
     active = mlflow.active_run()
-    joined = (nullcontext() if active is not None and active.info.run_id == tracker.run_id
-              else mlflow.start_run(run_id=tracker.run_id, nested=active is not None))
+    joined = (
+        nullcontext()
+        if active is not None and active.info.run_id == tracker.run_id
+        else mlflow.start_run(run_id=tracker.run_id, nested=active is not None)
+    )
     with joined:
         mlflow.pytorch.log_model(
             model,
@@ -387,8 +467,10 @@ def log_model(tracker: RunTracker, model: nn.Module, examples: ImageDataset,
             input_example=example,
             code_paths=[str(Path(models.__file__).parent)],
             # Naming them skips MLflow's slow requirement inference (it re-imports the model).
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}",
-                              f"numpy=={np.__version__}"],
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"numpy=={np.__version__}",
+            ],
         )
     tracker.set_tags({TAG_MODEL_MD5: file_md5(model_path)})
 

@@ -34,8 +34,12 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     saved = dict(os.environ)
     os.environ["PREFECT_HOME"] = str(home)
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
-    for name in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME",
-                 "PREFECT_API_URL"):
+    for name in (
+        "MLFLOW_RUN_ID",
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_EXPERIMENT_NAME",
+        "PREFECT_API_URL",
+    ):
         os.environ.pop(name, None)
     yield
     os.environ.clear()
@@ -64,12 +68,12 @@ def synthetic_dataset(
 ) -> ImageDataset:
     """Learnable images: each class lights up its own band of rows, plus noise."""
     rng = np.random.default_rng(seed)
-    height, width, channels = shape
+    height = shape[0]
     labels = np.repeat(np.arange(num_classes), per_class)
     images = rng.integers(0, 60, size=(len(labels), *shape), dtype=np.int64)
     band = max(1, height // num_classes)
     for index, label in enumerate(labels):
-        images[index, label * band:(label + 1) * band] += 180
+        images[index, label * band : (label + 1) * band] += 180
     order = rng.permutation(len(labels))
     return ImageDataset(
         np.clip(images, 0, 255).astype(np.uint8)[order],
@@ -92,9 +96,11 @@ def processed_dir(raw_dir: Path, tmp_path: Path, tiny_params: Params) -> Path:
     from tasks.preprocess import run_preprocess
 
     path = tmp_path / "data" / "processed"
-    run_preprocess(tiny_params.preprocess.model_copy(update={"val_fraction": 0.25,
-                                                             "test_fraction": 0.25}),
-                   raw_dir, path)
+    run_preprocess(
+        tiny_params.preprocess.model_copy(update={"val_fraction": 0.25, "test_fraction": 0.25}),
+        raw_dir,
+        path,
+    )
     return path
 
 

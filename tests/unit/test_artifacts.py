@@ -31,8 +31,8 @@ def test_atomic_directory_swaps_whole_folders(tmp_path):
 def test_json_round_trip_and_clear_errors(tmp_path):
     write_json(tmp_path / "m.json", {"accuracy": 0.5})
     assert read_json(tmp_path / "m.json") == {"accuracy": 0.5}
-    with pytest.raises(MlcycleError, match="absent.json: not found"):
+    with pytest.raises(MlcycleError, match=r"absent\.json: not found"):
         read_json(tmp_path / "absent.json")
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(MlcycleError, match="bad.json: not valid JSON"):
+    with pytest.raises(MlcycleError, match=r"bad\.json: not valid JSON"):
         read_json(tmp_path / "bad.json")

@@ -31,6 +31,7 @@ def test_sklearn_digits_lands_in_the_canonical_format(tmp_path):
 
 # --- npz ---------------------------------------------------------------------------------
 
+
 def test_npz_with_string_labels_and_channelless_images(tmp_path):
     path = tmp_path / "my.npz"
     images = np.arange(6 * 4 * 4, dtype=np.uint8).reshape(6, 4, 4)
@@ -43,8 +44,12 @@ def test_npz_with_string_labels_and_channelless_images(tmp_path):
 
 def test_npz_with_class_names_keeps_label_ids(tmp_path):
     path = tmp_path / "my.npz"
-    np.savez(path, images=np.zeros((4, 2, 2, 3), np.uint8), labels=np.array([0, 1, 1, 0]),
-             class_names=np.array(["no", "yes", "maybe"]))
+    np.savez(
+        path,
+        images=np.zeros((4, 2, 2, 3), np.uint8),
+        labels=np.array([0, 1, 1, 0]),
+        class_names=np.array(["no", "yes", "maybe"]),
+    )
     dataset = load_source(source(f"npz:{path}"))
     assert dataset.class_names == ("no", "yes", "maybe")
     assert dataset.labels.tolist() == [0, 1, 1, 0]
@@ -92,7 +97,7 @@ def test_npz_out_of_range_integers(tmp_path):
 def test_npz_that_is_not_an_archive(tmp_path):
     path = tmp_path / "my.npz"
     path.write_text("hello")
-    with pytest.raises(DataSourceError, match="not a readable .npz"):
+    with pytest.raises(DataSourceError, match=r"not a readable \.npz"):
         load_source(source(f"npz:{path}"))
 
 
@@ -104,6 +109,7 @@ def test_single_class_is_refused(tmp_path):
 
 
 # --- image folder ------------------------------------------------------------------------
+
 
 def write_png(path: Path, size=(6, 5), mode="L", value=100) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +136,9 @@ def test_folder_missing(tmp_path):
 def test_folder_with_mixed_shapes_names_both_files(tmp_path):
     write_png(tmp_path / "imgs" / "cat" / "small.png", size=(4, 4))
     write_png(tmp_path / "imgs" / "dog" / "big.png", size=(8, 8))
-    with pytest.raises(DataSourceError, match=r"big\.png: image is 8x8x1 but .*small\.png is 4x4x1"):
+    with pytest.raises(
+        DataSourceError, match=r"big\.png: image is 8x8x1 but .*small\.png is 4x4x1"
+    ):
         load_source(source(f"folder:{tmp_path / 'imgs'}"))
 
 
@@ -165,6 +173,7 @@ def test_folder_with_an_empty_class(tmp_path):
 
 
 # --- torchvision -------------------------------------------------------------------------
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """The IDX format MNIST ships in: magic (dtype 0x08 = uint8, ndim), sizes, raw bytes."""
@@ -206,6 +215,7 @@ def test_torchvision_unknown_dataset(tmp_path):
 
 
 # --- atomicity -----------------------------------------------------------------------------
+
 
 def test_failed_collect_leaves_the_previous_data_untouched(tmp_path):
     raw = tmp_path / "raw"

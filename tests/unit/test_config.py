@@ -54,8 +54,9 @@ def test_unknown_source_names_the_forms_expected(tmp_path):
 
 
 def test_split_fractions_must_leave_a_train_split(tmp_path):
-    path = write_params(tmp_path, lambda tree: tree["preprocess"].update(
-        val_fraction=0.5, test_fraction=0.5))
+    path = write_params(
+        tmp_path, lambda tree: tree["preprocess"].update(val_fraction=0.5, test_fraction=0.5)
+    )
     with pytest.raises(ConfigError, match="val_fraction \\+ test_fraction is 1"):
         load_params(path)
 
@@ -70,22 +71,30 @@ def test_not_yaml_and_missing_file_are_clear(tmp_path):
 
 
 def test_overrides_parse_values_as_yaml():
-    params = load_params(REPO_ROOT / "params.yaml", overrides=[
-        "train.epochs=3", "train.cnn.channels=[8, 16]", "collect.source=npz:data/my.npz",
-        "preprocess.image_size=null",
-    ])
+    params = load_params(
+        REPO_ROOT / "params.yaml",
+        overrides=[
+            "train.epochs=3",
+            "train.cnn.channels=[8, 16]",
+            "collect.source=npz:data/my.npz",
+            "preprocess.image_size=null",
+        ],
+    )
     assert params.train.epochs == 3
     assert params.train.cnn.channels == (8, 16)
     assert params.collect.source == "npz:data/my.npz"
     assert params.preprocess.image_size is None
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("train.epochs", "expected section.key=value"),
-    ("train.nope=1", "train.nope is not a key"),
-    ("nope.epochs=1", "nope is not a section"),
-    ("train.epochs.deeper=1", "train.epochs is not a section"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epochs", "expected section.key=value"),
+        ("train.nope=1", "train.nope is not a key"),
+        ("nope.epochs=1", "nope is not a section"),
+        ("train.epochs.deeper=1", "train.epochs is not a section"),
+    ],
+)
 def test_bad_overrides_are_named(override, message):
     tree = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     with pytest.raises(ConfigError, match=message):

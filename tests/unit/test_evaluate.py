@@ -14,8 +14,13 @@ from tasks.train import load_model, run_train
 @pytest.fixture
 def trained(tiny_params, processed_dir, tmp_path):
     model_path = tmp_path / "model.pt"
-    run_train(tiny_params.train.model_copy(update={"epochs": 6, "lr": 0.01}), processed_dir,
-              model_path, tmp_path / "checkpoints", tmp_path / "train-reports")
+    run_train(
+        tiny_params.train.model_copy(update={"epochs": 6, "lr": 0.01}),
+        processed_dir,
+        model_path,
+        tmp_path / "checkpoints",
+        tmp_path / "train-reports",
+    )
     return model_path
 
 
@@ -24,8 +29,12 @@ def test_scores_on_known_predictions():
     predicted = np.array([0, 1, 1, 1, 2, 0])
     scores = classification_scores(actual, predicted, ("a", "b", "c"))
     assert scores.accuracy == pytest.approx(4 / 6)
-    assert scores.per_class["b"] == {"precision": pytest.approx(2 / 3), "recall": 1.0,
-                                     "f1": pytest.approx(0.8), "support": 2}
+    assert scores.per_class["b"] == {
+        "precision": pytest.approx(2 / 3),
+        "recall": 1.0,
+        "f1": pytest.approx(0.8),
+        "support": 2,
+    }
     assert scores.macro_f1 == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
     assert scores.confusion.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
 

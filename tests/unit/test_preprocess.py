@@ -87,8 +87,9 @@ def test_resize_and_channel_conversion(tmp_path):
 
 def test_preprocess_writes_the_model_input_shape(tmp_path):
     write_raw_dataset(synthetic_dataset(shape=(8, 8, 1)), tmp_path / "raw", source="test")
-    result = run_preprocess(params(image_size=12, channels=3), tmp_path / "raw",
-                            tmp_path / "processed")
+    result = run_preprocess(
+        params(image_size=12, channels=3), tmp_path / "raw", tmp_path / "processed"
+    )
     info = json.loads((tmp_path / "processed" / "preprocess.json").read_text())
     assert result.image_shape == (12, 12, 3)
     assert info["image_shape"] == [12, 12, 3] and info["source_image_shape"] == [8, 8, 1]

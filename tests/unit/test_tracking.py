@@ -74,15 +74,22 @@ def test_training_logs_each_epoch_and_a_loadable_model(
 ):
     params = tiny_params.train.model_copy(update={"epochs": 3, "early_stopping_patience": None})
     with tracked_run(tiny_params) as tracker:
-        run_train(params, processed_dir, tmp_path / "model.pt", tmp_path / "ckpt",
-                  tmp_path / "reports", tracker=tracker)
+        run_train(
+            params,
+            processed_dir,
+            tmp_path / "model.pt",
+            tmp_path / "ckpt",
+            tmp_path / "reports",
+            tracker=tracker,
+        )
     client = MlflowClient()
     history = client.get_metric_history(tracker.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2, 3]
     run = client.get_run(tracker.run_id)
     assert run.data.tags[TAG_MODEL_MD5] == file_md5(tmp_path / "model.pt")
     model_uri = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id], output_format="list")[0].model_uri
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )[0].model_uri
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     import numpy as np
 

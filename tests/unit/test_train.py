@@ -35,12 +35,13 @@ def md5(path) -> str:
 
 
 def test_training_writes_model_checkpoint_and_history(tiny_params, processed_dir, tmp_path):
-    result = train(tiny_params, processed_dir, tmp_path / "out", epochs=3,
-                   early_stopping_patience=None)
+    result = train(
+        tiny_params, processed_dir, tmp_path / "out", epochs=3, early_stopping_patience=None
+    )
     out = tmp_path / "out"
     assert result.epochs_run == 3 and result.device == "cpu"
     history = (out / "reports" / "training_history.csv").read_text().splitlines()
-    assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,seconds"
+    assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy"
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"]
     model, spec = load_model(out / "model.pt")
@@ -65,8 +66,9 @@ def test_resume_continues_where_it_stopped(tiny_params, processed_dir, tmp_path)
     settings = dict(early_stopping_patience=None)
     straight = train(tiny_params, processed_dir, tmp_path / "straight", epochs=4, **settings)
     train(tiny_params, processed_dir, tmp_path / "resumed", epochs=2, **settings)
-    resumed = train(tiny_params, processed_dir, tmp_path / "resumed", epochs=4, resume=True,
-                    **settings)
+    resumed = train(
+        tiny_params, processed_dir, tmp_path / "resumed", epochs=4, resume=True, **settings
+    )
     assert resumed.epochs_run == straight.epochs_run == 4
     history = (tmp_path / "resumed" / "reports" / "training_history.csv").read_text()
     assert [line.split(",")[0] for line in history.splitlines()[1:]] == ["1", "2", "3", "4"]
@@ -95,16 +97,21 @@ def test_early_stopping_keeps_the_best_epoch():
     model = torch.nn.Linear(2, 2)
     state = TrainingState()
     for epoch, val_loss in enumerate([1.0, 0.8, 0.9, 0.85], start=1):
-        _advance(state, {"epoch": epoch, "val_loss": val_loss, "val_accuracy": 0.5}, model,
-                 patience=2)
+        _advance(
+            state, {"epoch": epoch, "val_loss": val_loss, "val_accuracy": 0.5}, model, patience=2
+        )
     assert state.stopped_early and state.best_epoch == 2 and state.best_val_loss == 0.8
 
 
 def test_patience_none_never_stops():
     state = TrainingState()
     for epoch in range(1, 6):
-        _advance(state, {"epoch": epoch, "val_loss": float(epoch), "val_accuracy": 0.0},
-                 torch.nn.Linear(1, 1), patience=None)
+        _advance(
+            state,
+            {"epoch": epoch, "val_loss": float(epoch), "val_accuracy": 0.0},
+            torch.nn.Linear(1, 1),
+            patience=None,
+        )
     assert not state.stopped_early and state.best_epoch == 1
 
 

@@ -1,0 +1,94 @@
+"""`dvc repro`, `dvc exp run`, `dvc metrics show` and `dvc plots show` on a real DVC repo."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tasks.tracking import TAG_EVALUATED, TAG_MODEL_MD5
+from tests.integration.conftest import dvc
+
+pytestmark = pytest.mark.slow
+STAGES = ("collect", "preprocess", "train", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def reproduced(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = tmp_path_factory.mktemp("repro") / "project"
+    shutil.copytree(project_template, project, symlinks=True)
+    output = dvc("repro", cwd=project).stdout
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in output
+    return project
+
+
+def test_repro_writes_every_output(reproduced: Path):
+    for path in (
+        "data/raw/images.npy",
+        "data/raw/meta.json",
+        "data/processed/train.npz",
+        "artifacts/model.pt",
+        "artifacts/checkpoints/last.pt",
+        "reports/metrics.json",
+        "reports/confusion_matrix.png",
+        "reports/training_history.csv",
+    ):
+        assert (reproduced / path).is_file(), path
+
+
+def test_second_repro_has_nothing_to_do(reproduced: Path):
+    output = dvc("repro", cwd=reproduced).stdout
+    for stage in STAGES:
+        assert f"Stage '{stage}' didn't change, skipping" in output
+    assert "Running stage" not in output
+    assert "up to date" in dvc("status", cwd=reproduced).stdout
+
+
+def test_repro_tracks_one_mlflow_run_in_the_default_sqlite_store(reproduced: Path):
+    assert (reproduced / "mlflow.db").is_file() and (reproduced / "mlartifacts").is_dir()
+    mlflow.set_tracking_uri(f"sqlite:///{reproduced / 'mlflow.db'}")
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("mlcycle").experiment_id]
+    )
+    assert len(runs) == 1  # train opened it, evaluate joined it through the model's hash
+    run = runs[0]
+    metrics = json.loads((reproduced / "reports" / "metrics.json").read_text())
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
+    assert run.data.tags[TAG_EVALUATED] == "true" and TAG_MODEL_MD5 in run.data.tags
+    assert run.data.tags["mlcycle.dvc.data/raw"].endswith(".dir")
+
+
+def test_metrics_show_reports_accuracy_and_baseline(reproduced: Path):
+    shown = json.loads(dvc("metrics", "show", "--json", cwd=reproduced).stdout)
+    metrics = next(iter(shown.values()))["data"]["reports/metrics.json"]["data"]
+    assert 0 < metrics["accuracy"] <= 1 and "macro_f1" in metrics
+    assert metrics["baseline"]["model"] == "logistic_regression"
+
+
+def test_plots_show_renders_curves_and_confusion_matrix(reproduced: Path, tmp_path: Path):
+    dvc("plots", "show", "-o", str(tmp_path / "plots"), cwd=reproduced)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    for title in ("Loss per epoch", "Accuracy per epoch", "Confusion matrix (test split)"):
+        assert title in page
+    assert "confusion_matrix.png" in page
+
+
+def test_exp_run_with_a_param_override(reproduced: Path, tmp_path: Path):
+    project = tmp_path / "project"
+    shutil.copytree(reproduced, project, symlinks=True)
+    output = dvc("exp", "run", "-S", "train.lr=0.01", cwd=project).stdout
+    assert "Running stage 'train'" in output
+    assert "Running stage 'collect'" not in output  # the data stages did not change
+    shown = json.loads(dvc("exp", "show", "--json", cwd=project).stdout)
+    experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
+    lrs = [
+        rev["data"]["params"]["params.yaml"]["data"]["train"]["lr"]
+        for exp in experiments
+        for rev in exp["revs"]
+    ]
+    assert 0.01 in lrs

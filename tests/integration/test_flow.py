@@ -1,0 +1,229 @@
+"""The Prefect flow through the `mlcycle` CLI, against a real `mlflow server`.
+
+Proves the architecture's invariants: same outputs as `dvc repro`; `dvc status` clean after a
+flow run; a re-run with nothing changed skips every stage; every run records data hashes, the
+git commit, the flow-run id and the params.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tasks.config import load_params
+from tasks.tracking import (
+    TAG_FLOW_RUN,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_MODEL_MD5,
+    TAG_MODEL_RUN,
+    data_versions,
+)
+from tests.integration.conftest import dvc, free_port, mlcycle
+
+pytestmark = pytest.mark.slow
+RUN_ID = re.compile(r"MLflow run: http://\S+/runs/([0-9a-f]{32})")
+
+
+def run_id_of(output: str) -> str:
+    match = RUN_ID.search(output)
+    assert match, f"no MLflow run link in the summary:\n{output[-2000:]}"
+    return match.group(1)
+
+
+def lock_outputs(project: Path) -> dict[str, str]:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {
+        out["path"]: out["md5"]
+        for stage in lock["stages"].values()
+        for out in stage.get("outs", [])
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def client_points_at_the_server(mlflow_server: str):
+    """This module's MLflow client calls go to the server; the URI does not leak further
+    (set_tracking_uri also exports MLFLOW_TRACKING_URI to every later subprocess)."""
+    mlflow.set_tracking_uri(mlflow_server)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def flow_project(
+    project_template: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    project = tmp_path_factory.mktemp("flow") / "project"
+    shutil.copytree(project_template, project, symlinks=True)
+    result = mlcycle("run", cwd=project, MLFLOW_TRACKING_URI=mlflow_server)
+    return project, result.stdout + result.stderr
+
+
+def test_flow_prints_progress_and_a_summary(flow_project):
+    _, output = flow_project
+    for stage in ("collect", "preprocess", "train", "evaluate"):
+        assert f"Task run 'dvc-repro-{stage}'" in output
+    assert "train: epoch 1/2" in output and "train: epoch 2/2" in output
+    assert "training-pipeline finished: cnn test accuracy" in output
+    assert "stages run: collect, preprocess, train, evaluate; unchanged, skipped: none" in output
+    assert "dvc metrics show" in output and "prefect server start" in output
+
+
+def test_mlflow_run_holds_params_epochs_metrics_lineage_and_model(flow_project):
+    project, output = flow_project
+    client = MlflowClient()
+    run = client.get_run(run_id_of(output))
+    assert run.info.status == "FINISHED"
+    params = load_params(project / "params.yaml")
+    assert run.data.params == {key: str(value) for key, value in params.flat().items()}
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
+    assert {"test_accuracy", "test_macro_f1", "baseline_accuracy"} <= set(run.data.metrics)
+    tags = run.data.tags
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert tags[TAG_GIT_COMMIT] == head and tags[TAG_GIT_DIRTY] == "false"
+    versions = data_versions(project / "dvc.lock")
+    assert set(versions) == {"data/raw", "data/processed"}
+    for path, md5 in versions.items():
+        assert tags[f"mlcycle.dvc.{path}"] == md5
+    uuid.UUID(tags[TAG_FLOW_RUN])  # the Prefect flow-run id
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in artifacts
+    model = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        output_format="list",
+    )[0]
+    pyfunc = mlflow.pyfunc.load_model(model.model_uri)
+    predictions = np.asarray(pyfunc.predict(np.zeros((3, 8, 8, 1), np.float32)))
+    assert predictions.shape == (3, 10)
+
+
+def test_dvc_status_is_clean_after_a_flow_run(flow_project):
+    project, _ = flow_project
+    assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
+
+
+def test_flow_and_dvc_repro_give_the_same_outputs(flow_project, project_template, tmp_path):
+    project, _ = flow_project
+    by_dvc = tmp_path / "project"
+    shutil.copytree(project_template, by_dvc, symlinks=True)
+    dvc("repro", cwd=by_dvc, MLFLOW_TRACKING_URI=f"sqlite:///{by_dvc / 'mlflow.db'}")
+    assert lock_outputs(by_dvc) == lock_outputs(project)
+
+
+def test_data_is_pushed_to_the_dvc_remote(flow_project):
+    project, _ = flow_project
+    output = dvc("status", "--cloud", cwd=project).stdout
+    assert "Cache and remote 'local' are in sync" in output
+
+
+def test_rerun_with_nothing_changed_skips_every_stage(flow_project):
+    project, first_output = flow_project
+    first_run = run_id_of(first_output)
+    result = mlcycle("run", cwd=project, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
+    output = result.stdout + result.stderr
+    assert "stages run: none; unchanged, skipped: collect, preprocess, train, evaluate" in output
+    for stage in ("collect", "preprocess", "train", "evaluate"):
+        assert f"stage '{stage}' is up to date: skipped" in output
+    run = MlflowClient().get_run(run_id_of(output))
+    assert run.info.run_id != first_run
+    first = MlflowClient().get_run(first_run)
+    # It points at a run that logged this very model file, instead of logging it again.
+    model_run = MlflowClient().get_run(run.data.tags[TAG_MODEL_RUN])
+    assert model_run.data.tags[TAG_MODEL_MD5] == first.data.tags[TAG_MODEL_MD5]
+    assert TAG_MODEL_MD5 not in run.data.tags
+    assert run.data.metrics["test_accuracy"] == first.data.metrics["test_accuracy"]
+
+
+def test_override_is_written_like_dvc_exp_run_and_reruns_only_its_stage(flow_project):
+    project, first_output = flow_project
+    result = mlcycle(
+        "run",
+        "--set",
+        "evaluate.baseline=none",
+        cwd=project,
+        MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),
+    )
+    output = result.stdout + result.stderr
+    assert "params.yaml: evaluate.baseline 'logistic_regression' -> 'none'" in output
+    assert "stages run: evaluate; unchanged, skipped: collect, preprocess, train" in output
+    assert load_params(project / "params.yaml").evaluate.baseline == "none"
+    assert "up to date" in dvc("status", cwd=project).stdout
+    run = MlflowClient().get_run(run_id_of(output))
+    assert run.data.params["evaluate.baseline"] == "none"
+    assert "baseline_accuracy" not in run.data.metrics
+    first = MlflowClient().get_run(run_id_of(first_output))
+    model_run = MlflowClient().get_run(run.data.tags[TAG_MODEL_RUN])
+    assert model_run.data.tags[TAG_MODEL_MD5] == first.data.tags[TAG_MODEL_MD5]
+
+
+def test_a_failing_stage_stops_the_flow_and_fails_the_run(fresh_project, mlflow_server):
+    result = mlcycle(
+        "run",
+        "--set",
+        "collect.source=npz:data/external/missing.npz",
+        cwd=fresh_project,
+        check=False,
+        MLFLOW_TRACKING_URI=mlflow_server,
+    )
+    assert result.returncode == 1
+    assert (
+        "\nmlcycle: error: stage 'collect' failed: npz:data/external/missing.npz: file not found\n"
+    ) in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr  # bad input is not a crash
+    for output in ("data/raw", "data/processed", "artifacts/model.pt", "reports/metrics.json"):
+        assert not (fresh_project / output).exists(), output
+    run = MlflowClient().get_run(run_id_of_failed(result.stdout + result.stderr))
+    assert run.info.status == "FAILED"
+    assert not mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+        experiment_ids=[run.info.experiment_id],
+        output_format="list",
+    )
+
+
+def run_id_of_failed(output: str) -> str:
+    match = re.search(r"MLflow run http://\S+/runs/([0-9a-f]{32})", output)
+    assert match, output[-2000:]
+    return match.group(1)
+
+
+def test_unreachable_tracking_server_fails_fast_before_anything_runs(fresh_project):
+    started = time.monotonic()
+    result = mlcycle(
+        "run", cwd=fresh_project, check=False, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{free_port()}"
+    )
+    assert result.returncode == 1
+    assert "mlcycle: error: MLflow tracking server http://127.0.0.1:" in result.stderr
+    assert "cannot be reached" in result.stderr
+    assert time.monotonic() - started < 30  # seconds, not MLflow's minutes of retries
+    assert not (fresh_project / "data" / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.epoch=3", "train.epoch is not a key of params.yaml"),
+        ("train.epochs=many", "train.epochs: Input should be a valid integer (got 'many')"),
+        ("train.model=resnet", "train.model: unknown model 'resnet'"),
+    ],
+)
+def test_bad_overrides_are_one_clear_line(fresh_project, override, message):
+    result = mlcycle("run", "--set", override, cwd=fresh_project, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("mlcycle: error:")
+    assert message in result.stderr and "Traceback" not in result.stderr
