@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run repro test test-fast lint format mlflow-ui prefect-ui clean
+.PHONY: help install run repro test test-fast lint format mlflow-ui prefect-ui clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,3 +47,6 @@ prefect-ui: install ## start a Prefect server with its UI at http://127.0.0.1:42
 
 clean: ## remove pipeline outputs and local tracking stores (keeps .venv and the DVC cache)
 	rm -rf data/raw data/processed artifacts reports mlflow.db mlartifacts
+
+bench: install ## measure the pipeline against its quality bar in a fresh clone of HEAD
+	$(BIN)/python bench/pipeline.py
