@@ -12,10 +12,12 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(INSTALLED): pyproject.toml constraints.txt
+	@echo "Setting up $(VENV) with the pinned dependencies (about 2 minutes the first time)..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	touch $@
+	$(BIN)/python -m pip install -qq --upgrade pip
+	$(BIN)/python -m pip install -qq -c constraints.txt -e ".[dev]"
+	@touch $@
+	@echo "Installed. Activate with: source $(VENV)/bin/activate"
 
 install: $(INSTALLED) ## create .venv and install mlcycle with its pinned dependencies
 

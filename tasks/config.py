@@ -202,9 +202,11 @@ def read_params_tree(path: Path = PARAMS_FILE) -> dict[str, Any]:
 def load_params(path: Path = PARAMS_FILE, overrides: Iterable[str] = ()) -> Params:
     """Load ``params.yaml`` and apply ``section.key=value`` overrides (values parsed as YAML)."""
     tree = read_params_tree(path)
+    overrides = list(overrides)
     for override in overrides:
         apply_override(tree, override)
-    return parse_params(tree, origin=str(path))
+    origin = f"{path} with overrides {' '.join(overrides)}" if overrides else str(path)
+    return parse_params(tree, origin=origin)
 
 
 def apply_override(tree: dict[str, Any], override: str) -> None:
