@@ -36,3 +36,36 @@ def test_json_round_trip_and_clear_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(MlcycleError, match=r"bad\.json: not valid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+def test_outputs_get_the_usual_permissions_not_private_temp_ones(tmp_path):
+    from tasks.artifacts import DIR_MODE, FILE_MODE
+
+    with atomic_path(tmp_path / "metrics.json") as tmp:
+        tmp.write_text("{}")
+    with atomic_directory(tmp_path / "raw") as tmp:
+        (tmp / "images.npy").write_bytes(b"x")
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == FILE_MODE
+    assert (tmp_path / "raw").stat().st_mode & 0o777 == DIR_MODE
+    assert (tmp_path / "raw" / "images.npy").stat().st_mode & 0o777 == FILE_MODE
+
+
+def test_a_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    import os
+
+    target = tmp_path / "raw"
+    with atomic_directory(target) as tmp:
+        (tmp / "old").write_text("1")
+    real_replace = os.replace
+
+    def fail_on_swap_in(source, destination):
+        if str(source).endswith(".tmp"):
+            raise OSError("disk full")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", fail_on_swap_in)
+    with pytest.raises(OSError, match="disk full"), atomic_directory(target) as tmp:
+        (tmp / "new").write_text("2")
+    monkeypatch.undo()
+    assert [p.name for p in target.iterdir()] == ["old"]
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]
