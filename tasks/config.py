@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from ruamel.yaml import YAML, YAMLError
 
 from models import MODEL_NAMES
 
@@ -45,7 +45,8 @@ CHECKPOINT_DIR = ARTIFACTS_DIR / "checkpoints"
 REPORTS_DIR = Path("reports")
 
 # A tuple field accepts a YAML/JSON list; the rest of each model stays strict (no "3" for 3).
-IntTuple = Annotated[tuple[int, ...], Field(strict=False, min_length=1)]
+PositiveInts = Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(strict=False, min_length=1)]
+Seed = Annotated[int, Field(ge=0)]
 
 
 class _Section(BaseModel):
@@ -74,7 +75,7 @@ class CollectParams(_Section):
 
 
 class PreprocessParams(_Section):
-    seed: int
+    seed: Seed
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     image_size: int | None = Field(ge=1, description="Resize to a square of this side; null keeps.")
@@ -91,12 +92,12 @@ class PreprocessParams(_Section):
 
 
 class MLPParams(_Section):
-    hidden_sizes: IntTuple
+    hidden_sizes: PositiveInts
     dropout: float = Field(ge=0, lt=1)
 
 
 class CNNParams(_Section):
-    channels: IntTuple
+    channels: PositiveInts
     hidden_size: int = Field(ge=1)
     dropout: float = Field(ge=0, lt=1)
 
@@ -109,7 +110,7 @@ class TrainParams(_Section):
     momentum: float = Field(ge=0, lt=1, description="Used by sgd only.")
     batch_size: int = Field(ge=1)
     epochs: int = Field(ge=1)
-    seed: int
+    seed: Seed
     early_stopping_patience: int | None = Field(
         ge=1, description="Stop after this many epochs without a better validation loss."
     )
@@ -189,12 +190,17 @@ def parse_params(data: Any, origin: str = str(PARAMS_FILE)) -> Params:
         raise ConfigError(_describe(error, origin)) from None
 
 
+def _yaml() -> YAML:
+    # YAML 1.2, as DVC reads params.yaml: 1e-3 is a number (PyYAML's YAML 1.1 says string).
+    return YAML(typ="safe", pure=True)
+
+
 def read_params_tree(path: Path = PARAMS_FILE) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: not found; run from the repository root")
     try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
+        tree = _yaml().load(path.read_text())
+    except YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     return tree if tree is not None else {}
 
@@ -225,8 +231,8 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
     if parts[-1] not in node:
         raise ConfigError(f"override {override!r}: {key} is not a key of params.yaml")
     try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError:
+        node[parts[-1]] = _yaml().load(raw) if raw.strip() else raw
+    except YAMLError:
         node[parts[-1]] = raw
 
 

@@ -70,6 +70,27 @@ def test_not_yaml_and_missing_file_are_clear(tmp_path):
         load_params(bad)
 
 
+def test_exponent_notation_is_a_number_as_dvc_reads_it(tmp_path):
+    path = write_params(tmp_path, lambda tree: None)
+    path.write_text(path.read_text().replace("lr: 0.001", "lr: 1e-4"))
+    assert load_params(path).train.lr == 1e-4
+    assert load_params(path, overrides=["train.lr=1e-3"]).train.lr == 1e-3
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.cnn.channels=[16, 0]", r"train\.cnn\.channels\.1: .*greater than or equal to 1"),
+        ("train.mlp.hidden_sizes=[]", r"train\.mlp\.hidden_sizes: .*at least 1 item"),
+        ("train.seed=-1", r"train\.seed: .*greater than or equal to 0"),
+        ("preprocess.seed=-5", r"preprocess\.seed: .*greater than or equal to 0"),
+    ],
+)
+def test_sizes_and_seeds_are_bounded(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(REPO_ROOT / "params.yaml", overrides=[override])
+
+
 def test_overrides_parse_values_as_yaml():
     params = load_params(
         REPO_ROOT / "params.yaml",
