@@ -1,0 +1,3 @@
+"""Prefect flows and the ``mlcycle`` CLI: wiring over ``tasks/``, no ML logic."""
+
+import tasks  # noqa: F401  (sets the telemetry switches before Prefect and MLflow import)

@@ -10,7 +10,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import tasks  # noqa: F401  (sets the telemetry switches before Prefect and MLflow import)
 from tasks.config import MlcycleError, load_params
 from tasks.pipeline import PipelineSummary
 from tasks.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri

@@ -14,6 +14,7 @@ from tasks.config import Params, hide_user_error_tracebacks
 from tasks.pipeline import (
     PipelineSummary,
     apply_params_task,
+    fail_pipeline_run,
     finish_pipeline_run_task,
     push_data_task,
     reproduce_stage_task,
@@ -27,7 +28,12 @@ DATA_STAGES = ("collect", "preprocess", "train", "evaluate")
 hide_user_error_tracebacks()  # bad input reads as one line in the flow log, as on the console
 
 
-@flow(name="training-pipeline", description="Collect, preprocess, train and evaluate a model.")
+@flow(
+    name="training-pipeline",
+    description="Collect, preprocess, train and evaluate a model.",
+    on_failure=[fail_pipeline_run],
+    on_crashed=[fail_pipeline_run],
+)
 def training_pipeline(params: Params | None = None) -> PipelineSummary:
     """``params``: the whole of params.yaml; left empty, the file is used as it is."""
     params = apply_params_task(params)

@@ -134,7 +134,7 @@ def load_torchvision(name: str, root: Path, download: bool) -> ImageDataset:
         part_images, part_labels = _torchvision_arrays(loaded)
         images.append(part_images)
         labels.append(part_labels)
-        class_names = class_names or _torchvision_classes(loaded, part_labels)
+        class_names = class_names or _torchvision_classes(loaded)
     all_labels = np.concatenate(labels)
     if class_names is None or len(class_names) <= int(all_labels.max()):
         class_names = tuple(str(label) for label in range(int(all_labels.max()) + 1))
@@ -174,7 +174,7 @@ def _torchvision_arrays(dataset: object) -> tuple[np.ndarray, np.ndarray]:
     return _as_uint8(images, "torchvision data"), labels
 
 
-def _torchvision_classes(dataset: object, labels: np.ndarray) -> tuple[str, ...] | None:
+def _torchvision_classes(dataset: object) -> tuple[str, ...] | None:
     classes = getattr(dataset, "classes", None)
     return tuple(str(name) for name in classes) if classes else None
 

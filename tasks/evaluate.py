@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from prefect import task
 
-from tasks.artifacts import ImageDataset, atomic_path, read_split, write_json
+from tasks.artifacts import (
+    ImageDataset,
+    atomic_path,
+    file_md5,
+    read_json,
+    read_split,
+    write_json,
+)
 from tasks.config import (
     MODEL_FILE,
     PROCESSED_DIR,
@@ -29,6 +36,7 @@ from tasks.config import (
     retry_unless_user_error,
     stage_main,
 )
+from tasks.model_io import load_model, predict_logits
 from tasks.tracking import (
     TAG_EVALUATED,
     TAG_MODEL_MD5,
@@ -38,7 +46,6 @@ from tasks.tracking import (
     find_run,
     tracked_run,
 )
-from tasks.train import file_md5, load_model, predict_logits
 
 log = logging.getLogger("mlcycle.evaluate")
 
@@ -94,12 +101,7 @@ def run_evaluate(
             "accuracy": round(baseline.accuracy, 6),
             "macro_f1": round(baseline.macro_f1, 6),
         }
-    paths = {
-        "metrics": reports_dir / METRICS_FILE.name,
-        "per_class": reports_dir / CLASS_REPORT_FILE.name,
-        "confusion_csv": reports_dir / CONFUSION_CSV.name,
-        "confusion_png": reports_dir / CONFUSION_PNG.name,
-    }
+    paths = report_paths(reports_dir)
     write_json(paths["metrics"], metrics)
     write_json(paths["per_class"], scores.per_class)
     write_confusion_csv(paths["confusion_csv"], test.labels, predicted, test.class_names)
@@ -120,10 +122,7 @@ def run_evaluate(
         else "",
     )
     if tracker is not None:
-        tracker.log_metrics(metrics_for_mlflow(metrics))
-        for path in paths.values():
-            tracker.log_artifact(path, "evaluation")
-        tracker.set_tags({TAG_EVALUATED: "true"})
+        record_evaluation(tracker, reports_dir)
     return EvaluateResult(
         accuracy=scores.accuracy,
         macro_f1=scores.macro_f1,
@@ -134,15 +133,30 @@ def run_evaluate(
     )
 
 
-def metrics_for_mlflow(metrics: dict[str, Any]) -> dict[str, float]:
-    """The MLflow metrics of a ``metrics.json``: the same numbers ``dvc metrics show`` shows."""
+def report_paths(reports_dir: Path = REPORTS_DIR) -> dict[str, Path]:
+    return {
+        "metrics": reports_dir / METRICS_FILE.name,
+        "per_class": reports_dir / CLASS_REPORT_FILE.name,
+        "confusion_csv": reports_dir / CONFUSION_CSV.name,
+        "confusion_png": reports_dir / CONFUSION_PNG.name,
+    }
+
+
+def record_evaluation(tracker: RunTracker, reports_dir: Path = REPORTS_DIR) -> None:
+    """Log an evaluation's reports to a run: the metrics (the same numbers ``dvc metrics show``
+    shows), the confusion matrix and the per-class report."""
+    paths = report_paths(reports_dir)
+    metrics = read_json(paths["metrics"])
     logged = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
     if baseline := metrics.get("baseline"):
         logged |= {
             "baseline_accuracy": baseline["accuracy"],
             "baseline_macro_f1": baseline["macro_f1"],
         }
-    return logged
+    tracker.log_metrics(logged)
+    for path in paths.values():
+        tracker.log_artifact(path, "evaluation")
+    tracker.set_tags({TAG_EVALUATED: "true"})
 
 
 def classification_scores(

@@ -24,17 +24,21 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
-from tasks.artifacts import read_json
+from tasks.artifacts import atomic_path, file_md5, read_json, read_split
 from tasks.config import (
     MODEL_FILE,
     PARAMS_FILE,
+    PROCESSED_DIR,
+    REPORTS_DIR,
     MlcycleError,
     Params,
     load_params,
     retry_unless_user_error,
 )
-from tasks.evaluate import METRICS_FILE, metrics_for_mlflow
+from tasks.evaluate import METRICS_FILE, record_evaluation
+from tasks.model_io import load_model, log_model
 from tasks.tracking import (
+    TAG_EVALUATED,
     TAG_FLOW_RUN,
     TAG_MODEL_MD5,
     TAG_MODEL_RUN,
@@ -46,7 +50,6 @@ from tasks.tracking import (
     lineage_tags,
     run_url,
 )
-from tasks.train import file_md5
 
 
 class StageFailed(MlcycleError):
@@ -103,10 +106,8 @@ def apply_params(params: Params | None, path: Path = PARAMS_FILE) -> Params:
         for section in sections:
             node = node[section]
         node[leaf] = _flow_style(value)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as handle:
+    with atomic_path(path) as tmp, tmp.open("w") as handle:
         yaml.dump(tree, handle)
-    os.replace(tmp, path)
     for key, value in changed.items():
         _logger().info("params.yaml: %s %r -> %r", key, old[key], value)
     return load_params(path)
@@ -166,8 +167,6 @@ def reproduce_stage(stage: str, run_id: str | None = None) -> StageResult:
                 logger.info(line)
                 tail.append(line)
     if process.returncode != 0:
-        if run_id:
-            fail_pipeline_run(run_id)
         detail = next((line for line in reversed(tail) if line.startswith("error:")), None)
         reason = (
             detail.removeprefix("error: ")
@@ -211,11 +210,17 @@ def start_pipeline_run(params: Params) -> str:
     return run.info.run_id
 
 
-def fail_pipeline_run(run_id: str) -> None:
-    """Mark the run FAILED: nothing may be registered or served from it."""
+def fail_pipeline_run(flow: Any, prefect_flow_run: Any, state: Any) -> None:
+    """Prefect ``on_failure``/``on_crashed`` hook: mark this flow run's MLflow run FAILED, so
+    nothing is ever registered or served from a failed or partial pipeline run."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient().set_terminated(run_id, "FAILED")
+    try:
+        run_id = find_run(TAG_FLOW_RUN, str(prefect_flow_run.id))
+        if run_id and MlflowClient().get_run(run_id).info.status != "FAILED":
+            MlflowClient().set_terminated(run_id, "FAILED")
+    except Exception as error:  # a hook must not hide the flow's own failure
+        _logger().warning("could not mark the MLflow run FAILED: %s", error)
 
 
 def finish_pipeline_run(
@@ -224,17 +229,8 @@ def finish_pipeline_run(
     """Record lineage, fill in results of skipped stages, publish the evaluation artifact."""
     from mlflow.tracking import MlflowClient
 
-    tracker = RunTracker(run_id)
-    tracker.set_tags(lineage_tags())
-    ran = {result.stage for result in stages if result.ran}
     metrics = read_json(METRICS_FILE)
-    if "train" not in ran:
-        # DVC reused the model: point at the run that logged it instead of logging it again.
-        model_run = find_run(TAG_MODEL_MD5, file_md5(MODEL_FILE))
-        if model_run:
-            tracker.set_tags({TAG_MODEL_RUN: model_run})
-    if "evaluate" not in ran:
-        tracker.log_metrics(metrics_for_mlflow(metrics))
+    complete_run_record(run_id)
     MlflowClient().set_terminated(run_id, "FINISHED")
     summary = PipelineSummary(
         run_id=run_id,
@@ -251,6 +247,34 @@ def finish_pipeline_run(
         key="evaluation", markdown=summary_markdown(summary), description="Test-split evaluation"
     )
     return summary
+
+
+def complete_run_record(
+    run_id: str,
+    model_file: Path = MODEL_FILE,
+    processed_dir: Path = PROCESSED_DIR,
+    reports_dir: Path = REPORTS_DIR,
+) -> None:
+    """Give the pipeline run its lineage, and what the stages it did not execute would have
+    logged. Judged by what the run holds, not by which stages were invoked: a stale stage can
+    still be restored from DVC's run-cache without executing.
+    """
+    from mlflow.tracking import MlflowClient
+
+    tracker = RunTracker(run_id)
+    tracker.set_tags(lineage_tags())
+    tags = MlflowClient().get_run(run_id).data.tags
+    if TAG_MODEL_MD5 not in tags:
+        # DVC reused the model: point at a run that logged this very file, not log it again;
+        # if no run in this tracking store did, log it here.
+        model_run = find_run(TAG_MODEL_MD5, file_md5(model_file))
+        if model_run:
+            tracker.set_tags({TAG_MODEL_RUN: model_run})
+        else:
+            model, _ = load_model(model_file)
+            log_model(run_id, model, read_split(processed_dir, "val")[0], model_file)
+    if TAG_EVALUATED not in tags:
+        record_evaluation(tracker, reports_dir)
 
 
 def summary_markdown(summary: PipelineSummary) -> str:

@@ -16,7 +16,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -160,7 +159,7 @@ class RunTracker:
         from mlflow.tracking import MlflowClient
 
         logged = MlflowClient().get_run(self.run_id).data.params
-        fresh = {k: _param_text(v) for k, v in params.flat().items() if k not in logged}
+        fresh = {k: str(v) for k, v in params.flat().items() if k not in logged}
         if fresh:
             MlflowClient().log_batch(self.run_id, params=[Param(k, v) for k, v in fresh.items()])
 
@@ -170,46 +169,53 @@ class RunTracker:
         MlflowClient().log_artifact(self.run_id, str(path), artifact_path)
 
 
-def _param_text(value: Any) -> str:
-    return str(value)  # what mlflow.log_params stores, so re-logging compares equal
-
-
 def params_conflict(run_id: str, params: Params) -> list[str]:
     """Keys this run logged with a different value than ``params`` holds."""
     from mlflow.tracking import MlflowClient
 
     logged = MlflowClient().get_run(run_id).data.params
-    return [k for k, v in params.flat().items() if k in logged and logged[k] != _param_text(v)]
+    return [k for k, v in params.flat().items() if k in logged and logged[k] != str(v)]
 
 
 @contextmanager
 def tracked_run(
     params: Params, run_id: str | None = None, run_name: str | None = None
 ) -> Iterator[RunTracker]:
-    """Open (or rejoin) an MLflow run for a stage; it is marked FAILED if the stage raises.
+    """An MLflow run for a stage: marked FAILED if the stage raises.
 
-    ``run_id`` falls back to ``MLFLOW_RUN_ID``, which the flow sets for its stages.
+    - With ``MLFLOW_RUN_ID`` set (the flow's run): log into it and leave it open; the flow
+      owns it and ends it.
+    - With ``run_id`` (a finished run to join, as evaluate joins train's): reopen it, end it.
+    - Otherwise: a new run, ended when the stage ends.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
     experiment_id = connect()
-    run_id = run_id or os.environ.get("MLFLOW_RUN_ID") or None
+    client = MlflowClient()
+    flow_run_id = os.environ.get("MLFLOW_RUN_ID") or None
+    run_id = run_id or flow_run_id
     try:
-        run = mlflow.start_run(
-            run_id=run_id,
-            run_name=None if run_id else run_name,
-            experiment_id=None if run_id else experiment_id,
-        )
+        if run_id is None:
+            run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
+        else:
+            client.get_run(run_id)
+            if run_id != flow_run_id:
+                client.update_run(run_id, status="RUNNING")
     except MlflowException as error:
         raise TrackingError(
-            f"cannot open MLflow run {run_id or '(new)'}: {error.message}"
+            f"cannot open MLflow run {run_id or '(new)'} in {tracking_uri()}: {error.message}"
         ) from None
-    with run:
-        tracker = RunTracker(run.info.run_id)
+    tracker = RunTracker(run_id)
+    try:
         tracker.log_params(params)
         tracker.set_tags(lineage_tags())
         yield tracker
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    if run_id != flow_run_id:
+        client.set_terminated(run_id, "FINISHED")
 
 
 def find_run(tag: str, value: str) -> str | None:
@@ -227,11 +233,17 @@ def find_run(tag: str, value: str) -> str | None:
 
 
 def can_join(run_id: str, params: Params) -> bool:
-    """Whether an evaluation may log into this run: not evaluated yet, and same params."""
+    """Whether a stage run on its own may log into this run: one that a plain ``dvc repro``
+    opened (not a flow's), not failed, not evaluated yet, and logged with the same params."""
     from mlflow.tracking import MlflowClient
 
-    evaluated = MlflowClient().get_run(run_id).data.tags.get(TAG_EVALUATED)
-    return not evaluated and not params_conflict(run_id, params)
+    run = MlflowClient().get_run(run_id)
+    return (
+        run.info.status != "FAILED"
+        and TAG_FLOW_RUN not in run.data.tags
+        and TAG_EVALUATED not in run.data.tags
+        and not params_conflict(run_id, params)
+    )
 
 
 def run_url(run_id: str) -> str:

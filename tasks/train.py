@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,7 @@ import torch
 from prefect import task
 from torch import nn
 
-from models import build_classifier
-from tasks.artifacts import ImageDataset, atomic_path, read_split, write_json
+from tasks.artifacts import ImageDataset, atomic_path, file_md5, read_split, write_json
 from tasks.config import (
     CHECKPOINT_DIR,
     MODEL_FILE,
@@ -36,7 +36,8 @@ from tasks.config import (
     retry_unless_user_error,
     stage_main,
 )
-from tasks.tracking import TAG_MODEL_MD5, RunTracker, tracked_run
+from tasks.model_io import build_from_spec, log_model, predict_logits, save_model, torch_save
+from tasks.tracking import RunTracker, tracked_run
 
 log = logging.getLogger("mlcycle.train")
 
@@ -44,11 +45,15 @@ HISTORY_FILE = REPORTS_DIR / "training_history.csv"
 SUMMARY_FILE = REPORTS_DIR / "train.json"
 # No wall-clock column: outputs must depend on inputs only (DVC compares them by hash).
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
-FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = 1
 
 
 class CheckpointError(MlcycleError):
     """A checkpoint cannot be used to resume."""
+
+
+class TrainingDiverged(MlcycleError):
+    """The loss became NaN or infinite."""
 
 
 @dataclass(frozen=True)
@@ -78,20 +83,32 @@ class TrainingState:
 
 
 def resolve_device(requested: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; asking for CUDA without one is an error."""
+    """``auto`` picks CUDA when present, else CPU; asking for a missing CUDA device is an error."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise MlcycleError(
-            f"train.device is {requested!r} but no CUDA device is available; use auto or cpu"
-        )
-    return torch.device(requested)
+    device = torch.device(requested)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise MlcycleError(
+                f"train.device is {requested!r} but {count} CUDA device(s) are available; "
+                "use auto, cpu" + (f" or cuda:0..cuda:{count - 1}" if count else "")
+            )
+    return device
 
 
-def seed_everything(seed: int) -> None:
+def make_deterministic(seed: int, device: torch.device) -> None:
+    """Seed every generator; on CUDA also pick deterministic kernels, so the same inputs give
+    the same model file (DVC and the lineage records rely on it)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    if device.type == "cuda":
+        # cuBLAS reads this when it first initialises; it must be set before any CUDA work.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def make_optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
@@ -118,7 +135,7 @@ def run_train(
     train_set, info = read_split(processed_dir, "train")
     val_set, _ = read_split(processed_dir, "val")
     device = resolve_device(params.device)
-    seed_everything(params.seed)
+    make_deterministic(params.seed, device)
     spec = {
         "model": params.model,
         "options": params.model_options(),
@@ -133,7 +150,7 @@ def run_train(
     checkpoint_path = checkpoint_dir / "last.pt"
     state = TrainingState()
     if params.resume:
-        state = restore_checkpoint(checkpoint_path, fingerprint, model, optimizer)
+        state = restore_checkpoint(checkpoint_path, fingerprint, model, optimizer, params)
     log.info(
         "train: %s on %s, %d train / %d val images, up to %d epochs%s",
         params.model,
@@ -158,6 +175,11 @@ def run_train(
             model, optimizer, loss_fn, train_x[order], train_y[order], params.batch_size
         )
         val_loss, val_accuracy = score(model, val_x, val_y, params.batch_size, loss_fn)
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise TrainingDiverged(
+                f"training diverged in epoch {epoch} (train loss {train_loss}, val loss "
+                f"{val_loss}); lower train.lr (now {params.lr})"
+            )
         row = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -181,13 +203,8 @@ def run_train(
         )
         if tracker is not None:
             tracker.log_metrics(
-                {
-                    "train_loss": train_loss,
-                    "train_accuracy": train_accuracy,
-                    "val_loss": val_loss,
-                    "val_accuracy": val_accuracy,
-                    "epoch_seconds": seconds,
-                },
+                {key: value for key, value in row.items() if key != "epoch"}
+                | {"epoch_seconds": seconds},
                 step=epoch,
             )
         if state.stopped_early:
@@ -196,13 +213,8 @@ def run_train(
                 params.early_stopping_patience,
             )
 
-    if not state.best_state:
-        raise CheckpointError(
-            f"{checkpoint_path}: holds no trained weights; "
-            "set train.resume=false to train from scratch"
-        )
     model.load_state_dict(state.best_state)
-    save_model(model_path, spec, model, state)
+    save_model(model_path, spec, model, best_epoch=state.best_epoch, epochs_run=state.epoch)
     result = TrainResult(
         model_path=model_path,
         device=str(device),
@@ -225,7 +237,7 @@ def run_train(
         },
     )
     if tracker is not None:
-        log_model(tracker, model.cpu(), val_set, model_path)
+        log_model(tracker.run_id, model, val_set, model_path)
     log.info(
         "train: best epoch %d (val loss %.4f, val acc %.4f) -> %s in %.1fs",
         result.best_epoch,
@@ -277,14 +289,6 @@ def _batches(count: int, batch_size: int) -> list[slice]:
     return [slice(start, end) for start, end in zip(starts, [*starts[1:], count], strict=True)]
 
 
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    model.eval()
-    return torch.cat(
-        [model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
-    )
-
-
 def score(
     model: nn.Module,
     images: torch.Tensor,
@@ -313,7 +317,11 @@ def _advance(
 
 
 def _fingerprint(spec: dict[str, Any], params: TrainParams, train_file: Path) -> str:
-    """What a checkpoint must match to be resumed: the model, the optimiser and the data."""
+    """What a checkpoint must match to be resumed: the model, the optimiser and the data.
+
+    The learning rate, weight decay and momentum may change on resume (fine-tuning); the
+    resumed run uses the current values.
+    """
     digest = hashlib.sha256(
         json.dumps(
             {
@@ -329,21 +337,6 @@ def _fingerprint(spec: dict[str, Any], params: TrainParams, train_file: Path) ->
     return digest.hexdigest()
 
 
-def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _torch_save(obj: Any, path: Path) -> None:
-    # Through a file handle: torch names the archive after a *path*, which would make the bytes
-    # (and DVC's hash) depend on the temporary file's random name.
-    with atomic_path(path) as tmp, tmp.open("wb") as handle:
-        torch.save(obj, handle)
-
-
 def save_checkpoint(
     path: Path,
     state: TrainingState,
@@ -351,11 +344,11 @@ def save_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
 ) -> None:
-    _torch_save(
+    torch_save(
         {
-            "format": FORMAT_VERSION,
+            "format": CHECKPOINT_FORMAT,
             "fingerprint": fingerprint,
-            "state": {k: v for k, v in vars(state).items()},
+            "state": dict(vars(state)),
             "model_state": model.state_dict(),
             "optimizer_state": optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -366,7 +359,11 @@ def save_checkpoint(
 
 
 def restore_checkpoint(
-    path: Path, fingerprint: str, model: nn.Module, optimizer: torch.optim.Optimizer
+    path: Path,
+    fingerprint: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    params: TrainParams,
 ) -> TrainingState:
     if not path.is_file():
         log.info("train: resume asked but %s does not exist; starting from epoch 1", path)
@@ -384,49 +381,16 @@ def restore_checkpoint(
         )
     model.load_state_dict(checkpoint["model_state"])
     optimizer.load_state_dict(checkpoint["optimizer_state"])
+    # load_state_dict brings back the old hyper-parameters; the current params.yaml wins.
+    for group in optimizer.param_groups:
+        group["lr"] = params.lr
+        group["weight_decay"] = params.weight_decay
+        if "momentum" in group:
+            group["momentum"] = params.momentum
     torch.set_rng_state(checkpoint["torch_rng"])
     if checkpoint["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint["cuda_rng"])
     return TrainingState(**checkpoint["state"])
-
-
-def build_from_spec(spec: dict[str, Any]) -> nn.Sequential:
-    return build_classifier(
-        spec["model"],
-        spec["input_shape"],
-        len(spec["class_names"]),
-        spec["mean"],
-        spec["std"],
-        **spec["options"],
-    )
-
-
-def save_model(path: Path, spec: dict[str, Any], model: nn.Module, state: TrainingState) -> None:
-    _torch_save(
-        {
-            "format": FORMAT_VERSION,
-            **spec,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "best_epoch": state.best_epoch,
-            "epochs_run": state.epoch,
-        },
-        path,
-    )
-
-
-def load_model(path: Path) -> tuple[nn.Sequential, dict[str, Any]]:
-    """Rebuild a trained model from ``artifacts/model.pt``; returns it in eval mode, on CPU."""
-    if not path.is_file():
-        raise MlcycleError(f"{path}: not found; run the train stage first")
-    try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_from_spec(bundle)
-        model.load_state_dict(bundle["state_dict"])
-    except Exception as error:  # torch raises anything from struct.error to UnpicklingError
-        raise MlcycleError(
-            f"{path}: not a model written by the train stage ({type(error).__name__}: {error})"
-        ) from None
-    return model.eval(), {k: v for k, v in bundle.items() if k != "state_dict"}
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -438,41 +402,6 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 def _csv_number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
-
-
-def log_model(
-    tracker: RunTracker, model: nn.Module, examples: ImageDataset, model_path: Path
-) -> None:
-    """Log the model to MLflow with a signature and an input example, loadable by pyfunc."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
-
-    import models
-
-    example = examples.images[:5].astype(np.float32)
-    with torch.no_grad():
-        output = model.eval()(torch.from_numpy(example)).numpy()
-    active = mlflow.active_run()
-    joined = (
-        nullcontext()
-        if active is not None and active.info.run_id == tracker.run_id
-        else mlflow.start_run(run_id=tracker.run_id, nested=active is not None)
-    )
-    with joined:
-        mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, output),
-            input_example=example,
-            code_paths=[str(Path(models.__file__).parent)],
-            # Naming them skips MLflow's slow requirement inference (it re-imports the model).
-            pip_requirements=[
-                f"torch=={torch.__version__.split('+')[0]}",
-                f"numpy=={np.__version__}",
-            ],
-        )
-    tracker.set_tags({TAG_MODEL_MD5: file_md5(model_path)})
 
 
 train_task = task(

@@ -47,17 +47,30 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
 
 
 @pytest.fixture
-def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A real MLflow SQLite store in a temp folder (artifacts beside it)."""
+    import mlflow
+
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+    mlflow.set_tracking_uri(uri)  # MLflow also keeps a process-wide copy
+    yield uri
+    mlflow.set_tracking_uri(None)
 
 
 @pytest.fixture(scope="session")
 def tiny_params() -> Params:
     return load_params(REPO_ROOT / "params.yaml", overrides=TINY_OVERRIDES)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for servers we start, or to test refusals)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def synthetic_dataset(

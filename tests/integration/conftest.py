@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 
 from tasks.config import load_params
 from tasks.pipeline import apply_params
-from tests.conftest import REPO_ROOT, TINY_OVERRIDES
+from tests.conftest import REPO_ROOT, TINY_OVERRIDES, free_port
 
 BIN = Path(sys.executable).parent
 GIT_IDENTITY = {
@@ -90,12 +89,6 @@ def fresh_project(project_template: Path, tmp_path: Path) -> Path:
     target = tmp_path / "project"
     shutil.copytree(project_template, target, symlinks=True)
     return target
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,8 @@ from tasks.tracking import (
     TAG_MODEL_RUN,
     data_versions,
 )
-from tests.integration.conftest import dvc, free_port, mlcycle
+from tests.conftest import free_port
+from tests.integration.conftest import dvc, mlcycle
 
 pytestmark = pytest.mark.slow
 RUN_ID = re.compile(r"MLflow run: http://\S+/runs/([0-9a-f]{32})")
@@ -227,3 +228,25 @@ def test_bad_overrides_are_one_clear_line(fresh_project, override, message):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("mlcycle: error:")
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_failed_run_loses_nothing_dvc_can_bring_it_all_back(flow_project):
+    """DVC deletes a stage's outputs before running it; every earlier version stays in its
+    cache, so after a failed run the last good state comes back with `dvc checkout`."""
+    project, _ = flow_project
+    good_params = (project / "params.yaml").read_text()
+    before = lock_outputs(project)
+    result = mlcycle(
+        "run",
+        "--set",
+        "collect.source=npz:data/external/missing.npz",
+        cwd=project,
+        check=False,
+        MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),
+    )
+    assert result.returncode == 1
+    assert lock_outputs(project) == before  # dvc.lock still describes the last good run
+    (project / "params.yaml").write_text(good_params)  # i.e. git checkout params.yaml
+    dvc("checkout", cwd=project)
+    assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
+    assert (project / "data" / "raw" / "images.npy").is_file()

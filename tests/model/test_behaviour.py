@@ -6,8 +6,9 @@ import torch
 
 from tasks.artifacts import read_split
 from tasks.collect import run_collect
+from tasks.model_io import load_model, predict_logits
 from tasks.preprocess import run_preprocess
-from tasks.train import load_model, predict_logits, run_train
+from tasks.train import run_train
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,8 @@ from PIL import Image
 from tasks.artifacts import read_split
 from tasks.config import MlcycleError
 from tasks.evaluate import classification_scores, run_evaluate
-from tasks.train import load_model, run_train
+from tasks.model_io import load_model
+from tasks.train import run_train
 
 
 @pytest.fixture

@@ -55,3 +55,86 @@ def test_summary_markdown_is_a_table_with_the_run_link():
     assert "| accuracy | 0.9800 | 0.9000 |" in text
     assert "[abc](http://mlflow/#/runs/abc)" in text
     assert "`data/raw` 0123456789ab" in text
+
+
+@pytest.fixture
+def evaluated(tiny_params, processed_dir, tmp_path):
+    """A model file and its evaluation reports, made by the real stages (untracked)."""
+    from tasks.evaluate import run_evaluate
+    from tasks.train import run_train
+
+    run_train(
+        tiny_params.train,
+        processed_dir,
+        tmp_path / "model.pt",
+        tmp_path / "ckpt",
+        tmp_path / "reports",
+    )
+    run_evaluate(tiny_params.evaluate, tmp_path / "model.pt", processed_dir, tmp_path / "reports")
+    return tmp_path / "model.pt", processed_dir, tmp_path / "reports"
+
+
+def test_run_record_links_a_reused_model_and_copies_its_evaluation(
+    tracking_store, tiny_params, evaluated
+):
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from tasks.artifacts import file_md5
+    from tasks.pipeline import complete_run_record
+    from tasks.tracking import TAG_EVALUATED, TAG_MODEL_MD5, TAG_MODEL_RUN, tracked_run
+
+    model_file, processed_dir, reports_dir = evaluated
+    with tracked_run(tiny_params, run_name="trained it") as trainer:
+        trainer.set_tags({TAG_MODEL_MD5: file_md5(model_file), TAG_EVALUATED: "true"})
+    with tracked_run(tiny_params, run_name="reused it") as reuser:
+        pass
+    complete_run_record(reuser.run_id, model_file, processed_dir, reports_dir)
+    client = MlflowClient()
+    reused = client.get_run(reuser.run_id).data
+    metrics = json.loads((reports_dir / "metrics.json").read_text())
+    assert reused.tags[TAG_MODEL_RUN] == trainer.run_id
+    assert reused.metrics["test_accuracy"] == metrics["accuracy"]
+    assert reused.metrics["baseline_accuracy"] == metrics["baseline"]["accuracy"]
+    logged = {a.path for a in client.list_artifacts(reuser.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in logged
+
+    # A run that trained and evaluated itself is left as it is.
+    complete_run_record(trainer.run_id, model_file, processed_dir, reports_dir)
+    own = client.get_run(trainer.run_id).data
+    assert TAG_MODEL_RUN not in own.tags and "test_accuracy" not in own.metrics
+
+
+def test_run_record_logs_the_model_when_no_run_holds_it(tracking_store, tiny_params, evaluated):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tasks.artifacts import file_md5
+    from tasks.pipeline import complete_run_record
+    from tasks.tracking import TAG_MODEL_MD5, TAG_MODEL_RUN, tracked_run
+
+    model_file, processed_dir, reports_dir = evaluated
+    with tracked_run(tiny_params, run_name="fresh tracking store") as run:
+        pass
+    complete_run_record(run.run_id, model_file, processed_dir, reports_dir)
+    tags = MlflowClient().get_run(run.run_id).data.tags
+    assert tags[TAG_MODEL_MD5] == file_md5(model_file) and TAG_MODEL_RUN not in tags
+    models = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run.run_id}'", output_format="list"
+    )
+    assert len(models) == 1
+
+
+def test_failure_hook_marks_the_flow_runs_mlflow_run_failed(tracking_store, tiny_params):
+    import types
+
+    from mlflow.tracking import MlflowClient
+
+    from tasks.pipeline import fail_pipeline_run
+    from tasks.tracking import TAG_FLOW_RUN, tracked_run
+
+    with tracked_run(tiny_params) as run:
+        run.set_tags({TAG_FLOW_RUN: "1234"})
+    fail_pipeline_run(None, types.SimpleNamespace(id="1234"), None)
+    assert MlflowClient().get_run(run.run_id).info.status == "FAILED"

@@ -1,5 +1,4 @@
 import http.server
-import socket
 import subprocess
 import threading
 import time
@@ -8,25 +7,23 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tasks.artifacts import file_md5
 from tasks.tracking import (
-    TAG_DVC_PREFIX,
+    TAG_EVALUATED,
+    TAG_FLOW_RUN,
     TAG_GIT_COMMIT,
     TAG_GIT_DIRTY,
     TAG_MODEL_MD5,
     TrackingError,
+    can_join,
     check_server,
     connect,
     data_versions,
     git_state,
     tracked_run,
 )
-from tasks.train import file_md5, run_train
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tasks.train import run_train
+from tests.conftest import free_port
 
 
 def test_unreachable_server_fails_within_seconds(monkeypatch):
@@ -98,6 +95,60 @@ def test_training_logs_each_epoch_and_a_loadable_model(
     assert pyfunc.metadata.get_input_schema() is not None
 
 
+def test_a_stage_leaves_the_flows_run_open_and_reopens_a_finished_one(
+    tracking_store, tiny_params, monkeypatch
+):
+    client = MlflowClient()
+    with tracked_run(tiny_params) as flows_run:
+        pass
+    client.update_run(flows_run.run_id, status="RUNNING")  # as the flow holds it
+    monkeypatch.setenv("MLFLOW_RUN_ID", flows_run.run_id)
+    with tracked_run(tiny_params) as stage:
+        assert stage.run_id == flows_run.run_id
+    assert client.get_run(flows_run.run_id).info.status == "RUNNING"  # the flow ends it
+    with pytest.raises(ValueError), tracked_run(tiny_params):
+        raise ValueError("stage failed")
+    assert client.get_run(flows_run.run_id).info.status == "FAILED"
+
+    monkeypatch.delenv("MLFLOW_RUN_ID")
+    with tracked_run(tiny_params) as train_stage:
+        pass
+    with tracked_run(tiny_params, run_id=train_stage.run_id) as evaluate_stage:
+        assert client.get_run(evaluate_stage.run_id).info.status == "RUNNING"
+    assert client.get_run(train_stage.run_id).info.status == "FINISHED"
+
+
+def test_unknown_run_id_is_a_clear_error(tracking_store, tiny_params):
+    with (
+        pytest.raises(TrackingError, match="cannot open MLflow run 0123"),
+        tracked_run(tiny_params, run_id="0123"),
+    ):
+        pass
+
+
+def test_evaluation_joins_only_an_open_plain_unevaluated_run_with_the_same_params(
+    tracking_store, tiny_params
+):
+    def run_with(tags=(), fail=False, params=tiny_params):
+        try:
+            with tracked_run(params) as run:
+                run.set_tags(dict(tags))
+                if fail:
+                    raise RuntimeError
+        except RuntimeError:
+            pass
+        return run.run_id
+
+    assert can_join(run_with(), tiny_params)
+    assert not can_join(run_with(fail=True), tiny_params)
+    assert not can_join(run_with({TAG_FLOW_RUN: "x"}), tiny_params)
+    assert not can_join(run_with({TAG_EVALUATED: "true"}), tiny_params)
+    other = tiny_params.model_copy(
+        update={"evaluate": tiny_params.evaluate.model_copy(update={"baseline": "none"})}
+    )
+    assert not can_join(run_with(params=other), tiny_params)
+
+
 def test_data_versions_come_from_dvc_lock(tmp_path):
     lock = tmp_path / "dvc.lock"
     lock.write_text(
@@ -107,7 +158,6 @@ def test_data_versions_come_from_dvc_lock(tmp_path):
     )
     assert data_versions(lock) == {"data/raw": "abc.dir", "data/processed": "def.dir"}
     assert data_versions(tmp_path / "absent.lock") == {}
-    assert TAG_DVC_PREFIX == "mlcycle.dvc."
 
 
 def test_git_state_flags_changed_code_but_not_dvc_lock(tmp_path):

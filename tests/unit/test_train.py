@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.config import TrainParams
+from tasks.config import MlcycleError, TrainParams
+from tasks.model_io import load_model
 from tasks.train import (
     CheckpointError,
+    TrainingDiverged,
     TrainingState,
     _advance,
     _batches,
-    load_model,
     resolve_device,
     run_train,
 )
@@ -121,16 +122,49 @@ def test_a_trailing_batch_of_one_joins_the_previous_batch():
     assert _batches(1, 32) == [slice(0, 1)]
 
 
-def test_auto_device_uses_cuda_only_when_present():
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-    assert resolve_device("cpu").type == "cpu"
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_auto_device_falls_back_to_cpu():
+    assert resolve_device("auto").type == "cpu"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_asking_for_cuda_without_one_is_an_error():
-    with pytest.raises(Exception, match="no CUDA device is available"):
+    with pytest.raises(MlcycleError, match=r"'cuda' but 0 CUDA device\(s\) are available"):
         resolve_device("cuda")
+
+
+def test_asking_for_a_cuda_index_beyond_the_devices_is_an_error():
+    with pytest.raises(MlcycleError, match=r"'cuda:99' but \d+ CUDA device\(s\)"):
+        resolve_device("cuda:99")
+
+
+def test_resume_uses_the_current_learning_rate(tiny_params, processed_dir, tmp_path):
+    train(tiny_params, processed_dir, tmp_path, epochs=1, lr=0.01, weight_decay=0.0)
+    train(tiny_params, processed_dir, tmp_path, epochs=2, lr=0.0005, weight_decay=0.01, resume=True)
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
+    group = checkpoint["optimizer_state"]["param_groups"][0]
+    assert checkpoint["state"]["epoch"] == 2
+    assert group["lr"] == 0.0005 and group["weight_decay"] == 0.01
+
+
+def test_resume_refuses_a_checkpoint_of_another_optimiser_or_data(
+    tiny_params, processed_dir, tmp_path
+):
+    train(tiny_params, processed_dir, tmp_path, optimizer="adam")
+    with pytest.raises(CheckpointError, match="another model, optimiser or training data"):
+        train(tiny_params, processed_dir, tmp_path, optimizer="sgd", resume=True)
+    with np.load(processed_dir / "train.npz") as arrays:
+        changed = {name: arrays[name] for name in arrays.files}
+    changed["images"] = 255 - changed["images"]
+    np.savez(processed_dir / "train.npz", **changed)
+    with pytest.raises(CheckpointError, match="another model, optimiser or training data"):
+        train(tiny_params, processed_dir, tmp_path, optimizer="adam", resume=True)
+
+
+def test_divergence_is_a_clear_error(tiny_params, processed_dir, tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 1 .*lower train\.lr"):
+        train(tiny_params, processed_dir, tmp_path, optimizer="sgd", lr=1e12, momentum=0.9)
+    assert not (tmp_path / "model.pt").exists()
 
 
 @pytest.mark.gpu
