@@ -60,8 +60,9 @@ def main() -> int:
         figures: dict[str, float | str] = {
             "mlcycle_run_s": timed([str(BIN / "mlcycle"), "run"], clone, env),
             "noop_repro_s": timed([*dvc, "repro"], clone, env),
-            "train_stage_s": timed([*dvc, "repro", "--force", "--single-item", "train"], clone,
-                                   env),
+            "train_stage_s": timed(
+                [*dvc, "repro", "--force", "--single-item", "train"], clone, env
+            ),
         }
         metrics = json.loads((clone / "reports" / "metrics.json").read_text())
         figures["test_accuracy"] = metrics["accuracy"]
