@@ -21,16 +21,15 @@ from tasks.pipeline import (
     start_pipeline_run_task,
 )
 
-# The stages of dvc.yaml, in order. The validation stage (next to come) goes between
-# collect and preprocess, here and in dvc.yaml.
-DATA_STAGES = ("collect", "preprocess", "train", "evaluate")
+# The stages of dvc.yaml, in order. validate gates data/raw; preprocess gates the split.
+DATA_STAGES = ("collect", "validate", "preprocess", "train", "evaluate")
 
 hide_user_error_tracebacks()  # bad input reads as one line in the flow log, as on the console
 
 
 @flow(
     name="training-pipeline",
-    description="Collect, preprocess, train and evaluate a model.",
+    description="Collect, validate, preprocess, train and evaluate a model.",
     on_failure=[fail_pipeline_run],
     on_crashed=[fail_pipeline_run],
 )

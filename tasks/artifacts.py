@@ -163,11 +163,18 @@ def write_splits(
 ) -> None:
     """Write ``<split>.npz`` (images, labels, raw row indices) and ``preprocess.json``."""
     with atomic_directory(out_dir) as tmp:
-        for name, (dataset, indices) in splits.items():
-            np.savez(
-                tmp / f"{name}.npz", images=dataset.images, labels=dataset.labels, indices=indices
-            )
-        (tmp / "preprocess.json").write_text(json.dumps(dict(info), indent=2) + "\n")
+        write_split_files(splits, tmp, info)
+
+
+def write_split_files(
+    splits: Mapping[str, tuple[ImageDataset, np.ndarray]], folder: Path, info: Mapping[str, Any]
+) -> None:
+    """The files of ``data/processed`` into an existing folder (no atomicity of its own)."""
+    for name, (dataset, indices) in splits.items():
+        np.savez(
+            folder / f"{name}.npz", images=dataset.images, labels=dataset.labels, indices=indices
+        )
+    (folder / "preprocess.json").write_text(json.dumps(dict(info), indent=2) + "\n")
 
 
 def read_split(processed_dir: Path, split: str) -> tuple[ImageDataset, dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -38,6 +39,7 @@ PARAMS_FILE = Path("params.yaml")
 
 # The layout every stage agrees on; paths are relative to the repository root, where DVC runs.
 RAW_DIR = Path("data/raw")
+VALIDATED_DIR = Path("data/validated")
 PROCESSED_DIR = Path("data/processed")
 ARTIFACTS_DIR = Path("artifacts")
 MODEL_FILE = ARTIFACTS_DIR / "model.pt"
@@ -72,6 +74,19 @@ class CollectParams(_Section):
                 "folder:<path> or npz:<path>"
             )
         return value
+
+
+class ValidateParams(_Section):
+    min_rows: int = Field(ge=1, description="Fewer samples cannot train and test a model.")
+    max_rows: int = Field(ge=1)
+    min_class_share: float = Field(ge=0, le=1, description="The rarest class's share at least.")
+    max_blank_share: float = Field(ge=0, le=1, description="All-constant images' share at most.")
+
+    @model_validator(mode="after")
+    def _ordered_bounds(self) -> ValidateParams:
+        if self.min_rows > self.max_rows:
+            raise ValueError(f"min_rows {self.min_rows} is above max_rows {self.max_rows}")
+        return self
 
 
 class PreprocessParams(_Section):
@@ -146,15 +161,21 @@ class EvaluateParams(_Section):
     )
 
 
-class Params(_Section):
-    collect: CollectParams
-    preprocess: PreprocessParams
-    train: TrainParams
-    evaluate: EvaluateParams
+with warnings.catch_warnings():
+    # The section is called `validate`, like its stage; pydantic warns that this shadows
+    # BaseModel.validate, a deprecated v1 alias nobody here calls.
+    warnings.filterwarnings("ignore", message='Field name "validate"', category=UserWarning)
 
-    def flat(self) -> dict[str, Any]:
-        """Dotted keys to values, e.g. ``{"train.lr": 0.001}``: what MLflow logs as params."""
-        return dict(_flatten(self.model_dump(mode="json")))
+    class Params(_Section):
+        collect: CollectParams
+        validate: ValidateParams
+        preprocess: PreprocessParams
+        train: TrainParams
+        evaluate: EvaluateParams
+
+        def flat(self) -> dict[str, Any]:
+            """Dotted keys to values, e.g. ``{"train.lr": 0.001}``: what MLflow logs."""
+            return dict(_flatten(self.model_dump(mode="json")))
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -237,8 +258,14 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Plain message lines: a stage's output is read on a console or inside the Prefect log."""
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+    """Plain message lines: a stage's output is read on a console or inside the Prefect log.
+
+    Our own ``mlcycle.*`` loggers speak at ``level``; libraries only when something is wrong,
+    and Great Expectations (whose warnings are about its own plugin registry) only on errors.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout, force=True)
+    logging.getLogger("mlcycle").setLevel(level)
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
 
 def stage_main(main: Callable[[], None]) -> None:

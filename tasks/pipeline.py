@@ -50,6 +50,7 @@ from tasks.tracking import (
     lineage_tags,
     run_url,
 )
+from tasks.validate import RAW_REPORT, record_validations, validation_markdown
 
 
 class StageFailed(MlcycleError):
@@ -132,11 +133,31 @@ def stage_is_stale(stage: str) -> bool:
         return bool(repo.status(targets=[stage]))
 
 
+def publish_validation() -> None:
+    """The data-validation verdicts as a Prefect artifact, with where the Data Docs are."""
+    if (REPORTS_DIR / RAW_REPORT.name).is_file():
+        create_markdown_artifact(
+            key="data-validation", markdown=validation_markdown(), description="Data validation"
+        )
+
+
+# Stages whose reports the flow publishes as Prefect artifacts, whether they pass or fail.
+STAGE_PUBLISHERS = {"validate": publish_validation, "preprocess": publish_validation}
+
+
 def reproduce_stage(stage: str, run_id: str | None = None) -> StageResult:
     """``dvc repro --single-item <stage>``, its output streamed into the log.
 
     ``run_id`` is handed to the stage as ``MLFLOW_RUN_ID`` so it logs into the pipeline's run.
     """
+    try:
+        return _reproduce(stage, run_id)
+    finally:
+        if stage in STAGE_PUBLISHERS and flow_run.get_id():
+            STAGE_PUBLISHERS[stage]()
+
+
+def _reproduce(stage: str, run_id: str | None) -> StageResult:
     logger = _logger()
     if not stage_is_stale(stage):
         logger.info("stage '%s' is up to date: skipped (DVC found nothing changed)", stage)
@@ -275,6 +296,8 @@ def complete_run_record(
             log_model(run_id, model, read_split(processed_dir, "val")[0], model_file)
     if TAG_EVALUATED not in tags:
         record_evaluation(tracker, reports_dir)
+    if "validation_success" not in MlflowClient().get_run(run_id).data.metrics:
+        record_validations(tracker, reports_dir)
 
 
 def summary_markdown(summary: PipelineSummary) -> str:

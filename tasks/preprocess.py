@@ -8,6 +8,8 @@ statistics travel inside the trained model, so nothing downstream re-types them.
 from __future__ import annotations
 
 import logging
+import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,13 +19,15 @@ from prefect import task
 from tasks.artifacts import SPLITS, ImageDataset, read_raw_dataset, write_splits
 from tasks.config import (
     PROCESSED_DIR,
-    RAW_DIR,
+    VALIDATED_DIR,
     MlcycleError,
     PreprocessParams,
     load_params,
     retry_unless_user_error,
     stage_main,
 )
+from tasks.tracking import RunTracker, tracked_run
+from tasks.validate import REPOSITORY_PLACES, ValidationPlaces, validate_splits
 
 log = logging.getLogger("mlcycle.preprocess")
 
@@ -46,9 +50,15 @@ class PreprocessResult:
 
 
 def run_preprocess(
-    params: PreprocessParams, raw_dir: Path = RAW_DIR, processed_dir: Path = PROCESSED_DIR
+    params: PreprocessParams,
+    validated_dir: Path = VALIDATED_DIR,
+    processed_dir: Path = PROCESSED_DIR,
+    places: ValidationPlaces = REPOSITORY_PLACES,
+    tracker: RunTracker | None = None,
 ) -> PreprocessResult:
-    raw = read_raw_dataset(raw_dir)
+    """Fit, split and normalise ``data/validated``; the split is written only if it passes
+    the ``processed_splits`` suite (no image in two splits)."""
+    raw = read_raw_dataset(validated_dir)
     images = prepare_images(raw.images, params.image_size, params.channels)
     dataset = ImageDataset(images, raw.labels, raw.class_names)
     indices = stratified_split(
@@ -63,18 +73,16 @@ def run_preprocess(
         for name, rows in indices.items()
     }
     sizes = {name: len(rows) for name, rows in indices.items()}
-    write_splits(
-        splits,
-        processed_dir,
-        info={
-            "class_names": list(dataset.class_names),
-            "image_shape": list(dataset.image_shape),
-            "source_image_shape": list(raw.image_shape),
-            "mean": list(mean),
-            "std": list(std),
-            "split_sizes": sizes,
-        },
-    )
+    info = {
+        "class_names": list(dataset.class_names),
+        "image_shape": list(dataset.image_shape),
+        "source_image_shape": list(raw.image_shape),
+        "mean": list(mean),
+        "std": list(std),
+        "split_sizes": sizes,
+    }
+    validate_splits(splits, info, places, tracker)
+    write_splits(splits, processed_dir, info)
     log.info(
         "preprocess: %s images -> %s (stratified, seed %d); input %s; mean %s std %s (train only)",
         len(dataset.labels),
@@ -192,7 +200,11 @@ preprocess_task = task(
 
 
 def main() -> None:
-    run_preprocess(load_params().preprocess)
+    params = load_params()
+    # Under the flow, the split's validation is logged into its MLflow run.
+    joined = tracked_run(params) if os.environ.get("MLFLOW_RUN_ID") else nullcontext()
+    with joined as tracker:
+        run_preprocess(params.preprocess, tracker=tracker)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from tasks.config import (
 )
 from tasks.model_io import build_from_spec, log_model, predict_logits, save_model, torch_save
 from tasks.tracking import RunTracker, tracked_run
+from tasks.validate import record_validations
 
 log = logging.getLogger("mlcycle.train")
 
@@ -412,6 +413,7 @@ train_task = task(
 def main() -> None:
     params = load_params()
     with tracked_run(params, run_name=f"train-{params.train.model}") as tracker:
+        record_validations(tracker)  # what was checked of the data this model learns from
         run_train(params.train, tracker=tracker)
 
 
