@@ -24,6 +24,7 @@ TINY_OVERRIDES = (
     "train.mlp.hidden_sizes=[32]",
     "train.device=cpu",
     "evaluate.baseline_max_iter=200",
+    "validate.min_rows=10",
 )
 
 
@@ -103,8 +104,23 @@ def raw_dir(tmp_path: Path) -> Path:
     return path
 
 
+def make_places(root: Path):
+    """A copy of the repository's GX project under ``root``; validation writes beside it."""
+    import shutil
+
+    from tasks.validate import ValidationPlaces
+
+    shutil.copytree(REPO_ROOT / "gx", root / "gx", ignore=shutil.ignore_patterns("uncommitted"))
+    return ValidationPlaces(root / "gx", root / "reports", root / "quarantine")
+
+
 @pytest.fixture
-def processed_dir(raw_dir: Path, tmp_path: Path, tiny_params: Params) -> Path:
+def places(tmp_path: Path):
+    return make_places(tmp_path)
+
+
+@pytest.fixture
+def processed_dir(raw_dir: Path, tmp_path: Path, tiny_params: Params, places) -> Path:
     """``data/processed`` made from the tiny raw data by the real preprocess stage."""
     from tasks.preprocess import run_preprocess
 
@@ -113,6 +129,7 @@ def processed_dir(raw_dir: Path, tmp_path: Path, tiny_params: Params) -> Path:
         tiny_params.preprocess.model_copy(update={"val_fraction": 0.25, "test_fraction": 0.25}),
         raw_dir,
         path,
+        places,
     )
     return path
 

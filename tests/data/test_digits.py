@@ -10,7 +10,8 @@ from tasks.artifacts import SPLITS, read_raw_dataset
 from tasks.collect import run_collect
 from tasks.config import load_params
 from tasks.preprocess import run_preprocess
-from tests.conftest import REPO_ROOT
+from tasks.validate import run_validate
+from tests.conftest import REPO_ROOT, make_places
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,9 @@ def digits(tmp_path_factory):
     params = load_params(REPO_ROOT / "params.yaml")
     root = tmp_path_factory.mktemp("digits")
     run_collect(params.collect, root / "raw")
-    run_preprocess(params.preprocess, root / "raw", root / "processed")
+    places = make_places(root)
+    run_validate(params.validate, root / "raw", root / "validated", places)
+    run_preprocess(params.preprocess, root / "validated", root / "processed", places)
     return params, root
 
 

@@ -58,6 +58,30 @@ def mlcycle(*args: str, cwd: Path, check: bool = True, **env: str) -> subprocess
     return run([str(BIN / "mlcycle"), *args], cwd=cwd, check=check, **env)
 
 
+# `prefect artifact ls` (and the client's read_artifacts) send null filters that Prefect
+# 3.8.8's own server rejects with 422; posting the filter body ourselves works.
+_READ_ARTIFACTS = """
+import asyncio, json, tasks
+from prefect.client.orchestration import get_client
+async def main():
+    async with get_client() as client:
+        response = await client._client.post("/artifacts/filter", json={"limit": 200})
+        response.raise_for_status()
+        latest = {}
+        for artifact in sorted(response.json(), key=lambda a: a["created"]):
+            latest[artifact["key"]] = artifact["data"]
+        print(json.dumps(latest))
+asyncio.run(main())
+"""
+
+
+def prefect_artifacts(cwd: Path) -> dict[str, str]:
+    """The newest version of each keyed Prefect artifact in this session's Prefect database."""
+    import json
+
+    return json.loads(run([sys.executable, "-c", _READ_ARTIFACTS], cwd=cwd).stdout)
+
+
 @pytest.fixture(scope="session")
 def project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This repository's files (as git would ship them) in a fresh git repo, shrunk params."""

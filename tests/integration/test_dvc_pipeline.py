@@ -14,7 +14,7 @@ from tasks.tracking import TAG_EVALUATED, TAG_MODEL_MD5
 from tests.integration.conftest import dvc
 
 pytestmark = pytest.mark.slow
-STAGES = ("collect", "preprocess", "train", "evaluate")
+STAGES = ("collect", "validate", "preprocess", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +31,10 @@ def test_repro_writes_every_output(reproduced: Path):
     for path in (
         "data/raw/images.npy",
         "data/raw/meta.json",
+        "data/validated/images.npy",
+        "reports/validation_raw.json",
+        "reports/validation_processed.json",
+        "reports/data_docs/index.html",
         "data/processed/train.npz",
         "artifacts/model.pt",
         "artifacts/checkpoints/last.pt",
@@ -61,6 +65,9 @@ def test_repro_tracks_one_mlflow_run_in_the_default_sqlite_store(reproduced: Pat
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-6)
     assert run.data.tags[TAG_EVALUATED] == "true" and TAG_MODEL_MD5 in run.data.tags
     assert run.data.tags["mlcycle.dvc.data/raw"].endswith(".dir")
+    # The train stage records what validation said about the data the model learned from.
+    assert run.data.metrics["validation_success"] == 1.0
+    assert run.data.metrics["split_validation_success"] == 1.0
 
 
 def test_metrics_show_reports_accuracy_and_baseline(reproduced: Path):

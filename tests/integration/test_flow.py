@@ -7,6 +7,7 @@ git commit, the flow-run id and the params.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ from tasks.tracking import (
     data_versions,
 )
 from tests.conftest import free_port
-from tests.integration.conftest import dvc, mlcycle
+from tests.integration.conftest import dvc, mlcycle, prefect_artifacts
 
 pytestmark = pytest.mark.slow
 RUN_ID = re.compile(r"MLflow run: http://\S+/runs/([0-9a-f]{32})")
@@ -74,11 +75,15 @@ def flow_project(
 
 def test_flow_prints_progress_and_a_summary(flow_project):
     _, output = flow_project
-    for stage in ("collect", "preprocess", "train", "evaluate"):
+    for stage in ("collect", "validate", "preprocess", "train", "evaluate"):
         assert f"Task run 'dvc-repro-{stage}'" in output
+    assert "validate: 1797 samples passed" in output
     assert "train: epoch 1/2" in output and "train: epoch 2/2" in output
     assert "training-pipeline finished: cnn test accuracy" in output
-    assert "stages run: collect, preprocess, train, evaluate; unchanged, skipped: none" in output
+    assert (
+        "stages run: collect, validate, preprocess, train, evaluate; unchanged, skipped: none"
+        in output
+    )
     assert "dvc metrics show" in output and "prefect server start" in output
 
 
@@ -91,6 +96,8 @@ def test_mlflow_run_holds_params_epochs_metrics_lineage_and_model(flow_project):
     assert run.data.params == {key: str(value) for key, value in params.flat().items()}
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2]
     assert {"test_accuracy", "test_macro_f1", "baseline_accuracy"} <= set(run.data.metrics)
+    assert run.data.metrics["validation_success"] == 1.0
+    assert run.data.metrics["split_validation_success"] == 1.0
     tags = run.data.tags
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
@@ -103,6 +110,8 @@ def test_mlflow_run_holds_params_epochs_metrics_lineage_and_model(flow_project):
     uuid.UUID(tags[TAG_FLOW_RUN])  # the Prefect flow-run id
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts
+    validation = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+    assert validation == {"validation/validation_raw.json", "validation/validation_processed.json"}
     model = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id],
         filter_string=f"source_run_id = '{run.info.run_id}'",
@@ -137,8 +146,11 @@ def test_rerun_with_nothing_changed_skips_every_stage(flow_project):
     first_run = run_id_of(first_output)
     result = mlcycle("run", cwd=project, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
     output = result.stdout + result.stderr
-    assert "stages run: none; unchanged, skipped: collect, preprocess, train, evaluate" in output
-    for stage in ("collect", "preprocess", "train", "evaluate"):
+    assert (
+        "stages run: none; unchanged, skipped: collect, validate, preprocess, train, evaluate"
+        in output
+    )
+    for stage in ("collect", "validate", "preprocess", "train", "evaluate"):
         assert f"stage '{stage}' is up to date: skipped" in output
     run = MlflowClient().get_run(run_id_of(output))
     assert run.info.run_id != first_run
@@ -161,7 +173,9 @@ def test_override_is_written_like_dvc_exp_run_and_reruns_only_its_stage(flow_pro
     )
     output = result.stdout + result.stderr
     assert "params.yaml: evaluate.baseline 'logistic_regression' -> 'none'" in output
-    assert "stages run: evaluate; unchanged, skipped: collect, preprocess, train" in output
+    assert (
+        "stages run: evaluate; unchanged, skipped: collect, validate, preprocess, train" in output
+    )
     assert load_params(project / "params.yaml").evaluate.baseline == "none"
     assert "up to date" in dvc("status", cwd=project).stdout
     run = MlflowClient().get_run(run_id_of(output))
@@ -201,6 +215,57 @@ def run_id_of_failed(output: str) -> str:
     match = re.search(r"MLflow run http://\S+/runs/([0-9a-f]{32})", output)
     assert match, output[-2000:]
     return match.group(1)
+
+
+def test_the_flow_publishes_validation_and_evaluation_artifacts(flow_project):
+    project, _ = flow_project
+    artifacts = prefect_artifacts(project)
+    assert "| accuracy |" in artifacts["evaluation"]
+    validation = artifacts["data-validation"]
+    assert "**raw_samples**: passed" in validation and "**processed_splits**: passed" in validation
+    assert "Data Docs: `" in validation and "reports/data_docs/index.html" in validation
+
+
+def test_failed_validation_stops_everything_downstream_and_keeps_the_batch(
+    fresh_project, mlflow_server
+):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(150, 8, 8), dtype=np.uint8)
+    labels = np.repeat([0, 1, 2], 50)
+    images[50] = images[0]  # the same image, labelled 0 and 1
+    np.savez(fresh_project / "data" / "external" / "bad.npz", images=images, labels=labels)
+    result = mlcycle(
+        "run",
+        "--set",
+        "collect.source=npz:data/external/bad.npz",
+        cwd=fresh_project,
+        check=False,
+        MLFLOW_TRACKING_URI=mlflow_server,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert (
+        "mlcycle: error: stage 'validate' failed: raw_samples failed 1 of 24 expectations "
+        "(no two identical images carry different labels)" in output
+    )
+    assert "conflicting_label" in output and "at rows [0, 50]" in output  # the summary
+    for downstream in ("data/validated", "data/processed", "artifacts/model.pt"):
+        assert not (fresh_project / downstream).exists(), downstream
+    (kept,) = (fresh_project / "data" / "quarantine").iterdir()
+    np.testing.assert_array_equal(np.load(kept / "images.npy")[..., 0], images)
+    assert json.loads((kept / "validation.json").read_text())["success"] is False
+    run = MlflowClient().get_run(run_id_of_failed(output))
+    assert run.info.status == "FAILED"
+    assert run.data.metrics["validation_success"] == 0.0
+    assert [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "validation")] == [
+        "validation/validation_raw.json"
+    ]
+    assert not mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        output_format="list",
+        filter_string=f"source_run_id = '{run.info.run_id}'",
+    )
+    assert not MlflowClient().search_model_versions(f"run_id = '{run.info.run_id}'")
 
 
 def test_unreachable_tracking_server_fails_fast_before_anything_runs(fresh_project):

@@ -9,7 +9,7 @@ from tasks.collect import run_collect
 from tasks.model_io import load_model, predict_logits
 from tasks.preprocess import run_preprocess
 from tasks.train import run_train
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, make_places
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def digits_model(tmp_path_factory):
     )
     root = tmp_path_factory.mktemp("digits")
     run_collect(params.collect, root / "raw")
-    run_preprocess(params.preprocess, root / "raw", root / "processed")
+    run_preprocess(params.preprocess, root / "raw", root / "processed", make_places(root))
     run_train(params.train, root / "processed", root / "model.pt", root / "ckpt", root / "reports")
     model, _ = load_model(root / "model.pt")
     test, _ = read_split(root / "processed", "test")

@@ -20,8 +20,8 @@ def params(**changes) -> PreprocessParams:
     return PreprocessParams(**(base | changes))
 
 
-def test_splits_are_stratified_disjoint_and_complete(raw_dir, tmp_path):
-    result = run_preprocess(params(), raw_dir, tmp_path / "processed")
+def test_splits_are_stratified_disjoint_and_complete(raw_dir, tmp_path, places):
+    result = run_preprocess(params(), raw_dir, tmp_path / "processed", places)
     raw = read_raw_dataset(raw_dir)
     seen = []
     for split in ("train", "val", "test"):
@@ -38,17 +38,17 @@ def test_splits_are_stratified_disjoint_and_complete(raw_dir, tmp_path):
     assert sorted(seen) == list(range(len(raw.labels)))
 
 
-def test_split_is_seeded(raw_dir, tmp_path):
-    run_preprocess(params(seed=1), raw_dir, tmp_path / "a")
-    run_preprocess(params(seed=1), raw_dir, tmp_path / "b")
-    run_preprocess(params(seed=2), raw_dir, tmp_path / "c")
+def test_split_is_seeded(raw_dir, tmp_path, places):
+    run_preprocess(params(seed=1), raw_dir, tmp_path / "a", places)
+    run_preprocess(params(seed=1), raw_dir, tmp_path / "b", places)
+    run_preprocess(params(seed=2), raw_dir, tmp_path / "c", places)
     index = {name: np.load(tmp_path / name / "test.npz")["indices"] for name in "abc"}
     np.testing.assert_array_equal(index["a"], index["b"])
     assert not np.array_equal(index["a"], index["c"])
 
 
-def test_normalisation_statistics_come_from_the_train_split_only(raw_dir, tmp_path):
-    run_preprocess(params(), raw_dir, tmp_path / "processed")
+def test_normalisation_statistics_come_from_the_train_split_only(raw_dir, tmp_path, places):
+    run_preprocess(params(), raw_dir, tmp_path / "processed", places)
     train, info = read_split(tmp_path / "processed", "train")
     pixels = train.images.astype(np.float64) / 255.0
     assert info["mean"] == pytest.approx([pixels.mean()])
@@ -57,13 +57,13 @@ def test_normalisation_statistics_come_from_the_train_split_only(raw_dir, tmp_pa
     assert info["mean"][0] != pytest.approx(everything.mean(), abs=1e-9)
 
 
-def test_a_class_too_small_to_stratify_is_named(tmp_path):
+def test_a_class_too_small_to_stratify_is_named(tmp_path, places):
     data = synthetic_dataset(per_class=10)
     keep = np.concatenate([np.flatnonzero(data.labels != 2), np.flatnonzero(data.labels == 2)[:2]])
     small = type(data)(data.images[keep], data.labels[keep], data.class_names)
     write_raw_dataset(small, tmp_path / "raw", source="test")
     with pytest.raises(SplitError, match=r"class 'class_2' has 2 sample\(s\); each class needs"):
-        run_preprocess(params(), tmp_path / "raw", tmp_path / "processed")
+        run_preprocess(params(), tmp_path / "raw", tmp_path / "processed", places)
     assert not (tmp_path / "processed").exists()
 
 
@@ -85,10 +85,10 @@ def test_resize_and_channel_conversion(tmp_path):
     assert prepare_images(images, None, None) is images
 
 
-def test_preprocess_writes_the_model_input_shape(tmp_path):
+def test_preprocess_writes_the_model_input_shape(tmp_path, places):
     write_raw_dataset(synthetic_dataset(shape=(8, 8, 1)), tmp_path / "raw", source="test")
     result = run_preprocess(
-        params(image_size=12, channels=3), tmp_path / "raw", tmp_path / "processed"
+        params(image_size=12, channels=3), tmp_path / "raw", tmp_path / "processed", places
     )
     info = json.loads((tmp_path / "processed" / "preprocess.json").read_text())
     assert result.image_shape == (12, 12, 3)

@@ -1,0 +1,354 @@
+"""The Great Expectations gates, on small generated data, against a copy of the repo's gx/."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.artifacts import ImageDataset, write_raw_dataset
+from tasks.config import PreprocessParams, ValidateParams
+from tasks.preprocess import run_preprocess
+from tasks.validate import (
+    PROCESSED_SUITE,
+    RAW_SUITE,
+    DataValidationFailed,
+    profile_images,
+    raw_parameters,
+    record_validations,
+    run_validate,
+    validate_splits,
+    validation_markdown,
+)
+from tests.conftest import REPO_ROOT, synthetic_dataset
+
+PARAMS = ValidateParams(min_rows=10, max_rows=10_000, min_class_share=0.05, max_blank_share=0.1)
+
+
+def raw_batch(folder: Path, images: np.ndarray, labels: np.ndarray, meta: dict) -> Path:
+    """A ``data/raw`` folder written byte for byte, bypassing collect's own checks, as a
+    broken export or a hand-edited file would leave it."""
+    folder.mkdir(parents=True)
+    np.save(folder / "images.npy", images)
+    np.save(folder / "labels.npy", labels)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def clean() -> tuple[np.ndarray, np.ndarray, dict]:
+    data = synthetic_dataset(per_class=12, num_classes=3)
+    meta = {"class_names": list(data.class_names), "image_shape": [8, 8, 1], "dtype": "uint8"}
+    return data.images.copy(), data.labels.copy(), meta
+
+
+def expect_failure(tmp_path, places, images, labels, meta, description, params=PARAMS):
+    raw = raw_batch(tmp_path / "raw", images, labels, meta)
+    with pytest.raises(DataValidationFailed) as caught:
+        run_validate(params, raw, tmp_path / "validated", places)
+    assert description in str(caught.value)
+    assert not (tmp_path / "validated").exists()  # nothing for preprocess to read
+    kept = list(places.quarantine_dir.iterdir())
+    assert len(kept) == 1 and str(kept[0]) in str(caught.value)
+    assert {p.name for p in kept[0].iterdir()} == {
+        "images.npy",
+        "labels.npy",
+        "meta.json",
+        "validation.json",
+        "gx_result.json",
+    }
+    np.testing.assert_array_equal(np.load(kept[0] / "images.npy"), images)
+    report = json.loads((kept[0] / "validation.json").read_text())
+    assert report["success"] is False
+    assert description in [r["description"] for r in report["results"] if not r["success"]]
+    assert places.data_docs.is_file()  # Data Docs are built on failure too
+    return str(caught.value)
+
+
+def test_a_clean_dataset_passes_and_is_published_as_validated(tmp_path, places, capfd):
+    images, labels, meta = clean()
+    raw = raw_batch(tmp_path / "raw", images, labels, meta)
+    report = run_validate(PARAMS, raw, tmp_path / "validated", places)
+    assert report.success and report.rows == 36 and not report.failures
+    for name in ("images.npy", "labels.npy", "meta.json"):
+        assert (tmp_path / "validated" / name).read_bytes() == (raw / name).read_bytes()
+    saved = json.loads((places.reports_dir / "validation_raw.json").read_text())
+    assert saved["success"] is True and saved["failed"] == 0
+    assert places.data_docs.is_file()
+    assert not places.quarantine_dir.exists()
+    assert "Calculating Metrics" not in capfd.readouterr().err  # GX's progress bars stay off
+
+
+def test_a_nan_pixel(tmp_path, places):
+    images, labels, meta = clean()
+    images = images.astype(np.float32)
+    images[4, 2, 3, 0] = np.nan
+    message = expect_failure(
+        tmp_path, places, images, labels, meta, "no image has a NaN or infinite pixel"
+    )
+    assert "pixel dtype meta.json declares" in message  # float32, not the declared uint8
+
+
+def test_an_out_of_range_pixel(tmp_path, places):
+    images, labels, meta = clean()
+    images = images.astype(np.int16)
+    images[7, 0, 0, 0] = 300
+    expect_failure(
+        tmp_path,
+        places,
+        images,
+        labels,
+        meta,
+        "the brightest pixel of every image is within the dtype's range",
+    )
+
+
+def test_a_label_outside_the_class_set(tmp_path, places):
+    images, labels, meta = clean()
+    labels[5] = 9
+    message = expect_failure(
+        tmp_path, places, images, labels, meta, "every label is a class declared in meta.json"
+    )
+    report = json.loads((places.reports_dir / "validation_raw.json").read_text())
+    failed = next(r for r in report["results"] if r["column"] == "label" and not r["success"])
+    assert failed["observed"] == "1 of 36 rows unexpected, e.g. 9 at rows [5]"
+    assert "value_set [0, 1, 2]" in failed["expected"]
+    assert "raw_samples failed" in message
+
+
+def test_a_missing_class(tmp_path, places):
+    images, labels, meta = clean()
+    meta["class_names"].append("class_3")
+    expect_failure(
+        tmp_path, places, images, labels, meta, "every class declared in meta.json has samples"
+    )
+
+
+def test_a_sample_of_a_different_shape(tmp_path, places):
+    images, labels, meta = clean()
+    wider = np.zeros((len(images), 8, 9, 1), np.uint8)
+    wider[..., :8, :] = images
+    expect_failure(
+        tmp_path, places, wider, labels, meta, "every image has the width meta.json declares"
+    )
+
+
+def test_too_few_rows(tmp_path, places):
+    images, labels, meta = clean()
+    params = PARAMS.model_copy(update={"min_rows": 50})
+    expect_failure(
+        tmp_path,
+        places,
+        images,
+        labels,
+        meta,
+        "the sample count is within validate.min_rows..validate.max_rows",
+        params,
+    )
+
+
+def test_identical_images_with_different_labels(tmp_path, places):
+    images, labels, meta = clean()
+    twin = np.flatnonzero(labels != labels[0])[0]
+    images[twin] = images[0]
+    expect_failure(
+        tmp_path, places, images, labels, meta, "no two identical images carry different labels"
+    )
+
+
+def test_too_many_blank_images(tmp_path, places):
+    images, labels, meta = clean()
+    images[:6] = 0  # 6 of 36 > 10%
+    expect_failure(
+        tmp_path,
+        places,
+        images,
+        labels,
+        meta,
+        "the share of blank (all-constant) images is at most validate.max_blank_share",
+    )
+
+
+def test_too_rare_a_class(tmp_path, places):
+    images, labels, meta = clean()
+    keep = np.concatenate([np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:1]])
+    expect_failure(
+        tmp_path,
+        places,
+        images[keep],
+        labels[keep],
+        meta,
+        "the rarest class is at least validate.min_class_share of the samples",
+    )
+
+
+def test_an_unreadable_batch_is_quarantined_with_the_reason(tmp_path, places):
+    images, labels, meta = clean()
+    raw = raw_batch(tmp_path / "raw", images, labels[:-1], meta)
+    with pytest.raises(DataValidationFailed, match=r"labels\.npy: shape \(35,\); expected \(36,\)"):
+        run_validate(PARAMS, raw, tmp_path / "validated", places)
+    (kept,) = places.quarantine_dir.iterdir()
+    assert (kept / "images.npy").is_file() and (kept / "validation.json").is_file()
+
+
+def test_thresholds_are_tuned_in_params_not_python(tmp_path, places):
+    images, labels, meta = clean()
+    raw = raw_batch(tmp_path / "raw", images, labels, meta)
+    assert run_validate(PARAMS, raw, tmp_path / "validated", places).success
+    strict = PARAMS.model_copy(update={"min_class_share": 0.5})
+    with pytest.raises(DataValidationFailed, match="rarest class"):
+        run_validate(strict, raw, tmp_path / "validated", places)
+
+
+def test_the_report_is_deterministic(tmp_path, places):
+    images, labels, meta = clean()
+    raw = raw_batch(tmp_path / "raw", images, labels, meta)
+    run_validate(PARAMS, raw, tmp_path / "a", places)
+    first = (places.reports_dir / "validation_raw.json").read_bytes()
+    run_validate(PARAMS, raw, tmp_path / "b", places)
+    assert (places.reports_dir / "validation_raw.json").read_bytes() == first
+
+
+# --- the split gate ------------------------------------------------------------------------
+
+
+def split_of(data: ImageDataset, rows: np.ndarray) -> tuple[ImageDataset, np.ndarray]:
+    return ImageDataset(data.images[rows], data.labels[rows], data.class_names), rows
+
+
+def test_an_image_copied_into_both_train_and_test(places):
+    data = synthetic_dataset(per_class=12, num_classes=3)
+    images = data.images.copy()
+    images[30] = images[0]  # row 30 lands in test, row 0 in train
+    data = ImageDataset(images, data.labels, data.class_names)
+    splits = {
+        "train": split_of(data, np.arange(0, 20)),
+        "val": split_of(data, np.arange(20, 28)),
+        "test": split_of(data, np.arange(28, 36)),
+    }
+    info = {"class_names": list(data.class_names)}
+    with pytest.raises(
+        DataValidationFailed,
+        match="no image \\(by content hash\\) is in more than one of train/val/test",
+    ):
+        validate_splits(splits, info, places)
+    report = json.loads((places.reports_dir / "validation_processed.json").read_text())
+    failed = [r for r in report["results"] if not r["success"]]
+    assert [r["column"] for r in failed] == ["hash_splits"]
+    assert failed[0]["observed"].startswith("2 of 36 rows unexpected")
+    assert re.search(r"rows \[0, 30\]", failed[0]["observed"])  # rows of data/raw
+    (kept,) = places.quarantine_dir.iterdir()
+    assert {p.name for p in kept.iterdir()} >= {"train.npz", "test.npz", "validation.json"}
+
+
+def test_a_leaking_split_leaves_no_processed_data(tmp_path, places):
+    data = synthetic_dataset(per_class=12, num_classes=3)
+    images = np.concatenate([data.images] * 3)  # every image three times, same label
+    labels = np.concatenate([data.labels] * 3)
+    write_raw_dataset(
+        ImageDataset(images, labels, data.class_names), tmp_path / "validated", source="test"
+    )
+    params = PreprocessParams(
+        seed=0, val_fraction=0.2, test_fraction=0.2, image_size=None, channels=None
+    )
+    with pytest.raises(DataValidationFailed, match="processed_splits failed"):
+        run_preprocess(params, tmp_path / "validated", tmp_path / "processed", places)
+    assert not (tmp_path / "processed").exists()
+    (kept,) = places.quarantine_dir.iterdir()
+    assert kept.name.endswith(PROCESSED_SUITE)
+
+
+def test_a_clean_split_passes(places, processed_dir):
+    report = json.loads((places.reports_dir / "validation_processed.json").read_text())
+    assert report["success"] is True and report["suite"] == PROCESSED_SUITE
+    assert (processed_dir / "train.npz").is_file()
+
+
+# --- profiles, suites and records ----------------------------------------------------------
+
+
+def test_profile_of_known_images():
+    images = np.zeros((4, 2, 2, 1), np.uint8)
+    images[1] = [[[0], [255]], [[255], [0]]]
+    images[2] = images[1]
+    images[3] = 7
+    frame = profile_images(images, np.array([0, 1, 2, 0]))
+    assert frame["min"].tolist() == [0, 0, 0, 7] and frame["max"].tolist() == [0, 255, 255, 7]
+    assert frame["mean"].tolist() == [0, 127.5, 127.5, 7]
+    assert frame["std"].tolist() == [0, 127.5, 127.5, 0]
+    assert frame["blank"].tolist() == [1, 0, 0, 1]
+    assert frame["hash"][1] == frame["hash"][2] != frame["hash"][0]
+    assert frame["conflicting_label"].tolist() == [0, 1, 1, 0]  # rows 1, 2: same image, 1 vs 2
+    assert frame["class_share"].tolist() == [0.5, 0.25, 0.25, 0.5]
+    assert frame["nonfinite"].tolist() == [0, 0, 0, 0]
+
+
+def test_float_profiles_count_non_finite_pixels():
+    images = np.zeros((2, 2, 2, 1), np.float32)
+    images[0, 0, 0, 0] = np.inf
+    images[1, 1, 1, 0] = np.nan
+    assert profile_images(images, np.array([0, 1]))["nonfinite"].tolist() == [1, 1]
+
+
+def suite_parameters(name: str) -> set[str]:
+    suite = json.loads((REPO_ROOT / "gx" / "expectations" / f"{name}.json").read_text())
+    return set(re.findall(r'"\$PARAMETER": "(\w+)"', json.dumps(suite)))
+
+
+def test_the_suites_ask_only_for_parameters_the_code_supplies():
+    supplied = set(
+        raw_parameters({"class_names": ["a"], "image_shape": [1, 1, 1], "dtype": "uint8"}, PARAMS)
+    )
+    assert suite_parameters(RAW_SUITE) <= supplied
+    assert suite_parameters(PROCESSED_SUITE) <= {"class_ids"}
+    # and every threshold of params.yaml's validate: section is used by the suite
+    assert set(PARAMS.model_dump()) <= suite_parameters(RAW_SUITE)
+
+
+def test_every_expectation_explains_itself():
+    for name in (RAW_SUITE, PROCESSED_SUITE):
+        suite = json.loads((REPO_ROOT / "gx" / "expectations" / f"{name}.json").read_text())
+        assert all(e.get("description") for e in suite["expectations"]), name
+
+
+def test_records_reach_mlflow_and_prefect_markdown(
+    tracking_store, tiny_params, places, processed_dir
+):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import tracked_run
+
+    (places.reports_dir / "validation_raw.json").write_text(
+        json.dumps(
+            {
+                "suite": RAW_SUITE,
+                "success": False,
+                "rows": 36,
+                "expectations": 2,
+                "failed": 1,
+                "results": [
+                    {
+                        "expectation": "expect_x",
+                        "description": "labels are fine",
+                        "column": "label",
+                        "success": False,
+                        "observed": "1 of 36 rows",
+                        "expected": "value_set [0]",
+                    }
+                ],
+            }
+        )
+    )
+    with tracked_run(tiny_params) as run:
+        record_validations(run, places.reports_dir)
+    logged = MlflowClient().get_run(run.run_id).data.metrics
+    assert logged == {"validation_success": 0.0, "split_validation_success": 1.0}
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.run_id, "validation")}
+    assert artifacts == {"validation/validation_raw.json", "validation/validation_processed.json"}
+    text = validation_markdown(places)
+    assert "**raw_samples**: FAILED 1 of 2 expectations" in text
+    assert "expect_x(label): labels are fine; observed 1 of 36 rows; expected value_set [0]" in text
+    assert "**processed_splits**: passed" in text
+    assert str(places.data_docs.resolve()) in text
