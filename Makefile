@@ -50,5 +50,6 @@ prefect-ui: install ## start a Prefect server with its UI at http://127.0.0.1:42
 clean: ## remove pipeline outputs and local tracking stores (keeps .venv and the DVC cache)
 	rm -rf data/raw data/processed artifacts reports mlflow.db mlartifacts
 
-bench: install ## measure the pipeline against its quality bar in a fresh clone of HEAD
+bench: install ## measure the pipeline (fresh clone of HEAD) and validation at 1M samples
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/validation.py
