@@ -187,7 +187,8 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, A
             yield dotted, value
 
 
-def _describe(error: ValidationError, origin: str) -> str:
+def describe_validation_error(error: ValidationError, origin: str) -> str:
+    """One line naming each bad key of a pydantic validation, as `origin: key: problem; ...`."""
     problems = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
@@ -208,7 +209,7 @@ def parse_params(data: Any, origin: str = str(PARAMS_FILE)) -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_describe(error, origin)) from None
+        raise ConfigError(describe_validation_error(error, origin)) from None
 
 
 def _yaml() -> YAML:

@@ -154,7 +154,10 @@ def reproduce_stage(stage: str, run_id: str | None = None) -> StageResult:
         return _reproduce(stage, run_id)
     finally:
         if stage in STAGE_PUBLISHERS and flow_run.get_id():
-            STAGE_PUBLISHERS[stage]()
+            try:
+                STAGE_PUBLISHERS[stage]()
+            except Exception as error:  # a report must never hide the stage's own outcome
+                _logger().warning("could not publish the %s report: %s", stage, error)
 
 
 def _reproduce(stage: str, run_id: str | None) -> StageResult:
@@ -296,8 +299,9 @@ def complete_run_record(
             log_model(run_id, model, read_split(processed_dir, "val")[0], model_file)
     if TAG_EVALUATED not in tags:
         record_evaluation(tracker, reports_dir)
-    if "validation_success" not in MlflowClient().get_run(run_id).data.metrics:
-        record_validations(tracker, reports_dir)
+    record_validations(
+        tracker, reports_dir, skip_metrics=frozenset(MlflowClient().get_run(run_id).data.metrics)
+    )
 
 
 def summary_markdown(summary: PipelineSummary) -> str:

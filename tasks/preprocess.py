@@ -27,7 +27,7 @@ from tasks.config import (
     stage_main,
 )
 from tasks.tracking import RunTracker, tracked_run
-from tasks.validate import REPOSITORY_PLACES, ValidationPlaces, validate_splits
+from tasks.validate import REPOSITORY_PLACES, ValidationPlaces, content_hashes, validate_splits
 
 log = logging.getLogger("mlcycle.preprocess")
 
@@ -61,8 +61,14 @@ def run_preprocess(
     raw = read_raw_dataset(validated_dir)
     images = prepare_images(raw.images, params.image_size, params.channels)
     dataset = ImageDataset(images, raw.labels, raw.class_names)
+    hashes = content_hashes(dataset.images)
     indices = stratified_split(
-        dataset.labels, dataset.class_names, params.val_fraction, params.test_fraction, params.seed
+        dataset.labels,
+        dataset.class_names,
+        params.val_fraction,
+        params.test_fraction,
+        params.seed,
+        groups=hashes,
     )
     mean, std = channel_statistics(dataset.images[indices["train"]])
     splits = {
@@ -81,7 +87,7 @@ def run_preprocess(
         "std": list(std),
         "split_sizes": sizes,
     }
-    validate_splits(splits, info, places, tracker)
+    validate_splits(splits, hashes, info, places, tracker)
     write_splits(splits, processed_dir, info)
     log.info(
         "preprocess: %s images -> %s (stratified, seed %d); input %s; mean %s std %s (train only)",
@@ -139,11 +145,31 @@ def stratified_split(
     val_fraction: float,
     test_fraction: float,
     seed: int,
+    groups: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Row indices per split, each split holding every class in its overall proportion."""
+    """Row indices per split, each split holding every class in its overall proportion.
+
+    Rows with the same ``groups`` value (identical images, by content hash) always land in the
+    same split, so a duplicate can never leak from train into test. Groups are taken in order
+    of first appearance: without duplicates this is exactly a split of the rows.
+    """
     from sklearn.model_selection import train_test_split
 
-    counts = np.bincount(labels, minlength=len(class_names))
+    if groups is None:
+        groups = np.arange(len(labels))
+    _, first, group_of_row = np.unique(groups, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    group_of_row = rank[group_of_row]
+    group_labels = labels[first[order]]
+    if len(order) < len(labels):
+        log.info(
+            "preprocess: %d exact duplicate images kept in the same split as their twins",
+            len(labels) - len(order),
+        )
+
+    counts = np.bincount(group_labels, minlength=len(class_names))
     too_few = [
         (name, int(count))
         for name, count in zip(class_names, counts, strict=True)
@@ -152,26 +178,29 @@ def stratified_split(
     if too_few:
         listed = ", ".join(f"{name!r} has {count}" for name, count in too_few)
         raise SplitError(
-            f"cannot stratify: class {listed} sample(s); each class needs at least "
+            f"cannot stratify: class {listed} distinct sample(s); each class needs at least "
             f"{len(SPLITS)} (one per train/val/test split)"
         )
-    rows = np.arange(len(labels))
+    group_ids = np.arange(len(order))
     try:
         rest, test = train_test_split(
-            rows, test_size=test_fraction, stratify=labels, random_state=seed
+            group_ids, test_size=test_fraction, stratify=group_labels, random_state=seed
         )
         train, val = train_test_split(
             rest,
             test_size=val_fraction / (1.0 - test_fraction),
-            stratify=labels[rest],
+            stratify=group_labels[rest],
             random_state=seed,
         )
     except ValueError as error:
         raise SplitError(
-            f"cannot stratify {len(labels)} samples in {len(class_names)} classes with "
+            f"cannot stratify {len(order)} distinct samples in {len(class_names)} classes with "
             f"val_fraction={val_fraction}, test_fraction={test_fraction}: {error}"
         ) from None
-    return {"train": np.sort(train), "val": np.sort(val), "test": np.sort(test)}
+    return {
+        name: np.flatnonzero(np.isin(group_of_row, chosen))
+        for name, chosen in (("train", train), ("val", val), ("test", test))
+    }
 
 
 def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -413,7 +413,8 @@ train_task = task(
 def main() -> None:
     params = load_params()
     with tracked_run(params, run_name=f"train-{params.train.model}") as tracker:
-        record_validations(tracker)  # what was checked of the data this model learns from
+        if not os.environ.get("MLFLOW_RUN_ID"):  # under the flow, validation logged itself
+            record_validations(tracker)  # what was checked of the data this model learns from
         run_train(params.train, tracker=tracker)
 
 

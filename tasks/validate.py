@@ -1,35 +1,38 @@
 """validate: Great Expectations gates on the data; bad data never reaches training.
 
 Images are not tables, so each sample is profiled into one row (label, shape, dtype, pixel
-range, mean, std, non-finite count, blank flag, content hash, ...) and the profile is checked by
-expectation suites kept in ``gx/`` as data, reviewed like code. Thresholds come from
-``params.yaml`` (``validate:``) and the dataset's ``meta.json`` as suite parameters.
+range, mean, std, non-finite count, blank flag, content hash, class counts ...) and the profile
+is checked by expectation suites kept in ``gx/`` as data, reviewed like code. Thresholds come
+from ``params.yaml`` (``validate:``) and the dataset's ``meta.json`` as suite parameters.
 
 - ``raw_samples`` gates ``data/raw``: the validate stage writes ``data/validated`` only if it
   passes, and ``preprocess`` reads only ``data/validated``.
 - ``processed_splits`` gates the split (no image in two of train/val/test): ``preprocess``
   writes ``data/processed`` only if it passes.
 
-A failing batch is kept in ``data/quarantine/<time>-<suite>/`` with the validation result beside
-it; Data Docs are rebuilt under ``reports/data_docs/`` on every run, pass or fail.
+A failing batch is copied to ``data/quarantine/<time>-<suite>/`` with the validation result
+beside it; Data Docs are rebuilt under ``reports/data_docs/`` on every run the suites run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import numpy as np
 from prefect import task
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.artifacts import (
     ImageDataset,
@@ -44,6 +47,7 @@ from tasks.config import (
     VALIDATED_DIR,
     MlcycleError,
     ValidateParams,
+    describe_validation_error,
     load_params,
     retry_unless_user_error,
     stage_main,
@@ -58,6 +62,7 @@ RAW_SUITE = "raw_samples"
 PROCESSED_SUITE = "processed_splits"
 RAW_REPORT = REPORTS_DIR / "validation_raw.json"
 PROCESSED_REPORT = REPORTS_DIR / "validation_processed.json"
+METRIC_OF_SUITE = {RAW_SUITE: "validation_success", PROCESSED_SUITE: "split_validation_success"}
 RAW_FILES = ("images.npy", "labels.npy", "meta.json")
 PROFILE_CHUNK = 16384  # images per profiling chunk: bounds the temporary arrays to ~50 MB
 
@@ -110,6 +115,7 @@ class ValidationReport:
     success: bool
     rows: int
     outcomes: tuple[Outcome, ...]
+    checked_by_gx: bool = True  # False when the data could not even be profiled
 
     @property
     def failures(self) -> tuple[Outcome, ...]:
@@ -137,35 +143,48 @@ class ValidationReport:
 # --- profiles ------------------------------------------------------------------------------
 
 
-def image_hashes(flat: np.ndarray) -> np.ndarray:
-    """A 64-bit BLAKE2b content hash per row of (N, pixels), as int64."""
+def content_hashes(images: np.ndarray) -> np.ndarray:
+    """A 64-bit BLAKE2b hash of each image's bytes, as int64; chunked to bound memory. The
+    only per-image Python loop of validation."""
+    count = len(images)
+    flat = images.reshape(count, int(np.prod(images.shape[1:])))
+    hashes = np.empty(count, dtype=np.int64)
     blake2b = hashlib.blake2b
-    rows = np.ascontiguousarray(flat)
-    digests = b"".join([blake2b(row, digest_size=8).digest() for row in rows])
-    return np.frombuffer(digests, dtype=np.int64).copy()
+    for start in range(0, count, PROFILE_CHUNK):
+        rows = np.ascontiguousarray(flat[start : start + PROFILE_CHUNK])
+        digests = b"".join([blake2b(row, digest_size=8).digest() for row in rows])
+        hashes[start : start + len(rows)] = np.frombuffer(digests, dtype=np.int64)
+    return hashes
 
 
-def profile_images(images: np.ndarray, labels: np.ndarray) -> Any:
-    """One row per sample: the table the ``raw_samples`` suite checks. Vectorised in chunks;
-    the only per-image Python work is hashing."""
+def profile_images(
+    images: np.ndarray, labels: np.ndarray, declared_class_counts: np.ndarray | None = None
+) -> Any:
+    """One row per sample: the table the ``raw_samples`` suite checks. Vectorised in chunks.
+
+    ``declared_class_counts[k]`` is what meta.json says class ``k`` holds; labels outside it
+    get NaN there (and fail the class-set expectation anyway).
+    """
     import pandas as pd
 
     count = len(images)
     height, width, channels = images.shape[1:]
-    flat = images.reshape(count, -1)
-    pixels = flat.shape[1]
+    pixels = int(np.prod(images.shape[1:]))
+    flat = images.reshape(count, pixels)
     lowest, highest, mean, std = (np.empty(count) for _ in range(4))
     nonfinite = np.zeros(count, dtype=np.int64)
-    hashes = np.empty(count, dtype=np.int64)
     integer = images.dtype.kind in "iub"
     for start in range(0, count, PROFILE_CHUNK):
         chunk = np.asarray(flat[start : start + PROFILE_CHUNK])
         part = slice(start, start + len(chunk))
+        if chunk.size == 0:  # zero-sized images: nothing to summarise
+            lowest[part] = highest[part] = mean[part] = std[part] = np.nan
+            continue
         lowest[part] = chunk.min(axis=1)
         highest[part] = chunk.max(axis=1)
-        if integer and images.dtype.itemsize == 1:  # exact integer sums: fast and no rounding
+        if images.dtype == np.uint8:  # exact integer sums: fast and no rounding
             total = chunk.sum(axis=1, dtype=np.int64)
-            wide = chunk.astype(np.uint16 if images.dtype == np.uint8 else np.int32)
+            wide = chunk.astype(np.uint16)
             squares = (wide * wide).sum(axis=1, dtype=np.int64)
         else:
             values = chunk.astype(np.float64)
@@ -177,7 +196,6 @@ def profile_images(images: np.ndarray, labels: np.ndarray) -> Any:
             squares = np.square(values).sum(axis=1)
         mean[part] = total / pixels
         std[part] = np.sqrt(np.maximum(squares / pixels - np.square(total / pixels), 0.0))
-        hashes[part] = image_hashes(chunk)
     frame = pd.DataFrame(
         {
             "label": labels,
@@ -191,38 +209,42 @@ def profile_images(images: np.ndarray, labels: np.ndarray) -> Any:
             "std": std,
             "nonfinite": nonfinite,
             "blank": (lowest == highest).astype(np.int64),
-            "hash": hashes,
+            "hash": content_hashes(images),
         }
     )
-    by_hash = frame.groupby("hash", sort=False)["label"]
-    frame["conflicting_label"] = (by_hash.transform("nunique") > 1).astype(np.int64)
-    frame["class_share"] = frame.groupby("label", sort=False, dropna=False)["label"].transform(
+    frame["conflicting_label"] = (
+        frame.groupby("hash", sort=False)["label"].transform("nunique") > 1
+    ).astype(np.int64)
+    frame["class_count"] = frame.groupby("label", sort=False, dropna=False)["label"].transform(
         "size"
-    ) / max(count, 1)
+    )
+    frame["class_share"] = frame["class_count"] / max(count, 1)
+    frame["declared_class_count"] = _declared_counts(labels, declared_class_counts)
     return frame
 
 
-def profile_splits(splits: Mapping[str, tuple[ImageDataset, np.ndarray]]) -> Any:
-    """One row per processed sample (index: its row in ``data/raw``), for ``processed_splits``."""
+def _declared_counts(labels: np.ndarray, declared: np.ndarray | None) -> np.ndarray:
+    result = np.full(len(labels), np.nan)
+    if declared is None or labels.dtype.kind not in "iu":
+        return result
+    inside = (labels >= 0) & (labels < len(declared))
+    result[inside] = declared[labels[inside]]
+    return result
+
+
+def profile_splits(
+    splits: Mapping[str, tuple[ImageDataset, np.ndarray]], hashes: np.ndarray
+) -> Any:
+    """One row per processed sample, for ``processed_splits``; its index is the sample's row in
+    ``data/raw``, and ``hashes[row]`` the hash of its processed image."""
     import pandas as pd
 
-    parts = []
-    for name, (dataset, rows) in splits.items():
-        flat = dataset.images.reshape(len(dataset.images), -1)
-        hashes = (
-            np.concatenate(
-                [
-                    image_hashes(flat[start : start + PROFILE_CHUNK])
-                    for start in range(0, len(flat), PROFILE_CHUNK)
-                ]
-            )
-            if len(flat)
-            else np.empty(0, dtype=np.int64)
-        )
-        parts.append(
-            pd.DataFrame({"split": name, "label": dataset.labels, "hash": hashes}, index=rows)
-        )
-    frame = pd.concat(parts)
+    frame = pd.concat(
+        [
+            pd.DataFrame({"split": name, "label": dataset.labels, "hash": hashes[rows]}, index=rows)
+            for name, (dataset, rows) in splits.items()
+        ]
+    )
     frame["hash_splits"] = frame.groupby("hash", sort=False)["split"].transform("nunique")
     return frame
 
@@ -306,28 +328,52 @@ def _text(value: Any) -> str:
 
 # --- the raw-data gate ---------------------------------------------------------------------
 
+PositiveInt = Annotated[int, Field(strict=True, ge=1)]
+Count = Annotated[int, Field(strict=True, ge=0)]
+
+
+class RawMeta(BaseModel):
+    """What ``data/raw/meta.json`` must declare: the canonical format's facts."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")  # `source` and future facts
+
+    class_names: Annotated[list[str], Field(min_length=1)]
+    image_shape: Annotated[tuple[PositiveInt, PositiveInt, PositiveInt], Field(strict=False)]
+    dtype: Literal["uint8"]  # the pipeline's canonical pixel type
+    num_samples: Count
+    class_counts: dict[str, Count]
+
 
 @dataclass(frozen=True)
 class RawBatch:
     images: np.ndarray
     labels: np.ndarray
-    meta: dict[str, Any]
+    meta: RawMeta
 
 
 def load_raw_batch(raw_dir: Path) -> RawBatch:
-    """``data/raw`` as it is on disk, without assuming it is well-formed (that is the question)."""
+    """``data/raw`` as it is on disk, assuming nothing beyond what can be profiled."""
     for name in RAW_FILES:
         if not (raw_dir / name).is_file():
             raise DataValidationFailed(f"{raw_dir / name}: not found; run the collect stage first")
-    meta = read_json(raw_dir / "meta.json")
-    for key in ("class_names", "image_shape", "dtype"):
-        if key not in meta:
-            raise DataValidationFailed(f"{raw_dir / 'meta.json'}: missing key {key!r}")
+    try:
+        meta = RawMeta.model_validate(read_json(raw_dir / "meta.json"))
+    except ValidationError as error:
+        origin = str(raw_dir / "meta.json")
+        raise DataValidationFailed(describe_validation_error(error, origin)) from None
+    except MlcycleError as error:  # unreadable JSON
+        raise DataValidationFailed(str(error)) from None
     try:
         images = np.load(raw_dir / "images.npy", mmap_mode="r", allow_pickle=False)
         labels = np.load(raw_dir / "labels.npy", allow_pickle=False)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         raise DataValidationFailed(f"{raw_dir}: unreadable array ({error})") from None
+    for name, array in (("images.npy", images), ("labels.npy", labels)):
+        if array.dtype.kind not in "biuf":
+            raise DataValidationFailed(
+                f"{raw_dir / name}: dtype {array.dtype} is not numeric; expected uint8 images "
+                "and int64 labels"
+            )
     if images.ndim != 4:
         raise DataValidationFailed(
             f"{raw_dir / 'images.npy'}: shape {images.shape}; expected (N, height, width, channels)"
@@ -340,29 +386,25 @@ def load_raw_batch(raw_dir: Path) -> RawBatch:
     return RawBatch(images, labels, meta)
 
 
-def raw_parameters(meta: Mapping[str, Any], params: ValidateParams) -> dict[str, Any]:
+def raw_parameters(meta: RawMeta, params: ValidateParams) -> dict[str, Any]:
     """Suite parameters: the dataset's own declarations plus the thresholds of params.yaml."""
-    try:
-        height, width, channels = (int(size) for size in meta["image_shape"])
-        dtype = np.dtype(meta["dtype"])
-    except (TypeError, ValueError) as error:
-        raise DataValidationFailed(
-            f"meta.json: image_shape/dtype are not valid ({error})"
-        ) from None
-    if dtype.kind in "iu":
-        pixel_min, pixel_max = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
-    else:  # float images: the 0..1 convention
-        pixel_min, pixel_max = 0.0, 1.0
+    height, width, channels = meta.image_shape
+    info = np.iinfo(np.dtype(meta.dtype))
     return {
-        "class_ids": list(range(len(meta["class_names"]))),
+        "class_ids": list(range(len(meta.class_names))),
         "height": height,
         "width": width,
         "channels": channels,
-        "dtypes": [str(dtype)],
-        "pixel_min": pixel_min,
-        "pixel_max": pixel_max,
+        "dtypes": [meta.dtype],
+        "pixel_min": int(info.min),
+        "pixel_max": int(info.max),
+        "num_samples": meta.num_samples,
         **params.model_dump(),
     }
+
+
+def declared_class_counts(meta: RawMeta) -> np.ndarray:
+    return np.array([meta.class_counts.get(name, -1) for name in meta.class_names])
 
 
 def run_validate(
@@ -372,13 +414,17 @@ def run_validate(
     places: ValidationPlaces = REPOSITORY_PLACES,
     tracker: RunTracker | None = None,
 ) -> ValidationReport:
-    """Check ``raw_dir``; on success publish it as ``validated_dir``, else quarantine it."""
+    """Check ``raw_dir``; on success publish a copy as ``validated_dir``, else quarantine it.
+
+    Any earlier ``validated_dir`` is removed first: after a failure nothing validated remains
+    for preprocess to read.
+    """
     started = time.perf_counter()
+    shutil.rmtree(validated_dir, ignore_errors=True)
     report_path = places.reports_dir / RAW_REPORT.name
     try:
         batch = load_raw_batch(raw_dir)
-        parameters = raw_parameters(batch.meta, params)
-        frame = profile_images(batch.images, batch.labels)
+        frame = profile_images(batch.images, batch.labels, declared_class_counts(batch.meta))
     except DataValidationFailed as error:
         unreadable = Outcome(
             expectation="readable_dataset",
@@ -386,17 +432,19 @@ def run_validate(
             column=None,
             success=False,
             observed="a dataset that cannot be profiled",
-            expected="images.npy (N, H, W, C), labels.npy (N,) and meta.json",
+            expected="images.npy (N, H, W, C) uint8, labels.npy (N,) and meta.json",
         )
-        report = ValidationReport(RAW_SUITE, False, 0, (unreadable,))
+        report = ValidationReport(RAW_SUITE, False, 0, (unreadable,), checked_by_gx=False)
         _fail(report, {"error": str(error)}, raw_dir, report_path, places, tracker)
+    parameters = raw_parameters(batch.meta, params)
     report, full_result = run_suite(RAW_SUITE, frame, parameters, places.gx_dir)
     if not report.success:
         _fail(report, full_result, raw_dir, report_path, places, tracker)
     write_json(report_path, report.to_json())
     if tracker is not None:
         record_validation(tracker, report_path)
-    link_files(raw_dir, validated_dir, RAW_FILES)
+    with atomic_directory(validated_dir) as tmp:
+        copy_files(raw_dir, tmp, RAW_FILES)
     log.info(
         "validate: %d samples passed %d expectations in %.1fs -> %s (Data Docs: %s)",
         report.rows,
@@ -419,10 +467,9 @@ def _fail(
     write_json(report_path, report.to_json())
     if tracker is not None:
         record_validation(tracker, report_path)
-    kept = quarantine_folder(report.suite, places)
-    with quarantine(report, full_result, kept) as folder:
+    with quarantine(report, full_result, places) as (folder, kept):
         if batch_dir.is_dir():
-            link_into(batch_dir, folder, tuple(p.name for p in sorted(batch_dir.iterdir())))
+            copy_files(batch_dir, folder, tuple(p.name for p in sorted(batch_dir.iterdir())))
     raise_failure(report, kept, report_path, places)
 
 
@@ -433,49 +480,45 @@ def raise_failure(
         log.error("validate: %s", line)
     log.error("validate: the failing batch is kept in %s", kept)
     failed = "; ".join(outcome.description for outcome in report.failures)
+    details = f"{report_path} and {places.data_docs}" if report.checked_by_gx else report_path
     raise DataValidationFailed(
         f"{report.suite} failed {len(report.failures)} of {len(report.outcomes)} expectations "
-        f"({failed}); batch quarantined in {kept}; details in {report_path} and "
-        f"{places.data_docs}"
+        f"({failed}); batch quarantined in {kept}; details in {details}"
     )
-
-
-def quarantine_folder(suite: str, places: ValidationPlaces) -> Path:
-    """A new, unused ``<UTC time>-<suite>`` folder name under the quarantine."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target = places.quarantine_dir / f"{stamp}-{suite}"
-    suffix = 1
-    while target.exists():
-        suffix += 1
-        target = places.quarantine_dir / f"{stamp}-{suite}-{suffix}"
-    return target
 
 
 @contextmanager
 def quarantine(
-    report: ValidationReport, full_result: dict[str, Any], target: Path
-) -> Iterator[Path]:
-    """Fill ``target`` with a failing batch (the caller puts it in the yielded folder) and its
-    validation results. Published atomically: complete or absent; never deleted by us."""
-    with atomic_directory(target) as tmp:
-        yield tmp
+    report: ValidationReport, full_result: dict[str, Any], places: ValidationPlaces
+) -> Iterator[tuple[Path, Path]]:
+    """A new ``<UTC time>-<suite>`` folder for a failing batch: yields (folder to fill, its
+    final path). The name is claimed first, so no earlier quarantine is ever replaced, and the
+    contents appear all at once with the validation results beside them."""
+    places.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for suffix in itertools.count(1):
+        target = places.quarantine_dir / f"{stamp}-{report.suite}{f'-{suffix}' * (suffix > 1)}"
+        try:
+            target.mkdir()  # claims the name; fails if another run holds it
+            break
+        except FileExistsError:
+            continue
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=places.quarantine_dir))
+    try:
+        yield tmp, target
         (tmp / "validation.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
         (tmp / "gx_result.json").write_text(json.dumps(full_result, indent=2, default=str) + "\n")
+        os.replace(tmp, target)  # onto the empty folder we claimed
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def link_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
-    """Publish ``source``'s files as folder ``target``, atomically, without copying bytes."""
-    with atomic_directory(target) as tmp:
-        link_into(source, tmp, names)
-
-
-def link_into(source: Path, target: Path, names: tuple[str, ...]) -> None:
+def copy_files(source: Path, target: Path, names: tuple[str, ...]) -> None:
+    """Copies, not links: DVC re-copies hard-linked outputs anyway, and a quarantined batch must
+    not change when ``data/raw`` does."""
     for name in names:
         if (source / name).is_file():
-            try:
-                os.link(source / name, target / name)
-            except OSError:  # another file system, or links not allowed: copy
-                shutil.copy2(source / name, target / name)
+            shutil.copy2(source / name, target / name)
 
 
 # --- the split gate (called by preprocess) -------------------------------------------------
@@ -483,12 +526,16 @@ def link_into(source: Path, target: Path, names: tuple[str, ...]) -> None:
 
 def validate_splits(
     splits: Mapping[str, tuple[ImageDataset, np.ndarray]],
+    hashes: np.ndarray,
     info: Mapping[str, Any],
     places: ValidationPlaces = REPOSITORY_PLACES,
     tracker: RunTracker | None = None,
 ) -> ValidationReport:
-    """Check a train/val/test split before it is written; a failing split is quarantined."""
-    frame = profile_splits(splits)
+    """Check a train/val/test split before it is written; a failing split is quarantined.
+
+    ``hashes[row]`` is the content hash of the processed image of ``data/raw`` row ``row``.
+    """
+    frame = profile_splits(splits, hashes)
     parameters = {"class_ids": list(range(len(info["class_names"])))}
     report, full_result = run_suite(PROCESSED_SUITE, frame, parameters, places.gx_dir)
     report_path = places.reports_dir / PROCESSED_REPORT.name
@@ -496,8 +543,7 @@ def validate_splits(
     if tracker is not None:
         record_validation(tracker, report_path)
     if not report.success:
-        kept = quarantine_folder(report.suite, places)
-        with quarantine(report, full_result, kept) as folder:
+        with quarantine(report, full_result, places) as (folder, kept):
             write_split_files(splits, folder, info)
         raise_failure(report, kept, report_path, places)
     log.info(
@@ -508,8 +554,6 @@ def validate_splits(
 
 # --- records -------------------------------------------------------------------------------
 
-METRIC_OF_SUITE = {RAW_SUITE: "validation_success", PROCESSED_SUITE: "split_validation_success"}
-
 
 def record_validation(tracker: RunTracker, report_path: Path) -> None:
     """Log a validation report to MLflow: the file, and 1/0 as ``validation_success`` (raw
@@ -519,19 +563,30 @@ def record_validation(tracker: RunTracker, report_path: Path) -> None:
     tracker.log_artifact(report_path, "validation")
 
 
-def record_validations(tracker: RunTracker, reports_dir: Path = REPORTS_DIR) -> None:
-    """Record every validation report present: what was checked of the data a model used."""
-    for path in (reports_dir / RAW_REPORT.name, reports_dir / PROCESSED_REPORT.name):
-        if path.is_file():
+def current_reports(reports_dir: Path = REPORTS_DIR) -> list[Path]:
+    """The validation reports that describe the data as it is now: the split's report only if
+    it is not older than the raw data's (a failed validate leaves the last split's behind)."""
+    raw, split = reports_dir / RAW_REPORT.name, reports_dir / PROCESSED_REPORT.name
+    if not raw.is_file():
+        return []
+    if split.is_file() and split.stat().st_mtime >= raw.stat().st_mtime:
+        return [raw, split]
+    return [raw]
+
+
+def record_validations(
+    tracker: RunTracker, reports_dir: Path = REPORTS_DIR, skip_metrics: frozenset[str] = frozenset()
+) -> None:
+    """Record each current validation report whose metric is not in ``skip_metrics``."""
+    for path in current_reports(reports_dir):
+        if METRIC_OF_SUITE[read_json(path)["suite"]] not in skip_metrics:
             record_validation(tracker, path)
 
 
 def validation_markdown(places: ValidationPlaces = REPOSITORY_PLACES) -> str:
     """The Prefect artifact: each suite's verdict, its failures, and where the Data Docs are."""
     lines = ["## Data validation", ""]
-    for path in (places.reports_dir / RAW_REPORT.name, places.reports_dir / PROCESSED_REPORT.name):
-        if not path.is_file():
-            continue
+    for path in current_reports(places.reports_dir):
         report = read_json(path)
         verdict = "passed" if report["success"] else f"FAILED {report['failed']}"
         lines.append(
@@ -551,7 +606,7 @@ validate_task = task(name="validate", retry_condition_fn=retry_unless_user_error
 def main() -> None:
     params = load_params()
     # Under the flow, log into its MLflow run (pass or fail); a plain `dvc repro` has no run
-    # yet: the train stage records the validation report in the run it opens.
+    # yet: the train stage records the validation reports in the run it opens.
     joined = tracked_run(params) if os.environ.get("MLFLOW_RUN_ID") else nullcontext()
     with joined as tracker:
         run_validate(params.validate, tracker=tracker)
