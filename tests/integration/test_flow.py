@@ -245,7 +245,7 @@ def test_failed_validation_stops_everything_downstream_and_keeps_the_batch(
     output = result.stdout + result.stderr
     assert result.returncode == 1
     assert (
-        "mlcycle: error: stage 'validate' failed: raw_samples failed 1 of 24 expectations "
+        "mlcycle: error: stage 'validate' failed: raw_samples failed 1 of 27 expectations "
         "(no two identical images carry different labels)" in output
     )
     assert "conflicting_label" in output and "at rows [0, 50]" in output  # the summary
@@ -266,6 +266,9 @@ def test_failed_validation_stops_everything_downstream_and_keeps_the_batch(
         filter_string=f"source_run_id = '{run.info.run_id}'",
     )
     assert not MlflowClient().search_model_versions(f"run_id = '{run.info.run_id}'")
+    published = prefect_artifacts(fresh_project)["data-validation"]  # published on failure too
+    assert "**raw_samples**: FAILED 1 of 27 expectations on 150 rows" in published
+    assert "no two identical images carry different labels" in published
 
 
 def test_unreachable_tracking_server_fails_fast_before_anything_runs(fresh_project):

@@ -62,14 +62,14 @@ def test_a_class_too_small_to_stratify_is_named(tmp_path, places):
     keep = np.concatenate([np.flatnonzero(data.labels != 2), np.flatnonzero(data.labels == 2)[:2]])
     small = type(data)(data.images[keep], data.labels[keep], data.class_names)
     write_raw_dataset(small, tmp_path / "raw", source="test")
-    with pytest.raises(SplitError, match=r"class 'class_2' has 2 sample\(s\); each class needs"):
+    with pytest.raises(SplitError, match=r"class 'class_2' has 2 distinct sample\(s\); each class needs"):
         run_preprocess(params(), tmp_path / "raw", tmp_path / "processed", places)
     assert not (tmp_path / "processed").exists()
 
 
 def test_a_split_too_small_for_the_classes_is_explained():
     labels = np.repeat(np.arange(10), 3)
-    with pytest.raises(SplitError, match="cannot stratify 30 samples in 10 classes"):
+    with pytest.raises(SplitError, match="cannot stratify 30 distinct samples in 10 classes"):
         stratified_split(labels, tuple(map(str, range(10))), 0.1, 0.1, seed=0)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,9 @@ from tasks.validate import (
     PROCESSED_SUITE,
     RAW_SUITE,
     DataValidationFailed,
+    RawMeta,
+    content_hashes,
+    current_reports,
     profile_images,
     raw_parameters,
     record_validations,
@@ -26,6 +31,9 @@ from tasks.validate import (
 from tests.conftest import REPO_ROOT, synthetic_dataset
 
 PARAMS = ValidateParams(min_rows=10, max_rows=10_000, min_class_share=0.05, max_blank_share=0.1)
+PREPROCESS = PreprocessParams(
+    seed=0, val_fraction=0.2, test_fraction=0.2, image_size=None, channels=None
+)
 
 
 def raw_batch(folder: Path, images: np.ndarray, labels: np.ndarray, meta: dict) -> Path:
@@ -40,7 +48,13 @@ def raw_batch(folder: Path, images: np.ndarray, labels: np.ndarray, meta: dict) 
 
 def clean() -> tuple[np.ndarray, np.ndarray, dict]:
     data = synthetic_dataset(per_class=12, num_classes=3)
-    meta = {"class_names": list(data.class_names), "image_shape": [8, 8, 1], "dtype": "uint8"}
+    meta = {
+        "class_names": list(data.class_names),
+        "image_shape": [8, 8, 1],
+        "dtype": "uint8",
+        "num_samples": 36,
+        "class_counts": dict.fromkeys(data.class_names, 12),
+    }
     return data.images.copy(), data.labels.copy(), meta
 
 
@@ -121,17 +135,49 @@ def test_a_label_outside_the_class_set(tmp_path, places):
 def test_a_missing_class(tmp_path, places):
     images, labels, meta = clean()
     meta["class_names"].append("class_3")
+    meta["class_counts"]["class_3"] = 0
     expect_failure(
         tmp_path, places, images, labels, meta, "every class declared in meta.json has samples"
     )
 
 
-def test_a_sample_of_a_different_shape(tmp_path, places):
+def test_images_of_another_shape_than_declared(tmp_path, places):
     images, labels, meta = clean()
     wider = np.zeros((len(images), 8, 9, 1), np.uint8)
     wider[..., :8, :] = images
     expect_failure(
         tmp_path, places, wider, labels, meta, "every image has the width meta.json declares"
+    )
+
+
+def test_counts_that_differ_from_meta_json(tmp_path, places):
+    images, labels, meta = clean()
+    meta["num_samples"] = 40
+    meta["class_counts"]["class_1"] = 16
+    message = expect_failure(
+        tmp_path,
+        places,
+        images,
+        labels,
+        meta,
+        "the sample count is the num_samples meta.json declares",
+    )
+    assert "every class has as many samples as meta.json's class_counts declares" in message
+
+
+def test_a_class_too_small_to_split(tmp_path, places):
+    images, labels, meta = clean()
+    keep = np.concatenate([np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:2]])
+    meta["num_samples"], meta["class_counts"]["class_2"] = 26, 2
+    params = PARAMS.model_copy(update={"min_class_share": 0.01})  # the share alone is fine
+    expect_failure(
+        tmp_path,
+        places,
+        images[keep],
+        labels[keep],
+        meta,
+        "every class has at least 3 samples, one per train/val/test split",
+        params,
     )
 
 
@@ -173,7 +219,9 @@ def test_too_many_blank_images(tmp_path, places):
 
 def test_too_rare_a_class(tmp_path, places):
     images, labels, meta = clean()
-    keep = np.concatenate([np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:1]])
+    keep = np.concatenate([np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:3]])
+    meta["num_samples"], meta["class_counts"]["class_2"] = 27, 3
+    params = PARAMS.model_copy(update={"min_class_share": 0.2})  # 3 of 27 is 11%
     expect_failure(
         tmp_path,
         places,
@@ -181,6 +229,7 @@ def test_too_rare_a_class(tmp_path, places):
         labels[keep],
         meta,
         "the rarest class is at least validate.min_class_share of the samples",
+        params,
     )
 
 
@@ -191,6 +240,84 @@ def test_an_unreadable_batch_is_quarantined_with_the_reason(tmp_path, places):
         run_validate(PARAMS, raw, tmp_path / "validated", places)
     (kept,) = places.quarantine_dir.iterdir()
     assert (kept / "images.npy").is_file() and (kept / "validation.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda m: m.update(class_names=3),
+            r"meta\.json: class_names: Input should be a valid list",
+        ),
+        (
+            lambda m: m.update(image_shape=[4.7, 8, 1]),
+            r"image_shape\.0: Input should be a valid integer",
+        ),
+        (lambda m: m.update(dtype="float32"), r"dtype: Input should be 'uint8' \(got 'float32'\)"),
+        (lambda m: m.pop("class_counts"), r"class_counts: missing"),
+    ],
+)
+def test_meta_json_that_breaks_the_format_is_named(tmp_path, places, edit, message):
+    images, labels, meta = clean()
+    edit(meta)
+    raw = raw_batch(tmp_path / "raw", images, labels, meta)
+    with pytest.raises(DataValidationFailed, match=message):
+        run_validate(PARAMS, raw, tmp_path / "validated", places)
+    assert len(list(places.quarantine_dir.iterdir())) == 1
+
+
+def test_meta_json_that_is_not_json(tmp_path, places):
+    images, labels, meta = clean()
+    raw = raw_batch(tmp_path / "raw", images, labels, meta)
+    (raw / "meta.json").write_text("{broken")
+    with pytest.raises(DataValidationFailed, match=r"meta\.json: not valid JSON"):
+        run_validate(PARAMS, raw, tmp_path / "validated", places)
+
+
+def test_non_numeric_images(tmp_path, places):
+    _, labels, meta = clean()
+    raw = raw_batch(tmp_path / "raw", np.full((36, 8, 8, 1), "x"), labels, meta)
+    with pytest.raises(DataValidationFailed, match=r"images\.npy: dtype <U1 is not numeric"):
+        run_validate(PARAMS, raw, tmp_path / "validated", places)
+
+
+def test_an_empty_dataset(tmp_path, places):
+    _, _, meta = clean()
+    meta["num_samples"], meta["class_counts"] = 0, dict.fromkeys(meta["class_names"], 0)
+    message = expect_failure(
+        tmp_path,
+        places,
+        np.zeros((0, 8, 8, 1), np.uint8),
+        np.zeros(0, np.int64),
+        meta,
+        "the sample count is within validate.min_rows..validate.max_rows",
+    )
+    assert "every class declared in meta.json has samples" in message
+
+
+def test_a_failure_removes_an_earlier_validated_copy(tmp_path, places):
+    images, labels, meta = clean()
+    raw = raw_batch(tmp_path / "raw", images, labels, meta)
+    run_validate(PARAMS, raw, tmp_path / "validated", places)
+    assert (tmp_path / "validated" / "images.npy").is_file()
+    labels[0] = 9
+    np.save(raw / "labels.npy", labels)
+    with pytest.raises(DataValidationFailed):
+        run_validate(PARAMS, raw, tmp_path / "validated", places)
+    assert not (tmp_path / "validated").exists()  # nothing stale for preprocess to read
+
+
+def test_quarantine_keeps_every_failure_and_is_a_snapshot(tmp_path, places):
+    images, labels, meta = clean()
+    labels[0] = 9
+    raw = raw_batch(tmp_path / "raw", images, labels, meta)
+    for _ in range(3):  # the same second: three folders, none replaced
+        with pytest.raises(DataValidationFailed):
+            run_validate(PARAMS, raw, tmp_path / "validated", places)
+    kept = sorted(places.quarantine_dir.iterdir())
+    assert len(kept) == 3 and not [p for p in kept if p.name.startswith(".")]
+    np.save(raw / "labels.npy", np.zeros_like(labels))  # raw changes afterwards ...
+    assert np.load(kept[0] / "labels.npy")[0] == 9  # ... the kept batch does not
 
 
 def test_thresholds_are_tuned_in_params_not_python(tmp_path, places):
@@ -233,7 +360,7 @@ def test_an_image_copied_into_both_train_and_test(places):
         DataValidationFailed,
         match="no image \\(by content hash\\) is in more than one of train/val/test",
     ):
-        validate_splits(splits, info, places)
+        validate_splits(splits, content_hashes(images), info, places)
     report = json.loads((places.reports_dir / "validation_processed.json").read_text())
     failed = [r for r in report["results"] if not r["success"]]
     assert [r["column"] for r in failed] == ["hash_splits"]
@@ -243,21 +370,40 @@ def test_an_image_copied_into_both_train_and_test(places):
     assert {p.name for p in kept.iterdir()} >= {"train.npz", "test.npz", "validation.json"}
 
 
-def test_a_leaking_split_leaves_no_processed_data(tmp_path, places):
+def test_preprocess_keeps_identical_images_in_one_split(tmp_path, places):
     data = synthetic_dataset(per_class=12, num_classes=3)
     images = np.concatenate([data.images] * 3)  # every image three times, same label
     labels = np.concatenate([data.labels] * 3)
     write_raw_dataset(
         ImageDataset(images, labels, data.class_names), tmp_path / "validated", source="test"
     )
-    params = PreprocessParams(
-        seed=0, val_fraction=0.2, test_fraction=0.2, image_size=None, channels=None
-    )
-    with pytest.raises(DataValidationFailed, match="processed_splits failed"):
-        run_preprocess(params, tmp_path / "validated", tmp_path / "processed", places)
+    run_preprocess(PREPROCESS, tmp_path / "validated", tmp_path / "processed", places)
+    hashes = content_hashes(images)
+    splits_of_hash: dict[int, set[str]] = {}
+    for name in ("train", "val", "test"):
+        for row in np.load(tmp_path / "processed" / f"{name}.npz")["indices"]:
+            splits_of_hash.setdefault(int(hashes[row]), set()).add(name)
+    assert len(splits_of_hash) == 36 and all(len(s) == 1 for s in splits_of_hash.values())
+
+
+def test_a_failing_split_leaves_no_processed_data(tmp_path, places):
+    """The suite is data: tighten it in gx/ (here: allow no image in any split) and the same
+    clean split fails, is quarantined, and nothing is written."""
+    suite_file = places.gx_dir / "expectations" / f"{PROCESSED_SUITE}.json"
+    suite = json.loads(suite_file.read_text())
+    for expectation in suite["expectations"]:
+        if expectation["kwargs"].get("column") == "hash_splits":
+            expectation["kwargs"]["max_value"] = 0
+    suite_file.write_text(json.dumps(suite))
+    write_raw_dataset(synthetic_dataset(), tmp_path / "validated", source="test")
+    with pytest.raises(DataValidationFailed, match="processed_splits failed 1 of 4"):
+        run_preprocess(PREPROCESS, tmp_path / "validated", tmp_path / "processed", places)
     assert not (tmp_path / "processed").exists()
     (kept,) = places.quarantine_dir.iterdir()
     assert kept.name.endswith(PROCESSED_SUITE)
+    assert {"train.npz", "val.npz", "test.npz", "validation.json"} <= {
+        p.name for p in kept.iterdir()
+    }
 
 
 def test_a_clean_split_passes(places, processed_dir):
@@ -274,7 +420,7 @@ def test_profile_of_known_images():
     images[1] = [[[0], [255]], [[255], [0]]]
     images[2] = images[1]
     images[3] = 7
-    frame = profile_images(images, np.array([0, 1, 2, 0]))
+    frame = profile_images(images, np.array([0, 1, 2, 0]), np.array([2, 1, 5]))
     assert frame["min"].tolist() == [0, 0, 0, 7] and frame["max"].tolist() == [0, 255, 255, 7]
     assert frame["mean"].tolist() == [0, 127.5, 127.5, 7]
     assert frame["std"].tolist() == [0, 127.5, 127.5, 0]
@@ -282,6 +428,8 @@ def test_profile_of_known_images():
     assert frame["hash"][1] == frame["hash"][2] != frame["hash"][0]
     assert frame["conflicting_label"].tolist() == [0, 1, 1, 0]  # rows 1, 2: same image, 1 vs 2
     assert frame["class_share"].tolist() == [0.5, 0.25, 0.25, 0.5]
+    assert frame["class_count"].tolist() == [2, 1, 1, 2]
+    assert frame["declared_class_count"].tolist() == [2, 1, 5, 2]
     assert frame["nonfinite"].tolist() == [0, 0, 0, 0]
 
 
@@ -298,9 +446,14 @@ def suite_parameters(name: str) -> set[str]:
 
 
 def test_the_suites_ask_only_for_parameters_the_code_supplies():
-    supplied = set(
-        raw_parameters({"class_names": ["a"], "image_shape": [1, 1, 1], "dtype": "uint8"}, PARAMS)
+    meta = RawMeta(
+        class_names=["a"],
+        image_shape=(1, 1, 1),
+        dtype="uint8",
+        num_samples=1,
+        class_counts={"a": 1},
     )
+    supplied = set(raw_parameters(meta, PARAMS))
     assert suite_parameters(RAW_SUITE) <= supplied
     assert suite_parameters(PROCESSED_SUITE) <= {"class_ids"}
     # and every threshold of params.yaml's validate: section is used by the suite
@@ -341,6 +494,8 @@ def test_records_reach_mlflow_and_prefect_markdown(
             }
         )
     )
+    split_report = places.reports_dir / "validation_processed.json"
+    os.utime(split_report, (time.time() + 5, time.time() + 5))  # the split is checked after
     with tracked_run(tiny_params) as run:
         record_validations(run, places.reports_dir)
     logged = MlflowClient().get_run(run.run_id).data.metrics
@@ -352,3 +507,49 @@ def test_records_reach_mlflow_and_prefect_markdown(
     assert "expect_x(label): labels are fine; observed 1 of 36 rows; expected value_set [0]" in text
     assert "**processed_splits**: passed" in text
     assert str(places.data_docs.resolve()) in text
+
+
+def test_a_split_report_older_than_the_raw_one_is_stale(places, processed_dir):
+    split_report = places.reports_dir / "validation_processed.json"
+    raw_report = places.reports_dir / "validation_raw.json"
+    raw_report.write_text(
+        json.dumps(
+            {
+                "suite": RAW_SUITE,
+                "success": False,
+                "rows": 1,
+                "expectations": 1,
+                "failed": 1,
+                "results": [],
+            }
+        )
+    )
+    os.utime(split_report, (time.time() - 60, time.time() - 60))
+    assert current_reports(places.reports_dir) == [raw_report]
+    assert "processed_splits" not in validation_markdown(places)
+
+
+def test_records_skip_metrics_the_run_already_has(
+    tracking_store, tiny_params, places, processed_dir
+):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import tracked_run
+
+    (places.reports_dir / "validation_raw.json").write_text(
+        json.dumps(
+            {
+                "suite": RAW_SUITE,
+                "success": True,
+                "rows": 36,
+                "expectations": 1,
+                "failed": 0,
+                "results": [],
+            }
+        )
+    )
+    split_report = places.reports_dir / "validation_processed.json"
+    os.utime(split_report, (time.time() + 5, time.time() + 5))
+    with tracked_run(tiny_params) as run:
+        record_validations(run, places.reports_dir, skip_metrics=frozenset({"validation_success"}))
+    assert MlflowClient().get_run(run.run_id).data.metrics == {"split_validation_success": 1.0}
