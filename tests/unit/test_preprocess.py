@@ -62,7 +62,9 @@ def test_a_class_too_small_to_stratify_is_named(tmp_path, places):
     keep = np.concatenate([np.flatnonzero(data.labels != 2), np.flatnonzero(data.labels == 2)[:2]])
     small = type(data)(data.images[keep], data.labels[keep], data.class_names)
     write_raw_dataset(small, tmp_path / "raw", source="test")
-    with pytest.raises(SplitError, match=r"class 'class_2' has 2 distinct sample\(s\); each class needs"):
+    with pytest.raises(
+        SplitError, match=r"class 'class_2' has 2 distinct sample\(s\); each class needs"
+    ):
         run_preprocess(params(), tmp_path / "raw", tmp_path / "processed", places)
     assert not (tmp_path / "processed").exists()
 

@@ -58,6 +58,13 @@ def clean() -> tuple[np.ndarray, np.ndarray, dict]:
     return data.images.copy(), data.labels.copy(), meta
 
 
+def shrink_class_2(labels: np.ndarray, meta: dict, to: int) -> np.ndarray:
+    """Rows keeping only ``to`` samples of class 2, with meta.json's counts kept truthful."""
+    keep = np.concatenate([np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:to]])
+    meta["num_samples"], meta["class_counts"]["class_2"] = len(keep), to
+    return keep
+
+
 def expect_failure(tmp_path, places, images, labels, meta, description, params=PARAMS):
     raw = raw_batch(tmp_path / "raw", images, labels, meta)
     with pytest.raises(DataValidationFailed) as caught:
@@ -167,8 +174,7 @@ def test_counts_that_differ_from_meta_json(tmp_path, places):
 
 def test_a_class_too_small_to_split(tmp_path, places):
     images, labels, meta = clean()
-    keep = np.concatenate([np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:2]])
-    meta["num_samples"], meta["class_counts"]["class_2"] = 26, 2
+    keep = shrink_class_2(labels, meta, to=2)
     params = PARAMS.model_copy(update={"min_class_share": 0.01})  # the share alone is fine
     expect_failure(
         tmp_path,
@@ -219,8 +225,7 @@ def test_too_many_blank_images(tmp_path, places):
 
 def test_too_rare_a_class(tmp_path, places):
     images, labels, meta = clean()
-    keep = np.concatenate([np.flatnonzero(labels != 2), np.flatnonzero(labels == 2)[:3]])
-    meta["num_samples"], meta["class_counts"]["class_2"] = 27, 3
+    keep = shrink_class_2(labels, meta, to=3)
     params = PARAMS.model_copy(update={"min_class_share": 0.2})  # 3 of 27 is 11%
     expect_failure(
         tmp_path,
