@@ -8,7 +8,6 @@ regression on the same split, so a reader sees whether deep learning earned its 
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from tasks.tracking import (
     RunTracker,
     can_join,
     find_run,
+    flow_run_id,
     tracked_run,
 )
 
@@ -291,7 +291,7 @@ def main() -> None:
     params = load_params()
     # Under the flow MLFLOW_RUN_ID names the pipeline run; under plain `dvc repro` the
     # evaluation joins the run that trained this very model file, found by its hash.
-    run_id = os.environ.get("MLFLOW_RUN_ID")
+    run_id = flow_run_id()
     model_run_id = None
     if run_id is None and MODEL_FILE.is_file():
         model_run_id = find_run(TAG_MODEL_MD5, file_md5(MODEL_FILE))

@@ -287,7 +287,8 @@ def complete_run_record(
 
     tracker = RunTracker(run_id)
     tracker.set_tags(lineage_tags())
-    tags = MlflowClient().get_run(run_id).data.tags
+    logged = MlflowClient().get_run(run_id).data  # what the stages that executed logged
+    tags = logged.tags
     if TAG_MODEL_MD5 not in tags:
         # DVC reused the model: point at a run that logged this very file, not log it again;
         # if no run in this tracking store did, log it here.
@@ -299,9 +300,7 @@ def complete_run_record(
             log_model(run_id, model, read_split(processed_dir, "val")[0], model_file)
     if TAG_EVALUATED not in tags:
         record_evaluation(tracker, reports_dir)
-    record_validations(
-        tracker, reports_dir, skip_metrics=frozenset(MlflowClient().get_run(run_id).data.metrics)
-    )
+    record_validations(tracker, reports_dir, skip_metrics=frozenset(logged.metrics))
 
 
 def summary_markdown(summary: PipelineSummary) -> str:

@@ -8,8 +8,6 @@ statistics travel inside the trained model, so nothing downstream re-types them.
 from __future__ import annotations
 
 import logging
-import os
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from tasks.config import (
     retry_unless_user_error,
     stage_main,
 )
-from tasks.tracking import RunTracker, tracked_run
+from tasks.tracking import RunTracker, joined_flow_run
 from tasks.validate import REPOSITORY_PLACES, ValidationPlaces, content_hashes, validate_splits
 
 log = logging.getLogger("mlcycle.preprocess")
@@ -231,8 +229,7 @@ preprocess_task = task(
 def main() -> None:
     params = load_params()
     # Under the flow, the split's validation is logged into its MLflow run.
-    joined = tracked_run(params) if os.environ.get("MLFLOW_RUN_ID") else nullcontext()
-    with joined as tracker:
+    with joined_flow_run(params) as tracker:
         run_preprocess(params.preprocess, tracker=tracker)
 
 

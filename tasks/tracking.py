@@ -177,6 +177,22 @@ def params_conflict(run_id: str, params: Params) -> list[str]:
     return [k for k, v in params.flat().items() if k in logged and logged[k] != str(v)]
 
 
+def flow_run_id() -> str | None:
+    """The pipeline run a flow hands its stages through ``MLFLOW_RUN_ID``; None outside a flow."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+@contextmanager
+def joined_flow_run(params: Params) -> Iterator[RunTracker | None]:
+    """Under the flow, its MLflow run (left open for the flow to end); otherwise None: a stage
+    run by a plain ``dvc repro`` that has no run of its own to open logs nothing."""
+    if flow_run_id() is None:
+        yield None
+        return
+    with tracked_run(params) as tracker:
+        yield tracker
+
+
 @contextmanager
 def tracked_run(
     params: Params, run_id: str | None = None, run_name: str | None = None
@@ -193,14 +209,14 @@ def tracked_run(
 
     experiment_id = connect()
     client = MlflowClient()
-    flow_run_id = os.environ.get("MLFLOW_RUN_ID") or None
-    run_id = run_id or flow_run_id
+    flows_run = flow_run_id()
+    run_id = run_id or flows_run
     try:
         if run_id is None:
             run_id = client.create_run(experiment_id, run_name=run_name).info.run_id
         else:
             client.get_run(run_id)
-            if run_id != flow_run_id:
+            if run_id != flows_run:
                 client.update_run(run_id, status="RUNNING")
     except MlflowException as error:
         raise TrackingError(
@@ -214,7 +230,7 @@ def tracked_run(
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
-    if run_id != flow_run_id:
+    if run_id != flows_run:
         client.set_terminated(run_id, "FINISHED")
 
 

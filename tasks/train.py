@@ -37,7 +37,7 @@ from tasks.config import (
     stage_main,
 )
 from tasks.model_io import build_from_spec, log_model, predict_logits, save_model, torch_save
-from tasks.tracking import RunTracker, tracked_run
+from tasks.tracking import RunTracker, flow_run_id, tracked_run
 from tasks.validate import record_validations
 
 log = logging.getLogger("mlcycle.train")
@@ -413,7 +413,7 @@ train_task = task(
 def main() -> None:
     params = load_params()
     with tracked_run(params, run_name=f"train-{params.train.model}") as tracker:
-        if not os.environ.get("MLFLOW_RUN_ID"):  # under the flow, validation logged itself
+        if flow_run_id() is None:  # under the flow, validation logged itself
             record_validations(tracker)  # what was checked of the data this model learns from
         run_train(params.train, tracker=tracker)
 

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
@@ -52,7 +52,7 @@ from tasks.config import (
     retry_unless_user_error,
     stage_main,
 )
-from tasks.tracking import RunTracker, tracked_run
+from tasks.tracking import RunTracker, joined_flow_run
 
 log = logging.getLogger("mlcycle.validate")
 
@@ -607,8 +607,7 @@ def main() -> None:
     params = load_params()
     # Under the flow, log into its MLflow run (pass or fail); a plain `dvc repro` has no run
     # yet: the train stage records the validation reports in the run it opens.
-    joined = tracked_run(params) if os.environ.get("MLFLOW_RUN_ID") else nullcontext()
-    with joined as tracker:
+    with joined_flow_run(params) as tracker:
         run_validate(params.validate, tracker=tracker)
 
 
