@@ -1,7 +1,9 @@
-"""``mlcycle``: the command line over the flows.
+"""``mlcycle``: the command line over the flows and the model registry.
 
-``mlcycle run [--set section.key=value ...]`` runs the ``training-pipeline`` flow. Later
-sub-commands (serve, models, promote, deploy, monitor) join this parser.
+- ``mlcycle run [--set section.key=value ...]``: the ``training-pipeline`` flow (ends registered).
+- ``mlcycle register [--run RUN_ID]``: the ``register-model`` flow, after a plain ``dvc repro``.
+- ``mlcycle models``, ``promote VERSION``, ``rollback``: look at and move the ``champion`` alias.
+- ``mlcycle restore VERSION``: bring back the exact data a version was trained on.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 
 from tasks.config import MlcycleError, load_params
 from tasks.pipeline import PipelineSummary
+from tasks.registry import Registration, VersionRow
 from tasks.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri
 
 
@@ -34,6 +37,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one params.yaml value, e.g. --set train.epochs=3 (repeatable)",
     )
+    register = commands.add_parser(
+        "register",
+        help="register the evaluated model (after `dvc repro`) and promote it if it is better",
+        description="Run the Prefect flow 'register-model': push the data to the DVC remote, "
+        "register the model of the newest finished, evaluated run (or --run) with its lineage, "
+        "check that the registered copy loads, and move `champion` if the gate in params.yaml "
+        "(register.*) says so.",
+    )
+    register.add_argument("--run", dest="run_id", help="the MLflow run id to register")
+    name_help = "registered model name (default: register.model_name in params.yaml)"
+    models = commands.add_parser("models", help="list the registered versions and their aliases")
+    models.add_argument("--name", help=name_help)
+    promote = commands.add_parser(
+        "promote", help="move `champion` to a version by hand (after a load-back check)"
+    )
+    promote.add_argument("version", help="the version number, as `mlcycle models` lists it")
+    promote.add_argument("--name", help=name_help)
+    rollback = commands.add_parser(
+        "rollback", help="move `champion` back to the version it replaced"
+    )
+    rollback.add_argument("--name", help=name_help)
+    restore = commands.add_parser(
+        "restore",
+        help="bring back the data, params and dvc.lock a version was trained with",
+        description="Fetch the version's dvc.lock and params.yaml from its MLflow run, `dvc "
+        "pull` the data from the DVC remote, and verify each data hash against the version.",
+    )
+    restore.add_argument("version", help="the version number, as `mlcycle models` lists it")
+    restore.add_argument("--name", help=name_help)
     return parser
 
 
@@ -42,10 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return run_pipeline(args.overrides)
+        if args.command == "register":
+            return run_register(args.run_id)
+        return manage_registry(args)
     except MlcycleError as error:
         print(f"mlcycle: error: {error}", file=sys.stderr)
         return 1
-    return 2
 
 
 def run_pipeline(overrides: Sequence[str]) -> int:
@@ -57,6 +91,68 @@ def run_pipeline(overrides: Sequence[str]) -> int:
     summary = training_pipeline(params=params)
     print(format_summary(summary))
     return 0
+
+
+def run_register(run_id: str | None) -> int:
+    params = load_params()
+    connect()
+    from flows.registry import register_model
+
+    print(format_registration(register_model(run_id=run_id, params=params)))
+    return 0
+
+
+def manage_registry(args: argparse.Namespace) -> int:
+    from tasks import registry
+
+    name = args.name or load_params().register.model_name
+    if args.command == "models":
+        print(format_versions(name, registry.list_versions(name)))
+    elif args.command == "promote":
+        previous = registry.promote(name, args.version)
+        print(f"{name}: champion is now version {args.version} (was {previous or 'none'})")
+    elif args.command == "rollback":
+        current, previous = registry.rollback(name)
+        print(f"{name}: champion rolled back from version {current} to version {previous}")
+    elif args.command == "restore":
+        restored = registry.restore(name, args.version)
+        print(f"{name} v{restored.version}: data, params.yaml and dvc.lock restored")
+        for path, md5 in restored.hashes.items():
+            print(f"  {path}: {md5} (verified)")
+        if not restored.commit_matches:
+            print(
+                f"  note: trained at git commit {restored.commit}; this checkout is elsewhere. "
+                f"`git checkout {restored.commit[:12]}` first for the exact code."
+            )
+        print("  retrain it: dvc repro --force --single-item train && dvc repro evaluate")
+    return 0
+
+
+def format_versions(name: str, rows: list[VersionRow]) -> str:
+    def score(value: float | None) -> str:
+        return f"{value:.4f}" if value is not None else "-"
+
+    lines = [
+        f"{name}:",
+        f"  {'version':>7}  {'aliases':<20} {'accuracy':>8} {'macro-F1':>8}  {'check':<7} "
+        f"{'data':<12} {'commit':<12} {'created':<16} decision",
+    ]
+    for row in rows:
+        lines.append(
+            f"  {row.version:>7}  {','.join(row.aliases) or '-':<20} {score(row.accuracy):>8} "
+            f"{score(row.macro_f1):>8}  {row.check:<7} {row.data[:12]:<12} {row.commit[:12]:<12} "
+            f"{row.created:<16} {row.decision}"
+        )
+    return "\n".join(lines)
+
+
+def format_registration(registration: Registration) -> str:
+    outcome = "promoted to champion" if registration.promoted else "not promoted"
+    return (
+        f"  registered: {registration.name} version {registration.version}, {outcome}: "
+        f"{registration.reason}\n"
+        f"  champion: {'version ' + registration.champion if registration.champion else 'none'}"
+    )
 
 
 def format_summary(summary: PipelineSummary) -> str:
@@ -75,8 +171,13 @@ def format_summary(summary: PipelineSummary) -> str:
         f"  stages run: {', '.join(summary.stages_run) or 'none'}; "
         f"unchanged, skipped: {', '.join(summary.stages_skipped) or 'none'}",
         f"  MLflow run: {summary.run_url}",
+    ]
+    if summary.registration is not None:
+        lines.append(format_registration(summary.registration))
+    lines += [
         "",
         "Look further:",
+        "  mlcycle models                                # registered versions and aliases",
     ]
     uri = tracking_uri()
     if uri == DEFAULT_TRACKING_URI:

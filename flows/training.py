@@ -1,4 +1,4 @@
-"""The training pipeline flow: the DVC stages in order, then the pipeline run's bookkeeping.
+"""The training pipeline flow: the DVC stages in order, the run's bookkeeping, registration.
 
 Wiring only; every step is a task from ``tasks/``. Run it with ``mlcycle run`` or
 ``python -m flows.training``.
@@ -7,9 +7,11 @@ Wiring only; every step is a task from ``tasks/``. Run it with ``mlcycle run`` o
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 
 from prefect import flow
 
+from flows.registry import register_model
 from tasks.config import Params, hide_user_error_tracebacks
 from tasks.pipeline import (
     PipelineSummary,
@@ -29,7 +31,7 @@ hide_user_error_tracebacks()  # bad input reads as one line in the flow log, as 
 
 @flow(
     name="training-pipeline",
-    description="Collect, validate, preprocess, train and evaluate a model.",
+    description="Collect, validate, preprocess, train, evaluate and register a model.",
     on_failure=[fail_pipeline_run],
     on_crashed=[fail_pipeline_run],
 )
@@ -39,7 +41,8 @@ def training_pipeline(params: Params | None = None) -> PipelineSummary:
     run_id = start_pipeline_run_task(params)
     stages = [reproduce_stage_task(stage, run_id) for stage in DATA_STAGES]
     push_data_task()
-    return finish_pipeline_run_task(run_id, params, stages)
+    summary = finish_pipeline_run_task(run_id, params, stages)
+    return replace(summary, registration=register_model(run_id=run_id, params=params))
 
 
 if __name__ == "__main__":

@@ -11,3 +11,8 @@ for _name, _value in {
     "DO_NOT_TRACK": "1",
 }.items():
     os.environ.setdefault(_name, _value)
+
+# Our `mlcycle.*` log lines go into the Prefect run log (UI and console) when a task runs them;
+# outside a flow run (a stage under plain `dvc repro`) they only go to the console.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "mlcycle")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")

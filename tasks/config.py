@@ -161,10 +161,35 @@ class EvaluateParams(_Section):
     )
 
 
+ScoreName = Literal["accuracy", "macro_f1"]
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
+class RegisterParams(_Section):
+    model_name: str = Field(
+        pattern=MODEL_NAME_PATTERN, description="Registered model name in the MLflow registry."
+    )
+    metric: ScoreName = Field(description="The test metric a challenger must improve.")
+    min_improvement: float = Field(
+        ge=0, le=1, description="Beat the champion's metric by at least this much."
+    )
+    guard_metrics: Annotated[tuple[ScoreName, ...], Field(strict=False)] = Field(
+        description="Test metrics a challenger must not make worse."
+    )
+    min_score: float = Field(
+        ge=0, le=1, description="A champion must reach this metric value (also the first one)."
+    )
+    check_samples: int = Field(
+        ge=1, description="Test images scored by the registered copy before it gets an alias."
+    )
+
+
 with warnings.catch_warnings():
-    # The section is called `validate`, like its stage; pydantic warns that this shadows
-    # BaseModel.validate, a deprecated v1 alias nobody here calls.
-    warnings.filterwarnings("ignore", message='Field name "validate"', category=UserWarning)
+    # Sections are named after their steps; pydantic warns that `validate` and `register`
+    # shadow BaseModel.validate (a deprecated v1 alias) and ABCMeta.register, unused here.
+    warnings.filterwarnings(
+        "ignore", message='Field name "(validate|register)"', category=UserWarning
+    )
 
     class Params(_Section):
         collect: CollectParams
@@ -172,6 +197,7 @@ with warnings.catch_warnings():
         preprocess: PreprocessParams
         train: TrainParams
         evaluate: EvaluateParams
+        register: RegisterParams
 
         def flat(self) -> dict[str, Any]:
             """Dotted keys to values, e.g. ``{"train.lr": 0.001}``: what MLflow logs."""

@@ -37,6 +37,7 @@ from tasks.config import (
 )
 from tasks.evaluate import METRICS_FILE, record_evaluation
 from tasks.model_io import load_model, log_model
+from tasks.registry import Registration
 from tasks.tracking import (
     TAG_EVALUATED,
     TAG_FLOW_RUN,
@@ -48,6 +49,7 @@ from tasks.tracking import (
     find_run,
     git_state,
     lineage_tags,
+    record_lineage_files,
     run_url,
 )
 from tasks.validate import RAW_REPORT, record_validations, validation_markdown
@@ -75,6 +77,7 @@ class PipelineSummary:
     stages_run: tuple[str, ...]
     stages_skipped: tuple[str, ...]
     data_versions: dict[str, str]
+    registration: Registration | None = None  # filled in by the register step
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
@@ -241,7 +244,9 @@ def fail_pipeline_run(flow: Any, prefect_flow_run: Any, state: Any) -> None:
 
     try:
         run_id = find_run(TAG_FLOW_RUN, str(prefect_flow_run.id))
-        if run_id and MlflowClient().get_run(run_id).info.status != "FAILED":
+        # A FINISHED run was trained and evaluated in full; a later step (registration)
+        # failing does not unmake that, and a retry may still register it.
+        if run_id and MlflowClient().get_run(run_id).info.status == "RUNNING":
             MlflowClient().set_terminated(run_id, "FAILED")
     except Exception as error:  # a hook must not hide the flow's own failure
         _logger().warning("could not mark the MLflow run FAILED: %s", error)
@@ -287,6 +292,7 @@ def complete_run_record(
 
     tracker = RunTracker(run_id)
     tracker.set_tags(lineage_tags())
+    record_lineage_files(run_id)
     logged = MlflowClient().get_run(run_id).data  # what the stages that executed logged
     tags = logged.tags
     if TAG_MODEL_MD5 not in tags:

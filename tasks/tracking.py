@@ -19,12 +19,13 @@ from pathlib import Path
 
 import yaml
 
-from tasks.config import MlcycleError, Params
+from tasks.config import PARAMS_FILE, MlcycleError, Params
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_ARTIFACT_ROOT = Path("mlartifacts")
 DEFAULT_EXPERIMENT = "mlcycle"
 DVC_LOCK = Path("dvc.lock")
+LINEAGE_DIR = "lineage"  # run artifacts: the dvc.lock and params.yaml a run ended with
 DATA_OUTPUTS = ("data/raw", "data/processed")
 SERVER_CHECK_TIMEOUT_S = 5.0
 
@@ -97,6 +98,33 @@ def check_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
         f"MLflow tracking server {uri} cannot be reached ({reason}); start it, or unset "
         f"MLFLOW_TRACKING_URI to track in {DEFAULT_TRACKING_URI}"
     )
+
+
+@contextmanager
+def tracking_errors(action: str) -> Iterator[None]:
+    """MLflow failures (a server that went away, an HTTP 5xx) as one line naming what failed."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as error:
+        detail = str(error.message).strip().splitlines()[0][:300]
+        raise TrackingError(f"MLflow {tracking_uri()}: could not {action}: {detail}") from None
+
+
+def record_lineage_files(
+    run_id: str, lock_path: Path = DVC_LOCK, params_path: Path = PARAMS_FILE
+) -> None:
+    """Attach ``dvc.lock`` and ``params.yaml`` to the run once: what ``mlcycle restore`` reads
+    to bring back the run's exact data."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if any(a.path.endswith(lock_path.name) for a in client.list_artifacts(run_id, LINEAGE_DIR)):
+        return
+    for path in (lock_path, params_path):
+        if path.is_file():
+            client.log_artifact(run_id, str(path), LINEAGE_DIR)
 
 
 def git_state(repo: Path = Path()) -> dict[str, str]:
