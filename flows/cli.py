@@ -43,10 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the Prefect flow 'register-model': push the data to the DVC remote, "
         "register the model of the newest finished, evaluated run (or --run) with its lineage, "
         "check that the registered copy loads, and move `champion` if the gate in params.yaml "
-        "(register.*) says so.",
+        "(registry.*) says so.",
     )
     register.add_argument("--run", dest="run_id", help="the MLflow run id to register")
-    name_help = "registered model name (default: register.model_name in params.yaml)"
+    name_help = "registered model name (default: registry.model_name in params.yaml)"
     models = commands.add_parser("models", help="list the registered versions and their aliases")
     models.add_argument("--name", help=name_help)
     promote = commands.add_parser(
@@ -105,7 +105,7 @@ def run_register(run_id: str | None) -> int:
 def manage_registry(args: argparse.Namespace) -> int:
     from tasks import registry
 
-    name = args.name or load_params().register.model_name
+    name = args.name or load_params().registry.model_name
     if args.command == "models":
         print(format_versions(name, registry.list_versions(name)))
     elif args.command == "promote":

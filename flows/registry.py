@@ -32,8 +32,8 @@ def register_model(run_id: str | None = None, params: Params | None = None) -> R
     push_data_task()
     # Anything failing after the version exists rolls it back: it is marked failed, unaliased.
     with transaction():
-        version = create_version_task(candidate, params.register.model_name)
-        check_version_task(version, params.register)
-        registration = promote_if_better_task(candidate, version, params.register)
-    publish_registration_task(registration, params.register)
+        version = create_version_task(candidate, params.registry.model_name)
+        check_version_task(version, params.registry)
+        registration = promote_if_better_task(candidate, version, params.registry)
+    publish_registration_task(registration, params.registry)
     return registration

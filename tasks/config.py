@@ -165,7 +165,7 @@ ScoreName = Literal["accuracy", "macro_f1"]
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
-class RegisterParams(_Section):
+class RegistryParams(_Section):
     model_name: str = Field(
         pattern=MODEL_NAME_PATTERN, description="Registered model name in the MLflow registry."
     )
@@ -185,11 +185,10 @@ class RegisterParams(_Section):
 
 
 with warnings.catch_warnings():
-    # Sections are named after their steps; pydantic warns that `validate` and `register`
-    # shadow BaseModel.validate (a deprecated v1 alias) and ABCMeta.register, unused here.
-    warnings.filterwarnings(
-        "ignore", message='Field name "(validate|register)"', category=UserWarning
-    )
+    # The section is called `validate`, like its stage; pydantic warns that this shadows
+    # BaseModel.validate, a deprecated v1 alias nobody here calls. (The register step's section
+    # is `registry`: a field named `register` would take ABCMeta.register as its default.)
+    warnings.filterwarnings("ignore", message='Field name "validate"', category=UserWarning)
 
     class Params(_Section):
         collect: CollectParams
@@ -197,7 +196,7 @@ with warnings.catch_warnings():
         preprocess: PreprocessParams
         train: TrainParams
         evaluate: EvaluateParams
-        register: RegisterParams
+        registry: RegistryParams
 
         def flat(self) -> dict[str, Any]:
             """Dotted keys to values, e.g. ``{"train.lr": 0.001}``: what MLflow logs."""

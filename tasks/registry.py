@@ -39,7 +39,7 @@ from tasks.config import (
     PARAMS_FILE,
     PROCESSED_DIR,
     MlcycleError,
-    RegisterParams,
+    RegistryParams,
 )
 from tasks.tracking import (
     DVC_LOCK,
@@ -76,8 +76,8 @@ TAG_DECISION = "mlcycle.promotion"
 CHECK_PENDING, CHECK_PASSED, CHECK_FAILED = "pending", "passed", "failed"
 SCORES = ("accuracy", "macro_f1")
 LOCK_SUFFIX = ".registry-lock"
-LOCK_WAIT_S = 300.0
-LOCK_STALE_S = 900.0
+LOCK_WAIT_S = 180.0
+LOCK_STALE_S = 120.0  # the held section takes seconds; older means its holder died
 TOLERANCE = 1e-9  # metric comparisons: 0.99 - 0.98 must count as 0.01
 
 
@@ -353,7 +353,7 @@ def check_version(
 
 def check_registered(
     registered: RegisteredVersion,
-    policy: RegisterParams,
+    policy: RegistryParams,
     model_file: Path = MODEL_FILE,
     processed_dir: Path = PROCESSED_DIR,
 ) -> None:
@@ -398,7 +398,7 @@ def test_samples(processed_dir: Path, count: int) -> ImageDataset:
 def decide(
     candidate: Mapping[str, float],
     champion: Mapping[str, float] | None,
-    policy: RegisterParams,
+    policy: RegistryParams,
     champion_version: str | None = None,
 ) -> Decision:
     """Whether the candidate should become champion, and why, in one sentence."""
@@ -407,12 +407,12 @@ def decide(
     if value < policy.min_score - TOLERANCE:
         return Decision(
             False,
-            f"{metric} {value:.4f} is below the floor register.min_score {policy.min_score:.4f}",
+            f"{metric} {value:.4f} is below the floor registry.min_score {policy.min_score:.4f}",
         )
     if champion is None:
         return Decision(
             True,
-            f"first champion: {metric} {value:.4f} clears the floor register.min_score "
+            f"first champion: {metric} {value:.4f} clears the floor registry.min_score "
             f"{policy.min_score:.4f}",
         )
     gain = value - champion[metric]
@@ -421,7 +421,7 @@ def decide(
         return Decision(
             False,
             f"{metric} {value:.4f} vs {versus} {champion[metric]:.4f} ({gain:+.4f}) does not "
-            f"beat it by register.min_improvement {policy.min_improvement:.4f}",
+            f"beat it by registry.min_improvement {policy.min_improvement:.4f}",
         )
     for guard in policy.guard_metrics:
         if candidate[guard] < champion[guard] - TOLERANCE:
@@ -467,7 +467,7 @@ def comparable(candidate_tags: Mapping[str, str], champion_tags: Mapping[str, st
 def promote_if_better(
     candidate: Candidate,
     registered: RegisteredVersion,
-    policy: RegisterParams,
+    policy: RegistryParams,
     processed_dir: Path = PROCESSED_DIR,
 ) -> Registration:
     """Under the registry lock: ``challenger`` to the new version; ``champion`` too if it beats
@@ -475,7 +475,7 @@ def promote_if_better(
     name, version = registered.name, registered.version
     client = _client()
     test, _ = read_split(processed_dir, "test")
-    with registry_lock(name), tracking_errors(f"move the aliases of '{name}'"):
+    with tracking_errors(f"move the aliases of '{name}'"), registry_lock(name):
         aliases = alias_map(name)
         champion = aliases.get(CHAMPION)
         if champion == version:
@@ -500,7 +500,7 @@ def promote_if_better(
                     False,
                     f"champion v{champion} cannot be scored on this test "
                     f"split ({mismatch}); promote by hand with `mlcycle promote "
-                    f"{version}` or use another register.model_name",
+                    f"{version}` or use another registry.model_name",
                 )
             else:
                 champion_metrics = score_version(name, champion, test)
@@ -672,17 +672,24 @@ def check_samples_for(name: str, version: str, processed_dir: Path, count: int) 
 
 
 def move_champion(
-    name: str, version: str, note: str, processed_dir: Path = PROCESSED_DIR, samples: int = 64
+    name: str,
+    version: str,
+    note: str,
+    processed_dir: Path = PROCESSED_DIR,
+    samples: int = 64,
+    remember_previous: bool = True,
 ) -> str | None:
     """Point ``champion`` at ``version`` after it passes the load-back check; returns the
-    version that held it before. Used by ``mlcycle promote`` and ``rollback``."""
+    version that held it before. ``remember_previous``: record that version on the new
+    champion, so that ``rollback`` undoes this move (a rollback itself keeps the old record,
+    so a second rollback goes further back)."""
     from mlflow.exceptions import MlflowException
 
     connect()
     client = _client()
-    with registry_lock(name), tracking_errors(f"move the champion of '{name}'"):
+    with tracking_errors(f"move the champion of '{name}'"), registry_lock(name):
         try:
-            target = client.get_model_version(name, version)
+            client.get_model_version(name, version)
         except MlflowException:
             raise RegistryError(
                 f"'{name}' has no version {version}; see `mlcycle models`"
@@ -690,9 +697,8 @@ def move_champion(
         previous = alias_map(name).get(CHAMPION)
         if previous == version:
             raise RegistryError(f"version {version} of '{name}' is already the champion")
-        del target
         check_version(name, version, check_samples_for(name, version, processed_dir, samples))
-        if previous is not None:
+        if previous is not None and remember_previous:
             client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, previous)
         client.set_registered_model_alias(name, CHAMPION, version)
         client.set_model_version_tag(name, version, TAG_DECISION, note)
@@ -717,7 +723,13 @@ def rollback(name: str, processed_dir: Path = PROCESSED_DIR) -> tuple[str, str]:
         raise RegistryError(
             f"champion v{current} of '{name}' replaced no earlier champion; nothing to roll back to"
         )
-    move_champion(name, previous, f"champion again by rollback from v{current}", processed_dir)
+    move_champion(
+        name,
+        previous,
+        f"champion again by rollback from v{current}",
+        processed_dir,
+        remember_previous=False,
+    )
     return current, previous
 
 
@@ -806,7 +818,7 @@ def dvc_hash(root: Path, path: str) -> str:
     return obj.hash_info.value
 
 
-def registration_markdown(registration: Registration, policy: RegisterParams) -> str:
+def registration_markdown(registration: Registration, policy: RegistryParams) -> str:
     rows = [
         f"| {m} | {registration.candidate_metrics[m]:.4f} | "
         + (f"{registration.champion_metrics[m]:.4f} |" if registration.champion_metrics else "- |")
@@ -878,13 +890,13 @@ def _retire_on_rollback(txn: Any) -> None:
 
 
 @task(name="check-model-version")
-def check_version_task(registered: RegisteredVersion, policy: RegisterParams) -> None:
+def check_version_task(registered: RegisteredVersion, policy: RegistryParams) -> None:
     check_registered(registered, policy)
 
 
 @task(name="promote-if-better")
 def promote_if_better_task(
-    candidate: Candidate, registered: RegisteredVersion, policy: RegisterParams
+    candidate: Candidate, registered: RegisteredVersion, policy: RegistryParams
 ) -> Registration:
     registration = promote_if_better(candidate, registered, policy)
     _logger().info(
@@ -898,7 +910,7 @@ def promote_if_better_task(
 
 
 @task(name="publish-registration")
-def publish_registration_task(registration: Registration, policy: RegisterParams) -> None:
+def publish_registration_task(registration: Registration, policy: RegistryParams) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(

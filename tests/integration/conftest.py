@@ -115,45 +115,164 @@ def fresh_project(project_template: Path, tmp_path: Path) -> Path:
     return target
 
 
+class MlflowService:
+    """A real ``mlflow server`` process (proxied artifacts in ``root/artifacts``) on a loopback
+    port; it can be stopped and started again on the same port and backend store."""
+
+    def __init__(self, root: Path, backend_uri: str | None = None) -> None:
+        self.root = root
+        self.backend_uri = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> MlflowService:
+        log = (self.root / "server.log").open("a")
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                self.backend_uri,
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                log_text = (self.root / "server.log").read_text()[-3000:]
+                raise RuntimeError(f"mlflow server did not start:\n{log_text}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            self.process.wait(timeout=30)
+        self.process = None
+
+
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def mlflow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowService]:
     """A real ``mlflow server`` (SQLite backend, proxied artifacts) on a free loopback port."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+    service = MlflowService(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_service: MlflowService) -> str:
+    return mlflow_service.uri
+
+
+def _postgres_tools() -> dict[str, str] | None:
+    import glob
+
+    for folder in [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
+        tools = {name: shutil.which(name, path=folder) for name in ("initdb", "pg_ctl")}
+        if all(tools.values()):
+            return tools  # type: ignore[return-value]
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_uri() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on a loopback port (Debian's ``postgresql`` package),
+    or a skip that says what is missing."""
+    import tempfile
+
+    tools = _postgres_tools()
+    if tools is None:
+        pytest.skip("PostgreSQL server binaries not found (Debian: apt-get install postgresql)")
+    try:
+        import psycopg2  # MLflow's PostgreSQL driver
+    except ImportError:
+        pytest.skip("psycopg2 is not installed (pip install psycopg2-binary)")
+    # PostgreSQL refuses to run as root: as root, run it as Debian's `postgres` user, in a
+    # folder of its own outside pytest's root-only temp tree.
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="mlcycle-postgres-"))
+    if os.geteuid() == 0:
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: cannot start PostgreSQL")
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
     port = free_port()
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()}")
-        time.sleep(0.5)
-    yield uri
-    os.killpg(process.pid, 15)
-    process.wait(timeout=30)
-    log.close()
+    data = root / "data"
+    try:
+        subprocess.run(
+            [
+                *as_user,
+                tools["initdb"],
+                "-D",
+                str(data),
+                "-U",
+                "mlflow",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        subprocess.run(
+            [
+                *as_user,
+                tools["pg_ctl"],
+                "-D",
+                str(data),
+                "-l",
+                str(root / "postgres.log"),
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+                "-w",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    except subprocess.CalledProcessError as error:
+        raise RuntimeError(f"PostgreSQL did not start: {error.stderr or error.stdout}") from None
+    try:
+        import psycopg2
+
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", dbname="postgres")
+        connection.autocommit = True
+        connection.cursor().execute("CREATE DATABASE mlflow")
+        connection.close()
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(
+            [*as_user, tools["pg_ctl"], "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_mlflow_server(
+    postgres_uri: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real ``mlflow server`` on the PostgreSQL backend."""
+    service = MlflowService(tmp_path_factory.mktemp("mlflow-postgres"), postgres_uri).start()
+    yield service.uri
+    service.stop()

@@ -1,0 +1,366 @@
+"""The model registry against a real `mlflow server` (SQLite; PostgreSQL too where installed).
+
+Each test trains tiny real models on generated data, logs them to the server, and registers
+them with the same functions (or the same flow, or the same CLI) the pipeline uses. Where a
+test fixes a candidate's metrics, it fixes them relative to the champion's real score on the
+same test split, so the gate decides as it would with trained models.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tasks.artifacts import read_split
+from tasks.config import Params, RegistryParams
+from tasks.evaluate import run_evaluate
+from tasks.registry import (
+    CHALLENGER,
+    CHAMPION,
+    LOCK_SUFFIX,
+    TAG_CHECK,
+    TAG_DECISION,
+    TAG_PREVIOUS_CHAMPION,
+    Candidate,
+    LoadCheckFailed,
+    RegistryError,
+    alias_map,
+    check_registered,
+    create_version,
+    find_candidate,
+    promote,
+    promote_if_better,
+    rollback,
+    score_version,
+)
+from tasks.tracking import TrackingError, tracked_run
+from tasks.train import run_train
+from tests.integration.conftest import BIN, MlflowService, dvc, run
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Workspace:
+    """A project-like folder (params.yaml, data/processed, artifacts/, a DVC repo) whose
+    models are trained for real and tracked on an MLflow server."""
+
+    root: Path
+    params: Params
+    name: str
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "data" / "processed"
+
+    @property
+    def model_file(self) -> Path:
+        return self.root / "artifacts" / "model.pt"
+
+    def train(self, seed: int, epochs: int = 2) -> Candidate:
+        """Train, evaluate and finish a run, as `dvc repro` does; the candidate it gives."""
+        params = self.params.model_copy(
+            update={"train": self.params.train.model_copy(update={"seed": seed, "epochs": epochs})}
+        )
+        with tracked_run(params, run_name=f"seed-{seed}") as tracker:
+            run_train(
+                params.train,
+                self.processed,
+                self.model_file,
+                self.root / "artifacts" / "checkpoints",
+                self.root / "reports",
+                tracker,
+            )
+            run_evaluate(
+                params.evaluate, self.model_file, self.processed, self.root / "reports", tracker
+            )
+        return find_candidate(tracker.run_id, self.model_file, self.root / "dvc.lock")
+
+    def register(self, candidate: Candidate, policy: RegistryParams | None = None):
+        """The register flow's three steps, without Prefect."""
+        policy = policy or self.params.registry
+        registered = create_version(candidate, self.name)
+        check_registered(registered, policy, self.model_file, self.processed)
+        return promote_if_better(candidate, registered, policy, self.processed)
+
+    def write_params(self, **register: object) -> None:
+        params = self.params.model_copy(
+            update={"registry": self.params.registry.model_copy(update=register)}
+        )
+        self.params = params
+        (self.root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+
+
+def make_workspace(root: Path, processed_dir: Path, tiny_params: Params, name: str) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(processed_dir, root / "data" / "processed")
+    dvc("init", "--no-scm", "-q", cwd=root)
+    workspace = Workspace(root, tiny_params, name)
+    workspace.write_params(model_name=name, min_score=0.0, min_improvement=0.0)
+    return workspace
+
+
+@pytest.fixture
+def server_uri(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", f"registry-{uuid.uuid4().hex[:8]}")
+    mlflow.set_tracking_uri(mlflow_server)
+    yield mlflow_server
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def workspace(server_uri, processed_dir, tiny_params, tmp_path, monkeypatch) -> Workspace:
+    monkeypatch.chdir(tmp_path)
+    return make_workspace(tmp_path / "ws", processed_dir, tiny_params, f"m-{uuid.uuid4().hex[:8]}")
+
+
+def description(name: str, version: str) -> str:
+    return MlflowClient().get_model_version(name, version).description
+
+
+def test_the_gate_decides_every_case_on_the_same_test_split(workspace: Workspace):
+    name = workspace.name
+    test, _ = read_split(workspace.processed, "test")
+    strict = workspace.params.registry.model_copy(
+        update={"min_improvement": 0.05, "guard_metrics": ("macro_f1",), "min_score": 0.0}
+    )
+
+    # First model below the floor: registered, challenger, but no champion.
+    weak = replace(workspace.train(seed=1), metrics={"accuracy": 0.5, "macro_f1": 0.5})
+    result = workspace.register(weak, strict.model_copy(update={"min_score": 0.9}))
+    assert not result.promoted and result.champion is None
+    assert alias_map(name) == {CHALLENGER: result.version}
+    assert "below the floor registry.min_score 0.9000" in description(name, result.version)
+
+    # First model above the floor: champion.
+    first = workspace.train(seed=2)
+    result = workspace.register(first, strict)
+    assert result.promoted, result.reason
+    champion = result.version
+    assert alias_map(name) == {CHALLENGER: champion, CHAMPION: champion}
+    scored = score_version(name, champion, test)  # the champion on this very split
+    assert scored == pytest.approx(first.metrics, abs=1e-6)
+
+    def candidate(seed: int, accuracy: float, macro_f1: float) -> Candidate:
+        return replace(
+            workspace.train(seed=seed), metrics={"accuracy": accuracy, "macro_f1": macro_f1}
+        )
+
+    cases = [
+        # (seed, accuracy gain, macro-F1 gain, promoted?, reason fragment)
+        (
+            3,
+            0.02,
+            0.02,
+            False,
+            "does not beat it by registry.min_improvement 0.0500",
+        ),  # tie within margin
+        (4, -0.10, -0.10, False, "does not beat it"),  # worse
+        (5, 0.10, -0.01, False, "guard metric macro_f1 drops"),  # guard regression
+        (6, 0.10, 0.10, True, "beats champion"),  # better
+    ]
+    for seed, gain, f1_gain, promoted, reason in cases:
+        before = alias_map(name)[CHAMPION]
+        result = workspace.register(
+            candidate(seed, scored["accuracy"] + gain, scored["macro_f1"] + f1_gain), strict
+        )
+        aliases = alias_map(name)
+        assert result.promoted is promoted, (seed, result.reason)
+        assert reason in result.reason and reason in description(name, result.version)
+        assert aliases[CHALLENGER] == result.version
+        assert aliases[CHAMPION] == (result.version if promoted else before)
+        assert result.champion_metrics == pytest.approx(scored)
+    tags = MlflowClient().get_model_version(name, aliases[CHAMPION]).tags
+    assert tags[TAG_PREVIOUS_CHAMPION] == champion
+    assert tags[TAG_DECISION] == "promoted to champion"
+
+
+def test_the_same_model_is_never_registered_twice(workspace: Workspace):
+    candidate = workspace.train(seed=1)
+    first = workspace.register(candidate)
+    again = workspace.register(candidate)  # a retry of the same pipeline run
+    assert again.version == first.version
+    assert len(MlflowClient().search_model_versions(f"name = '{workspace.name}'")) == 1
+    assert "already the champion" in again.reason
+
+
+def test_registration_refuses_runs_that_did_not_finish(workspace: Workspace):
+    candidate = workspace.train(seed=1)
+    MlflowClient().set_terminated(candidate.run_id, "FAILED")
+    with pytest.raises(RegistryError, match="is FAILED: only finished, evaluated runs"):
+        find_candidate(candidate.run_id, workspace.model_file, workspace.root / "dvc.lock")
+
+
+def corrupt_logged_model(service: MlflowService, model_id: str) -> None:
+    weights = [
+        path
+        for path in service.root.rglob("*")
+        if model_id in str(path) and path.parent.name == "data" and path.is_file()
+    ]
+    assert weights, f"no weights file of {model_id} under {service.root}"
+    for path in weights:
+        path.write_bytes(b"not a torch file")
+
+
+def test_a_version_that_fails_to_load_is_rolled_back_and_the_champion_stays(
+    workspace: Workspace, mlflow_service: MlflowService, monkeypatch: pytest.MonkeyPatch
+):
+    from flows.registry import register_model
+
+    monkeypatch.chdir(workspace.root)
+    champion = workspace.register(workspace.train(seed=1)).version
+    broken = workspace.train(seed=2, epochs=3)
+    corrupt_logged_model(mlflow_service, broken.model_id)
+
+    with pytest.raises(LoadCheckFailed, match="failed the load-back check: cannot load"):
+        register_model(run_id=broken.run_id, params=workspace.params)  # the real flow
+
+    versions = MlflowClient().search_model_versions(f"name = '{workspace.name}'")
+    failed = next(v for v in versions if v.version != champion)
+    assert failed.tags[TAG_CHECK] == "failed"
+    assert failed.description.startswith("Not served:")
+    assert alias_map(workspace.name) == {CHAMPION: champion, CHALLENGER: champion}
+    # and by hand: promoting it fails the same check, the champion stays
+    with pytest.raises(LoadCheckFailed):
+        promote(workspace.name, failed.version, workspace.processed)
+    assert alias_map(workspace.name)[CHAMPION] == champion
+
+
+def test_rollback_and_manual_promote_move_the_champion(workspace: Workspace):
+    name = workspace.name
+    first = workspace.register(workspace.train(seed=1)).version
+    better = replace(workspace.train(seed=2), metrics={"accuracy": 2.0, "macro_f1": 2.0})
+    second = workspace.register(better).version
+    assert alias_map(name)[CHAMPION] == second
+
+    assert rollback(name, workspace.processed) == (second, first)
+    assert alias_map(name)[CHAMPION] == first
+    with pytest.raises(RegistryError, match=f"champion v{first} .* replaced no earlier champion"):
+        rollback(name, workspace.processed)
+
+    assert promote(name, second, workspace.processed) == first
+    assert alias_map(name)[CHAMPION] == second
+    assert MlflowClient().get_model_version(name, second).tags[TAG_DECISION] == "promoted by hand"
+    with pytest.raises(RegistryError, match="has no version 99"):
+        promote(name, "99", workspace.processed)
+    with pytest.raises(RegistryError, match="already the champion"):
+        promote(name, second, workspace.processed)
+
+
+def test_server_down_fails_fast_moves_nothing_and_a_retry_completes(
+    processed_dir, tiny_params, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    service = MlflowService(tmp_path / "server")
+    service.root.mkdir()
+    service.start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", service.uri)
+        mlflow.set_tracking_uri(service.uri)
+        workspace = make_workspace(tmp_path / "ws", processed_dir, tiny_params, "down-up")
+        candidate = workspace.train(seed=1)
+        registered = create_version(candidate, workspace.name)
+        service.stop()
+
+        started = time.monotonic()
+        with pytest.raises(
+            TrackingError, match=f"MLflow {service.uri}: could not move the aliases"
+        ):
+            promote_if_better(candidate, registered, workspace.params.registry, workspace.processed)
+        assert time.monotonic() - started < 20
+        started = time.monotonic()
+        with pytest.raises(TrackingError, match="cannot be reached"):
+            find_candidate(candidate.run_id, workspace.model_file, workspace.root / "dvc.lock")
+        assert time.monotonic() - started < 20
+
+        service.start()  # same port, same store
+        assert alias_map(workspace.name) == {}  # nothing moved while it was down
+        result = workspace.register(candidate)  # the retry
+        assert result.version == registered.version and result.promoted
+        assert alias_map(workspace.name)[CHAMPION] == registered.version
+        assert len(MlflowClient().search_model_versions("name = 'down-up'")) == 1
+    finally:
+        service.stop()
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_concurrent_registrations_leave_one_champion_the_best(
+    backend, request, processed_dir, tiny_params, tmp_path, monkeypatch
+):
+    """Two `mlcycle register` flow runs at once, from two workspaces, on one server."""
+    uri = request.getfixturevalue(
+        "mlflow_server" if backend == "sqlite" else "postgres_mlflow_server"
+    )
+    monkeypatch.chdir(tmp_path)
+    experiment = f"concurrent-{uuid.uuid4().hex[:8]}"
+    name = f"concurrent-{backend}-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", experiment)
+    mlflow.set_tracking_uri(uri)
+    try:
+        workspaces = [
+            make_workspace(tmp_path / f"ws{i}", processed_dir, tiny_params, name) for i in (1, 2)
+        ]
+        run_ids = [
+            ws.train(seed=seed, epochs=1 + 3 * seed).run_id for seed, ws in enumerate(workspaces)
+        ]
+        environment = {
+            "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_EXPERIMENT_NAME": experiment,
+            "PATH": f"{BIN}:/usr/bin:/bin",
+        }
+        processes = [
+            subprocess.Popen(
+                [str(BIN / "mlcycle"), "register", "--run", run_id],
+                cwd=ws.root,
+                env={**os.environ, **environment},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for ws, run_id in zip(workspaces, run_ids, strict=True)
+        ]
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
+        for process, output in zip(processes, outputs, strict=True):
+            assert process.returncode == 0, output[-3000:]
+
+        client = MlflowClient()
+        versions = client.search_model_versions(f"name = '{name}'")
+        assert sorted(v.version for v in versions) == ["1", "2"]
+        assert all(v.tags[TAG_CHECK] == "passed" for v in versions)
+        accuracy = {v.version: float(v.tags["mlcycle.test_accuracy"]) for v in versions}
+        champion = alias_map(name)[CHAMPION]
+        assert accuracy[champion] == max(accuracy.values())
+        # a version that says it was promoted either is the champion or was replaced by it
+        for v in versions:
+            if v.tags.get(TAG_DECISION) == "promoted to champion" and v.version != champion:
+                assert (
+                    client.get_model_version(name, champion).tags[TAG_PREVIOUS_CHAMPION]
+                    == v.version
+                )
+        assert not client.search_registered_models(f"name = '{name}{LOCK_SUFFIX}'")  # lock released
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_register_cli_reports_the_version_and_lists_it(workspace: Workspace, server_uri: str):
+    candidate = workspace.train(seed=1)
+    env = {"MLFLOW_TRACKING_URI": server_uri}
+    result = run([str(BIN / "mlcycle"), "register"], cwd=workspace.root, **env)
+    assert f"registered: {workspace.name} version 1, promoted to champion" in result.stdout
+    listing = run([str(BIN / "mlcycle"), "models"], cwd=workspace.root, **env).stdout
+    row = next(line for line in listing.splitlines() if line.strip().startswith("1 "))
+    assert "challenger,champion" in row and f"{candidate.metrics['accuracy']:.4f}" in row
+    assert "passed" in row
