@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tasks.tracking import TAG_EVALUATED, TAG_MODEL_MD5
-from tests.integration.conftest import dvc
+from tests.integration.conftest import dvc, mlcycle
 
 pytestmark = pytest.mark.slow
 STAGES = ("collect", "validate", "preprocess", "train", "evaluate")
@@ -68,6 +68,20 @@ def test_repro_tracks_one_mlflow_run_in_the_default_sqlite_store(reproduced: Pat
     # The train stage records what validation said about the data the model learned from.
     assert run.data.metrics["validation_success"] == 1.0
     assert run.data.metrics["split_validation_success"] == 1.0
+
+
+def test_register_after_dvc_repro_registers_once_and_lists_the_version(reproduced: Path):
+    """`mlcycle register` for people who ran `dvc repro`; a second call registers nothing new."""
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{reproduced / 'mlflow.db'}"}
+    first = mlcycle("register", cwd=reproduced, **store).stdout
+    assert "registered: mlcycle-classifier version 1, promoted to champion: first champion" in first
+    again = mlcycle("register", cwd=reproduced, **store).stdout
+    assert "version 1, not promoted: version 1 is already the champion" in again
+    listing = mlcycle("models", cwd=reproduced, **store).stdout
+    assert "challenger,champion" in listing
+    assert len([line for line in listing.splitlines() if "passed" in line]) == 1
+    # its data went to the DVC remote, so `mlcycle restore` can bring it back elsewhere
+    assert "in sync" in dvc("status", "--cloud", cwd=reproduced).stdout
 
 
 def test_metrics_show_reports_accuracy_and_baseline(reproduced: Path):

@@ -35,6 +35,7 @@ from tests.conftest import free_port
 from tests.integration.conftest import dvc, mlcycle, prefect_artifacts
 
 pytestmark = pytest.mark.slow
+REGISTERED = re.compile(r"registered: mlcycle-classifier version (\d+), promoted to champion")
 RUN_ID = re.compile(r"MLflow run: http://\S+/runs/([0-9a-f]{32})")
 
 
@@ -85,6 +86,58 @@ def test_flow_prints_progress_and_a_summary(flow_project):
         in output
     )
     assert "dvc metrics show" in output and "prefect server start" in output
+    assert REGISTERED.search(output), output[-3000:]
+
+
+def champion_of(output: str) -> str:
+    return REGISTERED.search(output).group(1)
+
+
+def test_the_flow_registers_a_champion_that_carries_its_lineage(flow_project):
+    project, output = flow_project
+    client = MlflowClient()
+    run = client.get_run(run_id_of(output))
+    version = client.get_model_version("mlcycle-classifier", champion_of(output))
+    tags = version.tags
+    for key in (TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_FLOW_RUN, "mlcycle.dvc.data/raw"):
+        assert tags[key] == run.data.tags[key], key
+    assert (
+        tags["mlcycle.dvc.data/processed"] == data_versions(project / "dvc.lock")["data/processed"]
+    )
+    assert tags["mlcycle.mlflow_run_id"] == run.info.run_id
+    assert json.loads(tags["mlcycle.params"]) == run.data.params
+    assert tags["mlcycle.load_check"] == "passed"
+    assert float(tags["mlcycle.test_accuracy"]) == run.data.metrics["test_accuracy"]
+    assert set(version.aliases) == {"champion", "challenger"}
+    assert version.description.startswith("Promoted to champion: first champion")
+    lineage = {a.path for a in client.list_artifacts(run.info.run_id, "lineage")}
+    assert lineage == {"lineage/dvc.lock", "lineage/params.yaml"}
+    registration = prefect_artifacts(project)["model-registration"]
+    assert f"Version {version.version} promoted to **champion**" in registration
+
+
+def test_restore_in_a_fresh_clone_brings_back_the_data_and_retraining_reproduces_it(
+    flow_project, tmp_path
+):
+    project, output = flow_project
+    version = champion_of(output)
+    tags = MlflowClient().get_model_version("mlcycle-classifier", version).tags
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    # A team points every clone at one shared remote; here, the first project's.
+    dvc("remote", "modify", "--local", "local", "url", str(project / ".dvcstore"), cwd=clone)
+    server = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+
+    restored = mlcycle("restore", version, cwd=clone, **server).stdout
+    for path in ("data/raw", "data/processed"):
+        assert f"{path}: {tags[f'mlcycle.dvc.{path}']} (verified)" in restored
+    assert "git checkout" not in restored  # the clone is at the commit the version was trained at
+    assert data_versions(clone / "dvc.lock") == data_versions(project / "dvc.lock")
+
+    dvc("repro", "--force", "--single-item", "train", cwd=clone, **server)
+    dvc("repro", "evaluate", cwd=clone, **server)
+    retrained = json.loads((clone / "reports" / "metrics.json").read_text())
+    assert retrained["accuracy"] == pytest.approx(float(tags["mlcycle.test_accuracy"]), abs=1e-3)
 
 
 def test_mlflow_run_holds_params_epochs_metrics_lineage_and_model(flow_project):
@@ -160,6 +213,8 @@ def test_rerun_with_nothing_changed_skips_every_stage(flow_project):
     assert model_run.data.tags[TAG_MODEL_MD5] == first.data.tags[TAG_MODEL_MD5]
     assert TAG_MODEL_MD5 not in run.data.tags
     assert run.data.metrics["test_accuracy"] == first.data.metrics["test_accuracy"]
+    # the same model file is not registered again
+    assert f"version {champion_of(first_output)} is already the champion" in output
 
 
 def test_override_is_written_like_dvc_exp_run_and_reruns_only_its_stage(flow_project):

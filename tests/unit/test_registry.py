@@ -1,0 +1,115 @@
+"""The promotion gate's arithmetic and the registry's small pure helpers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tasks.config import ConfigError, RegistryParams, load_params
+from tasks.registry import (
+    TAG_CLASS_NAMES,
+    TAG_INPUT_SHAPE,
+    _score_problem,
+    comparable,
+    decide,
+)
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture
+def policy() -> RegistryParams:
+    return RegistryParams(
+        model_name="m",
+        metric="accuracy",
+        min_improvement=0.01,
+        guard_metrics=("macro_f1",),
+        min_score=0.9,
+        check_samples=8,
+    )
+
+
+def scores(accuracy: float, macro_f1: float) -> dict[str, float]:
+    return {"accuracy": accuracy, "macro_f1": macro_f1}
+
+
+def test_first_model_needs_the_floor(policy):
+    assert decide(scores(0.95, 0.95), None, policy).promote
+    below = decide(scores(0.85, 0.95), None, policy)
+    assert not below.promote
+    assert below.reason == "accuracy 0.8500 is below the floor registry.min_score 0.9000"
+
+
+def test_better_by_the_margin_is_promoted(policy):
+    # 0.99 - 0.98 is 0.010000000000000009 in floats: exactly the margin, promoted.
+    decision = decide(scores(0.99, 0.95), scores(0.98, 0.95), policy, "3")
+    assert decision.promote
+    assert "beats champion v3 0.9800 by +0.0100" in decision.reason
+
+
+def test_tie_or_gain_within_the_margin_is_not_promoted(policy):
+    assert not decide(scores(0.95, 0.95), scores(0.95, 0.95), policy).promote
+    within = decide(scores(0.955, 0.96), scores(0.95, 0.95), policy, "2")
+    assert not within.promote
+    assert "does not beat it by registry.min_improvement 0.0100" in within.reason
+
+
+def test_zero_margin_still_needs_a_strict_gain(policy):
+    lenient = policy.model_copy(update={"min_improvement": 0.0})
+    assert not decide(scores(0.95, 0.95), scores(0.95, 0.95), lenient).promote
+    assert decide(scores(0.951, 0.95), scores(0.95, 0.95), lenient).promote
+
+
+def test_worse_is_kept_as_challenger(policy):
+    assert not decide(scores(0.92, 0.92), scores(0.97, 0.97), policy).promote
+
+
+def test_a_guard_metric_regression_blocks_promotion(policy):
+    decision = decide(scores(0.99, 0.90), scores(0.95, 0.91), policy, "4")
+    assert not decision.promote
+    assert "guard metric macro_f1 drops from 0.9100 (champion v4) to 0.9000" in decision.reason
+    unguarded = policy.model_copy(update={"guard_metrics": ()})
+    assert decide(scores(0.99, 0.90), scores(0.95, 0.91), unguarded).promote
+
+
+def test_the_floor_holds_against_a_weak_champion(policy):
+    assert not decide(scores(0.80, 0.80), scores(0.50, 0.50), policy).promote
+
+
+def test_the_gate_metric_is_configurable(policy):
+    by_f1 = policy.model_copy(update={"metric": "macro_f1", "guard_metrics": ("accuracy",)})
+    assert decide(scores(0.95, 0.97), scores(0.95, 0.95), by_f1).promote
+    assert not decide(scores(0.96, 0.955), scores(0.95, 0.95), by_f1).promote
+
+
+def test_champions_of_another_shape_or_classes_are_not_comparable():
+    ours = {TAG_INPUT_SHAPE: json.dumps([8, 8, 1]), TAG_CLASS_NAMES: json.dumps(["0", "1"])}
+    assert comparable(ours, dict(ours)) is None
+    other_shape = {**ours, TAG_INPUT_SHAPE: json.dumps([28, 28, 1])}
+    assert "input shape [28, 28, 1] differ" in comparable(ours, other_shape)
+    other_classes = {**ours, TAG_CLASS_NAMES: json.dumps(["a", "b"])}
+    assert "classes" in comparable(ours, other_classes)
+
+
+def test_load_check_compares_scores_with_the_local_model():
+    local = np.array([[1.0, 2.0], [3.0, 0.5]], dtype=np.float32)
+    assert _score_problem(local.copy(), 2, local) is None
+    assert "differ from the local model's by up to 0.5" in _score_problem(local + 0.5, 2, local)
+    assert "NaN or infinity" in _score_problem(np.array([[np.nan, 1.0]] * 2), 2, None)
+    assert "expected scores of shape (2, classes)" in _score_problem(np.ones(2), 2, None)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("registry.metric=loss", "registry.metric: Input should be 'accuracy' or 'macro_f1'"),
+        ("registry.guard_metrics=[f2]", "registry.guard_metrics.0"),
+        ("registry.model_name=has space", "registry.model_name: String should match pattern"),
+        ("registry.min_improvement=-0.1", "registry.min_improvement"),
+        ("registry.champion=3", "registry.champion is not a key of params.yaml"),
+    ],
+)
+def test_bad_registry_params_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        load_params(REPO_ROOT / "params.yaml", overrides=[override])
