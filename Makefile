@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run repro test test-fast lint format mlflow-ui prefect-ui clean bench
+.PHONY: help install run repro serve test test-fast lint format mlflow-ui prefect-ui clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ run: install ## run the training pipeline (Prefect flow over the DVC stages) on 
 
 repro: install ## run the same stages with plain DVC
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+serve: install ## serve the champion model at http://127.0.0.1:8000 (follows the alias)
+	$(BIN)/mlcycle serve
 
 test: install ## run the whole test suite (unit, data, model, integration)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

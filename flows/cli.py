@@ -66,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("version", help="the version number, as `mlcycle models` lists it")
     restore.add_argument("--name", help=name_help)
+    serve = commands.add_parser(
+        "serve",
+        help="serve the champion model over HTTP (FastAPI), following its alias",
+        description="Serve models:/<registry.model_name>@<serve.alias> with uvicorn: POST "
+        "/predict, /predict/image; GET /health, /ready, /metadata, /metrics and a drawing page "
+        "at /. The app reloads when the alias moves. Settings: serve.* in params.yaml.",
+    )
+    serve.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default serve.port)")
     return parser
 
 
@@ -76,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_pipeline(args.overrides)
         if args.command == "register":
             return run_register(args.run_id)
+        if args.command == "serve":
+            return run_serve(args.host, args.port)
         return manage_registry(args)
     except MlcycleError as error:
         print(f"mlcycle: error: {error}", file=sys.stderr)
@@ -102,6 +113,17 @@ def run_register(run_id: str | None) -> int:
     return 0
 
 
+def run_serve(host: str | None, port: int | None) -> int:
+    from tasks.config import configure_logging
+    from tasks.serve import serve
+
+    params = load_params()
+    configure_logging()
+    connect()
+    serve(params.serve, params.registry.model_name, host, port)
+    return 0
+
+
 def manage_registry(args: argparse.Namespace) -> int:
     from tasks import registry
 
@@ -111,9 +133,11 @@ def manage_registry(args: argparse.Namespace) -> int:
     elif args.command == "promote":
         previous = registry.promote(name, args.version)
         print(f"{name}: champion is now version {args.version} (was {previous or 'none'})")
+        print(notify_serving_app())
     elif args.command == "rollback":
         current, previous = registry.rollback(name)
         print(f"{name}: champion rolled back from version {current} to version {previous}")
+        print(notify_serving_app())
     elif args.command == "restore":
         restored = registry.restore(name, args.version)
         print(f"{name} v{restored.version}: data, params.yaml and dvc.lock restored")
@@ -126,6 +150,15 @@ def manage_registry(args: argparse.Namespace) -> int:
             )
         print("  retrain it: dvc repro --force --single-item train && dvc repro evaluate")
     return 0
+
+
+def notify_serving_app() -> str:
+    from tasks.deploy import app_url, request_reload
+
+    url = app_url(load_params().serve)
+    if request_reload(url):
+        return f"  the serving app at {url} is reloading (GET {url}/metadata shows the version)"
+    return f"  no serving app at {url}; a running one follows the alias within serve.poll_seconds"
 
 
 def format_versions(name: str, rows: list[VersionRow]) -> str:
@@ -174,6 +207,8 @@ def format_summary(summary: PipelineSummary) -> str:
     ]
     if summary.registration is not None:
         lines.append(format_registration(summary.registration))
+    if summary.deployment is not None:
+        lines.append(f"  deploy: {summary.deployment.message}")
     lines += [
         "",
         "Look further:",

@@ -1,4 +1,5 @@
-"""The training pipeline flow: the DVC stages in order, the run's bookkeeping, registration.
+"""The training pipeline flow: the DVC stages in order, the run's bookkeeping, registration
+and deployment.
 
 Wiring only; every step is a task from ``tasks/``. Run it with ``mlcycle run`` or
 ``python -m flows.training``.
@@ -13,6 +14,7 @@ from prefect import flow
 
 from flows.registry import register_model
 from tasks.config import Params, hide_user_error_tracebacks
+from tasks.deploy import deploy_task
 from tasks.pipeline import (
     PipelineSummary,
     apply_params_task,
@@ -31,7 +33,7 @@ hide_user_error_tracebacks()  # bad input reads as one line in the flow log, as 
 
 @flow(
     name="training-pipeline",
-    description="Collect, validate, preprocess, train, evaluate and register a model.",
+    description="Collect, validate, preprocess, train, evaluate, register and deploy a model.",
     on_failure=[fail_pipeline_run],
     on_crashed=[fail_pipeline_run],
 )
@@ -42,7 +44,9 @@ def training_pipeline(params: Params | None = None) -> PipelineSummary:
     stages = [reproduce_stage_task(stage, run_id) for stage in DATA_STAGES]
     push_data_task()
     summary = finish_pipeline_run_task(run_id, params, stages)
-    return replace(summary, registration=register_model(run_id=run_id, params=params))
+    registration = register_model(run_id=run_id, params=params)
+    deployment = deploy_task(registration, params.serve)
+    return replace(summary, registration=registration, deployment=deployment)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def load_image_folder(root: Path) -> ImageDataset:
                 )
             try:
                 with Image.open(path) as image:
-                    pixels = _pixels_from_image(image, path)
+                    pixels = pixels_from_image(image, path)
             except (UnidentifiedImageError, OSError) as error:
                 raise DataSourceError(f"{path}: cannot decode image ({error})") from None
             if first is None:
@@ -223,7 +223,8 @@ def load_image_folder(root: Path) -> ImageDataset:
     )
 
 
-def _pixels_from_image(image: object, path: Path) -> np.ndarray:
+def pixels_from_image(image: object, path: Path | str) -> np.ndarray:
+    """A PIL image as uint8 H x W x C pixels (C 1 or 3), as every image source lands them."""
     mode = image.mode  # type: ignore[attr-defined]
     if mode in ("1", "L", "LA"):
         image = image.convert("L")  # type: ignore[attr-defined]

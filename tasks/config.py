@@ -184,6 +184,26 @@ class RegistryParams(_Section):
     )
 
 
+class ServeParams(_Section):
+    host: str = Field(min_length=1, description="Bind address; 127.0.0.1 keeps it on this machine.")
+    port: int = Field(ge=1, le=65535)
+    alias: str = Field(min_length=1, description="The registry alias served (champion).")
+    max_batch: int = Field(ge=1, description="Images per /predict request, at most.")
+    max_body_bytes: int = Field(ge=1024, description="Request body size limit.")
+    max_image_side: int = Field(ge=1, description="Decoded images larger than this are refused.")
+    poll_seconds: float = Field(
+        gt=0, description="How often the app checks whether the alias moved (then reloads)."
+    )
+    log_sample_rate: float = Field(
+        ge=0, le=1, description="Share of requests whose inputs and outputs are logged."
+    )
+    log_max_rows: int = Field(ge=1, description="Prediction log retention: newest rows kept.")
+    deploy_timeout_s: float = Field(gt=0, description="Deploy waits this long for /ready.")
+    start_on_deploy: bool = Field(
+        description="Deploy starts `mlcycle serve` in the background when none is running."
+    )
+
+
 with warnings.catch_warnings():
     # The section is called `validate`, like its stage; pydantic warns that this shadows
     # BaseModel.validate, a deprecated v1 alias nobody here calls. (The register step's section
@@ -197,6 +217,7 @@ with warnings.catch_warnings():
         train: TrainParams
         evaluate: EvaluateParams
         registry: RegistryParams
+        serve: ServeParams
 
         def flat(self) -> dict[str, Any]:
             """Dotted keys to values, e.g. ``{"train.lr": 0.001}``: what MLflow logs."""

@@ -78,6 +78,7 @@ class PipelineSummary:
     stages_skipped: tuple[str, ...]
     data_versions: dict[str, str]
     registration: Registration | None = None  # filled in by the register step
+    deployment: Any = None  # tasks.deploy.Deployment, filled in by the deploy step
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:

@@ -119,17 +119,19 @@ def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
     return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., np.newaxis]
 
 
-def resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear, antialiased when shrinking; uint8 in, uint8 out, chunked to bound memory."""
+def resize(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Bilinear, antialiased when shrinking, to ``size`` squared or (height, width); uint8 in,
+    uint8 out, chunked to bound memory."""
     import torch
     import torch.nn.functional as functional
 
-    out = np.empty((len(images), size, size, images.shape[-1]), dtype=np.uint8)
+    height, width = (size, size) if isinstance(size, int) else size
+    out = np.empty((len(images), height, width, images.shape[-1]), dtype=np.uint8)
     for start in range(0, len(images), CHUNK):
         batch = torch.from_numpy(np.ascontiguousarray(images[start : start + CHUNK]))
         batch = batch.permute(0, 3, 1, 2).float()
         resized = functional.interpolate(
-            batch, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            batch, size=(height, width), mode="bilinear", align_corners=False, antialias=True
         )
         out[start : start + CHUNK] = (
             resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

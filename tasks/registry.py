@@ -33,11 +33,12 @@ import numpy as np
 from prefect import task
 from prefect.transactions import get_transaction
 
-from tasks.artifacts import ImageDataset, atomic_path, file_md5, read_split
+from tasks.artifacts import ImageDataset, atomic_path, file_md5, read_json, read_split
 from tasks.config import (
     MODEL_FILE,
     PARAMS_FILE,
     PROCESSED_DIR,
+    RAW_DIR,
     MlcycleError,
     RegistryParams,
 )
@@ -67,7 +68,8 @@ CHALLENGER = "challenger"
 TAG_RUN = "mlcycle.mlflow_run_id"
 TAG_PARAMS = "mlcycle.params"
 TAG_CLASS_NAMES = "mlcycle.class_names"
-TAG_INPUT_SHAPE = "mlcycle.input_shape"
+TAG_INPUT_SHAPE = "mlcycle.input_shape"  # what the network takes (after preprocess)
+TAG_RAW_SHAPE = "mlcycle.raw_shape"  # one image as data/raw stores it (what clients send)
 TAG_METRIC_PREFIX = "mlcycle.test_"
 TAG_CHECK = "mlcycle.load_check"  # pending | passed | failed
 TAG_PREVIOUS_CHAMPION = "mlcycle.previous_champion"
@@ -153,7 +155,10 @@ def alias_map(name: str) -> dict[str, str]:
 
 
 def find_candidate(
-    run_id: str | None = None, model_file: Path = MODEL_FILE, lock_path: Path = DVC_LOCK
+    run_id: str | None = None,
+    model_file: Path = MODEL_FILE,
+    lock_path: Path = DVC_LOCK,
+    raw_dir: Path = RAW_DIR,
 ) -> Candidate:
     """The finished, evaluated run whose model is ``model_file`` (newest, unless ``run_id``).
 
@@ -217,9 +222,18 @@ def find_candidate(
         TAG_PARAMS: json.dumps(dict(sorted(run.data.params.items()))),
         TAG_CLASS_NAMES: json.dumps(list(spec["class_names"])),
         TAG_INPUT_SHAPE: json.dumps(list(spec["input_shape"])),
+        TAG_RAW_SHAPE: json.dumps(_raw_shape(raw_dir, spec)),
         **{f"{TAG_METRIC_PREFIX}{k}": repr(v) for k, v in metrics.items()},
     }
     return Candidate(run.info.run_id, model_run_id, model_id, model_md5, metrics, version_tags)
+
+
+def _raw_shape(raw_dir: Path, spec: Mapping[str, Any]) -> list[int]:
+    """One raw image's shape; without ``data/raw`` (a bare workspace), the model's input's."""
+    meta = raw_dir / "meta.json"
+    if meta.is_file():
+        return list(read_json(meta)["image_shape"])
+    return list(spec["input_shape"])
 
 
 def _newest_evaluated_run(experiment_id: str, model_md5: str) -> Any:
@@ -845,7 +859,7 @@ def registration_markdown(registration: Registration, policy: RegistryParams) ->
 # --- Prefect tasks -----------------------------------------------------------------------------
 
 
-def _logger() -> logging.Logger | logging.LoggerAdapter:
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
     from prefect import get_run_logger
     from prefect.exceptions import MissingContextError
 
@@ -861,7 +875,7 @@ _ROLLBACK_KEY = "registered_version"
 @task(name="find-candidate")
 def find_candidate_task(run_id: str | None = None) -> Candidate:
     candidate = find_candidate(run_id)
-    _logger().info(
+    run_logger().info(
         "register: run %s, test accuracy %.4f, macro-F1 %.4f",
         candidate.run_id,
         candidate.metrics["accuracy"],
@@ -899,7 +913,7 @@ def promote_if_better_task(
     candidate: Candidate, registered: RegisteredVersion, policy: RegistryParams
 ) -> Registration:
     registration = promote_if_better(candidate, registered, policy)
-    _logger().info(
+    run_logger().info(
         "register: %s v%s %s: %s",
         registration.name,
         registration.version,

@@ -11,12 +11,24 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tasks.config import load_params
+from tasks.config import Params, RegistryParams, load_params
+from tasks.evaluate import run_evaluate
 from tasks.pipeline import apply_params
+from tasks.registry import (
+    Candidate,
+    check_registered,
+    create_version,
+    find_candidate,
+    promote_if_better,
+)
+from tasks.tracking import tracked_run
+from tasks.train import run_train
 from tests.conftest import REPO_ROOT, TINY_OVERRIDES, free_port
 
 BIN = Path(sys.executable).parent
@@ -276,3 +288,65 @@ def postgres_mlflow_server(
     service = MlflowService(tmp_path_factory.mktemp("mlflow-postgres"), postgres_uri).start()
     yield service.uri
     service.stop()
+
+
+@dataclass
+class Workspace:
+    """A project-like folder (params.yaml, data/processed, artifacts/, a DVC repo) whose
+    models are trained for real and tracked on an MLflow server."""
+
+    root: Path
+    params: Params
+    name: str
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "data" / "processed"
+
+    @property
+    def model_file(self) -> Path:
+        return self.root / "artifacts" / "model.pt"
+
+    def train(self, seed: int, epochs: int = 2) -> Candidate:
+        """Train, evaluate and finish a run, as `dvc repro` does; the candidate it gives."""
+        params = self.params.model_copy(
+            update={"train": self.params.train.model_copy(update={"seed": seed, "epochs": epochs})}
+        )
+        with tracked_run(params, run_name=f"seed-{seed}") as tracker:
+            run_train(
+                params.train,
+                self.processed,
+                self.model_file,
+                self.root / "artifacts" / "checkpoints",
+                self.root / "reports",
+                tracker,
+            )
+            run_evaluate(
+                params.evaluate, self.model_file, self.processed, self.root / "reports", tracker
+            )
+        return find_candidate(tracker.run_id, self.model_file, self.root / "dvc.lock")
+
+    def register(self, candidate: Candidate, policy: RegistryParams | None = None):
+        """The register flow's three steps, without Prefect."""
+        policy = policy or self.params.registry
+        registered = create_version(candidate, self.name)
+        check_registered(registered, policy, self.model_file, self.processed)
+        return promote_if_better(candidate, registered, policy, self.processed)
+
+    def write_params(self, **register: object) -> None:
+        self.update("registry", **register)
+
+    def update(self, section: str, **values: object) -> None:
+        """Change ``params.yaml`` (and ``self.params``) in one section."""
+        changed = getattr(self.params, section).model_copy(update=values)
+        self.params = self.params.model_copy(update={section: changed})
+        (self.root / "params.yaml").write_text(yaml.safe_dump(self.params.model_dump(mode="json")))
+
+
+def make_workspace(root: Path, processed_dir: Path, tiny_params: Params, name: str) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(processed_dir, root / "data" / "processed")
+    dvc("init", "--no-scm", "-q", cwd=root)
+    workspace = Workspace(root, tiny_params, name)
+    workspace.write_params(model_name=name, min_score=0.0, min_improvement=0.0)
+    return workspace

@@ -9,21 +9,16 @@ same test split, so the gate decides as it would with trained models.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import mlflow
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from tasks.artifacts import read_split
-from tasks.config import Params, RegistryParams
-from tasks.evaluate import run_evaluate
 from tasks.registry import (
     CHALLENGER,
     CHAMPION,
@@ -35,7 +30,6 @@ from tasks.registry import (
     LoadCheckFailed,
     RegistryError,
     alias_map,
-    check_registered,
     create_version,
     find_candidate,
     promote,
@@ -43,71 +37,10 @@ from tasks.registry import (
     rollback,
     score_version,
 )
-from tasks.tracking import TrackingError, tracked_run
-from tasks.train import run_train
-from tests.integration.conftest import BIN, MlflowService, dvc, run
+from tasks.tracking import TrackingError
+from tests.integration.conftest import BIN, MlflowService, Workspace, make_workspace, run
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Workspace:
-    """A project-like folder (params.yaml, data/processed, artifacts/, a DVC repo) whose
-    models are trained for real and tracked on an MLflow server."""
-
-    root: Path
-    params: Params
-    name: str
-
-    @property
-    def processed(self) -> Path:
-        return self.root / "data" / "processed"
-
-    @property
-    def model_file(self) -> Path:
-        return self.root / "artifacts" / "model.pt"
-
-    def train(self, seed: int, epochs: int = 2) -> Candidate:
-        """Train, evaluate and finish a run, as `dvc repro` does; the candidate it gives."""
-        params = self.params.model_copy(
-            update={"train": self.params.train.model_copy(update={"seed": seed, "epochs": epochs})}
-        )
-        with tracked_run(params, run_name=f"seed-{seed}") as tracker:
-            run_train(
-                params.train,
-                self.processed,
-                self.model_file,
-                self.root / "artifacts" / "checkpoints",
-                self.root / "reports",
-                tracker,
-            )
-            run_evaluate(
-                params.evaluate, self.model_file, self.processed, self.root / "reports", tracker
-            )
-        return find_candidate(tracker.run_id, self.model_file, self.root / "dvc.lock")
-
-    def register(self, candidate: Candidate, policy: RegistryParams | None = None):
-        """The register flow's three steps, without Prefect."""
-        policy = policy or self.params.registry
-        registered = create_version(candidate, self.name)
-        check_registered(registered, policy, self.model_file, self.processed)
-        return promote_if_better(candidate, registered, policy, self.processed)
-
-    def write_params(self, **register: object) -> None:
-        params = self.params.model_copy(
-            update={"registry": self.params.registry.model_copy(update=register)}
-        )
-        self.params = params
-        (self.root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
-
-
-def make_workspace(root: Path, processed_dir: Path, tiny_params: Params, name: str) -> Workspace:
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(processed_dir, root / "data" / "processed")
-    dvc("init", "--no-scm", "-q", cwd=root)
-    workspace = Workspace(root, tiny_params, name)
-    workspace.write_params(model_name=name, min_score=0.0, min_improvement=0.0)
-    return workspace
 
 
 @pytest.fixture

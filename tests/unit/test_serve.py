@@ -1,0 +1,371 @@
+"""The serving app in-process (FastAPI's TestClient): inputs, errors, metrics, prediction log.
+
+The model is a real network from ``models/`` (untrained: its answers are arbitrary but fixed);
+the registry round trip, hot reload and the page are in tests/integration/test_serving.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from models import build_classifier
+from tasks.config import load_params
+from tasks.serve import (
+    ModelHolder,
+    PredictionLog,
+    ServedModel,
+    create_app,
+    read_prediction_log,
+)
+from tests.conftest import REPO_ROOT
+
+CLASSES = ("zero", "one", "two")
+
+
+def served_model(raw_shape=(8, 8, 1), image_size=None, channels=None) -> ServedModel:
+    torch.manual_seed(0)
+    input_shape = (
+        image_size or raw_shape[0],
+        image_size or raw_shape[1],
+        channels or raw_shape[2],
+    )
+    module = build_classifier(
+        "cnn",
+        input_shape,
+        len(CLASSES),
+        [100.0] * input_shape[2],
+        [50.0] * input_shape[2],
+        channels=(4, 8),
+        hidden_size=8,
+        dropout=0.0,
+    ).eval()
+    return ServedModel(
+        name="digits",
+        version="7",
+        alias="champion",
+        module=module,
+        class_names=CLASSES,
+        raw_shape=raw_shape,
+        image_size=image_size,
+        channels=channels,
+        metadata={"model_name": "digits", "version": "7"},
+    )
+
+
+@pytest.fixture(scope="module")
+def serve_params():
+    return load_params(REPO_ROOT / "params.yaml").serve.model_copy(
+        update={"max_batch": 16, "max_body_bytes": 64 * 1024, "max_image_side": 512}
+    )
+
+
+def make_client(serve_params, model: ServedModel | None, prediction_log=None) -> TestClient:
+    holder = ModelHolder("digits", "champion")
+    holder.current = model
+    app = create_app(
+        serve_params, "digits", holder, prediction_log, watch=False, load_on_start=False
+    )
+    return TestClient(app)
+
+
+@pytest.fixture(scope="module")
+def client(serve_params):
+    with make_client(serve_params, served_model()) as client:
+        yield client
+
+
+def png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.squeeze(-1) if pixels.shape[-1] == 1 else pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def image(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (8, 8, 1), dtype=np.uint8)
+
+
+def test_nested_lists_and_base64_png_give_the_same_prediction(client):
+    pixels = image()
+    as_lists = client.post("/predict", json={"images": [pixels.tolist(), pixels[..., 0].tolist()]})
+    as_png = client.post("/predict", json={"images": [base64.b64encode(png(pixels)).decode()]})
+    assert as_lists.status_code == as_png.status_code == 200
+    first, second = as_lists.json()["predictions"]
+    assert first == second == as_png.json()["predictions"][0]
+    assert set(first["probabilities"]) == set(CLASSES)
+    assert sum(first["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert first["class_name"] == CLASSES[first["class_index"]]
+    expected = served_model().predict(pixels[np.newaxis])[0]
+    assert first["class_index"] == int(expected.argmax())
+    assert as_lists.json()["model_version"] == "7"
+
+
+def test_an_uploaded_image_of_any_size_is_fitted_like_training_data(client):
+    big = np.kron(image(), np.ones((4, 4, 1), dtype=np.uint8))  # 32x32, same picture
+    response = client.post("/predict/image", files={"file": ("d.png", png(big), "image/png")})
+    assert response.status_code == 200
+    # the training code's own resize brings it back to 8x8: the same answer as the small one
+    small = client.post("/predict", json={"images": [image().tolist()]}).json()
+    assert (
+        response.json()["predictions"][0]["class_index"] == small["predictions"][0]["class_index"]
+    )
+    rgb = np.repeat(big, 3, axis=-1)
+    jpeg = client.post("/predict/image", files={"file": ("d.jpg", png(rgb, "JPEG"), "image/jpeg")})
+    assert jpeg.status_code == 200
+
+
+def test_raw_shaped_inputs_go_through_the_recorded_preprocessing(serve_params):
+    model = served_model(raw_shape=(16, 16, 3), image_size=8, channels=1)
+    with make_client(serve_params, model) as client:
+        raw = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        response = client.post("/predict", json={"images": [raw.tolist()]})
+        assert response.status_code == 200, response.text
+        small = client.post("/predict", json={"images": [raw[:8, :8].tolist()]})
+        assert small.status_code == 422
+        assert "images[0]: expected pixel values of shape 16x16x3, got 8x8x3" in small.text
+
+
+BAD_REQUESTS = [
+    # (description, request kwargs, status, field named in the reason)
+    (
+        "malformed JSON",
+        {"content": b'{"images": [', "headers": {"content-type": "application/json"}},
+        400,
+        "body: malformed JSON",
+    ),
+    (
+        "wrong content type",
+        {"content": b"images", "headers": {"content-type": "text/plain"}},
+        415,
+        "content-type: expected application/json",
+    ),
+    ("not an object", {"json": [1, 2]}, 422, "body: expected a JSON object"),
+    ("missing images", {"json": {}}, 422, "images: missing"),
+    ("unknown field", {"json": {"images": [], "extra": 1}}, 422, "extra: unknown field"),
+    (
+        "wrong shape",
+        {"json": {"images": [np.zeros((8, 7)).tolist()]}},
+        422,
+        "images[0]: expected pixel values of shape 8x8x1 or 8x8, got 8x7",
+    ),
+    (
+        "ragged",
+        {"json": {"images": [[[1, 2], [3]]]}},
+        422,
+        "images[0]: expected nested lists of numbers",
+    ),
+    (
+        "a number",
+        {"json": {"images": [5]}},
+        422,
+        "images[0]: expected nested lists of pixels or a base64",
+    ),
+    (
+        "strings as pixels",
+        {"json": {"images": [[["a"] * 8] * 8]}},
+        422,
+        "images[0]: expected nested lists of numbers",
+    ),
+    (
+        "booleans as pixels",
+        {"json": {"images": [[[True] * 8] * 8]}},
+        422,
+        "images[0]: expected numbers, got another type",
+    ),
+    (
+        "NaN",
+        {
+            "content": b'{"images": [[' + b",".join([b"[NaN,0,0,0,0,0,0,0]"] * 8) + b"]]}",
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+        "images[0]: holds NaN or infinity",
+    ),
+    (
+        "infinity",
+        {
+            "content": b'{"images": [[' + b",".join([b"[Infinity,0,0,0,0,0,0,0]"] * 8) + b"]]}",
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+        "images[0]: holds NaN or infinity",
+    ),
+    (
+        "out of range",
+        {"json": {"images": [np.full((8, 8), 300).tolist()]}},
+        422,
+        "images[0]: values 300 to 300 out of range; expected 0-255",
+    ),
+    ("negative", {"json": {"images": [np.full((8, 8), -1).tolist()]}}, 422, "out of range"),
+    ("empty batch", {"json": {"images": []}}, 422, "images: empty batch"),
+    (
+        "batch over the limit",
+        {"json": {"images": [np.zeros((8, 8)).tolist()] * 17}},
+        422,
+        "images: 17 images; at most 16 per request",
+    ),
+    (
+        "payload over the size limit",
+        {
+            "content": b'{"images": "' + b"x" * 70_000 + b'"}',
+            "headers": {"content-type": "application/json"},
+        },
+        413,
+        "body: over the 65536-byte limit",
+    ),
+    (
+        "undecodable base64 image",
+        {"json": {"images": [base64.b64encode(b"not an image").decode()]}},
+        422,
+        "images[0]: not a decodable PNG or JPEG image",
+    ),
+    ("not base64", {"json": {"images": ["%%%"]}}, 422, "images[0]: not valid base64"),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "reason"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_bad_input_gets_a_short_4xx_naming_the_field(client, request_kwargs, status, reason):
+    response = client.post("/predict", **request_kwargs)
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert isinstance(detail, str) and reason in detail
+    assert len(detail) < 300 and "schema" not in detail.lower()
+
+
+def test_bad_uploads_get_a_4xx(client):
+    garbage = client.post("/predict/image", files={"file": ("x.png", b"garbage", "image/png")})
+    assert garbage.status_code == 422 and garbage.json()["detail"].startswith(
+        "file: not a decodable"
+    )
+    huge = np.zeros((600, 10, 1), dtype=np.uint8)
+    too_big = client.post("/predict/image", files={"file": ("x.png", png(huge), "image/png")})
+    assert too_big.status_code == 422 and "at most 512 a side" in too_big.json()["detail"]
+    gif = io.BytesIO()
+    Image.new("L", (8, 8)).save(gif, "GIF")
+    wrong = client.post("/predict/image", files={"file": ("x.gif", gif.getvalue(), "image/gif")})
+    assert wrong.status_code == 422 and "expected a PNG or JPEG image, got GIF" in wrong.text
+    missing = client.post("/predict/image")
+    assert missing.status_code == 422 and missing.json()["detail"].startswith("file:")
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    payload=st.recursive(
+        st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=8),
+        lambda children: (
+            st.lists(children, max_size=9)
+            | st.dictionaries(st.sampled_from(["images", "x"]), children, max_size=2)
+        ),
+        max_leaves=80,
+    )
+)
+def test_no_json_payload_gets_a_server_error(client, payload):
+    body = json.dumps({"images": payload} if not isinstance(payload, dict) else payload)
+    response = client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code in (200, 400, 413, 422), response.text
+    assert isinstance(response.json().get("detail", ""), str)
+
+
+def test_openapi_spec_holds_under_schemathesis(serve_params):
+    """Generated requests from the app's own OpenAPI spec: never a 5xx, documented statuses
+    and content types."""
+    import schemathesis
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
+
+    holder = ModelHolder("digits", "champion")
+    holder.current = served_model()
+    app = create_app(serve_params, "digits", holder, watch=False, load_on_start=False)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    checked = 0
+    for operation in schema.get_all_operations():
+        operation = operation.ok()
+
+        @settings(max_examples=40, deadline=None)
+        @given(case=operation.as_strategy())
+        def check(case):
+            case.call_and_validate(
+                checks=[not_a_server_error, status_code_conformance, content_type_conformance]
+            )
+
+        check()
+        checked += 1
+    assert checked >= 6
+
+
+def test_no_model_yet_is_503_with_a_reason(serve_params):
+    with make_client(serve_params, None) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        response = client.post("/predict", json={"images": [image().tolist()]})
+        assert response.status_code == 503 and "model: not loaded yet" in response.json()["detail"]
+
+
+def test_metrics_count_requests_latency_classes_and_version(client):
+    client.post("/predict", json={"images": [image(3).tolist()] * 2})
+    client.post("/predict", json={"images": []})
+    text = client.get("/metrics").text
+    assert 'mlcycle_requests_total{endpoint="/predict",status="200"}' in text
+    assert 'mlcycle_requests_total{endpoint="/predict",status="422"}' in text
+    assert 'mlcycle_request_latency_seconds_bucket{endpoint="/predict",le="0.005"}' in text
+    assert "mlcycle_predictions_total{class_name=" in text
+    assert 'mlcycle_model_version{model_name="digits"} 7.0' in text
+
+
+def test_reload_is_refused_from_other_machines(client):
+    assert client.post("/admin/reload").status_code == 202  # TestClient counts as local
+    remote = TestClient(client.app, client=("10.1.2.3", 5000))
+    assert remote.post("/admin/reload").status_code == 403
+
+
+def test_prediction_log_records_inputs_and_outputs_off_the_request_path(serve_params, tmp_path):
+    log = PredictionLog(tmp_path / "predictions.sqlite", max_rows=1000, flush_s=0.05)
+    pixels = [image(seed) for seed in range(3)]
+    with make_client(serve_params, served_model(), log) as client:
+        answer = client.post("/predict", json={"images": [p.tolist() for p in pixels]}).json()
+    rows = read_prediction_log(tmp_path / "predictions.sqlite")  # the app's shutdown flushed
+    assert len(rows) == 3
+    for row, sent, predicted in zip(rows, pixels, answer["predictions"], strict=True):
+        assert np.array_equal(row["input"], sent)
+        assert row["class_name"] == predicted["class_name"] and row["model_version"] == "7"
+        assert row["endpoint"] == "/predict"
+
+
+def test_prediction_log_keeps_the_newest_rows_and_never_blocks(tmp_path):
+    model = served_model()
+    log = PredictionLog(tmp_path / "p.sqlite", max_rows=50, flush_s=0.05).start()
+    images = np.stack([image(seed) for seed in range(10)])
+    probabilities = model.predict(images)
+    started = time.perf_counter()
+    for _ in range(30):
+        log.record(model, "/predict", images, probabilities)
+    assert time.perf_counter() - started < 0.5  # 300 records queued, none written inline
+    log.close()
+    rows = read_prediction_log(tmp_path / "p.sqlite")
+    assert len(rows) == 50 and rows[-1]["id"] == 300 and log.written == 300
+
+
+def test_sampling_logs_a_share_of_requests(tmp_path):
+    model = served_model()
+    log = PredictionLog(tmp_path / "p.sqlite", max_rows=10_000, sample_rate=0.0, flush_s=0.05)
+    log.start()
+    log.record(model, "/predict", image()[np.newaxis], model.predict(image()[np.newaxis]))
+    log.close()
+    assert read_prediction_log(tmp_path / "p.sqlite") == []
