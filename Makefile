@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run repro serve test test-fast lint format mlflow-ui prefect-ui clean bench
+.PHONY: help install browser run repro serve test test-fast lint format mlflow-ui prefect-ui clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,7 +30,22 @@ repro: install ## run the same stages with plain DVC
 serve: install ## serve the champion model at http://127.0.0.1:8000 (follows the alias)
 	$(BIN)/mlcycle serve
 
-test: install ## run the whole test suite (unit, data, model, integration)
+# Debian packages some targets need: chromium for the serving page's browser test, wrk for the
+# serving benchmark. Installed when missing and this runs as root with apt-get; otherwise the
+# test that needs chromium is skipped (saying so) and the benchmark stops with a message.
+define apt_install
+	@command -v $(1) >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "Installing Debian's $(2)..."; \
+	    (apt-get install -y -qq $(2) >/dev/null 2>&1 || \
+	     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null)); \
+	  else echo "$(1) not found and cannot be installed here (needs root and apt-get)"; fi; }
+endef
+
+browser: ## install Debian's chromium (the serving page test drives it with Playwright)
+	$(call apt_install,chromium,chromium)
+
+test: install browser ## run the whole test suite (unit, data, model, integration)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install ## skip the slow tests (real services, full pipeline runs)
@@ -53,6 +68,9 @@ prefect-ui: install ## start a Prefect server with its UI at http://127.0.0.1:42
 clean: ## remove pipeline outputs and local tracking stores (keeps .venv and the DVC cache)
 	rm -rf data/raw data/processed artifacts reports mlflow.db mlartifacts
 
-bench: install ## measure the pipeline (fresh clone of HEAD) and validation at 1M samples
+bench: install ## measure the pipeline (fresh clone of HEAD), validation at 1M, serving
+	$(call apt_install,wrk,wrk)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/validation.py
+	$(BIN)/mlcycle run
+	$(BIN)/python bench/serving.py

@@ -1,0 +1,270 @@
+"""`mlcycle serve` as a real process over a real registry: the champion served, hot reload
+when the alias moves (through the deploy step), a broken version never replacing a good one,
+and the drawing page in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import replace
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tasks.artifacts import read_split
+from tasks.deploy import deploy
+from tasks.registry import CHAMPION, create_version
+from tasks.serve import read_prediction_log
+from tests.conftest import free_port
+from tests.integration.conftest import BIN, make_workspace
+
+pytestmark = pytest.mark.slow
+
+
+def call(url: str, payload: object | None = None, timeout: float = 10) -> tuple[int, dict]:
+    data = json.dumps(payload).encode() if payload is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def wait_for_version(url: str, version: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    body: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            status, body = call(f"{url}/ready", timeout=2)
+            if status == 200 and body["version"] == version:
+                return body
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not serve v{version}: {body}")
+
+
+@pytest.fixture(scope="module")
+def served(mlflow_server, tmp_path_factory):
+    """A workspace with champion v1 and `mlcycle serve` running on it."""
+    from tasks.artifacts import write_raw_dataset
+    from tasks.config import load_params
+    from tasks.preprocess import run_preprocess
+    from tests.conftest import REPO_ROOT, TINY_OVERRIDES, make_places, synthetic_dataset
+
+    root = tmp_path_factory.mktemp("serving")
+    params = load_params(REPO_ROOT / "params.yaml", overrides=TINY_OVERRIDES)
+    write_raw_dataset(synthetic_dataset(per_class=20), root / "data" / "raw", source="synthetic")
+    run_preprocess(
+        params.preprocess.model_copy(update={"val_fraction": 0.25, "test_fraction": 0.25}),
+        root / "data" / "raw",
+        root / "data" / "processed",
+        make_places(root / "gx-work"),
+    )
+    saved = os.getcwd()
+    os.chdir(root)
+    experiment = f"serving-{uuid.uuid4().hex[:8]}"
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": experiment}
+    os.environ.update(env)
+    mlflow.set_tracking_uri(mlflow_server)
+    try:
+        workspace = make_workspace(root / "ws", root / "data" / "processed", params, "served")
+        port = free_port()
+        workspace.update("serve", port=port, poll_seconds=0.5, deploy_timeout_s=60.0)
+        first = workspace.register(workspace.train(seed=1, epochs=3))
+        assert first.promoted
+        log = (root / "serve.log").open("w")
+        process = subprocess.Popen(
+            [str(BIN / "mlcycle"), "serve"],
+            cwd=workspace.root,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_version(url, first.version)
+            yield workspace, url, first
+        finally:
+            os.killpg(process.pid, 15)
+            process.wait(timeout=30)
+            log.close()
+    finally:
+        os.chdir(saved)
+        for name in env:
+            os.environ.pop(name, None)
+        mlflow.set_tracking_uri(None)
+
+
+def test_the_champion_answers_like_the_registered_model(served):
+    workspace, url, first = served
+    test, _ = read_split(workspace.processed, "test")
+    status, body = call(f"{url}/predict", {"images": test.images[:5].tolist()})
+    assert status == 200 and body["model_version"] == first.version
+    local = mlflow.pyfunc.load_model(f"models:/served/{first.version}")
+    expected = np.asarray(local.predict(test.images[:5].astype(np.float32))).argmax(axis=1)
+    assert [p["class_index"] for p in body["predictions"]] == expected.tolist()
+
+    buffer = io.BytesIO()
+    Image.fromarray(test.images[0][..., 0]).save(buffer, "PNG")
+    status, as_png = call(
+        f"{url}/predict", {"images": [base64.b64encode(buffer.getvalue()).decode()]}
+    )
+    assert as_png["predictions"][0] == body["predictions"][0]
+
+
+def test_metadata_names_the_version_its_data_and_params(served):
+    _, url, first = served
+    status, meta = call(f"{url}/metadata")
+    assert status == 200
+    assert meta["model_name"] == "served" and meta["alias"] == "champion"
+    assert meta["version"] == first.version
+    tags = MlflowClient().get_model_version("served", first.version).tags
+    assert meta["mlflow_run_id"] == tags["mlcycle.mlflow_run_id"]
+    assert meta["params"]["train.seed"] == "1" and meta["raw_shape"] == [8, 8, 1]
+    assert meta["trained_at"].endswith("Z") and meta["class_names"] == [
+        "class_0",
+        "class_1",
+        "class_2",
+    ]
+
+
+def test_deploy_reloads_the_app_without_dropping_requests(served):
+    workspace, url, first = served
+    test, _ = read_split(workspace.processed, "test")
+    statuses: list[int] = []
+    versions: set[str] = set()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            status, body = call(f"{url}/predict", {"images": test.images[:2].tolist()})
+            statuses.append(status)
+            versions.add(body.get("model_version"))
+
+    sender = threading.Thread(target=traffic)
+    sender.start()
+    try:
+        better = replace(
+            workspace.train(seed=2, epochs=4), metrics={"accuracy": 2.0, "macro_f1": 2.0}
+        )
+        registration = workspace.register(better)
+        assert registration.promoted
+        deployment = deploy(registration, workspace.params.serve)
+        time.sleep(1)
+    finally:
+        stop.set()
+        sender.join()
+    assert deployment.action == "reloaded" and deployment.version == registration.version
+    assert call(f"{url}/metadata")[1]["version"] == registration.version
+    assert statuses and set(statuses) == {200}, f"{len(statuses)} requests: {set(statuses)}"
+    assert versions == {first.version, registration.version}
+
+    kept = deploy(replace(registration, promoted=False), workspace.params.serve)
+    assert kept.action == "none" and "no promotion: nothing to deploy" in kept.message
+
+
+def test_a_version_that_fails_to_load_never_replaces_the_served_one(served, mlflow_service):
+    workspace, url, _ = served
+    service = mlflow_service
+    serving = call(f"{url}/ready")[1]["version"]
+    broken = workspace.train(seed=3, epochs=2)
+    registered = create_version(broken, workspace.name)
+    for path in service.root.rglob("*"):
+        if broken.model_id in str(path) and path.parent.name == "data" and path.is_file():
+            path.write_bytes(b"broken")
+    # someone points the alias at it behind the gate's back: the app keeps the old version
+    MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, registered.version)
+    try:
+        deadline = time.monotonic() + 30
+        ready: dict = {}
+        while time.monotonic() < deadline:
+            ready = call(f"{url}/ready")[1]
+            if ready.get("last_error"):
+                break
+            time.sleep(0.3)
+        assert f"version {registered.version} of 'served' cannot be served" in ready["last_error"]
+        assert ready["version"] == serving
+        assert call(f"{url}/predict", {"images": [np.zeros((8, 8)).tolist()]})[0] == 200
+    finally:
+        MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, serving)
+    wait_for_version(url, serving)
+
+
+def test_predictions_are_logged_for_monitoring(served):
+    workspace, url, _ = served
+    sent = np.full((8, 8, 1), 77, dtype=np.uint8)
+    assert call(f"{url}/predict", {"images": [sent.tolist()]})[0] == 200
+    store = workspace.root / "data" / "serving" / "predictions.sqlite"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        rows = (
+            [r for r in read_prediction_log(store) if np.array_equal(r["input"], sent)]
+            if store.exists()
+            else []
+        )
+        if rows:
+            break
+        time.sleep(0.2)
+    assert rows and rows[-1]["endpoint"] == "/predict"
+
+
+def test_the_page_draws_and_uploads_a_digit_in_chromium(served, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (make test installs it as root)")
+    from playwright.sync_api import sync_playwright
+
+    _, url, _ = served
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        try:
+            page = browser.new_page()
+            page.goto(url)
+            page.wait_for_function(
+                "document.getElementById('model').textContent.includes('served v')"
+            )
+            pad = page.locator("#pad").bounding_box()
+            page.mouse.move(pad["x"] + 140, pad["y"] + 40)
+            page.mouse.down()
+            page.mouse.move(pad["x"] + 140, pad["y"] + 240, steps=10)
+            page.mouse.up()
+            page.click("#predict")
+            page.wait_for_selector("#bars .bar")
+            assert page.locator("#bars .bar").count() == 3
+            assert page.text_content("#answer") in ("class_0", "class_1", "class_2")
+            page.screenshot(path=str(tmp_path / "page.png"))
+
+            page.click("#clear")
+            image = tmp_path / "digit.png"
+            Image.fromarray(np.full((32, 32), 200, dtype=np.uint8)).save(image)
+            page.set_input_files("#upload", str(image))
+            page.wait_for_selector("#bars .bar")
+            assert page.locator("#bars .bar").count() == 3
+            assert page.text_content("#error") == ""
+        finally:
+            browser.close()
