@@ -38,6 +38,7 @@ class Deployment:
     version: str | None  # the version the app serves afterwards, when known
     url: str
     message: str
+    pid: int | None = None  # the app this step started, if it started one
 
 
 def app_url(params: ServeParams) -> str:
@@ -112,10 +113,11 @@ def deploy(registration: Registration, params: ServeParams) -> Deployment:
             f"no promotion: nothing to deploy (the champion stays {serving})",
         )
     version = registration.version
+    pid = None
     if request_reload(url):
         action = "reloaded"
     elif params.start_on_deploy:
-        start_app()
+        pid = start_app().pid
         action = "started"
     else:
         return Deployment(
@@ -126,7 +128,7 @@ def deploy(registration: Registration, params: ServeParams) -> Deployment:
             f"v{version} when started",
         )
     wait_until_serving(url, version, params.deploy_timeout_s)
-    return Deployment(action, version, url, f"{url} serves v{version} ({action})")
+    return Deployment(action, version, url, f"{url} serves v{version} ({action})", pid)
 
 
 @task(name="deploy")

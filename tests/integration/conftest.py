@@ -112,7 +112,9 @@ def project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, root / name)
     params_file = root / "params.yaml"
-    apply_params(load_params(params_file, overrides=TINY_OVERRIDES), params_file)
+    # its own serving port: a deploy step must never talk to an app the developer runs
+    overrides = [*TINY_OVERRIDES, f"serve.port={free_port()}"]
+    apply_params(load_params(params_file, overrides=overrides), params_file)
     run(["git", "init", "-q"], cwd=root)
     run(["git", "add", "-A"], cwd=root)
     run(["git", "commit", "-qm", "project under test"], cwd=root)

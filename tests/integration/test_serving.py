@@ -24,8 +24,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from tasks.artifacts import read_split
-from tasks.deploy import deploy
-from tasks.registry import CHAMPION, create_version
+from tasks.deploy import DeployError, deploy
+from tasks.registry import CHAMPION, Registration, create_version
 from tasks.serve import read_prediction_log
 from tests.conftest import free_port
 from tests.integration.conftest import BIN, make_workspace
@@ -200,6 +200,13 @@ def test_a_version_that_fails_to_load_never_replaces_the_served_one(served, mlfl
         assert f"version {registered.version} of 'served' cannot be served" in ready["last_error"]
         assert ready["version"] == serving
         assert call(f"{url}/predict", {"images": [np.zeros((8, 8)).tolist()]})[0] == 200
+        # a deploy of that version times out and fails, naming what /ready said
+        quick = workspace.params.serve.model_copy(update={"deploy_timeout_s": 2.0})
+        promoted = Registration(workspace.name, registered.version, True, "test", None, {}, None)
+        with pytest.raises(
+            DeployError, match=f"did not serve version {registered.version} within 2 s"
+        ):
+            deploy(promoted, quick)
     finally:
         MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, serving)
     wait_for_version(url, serving)
@@ -268,3 +275,25 @@ def test_the_page_draws_and_uploads_a_digit_in_chromium(served, tmp_path):
             assert page.text_content("#error") == ""
         finally:
             browser.close()
+
+
+def test_deploy_starts_the_app_when_configured_to(served, tmp_path, monkeypatch):
+    workspace, _, _ = served
+    port = free_port()
+    params = workspace.params.serve.model_copy(update={"port": port, "start_on_deploy": True})
+    champion = call(f"{served[1]}/ready")[1]["version"]
+    promoted = Registration(workspace.name, champion, True, "test", champion, {}, None)
+    monkeypatch.chdir(workspace.root)
+    workspace.update("serve", port=port)  # the started app reads params.yaml
+    try:
+        deployment = deploy(promoted, params)
+        assert deployment.action == "started" and deployment.pid
+        assert call(f"http://127.0.0.1:{port}/metadata")[1]["version"] == champion
+        not_running = deploy(
+            promoted, params.model_copy(update={"port": free_port(), "start_on_deploy": False})
+        )
+        assert not_running.action == "not-running" and "will serve" in not_running.message
+    finally:
+        if "deployment" in locals():
+            os.killpg(deployment.pid, 15)
+        workspace.update("serve", port=int(served[1].rsplit(":", 1)[1]))
