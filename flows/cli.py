@@ -153,10 +153,15 @@ def manage_registry(args: argparse.Namespace) -> int:
 
 
 def notify_serving_app() -> str:
-    from tasks.deploy import app_url, request_reload
+    """A promotion already happened: a serving app that cannot be told is a warning only."""
+    from tasks.deploy import DeployError, app_url, request_reload
 
     url = app_url(load_params().serve)
-    if request_reload(url):
+    try:
+        reloading = request_reload(url)
+    except DeployError as error:
+        return f"  warning: {error}; the app follows the alias within serve.poll_seconds"
+    if reloading:
         return f"  the serving app at {url} is reloading (GET {url}/metadata shows the version)"
     return f"  no serving app at {url}; a running one follows the alias within serve.poll_seconds"
 

@@ -66,7 +66,10 @@ def request_reload(url: str) -> bool:
     """Ask a running app to load the version its alias now points at; False if none runs."""
     if not app_is_running(url):
         return False
-    status, body = _call(f"{url}/admin/reload", method="POST")
+    try:
+        status, body = _call(f"{url}/admin/reload", method="POST")
+    except (OSError, ValueError) as error:
+        raise DeployError(f"{url}/admin/reload failed: {error}") from None
     if status != 202:
         raise DeployError(f"{url}/admin/reload answered {status}: {body.get('detail', body)}")
     return True
@@ -84,10 +87,19 @@ def start_app(log_path: Path = SERVER_LOG) -> subprocess.Popen:
         )
 
 
-def wait_until_serving(url: str, version: str, timeout_s: float) -> None:
+def wait_until_serving(
+    url: str, version: str, timeout_s: float, started: subprocess.Popen | None = None
+) -> None:
+    """Until ``/ready`` reports ``version``; a DeployError after ``timeout_s``, or as soon as
+    an app this step ``started`` exits (its log says why)."""
     deadline = time.monotonic() + timeout_s
     last: Any = "no answer"
     while time.monotonic() < deadline:
+        if started is not None and started.poll() is not None:
+            raise DeployError(
+                f"the serving app this step started exited with {started.returncode}; "
+                f"see {SERVER_LOG}"
+            )
         try:
             status, body = _call(f"{url}/ready")
             last = body
@@ -113,11 +125,11 @@ def deploy(registration: Registration, params: ServeParams) -> Deployment:
             f"no promotion: nothing to deploy (the champion stays {serving})",
         )
     version = registration.version
-    pid = None
+    started = None
     if request_reload(url):
         action = "reloaded"
     elif params.start_on_deploy:
-        pid = start_app().pid
+        started = start_app()
         action = "started"
     else:
         return Deployment(
@@ -127,7 +139,13 @@ def deploy(registration: Registration, params: ServeParams) -> Deployment:
             f"no serving app at {url}; `mlcycle serve` (or `make serve`) will serve "
             f"v{version} when started",
         )
-    wait_until_serving(url, version, params.deploy_timeout_s)
+    try:
+        wait_until_serving(url, version, params.deploy_timeout_s, started)
+    except DeployError:
+        if started is not None and started.poll() is None:
+            started.terminate()  # not left running half-ready behind a failed flow
+        raise
+    pid = started.pid if started is not None else None
     return Deployment(action, version, url, f"{url} serves v{version} ({action})", pid)
 
 

@@ -23,6 +23,7 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -78,8 +79,8 @@ TAG_DECISION = "mlcycle.promotion"
 CHECK_PENDING, CHECK_PASSED, CHECK_FAILED = "pending", "passed", "failed"
 SCORES = ("accuracy", "macro_f1")
 LOCK_SUFFIX = ".registry-lock"
-LOCK_WAIT_S = 180.0
-LOCK_STALE_S = 120.0  # the held section takes seconds; older means its holder died
+LOCK_WAIT_S = 660.0
+LOCK_STALE_S = 600.0  # the held section takes seconds (minutes for a huge test split)
 TOLERANCE = 1e-9  # metric comparisons: 0.99 - 0.98 must count as 0.01
 
 
@@ -159,6 +160,7 @@ def find_candidate(
     model_file: Path = MODEL_FILE,
     lock_path: Path = DVC_LOCK,
     raw_dir: Path = RAW_DIR,
+    params_path: Path = PARAMS_FILE,
 ) -> Candidate:
     """The finished, evaluated run whose model is ``model_file`` (newest, unless ``run_id``).
 
@@ -201,12 +203,14 @@ def find_candidate(
         k.removeprefix(TAG_DVC_PREFIX): v for k, v in tags.items() if k.startswith(TAG_DVC_PREFIX)
     }
     for path, md5 in recorded.items():
-        if workspace.get(path) != md5:
+        # dvc.lock, then the files themselves: the gate scores the split on disk
+        on_disk = workspace.get(path) == md5 and dvc_hash(lock_path.parent, path) == md5
+        if not on_disk:
             raise RegistryError(
-                f"{path} in this workspace is {workspace.get(path, 'missing')} in {lock_path}, "
-                f"but run {run.info.run_id} was evaluated on {md5}; `dvc checkout` or re-run "
-                "the pipeline"
+                f"{path} in this workspace is not the data run {run.info.run_id} was evaluated "
+                f"on ({md5}); `dvc checkout` or re-run the pipeline"
             )
+    _check_params(run, params_path)
     try:
         metrics = {name: float(run.data.metrics[f"test_{name}"]) for name in SCORES}
     except KeyError as missing:
@@ -226,6 +230,28 @@ def find_candidate(
         **{f"{TAG_METRIC_PREFIX}{k}": repr(v) for k, v in metrics.items()},
     }
     return Candidate(run.info.run_id, model_run_id, model_id, model_md5, metrics, version_tags)
+
+
+def _check_params(run: Any, params_path: Path) -> None:
+    """params.yaml must hold the params the run trained with: restore writes it back. The
+    registry and serve sections may differ (they steer later steps, not the model)."""
+    if not params_path.is_file():
+        return
+    from tasks.config import load_params
+
+    logged = run.data.params
+    current = {k: str(v) for k, v in load_params(params_path).flat().items()}
+    differ = sorted(
+        key
+        for key, value in current.items()
+        if key in logged and logged[key] != value and not key.startswith(("registry.", "serve."))
+    )
+    if differ:
+        shown = ", ".join(f"{k} {logged[k]} -> {current[k]}" for k in differ[:3])
+        raise RegistryError(
+            f"{params_path} differs from the params run {run.info.run_id} trained with ({shown}"
+            f"{' ...' if len(differ) > 3 else ''}); `git checkout {params_path}` or re-run"
+        )
 
 
 def _raw_shape(raw_dir: Path, spec: Mapping[str, Any]) -> list[int]:
@@ -286,7 +312,8 @@ def create_version(candidate: Candidate, name: str) -> RegisteredVersion:
     from mlflow.exceptions import MlflowException
 
     client = _client()
-    with tracking_errors(f"register a version of '{name}'"):
+    # Under the lock: two registrations of one model file at once must not both create.
+    with tracking_errors(f"register a version of '{name}'"), registry_lock(name):
         record_lineage_files(candidate.run_id)
         existing = client.search_model_versions(
             f"name = '{name}' and tags.`{TAG_MODEL_MD5}` = '{candidate.model_md5}'"
@@ -318,23 +345,35 @@ def create_version(candidate: Candidate, name: str) -> RegisteredVersion:
 
 
 def retire_version(name: str, version: str, reason: str) -> None:
-    """Undo a registration that did not complete: no alias may point at this version."""
+    """Undo a registration that did not complete: no alias may point at this version.
+
+    ``champion``, if it got that far, goes back to the version it replaced."""
     client = _client()
-    for alias in client.get_model_version(name, version).aliases:
-        client.delete_registered_model_alias(name, alias)
-    client.set_model_version_tag(name, version, TAG_CHECK, CHECK_FAILED)
-    client.update_model_version(name, version, description=f"Not served: {reason}")
+    with tracking_errors(f"retire version {version} of '{name}'"), registry_lock(name):
+        previous = client.get_model_version(name, version).tags.get(TAG_PREVIOUS_CHAMPION)
+        for alias, holder in alias_map(name).items():
+            if holder != version:
+                continue  # moved on by someone else meanwhile: theirs, not ours to undo
+            if alias == CHAMPION and previous:
+                client.set_registered_model_alias(name, CHAMPION, previous)
+            else:
+                client.delete_registered_model_alias(name, alias)
+        client.set_model_version_tag(name, version, TAG_CHECK, CHECK_FAILED)
+        client.update_model_version(name, version, description=f"Not served: {reason}")
     log.warning("register: version %s of '%s' retired: %s", version, name, reason)
 
 
 # --- 3. the load-back check --------------------------------------------------------------------
 
 
-def load_registered(name: str, version: str) -> Any:
-    """``models:/<name>/<version>`` as MLflow serves it (pyfunc)."""
+@contextmanager
+def load_registered(name: str, version: str) -> Iterator[Any]:
+    """``models:/<name>/<version>`` as MLflow serves it (pyfunc), downloaded into a folder
+    that is removed afterwards (MLflow's own default download folder is never cleaned)."""
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    with tempfile.TemporaryDirectory(prefix="mlcycle-registry-") as scratch:
+        yield mlflow.pyfunc.load_model(f"models:/{name}/{version}", dst_path=scratch)
 
 
 def check_version(
@@ -344,8 +383,8 @@ def check_version(
     ``expected`` (the local model's) when given. Marks the version passed or failed."""
     client = _client()
     try:
-        loaded = load_registered(name, version)
-        scores = np.asarray(loaded.predict(samples.astype(np.float32)))
+        with load_registered(name, version) as loaded:
+            scores = np.asarray(loaded.predict(samples.astype(np.float32)))
         problem = _score_problem(scores, len(samples), expected)
     except Exception as error:  # MLflow and torch raise anything when an artifact is broken
         problem = f"cannot load or run it ({type(error).__name__}: {str(error)[:300]})"
@@ -460,8 +499,8 @@ def score_version(name: str, version: str, test: ImageDataset) -> dict[str, floa
     """Accuracy and macro-F1 of a registered version on a test split, as evaluate scores them."""
     from tasks.evaluate import classification_scores
 
-    loaded = load_registered(name, version)
-    scores = np.asarray(loaded.predict(test.images.astype(np.float32)))
+    with load_registered(name, version) as loaded:
+        scores = np.asarray(loaded.predict(test.images.astype(np.float32)))
     predicted = scores.argmax(axis=1)
     result = classification_scores(test.labels, predicted, test.class_names)
     return {"accuracy": result.accuracy, "macro_f1": result.macro_f1}
@@ -486,6 +525,8 @@ def promote_if_better(
 ) -> Registration:
     """Under the registry lock: ``challenger`` to the new version; ``champion`` too if it beats
     the champion on the same test split. The reason lands in the version's description."""
+    from mlflow.exceptions import MlflowException
+
     name, version = registered.name, registered.version
     client = _client()
     test, _ = read_split(processed_dir, "test")
@@ -517,16 +558,22 @@ def promote_if_better(
                     f"{version}` or use another registry.model_name",
                 )
             else:
-                champion_metrics = score_version(name, champion, test)
-                decision = decide(candidate.metrics, champion_metrics, policy, champion)
-                decision = Decision(
-                    decision.promote, decision.reason + _data_note(candidate, champion_tags)
-                )
-        if decision.promote:
-            if champion is not None:
-                client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, champion)
-            client.set_registered_model_alias(name, CHAMPION, version)
+                try:
+                    champion_metrics = score_version(name, champion, test)
+                except MlflowException:
+                    raise  # the tracking server, not the champion: fail, move nothing
+                except Exception as error:  # its artifact is gone or broken: it serves no one
+                    broken = f"champion v{champion} cannot be loaded ({type(error).__name__})"
+                    decision = decide(candidate.metrics, None, policy)
+                    decision = Decision(decision.promote, f"{broken}; {decision.reason}")
+                else:
+                    decision = decide(candidate.metrics, champion_metrics, policy, champion)
+                    decision = Decision(
+                        decision.promote, decision.reason + _data_note(candidate, champion_tags)
+                    )
         outcome = "promoted to champion" if decision.promote else "kept as challenger"
+        if decision.promote and champion is not None:
+            client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, champion)
         client.set_model_version_tag(name, version, TAG_DECISION, outcome)
         client.update_model_version(
             name,
@@ -534,6 +581,8 @@ def promote_if_better(
             description=f"{outcome.capitalize()}: {decision.reason}. Registered from MLflow run "
             f"{candidate.run_id}.",
         )
+        if decision.promote:  # last: a failure before this leaves the old champion in place
+            client.set_registered_model_alias(name, CHAMPION, version)
     log.info("register: version %s %s: %s", version, outcome, decision.reason)
     return Registration(
         name,
@@ -574,7 +623,7 @@ def registry_lock(
 
     client = _client()
     lock = f"{name}{LOCK_SUFFIX}"
-    owner = f"{socket.gethostname()}:{os.getpid()}"
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -599,7 +648,7 @@ def registry_lock(
                 held.tags.get("owner"),
                 age,
             )
-            _delete_quietly(lock)
+            _release(lock, held.tags.get("owner"))
             continue
         if time.monotonic() > deadline:
             raise RegistryError(
@@ -611,14 +660,17 @@ def registry_lock(
     try:
         yield
     finally:
-        _delete_quietly(lock)
+        _release(lock, owner)
 
 
-def _delete_quietly(lock: str) -> None:
+def _release(lock: str, owner: str | None) -> None:
+    """Delete the lock if ``owner`` still holds it (never a lock taken over by another)."""
     from mlflow.exceptions import MlflowException
 
     with suppress(MlflowException):
-        _client().delete_registered_model(lock)
+        client = _client()
+        if client.get_registered_model(lock).tags.get("owner") == owner:
+            client.delete_registered_model(lock)
 
 
 # --- by hand: list, promote, rollback ----------------------------------------------------------
@@ -679,7 +731,8 @@ def check_samples_for(name: str, version: str, processed_dir: Path, count: int) 
         test = test_samples(processed_dir, count)
         if json.dumps(list(test.images.shape[1:])) == tags.get(TAG_INPUT_SHAPE):
             return test.images
-    example = load_registered(name, version).input_example
+    with load_registered(name, version) as loaded:
+        example = loaded.input_example
     if example is None:
         raise LoadCheckFailed(f"version {version} of '{name}' has no input example to check with")
     return np.asarray(example)
@@ -783,23 +836,38 @@ def restore(name: str, version: str, root: Path = Path()) -> Restored:
                 raise RegistryError(
                     f"run {run_id} has no {LINEAGE_DIR}/ files ({error.message})"
                 ) from None
+            lineage = {}
             for file in (DVC_LOCK, PARAMS_FILE):
                 source = folder / file.name
                 if not source.is_file():
                     raise RegistryError(f"run {run_id} has no {LINEAGE_DIR}/{file.name}")
-                with atomic_path(root / file) as tmp:
-                    tmp.write_bytes(source.read_bytes())
+                lineage[file] = source.read_bytes()
     expected = {
         k.removeprefix(TAG_DVC_PREFIX): v for k, v in tags.items() if k.startswith(TAG_DVC_PREFIX)
     }
-    pull_outputs(root)
-    actual = {path: dvc_hash(root, path) for path in expected}
-    wrong = {p: (expected[p], actual[p]) for p in expected if actual[p] != expected[p]}
-    if wrong:
-        raise RegistryError(
-            "restored data does not match version "
-            f"{version}: " + "; ".join(f"{p} is {a}, expected {e}" for p, (e, a) in wrong.items())
-        )
+    # The workspace's own dvc.lock and params.yaml come back if anything below fails (the data
+    # they describe stays in the DVC cache).
+    saved = {file: (root / file).read_bytes() for file in lineage if (root / file).is_file()}
+    try:
+        for file, content in lineage.items():
+            with atomic_path(root / file) as tmp:
+                tmp.write_bytes(content)
+        pull_outputs(root)
+        actual = {path: dvc_hash(root, path) for path in expected}
+        wrong = {p: (expected[p], actual[p]) for p in expected if actual[p] != expected[p]}
+        if wrong:
+            raise RegistryError(
+                f"restored data does not match version {version}: "
+                + "; ".join(f"{p} is {a}, expected {e}" for p, (e, a) in wrong.items())
+            )
+    except BaseException:
+        for file in lineage:
+            if file in saved:
+                with atomic_path(root / file) as tmp:
+                    tmp.write_bytes(saved[file])
+            else:
+                (root / file).unlink(missing_ok=True)
+        raise
     commit = tags.get(TAG_GIT_COMMIT, "unknown")
     head = git_state(root).get(TAG_GIT_COMMIT)
     return Restored(version, actual, commit, commit_matches=head == commit)

@@ -23,6 +23,7 @@ import logging
 import queue
 import random
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -122,7 +123,10 @@ def load_served_model(name: str, alias: str, version: str | None = None) -> Serv
     try:
         # MLflow 3 saves the network as a torch.export program, already in eval mode (its
         # module has no .eval()).
-        module = mlflow.pytorch.load_model(f"models:/{name}/{version}", map_location="cpu")
+        with tempfile.TemporaryDirectory(prefix="mlcycle-serve-") as scratch:  # no leftovers
+            module = mlflow.pytorch.load_model(
+                f"models:/{name}/{version}", dst_path=scratch, map_location="cpu"
+            )
         class_names = tuple(json.loads(tags[TAG_CLASS_NAMES]))
         input_shape = tuple(json.loads(tags[TAG_INPUT_SHAPE]))
         raw_shape = tuple(json.loads(tags.get(TAG_RAW_SHAPE) or tags[TAG_INPUT_SHAPE]))
@@ -182,6 +186,7 @@ class ModelHolder:
         self.current: ServedModel | None = None
         self.last_error: str | None = None
         self.freeze_after_load = False  # the serving process sets it (see serve())
+        self.failed_version: str | None = None  # not retried by the watcher until it changes
         self._reload_lock = threading.Lock()
 
     def reload(self, version: str | None = None) -> bool:
@@ -196,8 +201,10 @@ class ModelHolder:
                 loaded = load_served_model(self.name, self.alias, version)
             except Exception as error:
                 self.last_error = str(error)
+                self.failed_version = version
                 log.warning("serve: could not load %s@%s: %s", self.name, self.alias, error)
                 return False
+            self.failed_version = None
             previous = self.current.version if self.current else None
             self.current = loaded  # the swap: one reference assignment
             self.last_error = None
@@ -218,7 +225,9 @@ class ModelHolder:
             except Exception as error:  # the registry may be down for a while: keep serving
                 self.last_error = str(error)
                 continue
-            if self.current is None or self.current.version != version:
+            if self.current is not None and self.current.version == version:
+                self.last_error = None  # whatever went wrong before has passed
+            elif version != self.failed_version:  # a broken version is not fetched again
                 self.reload(version)
 
 
@@ -241,6 +250,8 @@ def decode_image(data: bytes, field: str, max_side: int) -> np.ndarray:
                 )
             image.load()
             return pixels_from_image(image, field)
+    except Image.DecompressionBombError as error:
+        raise InputError(field, f"image too large to decode safely ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, DataSourceError) as error:
         raise InputError(field, f"not a decodable PNG or JPEG image ({error})") from None
 
@@ -264,7 +275,7 @@ def parse_pixels(item: Any, field: str, raw_shape: Sequence[int]) -> np.ndarray:
     height, width, channels = raw_shape
     try:
         array = np.asarray(item, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise InputError(
             field, "expected nested lists of numbers of equal lengths (ragged or non-numeric)"
         ) from None
@@ -351,9 +362,12 @@ def _valid_batch(items: list, raw_shape: Sequence[int]) -> np.ndarray | None:
     """The whole batch as uint8 if every image is well formed, else None (find the fault
     image by image)."""
     try:
-        array = np.asarray(items, dtype=np.float64)
-    except (ValueError, TypeError):
+        array = np.asarray(items)  # no dtype: strings stay strings, huge integers objects
+    except (ValueError, TypeError, OverflowError):
         return None
+    if array.dtype.kind not in "iuf":
+        return None
+    array = array.astype(np.float64, copy=False)
     if array.ndim == 3 and raw_shape[2] == 1:
         array = array[..., np.newaxis]
     if array.shape[1:] != tuple(raw_shape) or not np.isfinite(array).all():
@@ -719,10 +733,9 @@ def create_app(
     async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
         return problem(error.status_code, str(error.detail))
 
-    def serve_batch(endpoint: str, images: np.ndarray) -> Response:
-        model = holder.current  # one reference for the whole request (hot reload safe)
-        if model is None:
-            raise InputError("model", holder.last_error or "not loaded yet", status=503)
+    def serve_batch(model: ServedModel, endpoint: str, images: np.ndarray) -> Response:
+        """``model``: the one the request took at its start (a reload may swap holder.current
+        meanwhile; this request finishes on the model that parsed its input)."""
         probabilities = model.predict(images)
         counts = np.bincount(probabilities.argmax(axis=1), minlength=len(model.class_names))
         for index in np.flatnonzero(counts):
@@ -765,13 +778,15 @@ def create_app(
         body = await read_body(request)
         try:
             payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InputError("body", f"malformed JSON ({error})", 400) from None
+        except RecursionError:
+            raise InputError("body", "JSON nested too deeply", 400) from None
+        except ValueError as error:  # JSONDecodeError, bad UTF-8, integers of >4300 digits
+            raise InputError("body", f"malformed JSON ({str(error)[:120]})", 400) from None
         model = holder.current
         if model is None:
             raise InputError("model", holder.last_error or "not loaded yet", status=503)
         may_hold_bools = b"true" in body or b"false" in body
-        return serve_batch("/predict", parse_batch(payload, model, params, may_hold_bools))
+        return serve_batch(model, "/predict", parse_batch(payload, model, params, may_hold_bools))
 
     @app.post("/predict/image", responses=ERROR_RESPONSES)
     async def predict_image(file: UploadFile) -> Response:
@@ -783,7 +798,7 @@ def create_app(
         if len(data) > params.max_body_bytes:
             raise InputError("file", f"over the {params.max_body_bytes}-byte limit", 413)
         pixels = decode_image(data, "file", params.max_image_side)
-        return serve_batch("/predict/image", fit_to_raw(pixels, model.raw_shape)[np.newaxis])
+        return serve_batch(model, "/predict/image", fit_to_raw(pixels, model.raw_shape)[np.newaxis])
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -120,10 +120,9 @@ def record_lineage_files(
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    if any(a.path.endswith(lock_path.name) for a in client.list_artifacts(run_id, LINEAGE_DIR)):
-        return
+    recorded = {Path(a.path).name for a in client.list_artifacts(run_id, LINEAGE_DIR)}
     for path in (lock_path, params_path):
-        if path.is_file():
+        if path.name not in recorded and path.is_file():
             client.log_artifact(run_id, str(path), LINEAGE_DIR)
 
 

@@ -311,9 +311,8 @@ class Workspace:
 
     def train(self, seed: int, epochs: int = 2) -> Candidate:
         """Train, evaluate and finish a run, as `dvc repro` does; the candidate it gives."""
-        params = self.params.model_copy(
-            update={"train": self.params.train.model_copy(update={"seed": seed, "epochs": epochs})}
-        )
+        self.update("train", seed=seed, epochs=epochs)  # params.yaml says what was trained
+        params = self.params
         with tracked_run(params, run_name=f"seed-{seed}") as tracker:
             run_train(
                 params.train,

@@ -126,9 +126,15 @@ def test_restore_in_a_fresh_clone_brings_back_the_data_and_retraining_reproduces
     tags = MlflowClient().get_model_version("mlcycle-classifier", version).tags
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    server = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
+    # With the clone's own (empty) remote the pull fails, and the clone is left as it was.
+    params_before = (clone / "params.yaml").read_text()
+    failed = mlcycle("restore", version, cwd=clone, check=False, **server)
+    assert failed.returncode == 1 and "dvc pull failed" in failed.stderr
+    assert (clone / "params.yaml").read_text() == params_before
+    assert not (clone / "dvc.lock").exists()
     # A team points every clone at one shared remote; here, the first project's.
     dvc("remote", "modify", "--local", "local", "url", str(project / ".dvcstore"), cwd=clone)
-    server = {"MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
 
     restored = mlcycle("restore", version, cwd=clone, **server).stdout
     for path in ("data/raw", "data/processed"):

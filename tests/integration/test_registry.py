@@ -170,6 +170,29 @@ def test_a_version_that_fails_to_load_is_rolled_back_and_the_champion_stays(
     assert alias_map(workspace.name)[CHAMPION] == champion
 
 
+def test_a_champion_that_no_longer_loads_does_not_block_registration(
+    workspace: Workspace, mlflow_service: MlflowService
+):
+    first = workspace.train(seed=1)
+    champion = workspace.register(first).version
+    corrupt_logged_model(mlflow_service, first.model_id)
+    result = workspace.register(workspace.train(seed=2))
+    assert result.promoted, result.reason
+    assert result.reason.startswith(f"champion v{champion} cannot be loaded")
+    assert alias_map(workspace.name)[CHAMPION] == result.version
+
+
+def test_retiring_a_version_puts_the_champion_it_replaced_back(workspace: Workspace):
+    from tasks.registry import retire_version
+
+    first = workspace.register(workspace.train(seed=1)).version
+    better = replace(workspace.train(seed=2), metrics={"accuracy": 2.0, "macro_f1": 2.0})
+    second = workspace.register(better).version
+    retire_version(workspace.name, second, "a later step failed")
+    assert alias_map(workspace.name) == {CHAMPION: first}
+    assert MlflowClient().get_model_version(workspace.name, second).tags[TAG_CHECK] == "failed"
+
+
 def test_rollback_and_manual_promote_move_the_champion(workspace: Workspace):
     name = workspace.name
     first = workspace.register(workspace.train(seed=1)).version

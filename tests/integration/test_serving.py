@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from tasks.artifacts import read_split
-from tasks.deploy import DeployError, deploy
+from tasks.deploy import DeployError, deploy, request_reload
 from tasks.registry import CHAMPION, Registration, create_version
 from tasks.serve import read_prediction_log
 from tests.conftest import free_port
@@ -83,7 +83,8 @@ def served(mlflow_server, tmp_path_factory):
     try:
         workspace = make_workspace(root / "ws", root / "data" / "processed", params, "served")
         port = free_port()
-        workspace.update("serve", port=port, poll_seconds=0.5, deploy_timeout_s=60.0)
+        # The watcher stays out of the way (an hour): reloads below come from /admin/reload.
+        workspace.update("serve", port=port, poll_seconds=3600.0, deploy_timeout_s=60.0)
         first = workspace.register(workspace.train(seed=1, epochs=3))
         assert first.promoted
         log = (root / "serve.log").open("w")
@@ -190,6 +191,7 @@ def test_a_version_that_fails_to_load_never_replaces_the_served_one(served, mlfl
     # someone points the alias at it behind the gate's back: the app keeps the old version
     MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, registered.version)
     try:
+        assert request_reload(url)
         deadline = time.monotonic() + 30
         ready: dict = {}
         while time.monotonic() < deadline:
@@ -209,6 +211,7 @@ def test_a_version_that_fails_to_load_never_replaces_the_served_one(served, mlfl
             deploy(promoted, quick)
     finally:
         MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, serving)
+    assert request_reload(url)
     wait_for_version(url, serving)
 
 

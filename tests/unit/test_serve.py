@@ -91,6 +91,25 @@ def png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
+def bomb_png() -> bytes:
+    """A tiny PNG whose header claims 20000 x 20000 pixels (PIL refuses to decode it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
 def image(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (8, 8, 1), dtype=np.uint8)
 
@@ -230,6 +249,44 @@ BAD_REQUESTS = [
         "images[0]: not a decodable PNG or JPEG image",
     ),
     ("not base64", {"json": {"images": ["%%%"]}}, 422, "images[0]: not valid base64"),
+    (
+        "numeric strings as pixels",
+        {"json": {"images": [[["12"] * 8] * 8]}},
+        422,
+        "images[0]: expected numbers, got another type",
+    ),
+    (
+        "a 400-digit pixel",
+        {
+            "content": b'{"images": [['
+            + b",".join([b"[" + b"9" * 400 + b",0,0,0,0,0,0,0]"] * 8)
+            + b"]]}",
+            "headers": {"content-type": "application/json"},
+        },
+        422,
+        "images[0]: expected nested lists of numbers",
+    ),
+    (
+        "a 5000-digit number",
+        {
+            "content": b'{"images": [' + b"9" * 5000 + b"]}",
+            "headers": {"content-type": "application/json"},
+        },
+        400,
+        "body: malformed JSON",
+    ),
+    (
+        "JSON nested too deeply",
+        {"content": b"[" * 60_000, "headers": {"content-type": "application/json"}},
+        400,
+        "body: JSON nested too deeply",
+    ),
+    (
+        "a decompression bomb",
+        {"json": {"images": [base64.b64encode(bomb_png()).decode()]}},
+        422,
+        "images[0]:",
+    ),
 ]
 
 
@@ -329,10 +386,54 @@ def test_metrics_count_requests_latency_classes_and_version(client):
     assert 'mlcycle_model_version{model_name="digits"} 7.0' in text
 
 
-def test_reload_is_refused_from_other_machines(client):
-    assert client.post("/admin/reload").status_code == 202  # TestClient counts as local
-    remote = TestClient(client.app, client=("10.1.2.3", 5000))
-    assert remote.post("/admin/reload").status_code == 403
+def test_reload_is_refused_from_other_machines(serve_params, monkeypatch):
+    with make_client(serve_params, served_model()) as client:
+        reloads = []
+        monkeypatch.setattr(client.app.state.holder, "reload", lambda: reloads.append(1))
+        assert client.post("/admin/reload").status_code == 202  # TestClient counts as local
+        remote = TestClient(client.app, client=("10.1.2.3", 5000))
+        assert remote.post("/admin/reload").status_code == 403
+        time.sleep(0.2)
+        assert reloads == [1]
+
+
+def test_the_watcher_follows_the_alias_and_skips_a_version_that_failed(monkeypatch):
+    """The control flow of ModelHolder.watch over a registry whose alias moves; the real
+    registry round trip is in tests/integration/test_serving.py."""
+    import threading
+
+    import tasks.serve as serve
+
+    alias_history = iter(["7", "8", "8", "8", "9", "7"])
+    monkeypatch.setattr(serve, "resolve_alias", lambda name, alias: (next(alias_history), {}))
+    loads = []
+
+    def load(name, alias, version):
+        loads.append(version)
+        if version == "8":
+            raise serve.NoModelError(f"version {version} cannot be served")
+        return replace_version(served_model(), version)
+
+    monkeypatch.setattr(serve, "load_served_model", load)
+    holder = ModelHolder("digits", "champion")
+    holder.current = served_model()  # v7
+    stop = threading.Event()
+    thread = threading.Thread(target=holder.watch, args=(0.01, stop))
+    thread.start()
+    deadline = time.monotonic() + 5
+    while len(loads) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join()
+    # 7 is served (no load); 8 fails once and is not fetched again; 9 loads; back to 7 loads
+    assert loads == ["8", "9", "7"]
+    assert holder.current.version == "7"
+
+
+def replace_version(model: ServedModel, version: str) -> ServedModel:
+    from dataclasses import replace
+
+    return replace(model, version=version)
 
 
 def test_prediction_log_records_inputs_and_outputs_off_the_request_path(serve_params, tmp_path):
