@@ -249,7 +249,7 @@ def decode_image(data: bytes, field: str, max_side: int) -> np.ndarray:
                     field, f"image is {image.size[0]}x{image.size[1]}, at most {max_side} a side"
                 )
             image.load()
-            return pixels_from_image(image, field)
+            return np.array(pixels_from_image(image, field))  # writable: torch reads it
     except Image.DecompressionBombError as error:
         raise InputError(field, f"image too large to decode safely ({error})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, DataSourceError) as error:
