@@ -25,7 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -160,7 +160,7 @@ def find_candidate(
     model_file: Path = MODEL_FILE,
     lock_path: Path = DVC_LOCK,
     raw_dir: Path = RAW_DIR,
-    params_path: Path = PARAMS_FILE,
+    params_path: Path | None = None,
 ) -> Candidate:
     """The finished, evaluated run whose model is ``model_file`` (newest, unless ``run_id``).
 
@@ -210,7 +210,7 @@ def find_candidate(
                 f"{path} in this workspace is not the data run {run.info.run_id} was evaluated "
                 f"on ({md5}); `dvc checkout` or re-run the pipeline"
             )
-    _check_params(run, params_path)
+    _check_params(run, params_path or lock_path.parent / PARAMS_FILE.name)
     try:
         metrics = {name: float(run.data.metrics[f"test_{name}"]) for name in SCORES}
     except KeyError as missing:
@@ -497,13 +497,33 @@ def decide(
 
 def score_version(name: str, version: str, test: ImageDataset) -> dict[str, float]:
     """Accuracy and macro-F1 of a registered version on a test split, as evaluate scores them."""
+    with load_registered(name, version) as loaded:
+        return score_loaded(loaded, test)
+
+
+def score_loaded(loaded: Any, test: ImageDataset) -> dict[str, float]:
     from tasks.evaluate import classification_scores
 
-    with load_registered(name, version) as loaded:
-        scores = np.asarray(loaded.predict(test.images.astype(np.float32)))
-    predicted = scores.argmax(axis=1)
-    result = classification_scores(test.labels, predicted, test.class_names)
+    scores = np.asarray(loaded.predict(test.images.astype(np.float32)))
+    result = classification_scores(test.labels, scores.argmax(axis=1), test.class_names)
     return {"accuracy": result.accuracy, "macro_f1": result.macro_f1}
+
+
+def score_champion(name: str, champion: str, test: ImageDataset) -> dict[str, float] | str:
+    """The champion's scores, or why it cannot be loaded. Only a failed *load* counts as a
+    broken champion; the tracking server failing, or scoring failing (memory), raises."""
+    from mlflow.exceptions import MlflowException
+
+    with ExitStack() as stack:
+        try:
+            loaded = stack.enter_context(load_registered(name, champion))
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":  # artifacts gone: broken
+                raise
+            return f"champion v{champion} cannot be loaded (its artifacts are missing)"
+        except Exception as error:  # torch or MLflow reading a damaged artifact
+            return f"champion v{champion} cannot be loaded ({type(error).__name__})"
+        return score_loaded(loaded, test)
 
 
 def comparable(candidate_tags: Mapping[str, str], champion_tags: Mapping[str, str]) -> str | None:
@@ -525,8 +545,6 @@ def promote_if_better(
 ) -> Registration:
     """Under the registry lock: ``challenger`` to the new version; ``champion`` too if it beats
     the champion on the same test split. The reason lands in the version's description."""
-    from mlflow.exceptions import MlflowException
-
     name, version = registered.name, registered.version
     client = _client()
     test, _ = read_split(processed_dir, "test")
@@ -558,15 +576,12 @@ def promote_if_better(
                     f"{version}` or use another registry.model_name",
                 )
             else:
-                try:
-                    champion_metrics = score_version(name, champion, test)
-                except MlflowException:
-                    raise  # the tracking server, not the champion: fail, move nothing
-                except Exception as error:  # its artifact is gone or broken: it serves no one
-                    broken = f"champion v{champion} cannot be loaded ({type(error).__name__})"
+                scored = score_champion(name, champion, test)
+                if isinstance(scored, str):  # it serves no one: judged against the floor
                     decision = decide(candidate.metrics, None, policy)
-                    decision = Decision(decision.promote, f"{broken}; {decision.reason}")
+                    decision = Decision(decision.promote, f"{scored}; {decision.reason}")
                 else:
+                    champion_metrics = scored
                     decision = decide(candidate.metrics, champion_metrics, policy, champion)
                     decision = Decision(
                         decision.promote, decision.reason + _data_note(candidate, champion_tags)
@@ -867,10 +882,20 @@ def restore(name: str, version: str, root: Path = Path()) -> Restored:
                     tmp.write_bytes(saved[file])
             else:
                 (root / file).unlink(missing_ok=True)
+        _checkout_quietly(root)  # the data back to what the restored dvc.lock says
         raise
     commit = tags.get(TAG_GIT_COMMIT, "unknown")
     head = git_state(root).get(TAG_GIT_COMMIT)
     return Restored(version, actual, commit, commit_matches=head == commit)
+
+
+def _checkout_quietly(root: Path) -> None:
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    if (root / DVC_LOCK).is_file():
+        with suppress(DvcException), Repo(str(root)) as repo:
+            repo.checkout(force=True)
 
 
 def pull_outputs(root: Path) -> None:

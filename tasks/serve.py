@@ -45,6 +45,7 @@ log = logging.getLogger("mlcycle.serve")
 SERVING_DIR = Path("data/serving")
 PREDICTION_LOG = SERVING_DIR / "predictions.sqlite"
 PAGE = Path(__file__).with_name("serve_page.html")
+RETRY_FAILED_AFTER_POLLS = 30  # a failure may be passing (the registry was down), so retry
 
 
 class InputError(MlcycleError):
@@ -186,7 +187,8 @@ class ModelHolder:
         self.current: ServedModel | None = None
         self.last_error: str | None = None
         self.freeze_after_load = False  # the serving process sets it (see serve())
-        self.failed_version: str | None = None  # not retried by the watcher until it changes
+        self.failed_version: str | None = None  # the watcher retries it only after a while
+        self.failed_at = 0.0
         self._reload_lock = threading.Lock()
 
     def reload(self, version: str | None = None) -> bool:
@@ -201,7 +203,8 @@ class ModelHolder:
                 loaded = load_served_model(self.name, self.alias, version)
             except Exception as error:
                 self.last_error = str(error)
-                self.failed_version = version
+                if version is not None:  # the alias resolved; loading that version failed
+                    self.failed_version, self.failed_at = version, time.monotonic()
                 log.warning("serve: could not load %s@%s: %s", self.name, self.alias, error)
                 return False
             self.failed_version = None
@@ -227,7 +230,10 @@ class ModelHolder:
                 continue
             if self.current is not None and self.current.version == version:
                 self.last_error = None  # whatever went wrong before has passed
-            elif version != self.failed_version:  # a broken version is not fetched again
+            elif (
+                version != self.failed_version
+                or time.monotonic() - self.failed_at > RETRY_FAILED_AFTER_POLLS * every_s
+            ):  # a version that failed to load is fetched again only now and then
                 self.reload(version)
 
 
