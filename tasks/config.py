@@ -315,6 +315,18 @@ def configure_logging(level: int = logging.INFO) -> None:
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
 
 
+def run_logger(fallback: str) -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger inside a flow or task (lines reach the UI), else ``fallback``
+    (a test, a script, a plain ``dvc repro``)."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(fallback)
+
+
 def stage_main(main: Callable[[], None]) -> None:
     """Run a ``python -m tasks.<stage>`` entry point: user errors become one line and exit 1."""
     configure_logging()

@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import task
 
-from tasks.config import MlcycleError, ServeParams
+from tasks.config import MlcycleError, ServeParams, run_logger
 from tasks.registry import Registration
 
 log = logging.getLogger("mlcycle.deploy")
@@ -151,8 +151,6 @@ def deploy(registration: Registration, params: ServeParams) -> Deployment:
 
 @task(name="deploy")
 def deploy_task(registration: Registration, params: ServeParams) -> Deployment:
-    from tasks.registry import run_logger
-
     deployment = deploy(registration, params)
-    run_logger().info("deploy: %s", deployment.message)
+    run_logger(log.name).info("deploy: %s", deployment.message)
     return deployment

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from prefect.exceptions import MissingContextError
 from prefect.runtime import flow_run
 
 from tasks.artifacts import atomic_path, file_md5, read_json, read_split
@@ -34,7 +33,9 @@ from tasks.config import (
     Params,
     load_params,
     retry_unless_user_error,
+    run_logger,
 )
+from tasks.deploy import Deployment
 from tasks.evaluate import METRICS_FILE, record_evaluation
 from tasks.model_io import load_model, log_model
 from tasks.registry import Registration
@@ -78,14 +79,11 @@ class PipelineSummary:
     stages_skipped: tuple[str, ...]
     data_versions: dict[str, str]
     registration: Registration | None = None  # filled in by the register step
-    deployment: Any = None  # tasks.deploy.Deployment, filled in by the deploy step
+    deployment: Deployment | None = None  # filled in by the deploy step
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except MissingContextError:  # called outside a flow, e.g. from a test or a script
-        return logging.getLogger("mlcycle.pipeline")
+    return run_logger("mlcycle.pipeline")
 
 
 def apply_params(params: Params | None, path: Path = PARAMS_FILE) -> Params:

@@ -42,6 +42,7 @@ from tasks.config import (
     RAW_DIR,
     MlcycleError,
     RegistryParams,
+    run_logger,
 )
 from tasks.tracking import (
     DVC_LOCK,
@@ -738,10 +739,11 @@ def list_versions(name: str) -> list[VersionRow]:
     return rows
 
 
-def check_samples_for(name: str, version: str, processed_dir: Path, count: int) -> np.ndarray:
+def check_samples_for(
+    name: str, version: str, tags: Mapping[str, str], processed_dir: Path, count: int
+) -> np.ndarray:
     """Test images the version can take: the workspace test split when its shape fits, else the
     input example logged with the model."""
-    tags = _client().get_model_version(name, version).tags
     if (processed_dir / "test.npz").is_file():
         test = test_samples(processed_dir, count)
         if json.dumps(list(test.images.shape[1:])) == tags.get(TAG_INPUT_SHAPE):
@@ -767,11 +769,10 @@ def move_champion(
     so a second rollback goes further back)."""
     from mlflow.exceptions import MlflowException
 
-    connect()
     client = _client()
     with tracking_errors(f"move the champion of '{name}'"), registry_lock(name):
         try:
-            client.get_model_version(name, version)
+            tags = client.get_model_version(name, version).tags
         except MlflowException:
             raise RegistryError(
                 f"'{name}' has no version {version}; see `mlcycle models`"
@@ -779,7 +780,7 @@ def move_champion(
         previous = alias_map(name).get(CHAMPION)
         if previous == version:
             raise RegistryError(f"version {version} of '{name}' is already the champion")
-        check_version(name, version, check_samples_for(name, version, processed_dir, samples))
+        check_version(name, version, check_samples_for(name, version, tags, processed_dir, samples))
         if previous is not None and remember_previous:
             client.set_model_version_tag(name, version, TAG_PREVIOUS_CHAMPION, previous)
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -789,6 +790,7 @@ def move_champion(
 
 
 def promote(name: str, version: str, processed_dir: Path = PROCESSED_DIR) -> str | None:
+    connect()
     return move_champion(name, version, "promoted by hand", processed_dir)
 
 
@@ -952,23 +954,13 @@ def registration_markdown(registration: Registration, policy: RegistryParams) ->
 # --- Prefect tasks -----------------------------------------------------------------------------
 
 
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return log
-
-
 _ROLLBACK_KEY = "registered_version"
 
 
 @task(name="find-candidate")
 def find_candidate_task(run_id: str | None = None) -> Candidate:
     candidate = find_candidate(run_id)
-    run_logger().info(
+    run_logger(log.name).info(
         "register: run %s, test accuracy %.4f, macro-F1 %.4f",
         candidate.run_id,
         candidate.metrics["accuracy"],
@@ -1006,7 +998,7 @@ def promote_if_better_task(
     candidate: Candidate, registered: RegisteredVersion, policy: RegistryParams
 ) -> Registration:
     registration = promote_if_better(candidate, registered, policy)
-    run_logger().info(
+    run_logger(log.name).info(
         "register: %s v%s %s: %s",
         registration.name,
         registration.version,

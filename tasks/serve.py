@@ -94,33 +94,36 @@ class ServedModel:
             return torch.softmax(self.module(batch), dim=1).numpy()
 
 
-def resolve_alias(name: str, alias: str) -> tuple[str, dict[str, str]]:
-    """The version number holding ``alias`` and its tags; NoModelError if none does."""
+def model_version(name: str, alias: str, version: str | None = None) -> Any:
+    """The registry's record of ``version`` (default: the one holding ``alias``);
+    NoModelError if there is none."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient()
     try:
-        version = MlflowClient().get_model_version_by_alias(name, alias)
+        if version is None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, version)
     except MlflowException as error:
-        raise NoModelError(
-            f"no version of '{name}' holds alias '{alias}' ({error.message})"
-        ) from None
-    return str(version.version), dict(version.tags)
+        wanted = f"version {version}" if version else f"alias '{alias}'"
+        raise NoModelError(f"'{name}' has no {wanted} ({error.message})") from None
+
+
+def resolve_alias(name: str, alias: str) -> str:
+    """The version number holding ``alias``; NoModelError if none does."""
+    return str(model_version(name, alias).version)
 
 
 def load_served_model(name: str, alias: str, version: str | None = None) -> ServedModel:
     """Load ``models:/<name>/<version>`` (default: the one holding ``alias``) for serving."""
     import mlflow.pytorch
-    from mlflow.tracking import MlflowClient
 
     from tasks.registry import TAG_CLASS_NAMES, TAG_INPUT_SHAPE, TAG_PARAMS, TAG_RAW_SHAPE
     from tasks.tracking import TAG_DVC_PREFIX, TAG_GIT_COMMIT
 
-    if version is None:
-        version, tags = resolve_alias(name, alias)
-    else:
-        tags = dict(MlflowClient().get_model_version(name, version).tags)
-    details = MlflowClient().get_model_version(name, version)
+    details = model_version(name, alias, version)
+    version, tags = str(details.version), dict(details.tags)
     try:
         # MLflow 3 saves the network as a torch.export program, already in eval mode (its
         # module has no .eval()).
@@ -196,7 +199,7 @@ class ModelHolder:
         with self._reload_lock:  # one load at a time; requests go on meanwhile
             try:
                 if version is None:
-                    version, _ = resolve_alias(self.name, self.alias)
+                    version = resolve_alias(self.name, self.alias)
                 if self.current is not None and self.current.version == version:
                     self.last_error = None
                     return True
@@ -224,7 +227,7 @@ class ModelHolder:
         """Follow the alias: reload when it points at another version."""
         while not stop.wait(every_s):
             try:
-                version, _ = resolve_alias(self.name, self.alias)
+                version = resolve_alias(self.name, self.alias)
             except Exception as error:  # the registry may be down for a while: keep serving
                 self.last_error = str(error)
                 continue
@@ -756,13 +759,12 @@ def create_app(
         # json.dumps directly: FastAPI's generic encoder walks every float (slow for batches)
         return Response(json.dumps(body).encode(), media_type="application/json")
 
-    async def read_body(request: Request) -> bytes:
-        body = b""
-        async for chunk in request.stream():  # a missing or lying content-length is no way round
-            body += chunk
-            if len(body) > params.max_body_bytes:
-                raise InputError("body", f"over the {params.max_body_bytes}-byte limit", 413)
-        return body
+    def current_model() -> ServedModel:
+        """The model this request will use to the end, or 503 saying why there is none."""
+        model = holder.current
+        if model is None:
+            raise InputError("model", holder.last_error or "not loaded yet", status=503)
+        return model
 
     @app.post(
         "/predict",
@@ -781,29 +783,22 @@ def create_app(
             raise InputError(
                 "content-type", f"expected application/json, got {content_type or 'none'}", 415
             )
-        body = await read_body(request)
+        body = await request.body()  # LimitAndMeasure refuses it past max_body_bytes
         try:
             payload = json.loads(body)
         except RecursionError:
             raise InputError("body", "JSON nested too deeply", 400) from None
         except ValueError as error:  # JSONDecodeError, bad UTF-8, integers of >4300 digits
             raise InputError("body", f"malformed JSON ({str(error)[:120]})", 400) from None
-        model = holder.current
-        if model is None:
-            raise InputError("model", holder.last_error or "not loaded yet", status=503)
+        model = current_model()
         may_hold_bools = b"true" in body or b"false" in body
         return serve_batch(model, "/predict", parse_batch(payload, model, params, may_hold_bools))
 
     @app.post("/predict/image", responses=ERROR_RESPONSES)
     async def predict_image(file: UploadFile) -> Response:
         """Predict one uploaded PNG or JPEG image."""
-        model = holder.current
-        if model is None:
-            raise InputError("model", holder.last_error or "not loaded yet", status=503)
-        data = await file.read(params.max_body_bytes + 1)
-        if len(data) > params.max_body_bytes:
-            raise InputError("file", f"over the {params.max_body_bytes}-byte limit", 413)
-        pixels = decode_image(data, "file", params.max_image_side)
+        model = current_model()
+        pixels = decode_image(await file.read(), "file", params.max_image_side)
         return serve_batch(model, "/predict/image", fit_to_raw(pixels, model.raw_shape)[np.newaxis])
 
     @app.get("/health")
@@ -826,10 +821,7 @@ def create_app(
     @app.get("/metadata", responses={503: ERROR_RESPONSES[503]})
     async def metadata() -> Response:
         """The served version: name, version, alias, data version, params, trained at."""
-        model = holder.current
-        if model is None:
-            return problem(503, f"model: {holder.last_error or 'not loaded yet'}")
-        return JSONResponse({**model.metadata, "last_reload_error": holder.last_error})
+        return JSONResponse({**current_model().metadata, "last_reload_error": holder.last_error})
 
     @app.get(
         "/metrics",

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from tasks.artifacts import read_split
-from tasks.deploy import DeployError, deploy, request_reload
+from tasks.deploy import DeployError, deploy, request_reload, wait_until_serving
 from tasks.registry import CHAMPION, Registration, create_version
 from tasks.serve import read_prediction_log
 from tests.conftest import free_port
@@ -41,20 +41,6 @@ def call(url: str, payload: object | None = None, timeout: float = 10) -> tuple[
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
-
-
-def wait_for_version(url: str, version: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    body: dict = {}
-    while time.monotonic() < deadline:
-        try:
-            status, body = call(f"{url}/ready", timeout=2)
-            if status == 200 and body["version"] == version:
-                return body
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not serve v{version}: {body}")
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +84,7 @@ def served(mlflow_server, tmp_path_factory):
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_for_version(url, first.version)
+            wait_until_serving(url, first.version, 60)
             yield workspace, url, first
         finally:
             os.killpg(process.pid, 15)
@@ -212,7 +198,7 @@ def test_a_version_that_fails_to_load_never_replaces_the_served_one(served, mlfl
     finally:
         MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, serving)
     assert request_reload(url)
-    wait_for_version(url, serving)
+    wait_until_serving(url, serving, 60)
 
 
 def test_predictions_are_logged_for_monitoring(served):

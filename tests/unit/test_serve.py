@@ -154,11 +154,22 @@ def test_raw_shaped_inputs_go_through_the_recorded_preprocessing(serve_params):
         assert "images[0]: expected pixel values of shape 16x16x3, got 8x8x3" in small.text
 
 
+def raw_json(body: bytes) -> dict:
+    """Request kwargs for a body sent as is (JSON that json= could not produce)."""
+    return {"content": body, "headers": {"content-type": "application/json"}}
+
+
+def image_with_first_pixel(literal: bytes) -> bytes:
+    """An 8x8 image as JSON, its first pixel written as ``literal`` (NaN, 9999...)."""
+    rows = [b"[" + literal + b",0,0,0,0,0,0,0]"] + [b"[0,0,0,0,0,0,0,0]"] * 7
+    return b'{"images": [[' + b",".join(rows) + b"]]}"
+
+
 BAD_REQUESTS = [
     # (description, request kwargs, status, field named in the reason)
     (
         "malformed JSON",
-        {"content": b'{"images": [', "headers": {"content-type": "application/json"}},
+        raw_json(b'{"images": ['),
         400,
         "body: malformed JSON",
     ),
@@ -203,19 +214,13 @@ BAD_REQUESTS = [
     ),
     (
         "NaN",
-        {
-            "content": b'{"images": [[' + b",".join([b"[NaN,0,0,0,0,0,0,0]"] * 8) + b"]]}",
-            "headers": {"content-type": "application/json"},
-        },
+        raw_json(image_with_first_pixel(b"NaN")),
         422,
         "images[0]: holds NaN or infinity",
     ),
     (
         "infinity",
-        {
-            "content": b'{"images": [[' + b",".join([b"[Infinity,0,0,0,0,0,0,0]"] * 8) + b"]]}",
-            "headers": {"content-type": "application/json"},
-        },
+        raw_json(image_with_first_pixel(b"Infinity")),
         422,
         "images[0]: holds NaN or infinity",
     ),
@@ -235,10 +240,7 @@ BAD_REQUESTS = [
     ),
     (
         "payload over the size limit",
-        {
-            "content": b'{"images": "' + b"x" * 70_000 + b'"}',
-            "headers": {"content-type": "application/json"},
-        },
+        raw_json(b'{"images": "' + b"x" * 70_000 + b'"}'),
         413,
         "body: over the 65536-byte limit",
     ),
@@ -257,27 +259,19 @@ BAD_REQUESTS = [
     ),
     (
         "a 400-digit pixel",
-        {
-            "content": b'{"images": [['
-            + b",".join([b"[" + b"9" * 400 + b",0,0,0,0,0,0,0]"] * 8)
-            + b"]]}",
-            "headers": {"content-type": "application/json"},
-        },
+        raw_json(image_with_first_pixel(b"9" * 400)),
         422,
         "images[0]: expected nested lists of numbers",
     ),
     (
         "a 5000-digit number",
-        {
-            "content": b'{"images": [' + b"9" * 5000 + b"]}",
-            "headers": {"content-type": "application/json"},
-        },
+        raw_json(b'{"images": [' + b"9" * 5000 + b"]}"),
         400,
         "body: malformed JSON",
     ),
     (
         "JSON nested too deeply",
-        {"content": b"[" * 60_000, "headers": {"content-type": "application/json"}},
+        raw_json(b"[" * 60_000),
         400,
         "body: JSON nested too deeply",
     ),
@@ -285,7 +279,7 @@ BAD_REQUESTS = [
         "a decompression bomb",
         {"json": {"images": [base64.b64encode(bomb_png()).decode()]}},
         422,
-        "images[0]:",
+        "images[0]: image too large to decode safely",
     ),
 ]
 
@@ -301,6 +295,20 @@ def test_bad_input_gets_a_short_4xx_naming_the_field(client, request_kwargs, sta
     detail = response.json()["detail"]
     assert isinstance(detail, str) and reason in detail
     assert len(detail) < 300 and "schema" not in detail.lower()
+
+
+def test_a_body_streamed_without_a_length_is_cut_off_at_the_limit(client):
+    def chunks():
+        yield b'{"images": "'
+        for _ in range(70):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = client.post(
+        "/predict", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json()["detail"] == "body: over the 65536-byte limit"
 
 
 def test_bad_uploads_get_a_4xx(client):
@@ -406,7 +414,7 @@ def test_the_watcher_follows_the_alias_and_skips_a_version_that_failed(monkeypat
     import tasks.serve as serve
 
     alias_history = iter(["7", "8", "8", "8", "9", "7"])
-    monkeypatch.setattr(serve, "resolve_alias", lambda name, alias: (next(alias_history), {}))
+    monkeypatch.setattr(serve, "resolve_alias", lambda name, alias: next(alias_history))
     loads = []
 
     def load(name, alias, version):
