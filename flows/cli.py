@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tasks.config import MlcycleError, load_params
+from tasks.config import MlcycleError, ServeParams, load_params
 from tasks.pipeline import PipelineSummary
 from tasks.registry import Registration, VersionRow
 from tasks.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri
@@ -127,17 +127,18 @@ def run_serve(host: str | None, port: int | None) -> int:
 def manage_registry(args: argparse.Namespace) -> int:
     from tasks import registry
 
-    name = args.name or load_params().registry.model_name
+    params = load_params()
+    name = args.name or params.registry.model_name
     if args.command == "models":
         print(format_versions(name, registry.list_versions(name)))
     elif args.command == "promote":
         previous = registry.promote(name, args.version)
         print(f"{name}: champion is now version {args.version} (was {previous or 'none'})")
-        print(notify_serving_app())
+        print(notify_serving_app(params.serve))
     elif args.command == "rollback":
         current, previous = registry.rollback(name)
         print(f"{name}: champion rolled back from version {current} to version {previous}")
-        print(notify_serving_app())
+        print(notify_serving_app(params.serve))
     elif args.command == "restore":
         restored = registry.restore(name, args.version)
         print(f"{name} v{restored.version}: data, params.yaml and dvc.lock restored")
@@ -152,11 +153,11 @@ def manage_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-def notify_serving_app() -> str:
+def notify_serving_app(serve: ServeParams) -> str:
     """A promotion already happened: a serving app that cannot be told is a warning only."""
     from tasks.deploy import DeployError, app_url, request_reload
 
-    url = app_url(load_params().serve)
+    url = app_url(serve)
     try:
         reloading = request_reload(url)
     except DeployError as error:
