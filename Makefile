@@ -51,9 +51,10 @@ test: install browser ## run the whole test suite (unit, data, model, integratio
 test-fast: install ## skip the slow tests (real services, full pipeline runs)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: install ## check formatting and lint rules
+lint: install ## check formatting, lint rules and the import layers (pyproject.toml)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 format: install ## apply formatting and safe lint fixes
 	$(BIN)/ruff format .

@@ -116,7 +116,7 @@ def main() -> int:
         sys.exit("wrk not found: apt-get install wrk")
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
-    from tasks.config import load_params
+    from tasks.core.config import load_params
 
     params = load_params()
     name = params.registry.model_name
@@ -134,7 +134,15 @@ def main() -> int:
         scratch = Path(scratch_dir)
         ours_port, theirs_port = free_port(), free_port()
         ours = start(
-            [str(BIN / "mlcycle"), "serve", "--port", str(ours_port)],
+            # the benchmark's traffic is logged in its scratch folder, never the workspace's log
+            [
+                str(BIN / "mlcycle"),
+                "serve",
+                "--port",
+                str(ours_port),
+                "--prediction-log",
+                str(scratch / "predictions.sqlite"),
+            ],
             env,
             f"http://127.0.0.1:{ours_port}/ready",
             scratch / "ours.log",

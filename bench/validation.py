@@ -62,10 +62,13 @@ def measure(root: Path) -> dict[str, float]:
     sys.path.insert(0, str(REPO))
     import shutil
 
-    from tasks.artifacts import ImageDataset, read_raw_dataset
-    from tasks.config import ValidateParams, configure_logging
-    from tasks.preprocess import stratified_split
-    from tasks.validate import ValidationPlaces, content_hashes, run_validate, validate_splits
+    from tasks.core.config import ValidateParams
+    from tasks.core.console import configure_logging
+    from tasks.core.files import ImageDataset, read_raw_dataset
+    from tasks.stages.preprocess import stratified_split
+    from tasks.stages.validate import run_validate
+    from tasks.validation.gate import ValidationPlaces, validate_splits
+    from tasks.validation.profiles import content_hashes
 
     configure_logging()
     shutil.copytree(REPO / "gx", root / "gx", ignore=shutil.ignore_patterns("uncommitted"))

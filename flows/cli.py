@@ -11,11 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tasks.config import MlcycleError, ServeParams, load_params
-from tasks.pipeline import PipelineSummary
-from tasks.registry import Registration, VersionRow
-from tasks.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri
+from tasks.core.config import ServeParams, load_params
+from tasks.core.errors import MlcycleError
+from tasks.core.paths import PREDICTION_LOG
+from tasks.core.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri
+from tasks.registry.gate import Registration
+from tasks.registry.versions import VersionRow
+
+if TYPE_CHECKING:
+    from flows.training import PipelineOutcome
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default serve.port)")
+    serve.add_argument(
+        "--prediction-log",
+        type=Path,
+        help="SQLite file the served requests are logged to (default "
+        "data/serving/predictions.sqlite, what monitoring reads)",
+    )
     return parser
 
 
@@ -86,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "register":
             return run_register(args.run_id)
         if args.command == "serve":
-            return run_serve(args.host, args.port)
+            return run_serve(args.host, args.port, args.prediction_log)
         return manage_registry(args)
     except MlcycleError as error:
         print(f"mlcycle: error: {error}", file=sys.stderr)
@@ -99,8 +112,7 @@ def run_pipeline(overrides: Sequence[str]) -> int:
     connect()
     from flows.training import training_pipeline
 
-    summary = training_pipeline(params=params)
-    print(format_summary(summary))
+    print(format_outcome(training_pipeline(params=params)))
     return 0
 
 
@@ -113,34 +125,38 @@ def run_register(run_id: str | None) -> int:
     return 0
 
 
-def run_serve(host: str | None, port: int | None) -> int:
-    from tasks.config import configure_logging
-    from tasks.serve import serve
+def run_serve(host: str | None, port: int | None, prediction_log: Path | None) -> int:
+    from tasks.core.console import configure_logging
+    from tasks.serving.app import serve
 
     params = load_params()
     configure_logging()
     connect()
-    serve(params.serve, params.registry.model_name, host, port)
+    serve(params.serve, params.registry.model_name, host, port, prediction_log or PREDICTION_LOG)
     return 0
 
 
 def manage_registry(args: argparse.Namespace) -> int:
-    from tasks import registry
+    from flows.registry import promote_model, rollback_model
+    from tasks.registry.restore import restore
+    from tasks.registry.versions import list_versions
 
     params = load_params()
     name = args.name or params.registry.model_name
     if args.command == "models":
-        print(format_versions(name, registry.list_versions(name)))
+        print(format_versions(name, list_versions(name)))
     elif args.command == "promote":
-        previous = registry.promote(name, args.version)
+        connect()
+        previous = promote_model(name, args.version)
         print(f"{name}: champion is now version {args.version} (was {previous or 'none'})")
         print(notify_serving_app(params.serve))
     elif args.command == "rollback":
-        current, previous = registry.rollback(name)
+        connect()
+        current, previous = rollback_model(name)
         print(f"{name}: champion rolled back from version {current} to version {previous}")
         print(notify_serving_app(params.serve))
     elif args.command == "restore":
-        restored = registry.restore(name, args.version)
+        restored = restore(name, args.version)
         print(f"{name} v{restored.version}: data, params.yaml and dvc.lock restored")
         for path, md5 in restored.hashes.items():
             print(f"  {path}: {md5} (verified)")
@@ -155,7 +171,7 @@ def manage_registry(args: argparse.Namespace) -> int:
 
 def notify_serving_app(serve: ServeParams) -> str:
     """A promotion already happened: a serving app that cannot be told is a warning only."""
-    from tasks.deploy import DeployError, app_url, request_reload
+    from tasks.lifecycle.deploy import DeployError, app_url, request_reload
 
     url = app_url(serve)
     try:
@@ -194,7 +210,8 @@ def format_registration(registration: Registration) -> str:
     )
 
 
-def format_summary(summary: PipelineSummary) -> str:
+def format_outcome(outcome: PipelineOutcome) -> str:
+    summary = outcome.summary
     baseline = summary.baseline
     lines = [
         "",
@@ -211,10 +228,8 @@ def format_summary(summary: PipelineSummary) -> str:
         f"unchanged, skipped: {', '.join(summary.stages_skipped) or 'none'}",
         f"  MLflow run: {summary.run_url}",
     ]
-    if summary.registration is not None:
-        lines.append(format_registration(summary.registration))
-    if summary.deployment is not None:
-        lines.append(f"  deploy: {summary.deployment.message}")
+    lines.append(format_registration(outcome.registration))
+    lines.append(f"  deploy: {outcome.deployment.message}")
     lines += [
         "",
         "Look further:",

@@ -1,7 +1,9 @@
-"""The ``register-model`` flow: register the evaluated model and move its aliases.
+"""The registry flows: ``register-model`` (register the evaluated model, move its aliases) and
+the moves by hand, ``promote-model`` and ``rollback-model``, so each leaves a Prefect run.
 
-Wiring only; the logic is in ``tasks/registry.py``. The training pipeline runs it as its last
-step; ``mlcycle register`` runs it on its own after a plain ``dvc repro``.
+Wiring only; the logic is in ``tasks/registry/``. The training pipeline runs
+``register-model`` as its last step; ``mlcycle register`` runs it on its own after a plain
+``dvc repro``; ``mlcycle promote`` and ``mlcycle rollback`` run the other two.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 from prefect import flow
 from prefect.transactions import transaction
 
-from tasks.config import Params, hide_user_error_tracebacks, load_params
-from tasks.pipeline import push_data_task
-from tasks.registry import (
-    Registration,
+from tasks.core.config import Params, load_params
+from tasks.core.errors import hide_user_error_tracebacks
+from tasks.lifecycle.pipeline import push_data_task
+from tasks.registry.gate import Registration
+from tasks.registry.tasks import (
     check_version_task,
     create_version_task,
     find_candidate_task,
     promote_if_better_task,
+    promote_task,
     publish_registration_task,
+    rollback_task,
 )
 
 hide_user_error_tracebacks()
@@ -37,3 +42,15 @@ def register_model(run_id: str | None = None, params: Params | None = None) -> R
         registration = promote_if_better_task(candidate, version, params.registry)
     publish_registration_task(registration, params.registry)
     return registration
+
+
+@flow(name="promote-model", description="Move `champion` to a version by hand (load-checked).")
+def promote_model(name: str, version: str) -> str | None:
+    """Returns the version that was champion before."""
+    return promote_task(name, version)
+
+
+@flow(name="rollback-model", description="Move `champion` back to the version it replaced.")
+def rollback_model(name: str) -> tuple[str, str]:
+    """Returns (the champion rolled back from, the champion now)."""
+    return rollback_task(name)

@@ -8,14 +8,15 @@ Wiring only; every step is a task from ``tasks/``. Run it with ``mlcycle run`` o
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
+from dataclasses import dataclass
 
 from prefect import flow
 
 from flows.registry import register_model
-from tasks.config import Params, hide_user_error_tracebacks
-from tasks.deploy import deploy_task
-from tasks.pipeline import (
+from tasks.core.config import Params
+from tasks.core.errors import hide_user_error_tracebacks
+from tasks.lifecycle.deploy import Deployment, deploy_task
+from tasks.lifecycle.pipeline import (
     PipelineSummary,
     apply_params_task,
     fail_pipeline_run,
@@ -24,11 +25,21 @@ from tasks.pipeline import (
     reproduce_stage_task,
     start_pipeline_run_task,
 )
+from tasks.registry.gate import Registration
 
 # The stages of dvc.yaml, in order. validate gates data/raw; preprocess gates the split.
 DATA_STAGES = ("collect", "validate", "preprocess", "train", "evaluate")
 
 hide_user_error_tracebacks()  # bad input reads as one line in the flow log, as on the console
+
+
+@dataclass(frozen=True)
+class PipelineOutcome:
+    """What one pipeline run did: the evaluated run, its registration, its deployment."""
+
+    summary: PipelineSummary
+    registration: Registration
+    deployment: Deployment
 
 
 @flow(
@@ -37,7 +48,7 @@ hide_user_error_tracebacks()  # bad input reads as one line in the flow log, as 
     on_failure=[fail_pipeline_run],
     on_crashed=[fail_pipeline_run],
 )
-def training_pipeline(params: Params | None = None) -> PipelineSummary:
+def training_pipeline(params: Params | None = None) -> PipelineOutcome:
     """``params``: the whole of params.yaml; left empty, the file is used as it is."""
     params = apply_params_task(params)
     run_id = start_pipeline_run_task(params)
@@ -45,8 +56,10 @@ def training_pipeline(params: Params | None = None) -> PipelineSummary:
     push_data_task()
     summary = finish_pipeline_run_task(run_id, params, stages)
     registration = register_model(run_id=run_id, params=params)
-    deployment = deploy_task(registration, params.serve)
-    return replace(summary, registration=registration, deployment=deployment)
+    deployment = deploy_task(
+        registration.version, registration.promoted, registration.champion, params.serve
+    )
+    return PipelineOutcome(summary, registration, deployment)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One module per pipeline stage: typed pure functions, thin Prefect tasks, ``python -m`` mains."""
+"""mlcycle's logic, in rooms by role (see the README's Layout); importing it sets quiet defaults."""
 
 import os
 

@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from tasks.artifacts import SPLITS, read_raw_dataset
-from tasks.collect import run_collect
-from tasks.config import load_params
-from tasks.preprocess import run_preprocess
-from tasks.validate import run_validate
-from tests.conftest import REPO_ROOT, make_places
+from tasks.core.config import load_params
+from tasks.core.files import SPLITS, read_raw_dataset
+from tasks.stages.collect import run_collect
+from tasks.stages.preprocess import run_preprocess
+from tasks.stages.validate import run_validate
+from tests.helpers import REPO_ROOT, make_places
 
 
 @pytest.fixture(scope="module")

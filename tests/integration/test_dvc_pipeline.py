@@ -10,8 +10,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.tracking import TAG_EVALUATED, TAG_MODEL_MD5
-from tests.integration.conftest import dvc, mlcycle
+from tasks.core.lineage import TAG_EVALUATED, TAG_MODEL_MD5
+from tests.integration.helpers import dvc, mlcycle
 
 pytestmark = pytest.mark.slow
 STAGES = ("collect", "validate", "preprocess", "train", "evaluate")

@@ -22,17 +22,17 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tasks.config import load_params
-from tasks.tracking import (
+from tasks.core.config import load_params
+from tasks.core.dvc import data_versions
+from tasks.core.lineage import (
     TAG_FLOW_RUN,
     TAG_GIT_COMMIT,
     TAG_GIT_DIRTY,
     TAG_MODEL_MD5,
     TAG_MODEL_RUN,
-    data_versions,
 )
-from tests.conftest import free_port
-from tests.integration.conftest import dvc, mlcycle, prefect_artifacts
+from tests.helpers import free_port
+from tests.integration.helpers import dvc, mlcycle, prefect_artifacts
 
 pytestmark = pytest.mark.slow
 REGISTERED = re.compile(r"registered: mlcycle-classifier version (\d+), promoted to champion")
@@ -103,9 +103,7 @@ def test_the_flow_registers_a_champion_that_carries_its_lineage(flow_project):
     tags = version.tags
     for key in (TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_FLOW_RUN, "mlcycle.dvc.data/raw"):
         assert tags[key] == run.data.tags[key], key
-    assert (
-        tags["mlcycle.dvc.data/processed"] == data_versions(project / "dvc.lock")["data/processed"]
-    )
+    assert tags["mlcycle.dvc.data/processed"] == data_versions(project)["data/processed"]
     assert tags["mlcycle.mlflow_run_id"] == run.info.run_id
     assert json.loads(tags["mlcycle.params"]) == run.data.params
     assert tags["mlcycle.load_check"] == "passed"
@@ -140,7 +138,7 @@ def test_restore_in_a_fresh_clone_brings_back_the_data_and_retraining_reproduces
     for path in ("data/raw", "data/processed"):
         assert f"{path}: {tags[f'mlcycle.dvc.{path}']} (verified)" in restored
     assert "git checkout" not in restored  # the clone is at the commit the version was trained at
-    assert data_versions(clone / "dvc.lock") == data_versions(project / "dvc.lock")
+    assert data_versions(clone) == data_versions(project)
 
     dvc("repro", "--force", "--single-item", "train", cwd=clone, **server)
     dvc("repro", "evaluate", cwd=clone, **server)
@@ -164,7 +162,7 @@ def test_mlflow_run_holds_params_epochs_metrics_lineage_and_model(flow_project):
         ["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert tags[TAG_GIT_COMMIT] == head and tags[TAG_GIT_DIRTY] == "false"
-    versions = data_versions(project / "dvc.lock")
+    versions = data_versions(project)
     assert set(versions) == {"data/raw", "data/processed"}
     for path, md5 in versions.items():
         assert tags[f"mlcycle.dvc.{path}"] == md5

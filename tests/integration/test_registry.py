@@ -18,27 +18,24 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.artifacts import read_split
-from tasks.registry import (
-    CHALLENGER,
-    CHAMPION,
-    LOCK_SUFFIX,
-    TAG_CHECK,
-    TAG_DECISION,
-    TAG_PREVIOUS_CHAMPION,
-    Candidate,
-    LoadCheckFailed,
-    RegistryError,
-    alias_map,
-    create_version,
-    find_candidate,
-    promote,
-    promote_if_better,
-    rollback,
-    score_version,
+from tasks.core.files import read_split
+from tasks.core.lineage import TAG_CHECK, TAG_DECISION, TAG_PREVIOUS_CHAMPION
+from tasks.core.tracking import ModelVersionNotFound, TrackingError
+from tasks.registry.candidate import Candidate, find_candidate
+from tasks.registry.check import LoadCheckFailed
+from tasks.registry.gate import promote_if_better, score_version
+from tasks.registry.lock import registry_lock
+from tasks.registry.manual import promote, rollback
+from tasks.registry.store import CHALLENGER, CHAMPION, RegistryError, alias_map
+from tasks.registry.versions import create_version
+from tests.integration.helpers import (
+    BIN,
+    MlflowService,
+    Workspace,
+    make_workspace,
+    prefect_flow_runs,
+    run,
 )
-from tasks.tracking import TrackingError
-from tests.integration.conftest import BIN, MlflowService, Workspace, make_workspace, run
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +129,19 @@ def test_registration_refuses_runs_that_did_not_finish(workspace: Workspace):
     candidate = workspace.train(seed=1)
     MlflowClient().set_terminated(candidate.run_id, "FAILED")
     with pytest.raises(RegistryError, match="is FAILED: only finished, evaluated runs"):
-        find_candidate(candidate.run_id, workspace.model_file, workspace.root / "dvc.lock")
+        find_candidate(candidate.run_id, workspace.model_file, workspace.root)
+
+
+def test_options_of_families_not_trained_do_not_block_registration(workspace: Workspace):
+    candidate = workspace.train(seed=1)
+    assert workspace.params.train.model == "cnn"
+    mlp = workspace.params.train.mlp.model_copy(update={"dropout": 0.4})
+    workspace.update("train", mlp=mlp)  # DVC would not retrain the CNN for this either
+    found = find_candidate(candidate.run_id, workspace.model_file, workspace.root)
+    assert found.run_id == candidate.run_id
+    workspace.update("train", cnn=workspace.params.train.cnn.model_copy(update={"dropout": 0.4}))
+    with pytest.raises(RegistryError, match=r"train\.cnn\.dropout 0\.25 -> 0\.4"):
+        find_candidate(candidate.run_id, workspace.model_file, workspace.root)
 
 
 def corrupt_logged_model(service: MlflowService, model_id: str) -> None:
@@ -183,7 +192,7 @@ def test_a_champion_that_no_longer_loads_does_not_block_registration(
 
 
 def test_retiring_a_version_puts_the_champion_it_replaced_back(workspace: Workspace):
-    from tasks.registry import retire_version
+    from tasks.registry.versions import retire_version
 
     first = workspace.register(workspace.train(seed=1)).version
     better = replace(workspace.train(seed=2), metrics={"accuracy": 2.0, "macro_f1": 2.0})
@@ -208,7 +217,7 @@ def test_rollback_and_manual_promote_move_the_champion(workspace: Workspace):
     assert promote(name, second, workspace.processed) == first
     assert alias_map(name)[CHAMPION] == second
     assert MlflowClient().get_model_version(name, second).tags[TAG_DECISION] == "promoted by hand"
-    with pytest.raises(RegistryError, match="has no version 99"):
+    with pytest.raises(ModelVersionNotFound, match="has no version 99"):
         promote(name, "99", workspace.processed)
     with pytest.raises(RegistryError, match="already the champion"):
         promote(name, second, workspace.processed)
@@ -237,7 +246,7 @@ def test_server_down_fails_fast_moves_nothing_and_a_retry_completes(
         assert time.monotonic() - started < 20
         started = time.monotonic()
         with pytest.raises(TrackingError, match="cannot be reached"):
-            find_candidate(candidate.run_id, workspace.model_file, workspace.root / "dvc.lock")
+            find_candidate(candidate.run_id, workspace.model_file, workspace.root)
         assert time.monotonic() - started < 20
 
         service.start()  # same port, same store
@@ -306,7 +315,10 @@ def test_concurrent_registrations_leave_one_champion_the_best(
                     client.get_model_version(name, champion).tags[TAG_PREVIOUS_CHAMPION]
                     == v.version
                 )
-        assert not client.search_registered_models(f"name = '{name}{LOCK_SUFFIX}'")  # lock released
+        # no lock shows up in the registry, and both runs released theirs
+        assert {m.name for m in client.search_registered_models(f"name LIKE '{name}%'")} == {name}
+        with registry_lock(name, wait_s=5):
+            pass
     finally:
         mlflow.set_tracking_uri(None)
 
@@ -320,3 +332,28 @@ def test_register_cli_reports_the_version_and_lists_it(workspace: Workspace, ser
     row = next(line for line in listing.splitlines() if line.strip().startswith("1 "))
     assert "challenger,champion" in row and f"{candidate.metrics['accuracy']:.4f}" in row
     assert "passed" in row
+
+
+def test_promote_and_rollback_by_hand_leave_prefect_flow_runs(
+    workspace: Workspace, server_uri: str
+):
+    name = workspace.name
+    first = workspace.register(workspace.train(seed=1)).version
+    better = replace(workspace.train(seed=2), metrics={"accuracy": 2.0, "macro_f1": 2.0})
+    second = workspace.register(better).version
+    env = {"MLFLOW_TRACKING_URI": server_uri}
+
+    rolled = run([str(BIN / "mlcycle"), "rollback"], cwd=workspace.root, **env).stdout
+    assert f"champion rolled back from version {second} to version {first}" in rolled
+    assert alias_map(name)[CHAMPION] == first
+    promoted = run([str(BIN / "mlcycle"), "promote", second], cwd=workspace.root, **env).stdout
+    assert f"champion is now version {second} (was {first})" in promoted
+    assert alias_map(name)[CHAMPION] == second
+    refused = run([str(BIN / "mlcycle"), "promote", "99"], cwd=workspace.root, check=False, **env)
+    assert refused.returncode == 1
+    assert f"mlcycle: error: '{name}' has no version 99" in refused.stderr
+
+    runs = prefect_flow_runs(workspace.root)
+    assert ("rollback-model", "COMPLETED") in runs
+    assert ("promote-model", "COMPLETED") in runs
+    assert ("promote-model", "FAILED") in runs  # the refused one, on record too

@@ -23,12 +23,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from tasks.artifacts import read_split
-from tasks.deploy import DeployError, deploy, request_reload, wait_until_serving
-from tasks.registry import CHAMPION, Registration, create_version
-from tasks.serve import read_prediction_log
-from tests.conftest import free_port
-from tests.integration.conftest import BIN, make_workspace
+from tasks.core.files import read_split
+from tasks.lifecycle.deploy import DeployError, deploy, request_reload, wait_until_serving
+from tasks.registry.store import CHAMPION
+from tasks.registry.versions import create_version
+from tasks.serving.prediction_log import read_prediction_log
+from tests.helpers import free_port
+from tests.integration.helpers import BIN, make_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -46,10 +47,10 @@ def call(url: str, payload: object | None = None, timeout: float = 10) -> tuple[
 @pytest.fixture(scope="module")
 def served(mlflow_server, tmp_path_factory):
     """A workspace with champion v1 and `mlcycle serve` running on it."""
-    from tasks.artifacts import write_raw_dataset
-    from tasks.config import load_params
-    from tasks.preprocess import run_preprocess
-    from tests.conftest import REPO_ROOT, TINY_OVERRIDES, make_places, synthetic_dataset
+    from tasks.core.config import load_params
+    from tasks.core.files import write_raw_dataset
+    from tasks.stages.preprocess import run_preprocess
+    from tests.helpers import REPO_ROOT, TINY_OVERRIDES, make_places, synthetic_dataset
 
     root = tmp_path_factory.mktemp("serving")
     params = load_params(REPO_ROOT / "params.yaml", overrides=TINY_OVERRIDES)
@@ -151,7 +152,9 @@ def test_deploy_reloads_the_app_without_dropping_requests(served):
         )
         registration = workspace.register(better)
         assert registration.promoted
-        deployment = deploy(registration, workspace.params.serve)
+        deployment = deploy(
+            registration.version, True, registration.champion, workspace.params.serve
+        )
         time.sleep(1)
     finally:
         stop.set()
@@ -161,7 +164,7 @@ def test_deploy_reloads_the_app_without_dropping_requests(served):
     assert statuses and set(statuses) == {200}, f"{len(statuses)} requests: {set(statuses)}"
     assert versions == {first.version, registration.version}
 
-    kept = deploy(replace(registration, promoted=False), workspace.params.serve)
+    kept = deploy(registration.version, False, registration.champion, workspace.params.serve)
     assert kept.action == "none" and "no promotion: nothing to deploy" in kept.message
 
 
@@ -190,11 +193,10 @@ def test_a_version_that_fails_to_load_never_replaces_the_served_one(served, mlfl
         assert call(f"{url}/predict", {"images": [np.zeros((8, 8)).tolist()]})[0] == 200
         # a deploy of that version times out and fails, naming what /ready said
         quick = workspace.params.serve.model_copy(update={"deploy_timeout_s": 2.0})
-        promoted = Registration(workspace.name, registered.version, True, "test", None, {}, None)
         with pytest.raises(
             DeployError, match=f"did not serve version {registered.version} within 2 s"
         ):
-            deploy(promoted, quick)
+            deploy(registered.version, True, None, quick)
     finally:
         MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, serving)
     assert request_reload(url)
@@ -271,16 +273,14 @@ def test_deploy_starts_the_app_when_configured_to(served, tmp_path, monkeypatch)
     port = free_port()
     params = workspace.params.serve.model_copy(update={"port": port, "start_on_deploy": True})
     champion = call(f"{served[1]}/ready")[1]["version"]
-    promoted = Registration(workspace.name, champion, True, "test", champion, {}, None)
     monkeypatch.chdir(workspace.root)
     workspace.update("serve", port=port)  # the started app reads params.yaml
     try:
-        deployment = deploy(promoted, params)
+        deployment = deploy(champion, True, champion, params)
         assert deployment.action == "started" and deployment.pid
         assert call(f"http://127.0.0.1:{port}/metadata")[1]["version"] == champion
-        not_running = deploy(
-            promoted, params.model_copy(update={"port": free_port(), "start_on_deploy": False})
-        )
+        elsewhere = params.model_copy(update={"port": free_port(), "start_on_deploy": False})
+        not_running = deploy(champion, True, champion, elsewhere)
         assert not_running.action == "not-running" and "will serve" in not_running.message
     finally:
         if "deployment" in locals():

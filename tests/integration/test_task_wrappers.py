@@ -11,12 +11,12 @@ import pytest
 from prefect import flow
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.collect import collect_task, run_collect
-from tasks.evaluate import evaluate_task, run_evaluate
-from tasks.preprocess import preprocess_task, run_preprocess
-from tasks.train import run_train, train_task
-from tasks.validate import run_validate, validate_task
-from tests.conftest import REPO_ROOT, make_places
+from tasks.stages.collect import collect_task, run_collect
+from tasks.stages.evaluate import evaluate_task, run_evaluate
+from tasks.stages.preprocess import preprocess_task, run_preprocess
+from tasks.stages.train import run_train, train_task
+from tasks.stages.validate import run_validate, validate_task
+from tests.helpers import REPO_ROOT, make_places
 
 pytestmark = pytest.mark.slow
 

@@ -4,19 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.artifacts import read_split
-from tasks.collect import run_collect
-from tasks.model_io import load_model, predict_logits
-from tasks.preprocess import run_preprocess
-from tasks.train import run_train
-from tests.conftest import REPO_ROOT, make_places
+from tasks.core.files import read_split
+from tasks.core.model_file import load_model, predict_logits
+from tasks.stages.collect import run_collect
+from tasks.stages.preprocess import run_preprocess
+from tasks.stages.train import run_train
+from tests.helpers import REPO_ROOT, make_places
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory):
-    from tasks.config import load_params
+    from tasks.core.config import load_params
 
     params = load_params(
         REPO_ROOT / "params.yaml", overrides=["train.epochs=12", "train.device=cpu"]

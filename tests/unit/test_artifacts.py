@@ -1,7 +1,7 @@
 import pytest
 
-from tasks.artifacts import atomic_directory, atomic_path, read_json, write_json
-from tasks.config import MlcycleError
+from tasks.core.errors import MlcycleError
+from tasks.core.files import atomic_directory, atomic_path, read_json, write_json
 
 
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -39,7 +39,7 @@ def test_json_round_trip_and_clear_errors(tmp_path):
 
 
 def test_outputs_get_the_usual_permissions_not_private_temp_ones(tmp_path):
-    from tasks.artifacts import DIR_MODE, FILE_MODE
+    from tasks.core.files import DIR_MODE, FILE_MODE
 
     with atomic_path(tmp_path / "metrics.json") as tmp:
         tmp.write_text("{}")

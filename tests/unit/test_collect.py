@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.artifacts import read_raw_dataset, write_raw_dataset
-from tasks.collect import DataSourceError, load_source, run_collect
-from tasks.config import CollectParams
-from tests.conftest import synthetic_dataset
+from tasks.core.config import CollectParams
+from tasks.core.files import read_raw_dataset, write_raw_dataset
+from tasks.stages.collect import DataSourceError, load_source, run_collect
+from tests.helpers import synthetic_dataset
 
 
 def source(spec: str, root: Path | str = "data/external", download: bool = False):

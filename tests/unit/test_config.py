@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import ConfigError, Params, apply_override, load_params
-from tests.conftest import REPO_ROOT
+from tasks.core.config import ConfigError, Params, apply_override, load_params
+from tests.helpers import REPO_ROOT
 
 
 def write_params(tmp_path: Path, edit) -> Path:
@@ -23,41 +23,45 @@ def test_repository_params_load_into_frozen_typed_objects():
         params.train.lr = 1.0  # type: ignore[misc]
 
 
-def test_unknown_key_is_named(tmp_path):
-    path = write_params(tmp_path, lambda tree: tree["train"].update(epoch=3))
-    with pytest.raises(ConfigError, match=r"train\.epoch: unknown key"):
-        load_params(path)
-
-
-def test_wrong_type_is_named_with_the_value(tmp_path):
-    path = write_params(tmp_path, lambda tree: tree["train"].update(epochs="ten"))
-    with pytest.raises(ConfigError, match=r"train\.epochs: .*integer.*'ten'"):
-        load_params(path)
-
-
-def test_missing_key_is_named(tmp_path):
-    path = write_params(tmp_path, lambda tree: tree["preprocess"].pop("seed"))
-    with pytest.raises(ConfigError, match=r"preprocess\.seed: missing"):
-        load_params(path)
-
-
-def test_unknown_model_lists_the_known_ones(tmp_path):
-    path = write_params(tmp_path, lambda tree: tree["train"].update(model="transformer"))
-    with pytest.raises(ConfigError, match=r"train\.model: unknown model 'transformer'.*mlp, cnn"):
-        load_params(path)
-
-
-def test_unknown_source_names_the_forms_expected(tmp_path):
-    path = write_params(tmp_path, lambda tree: tree["collect"].update(source="s3://bucket"))
-    with pytest.raises(ConfigError, match=r"collect\.source: unknown source 's3://bucket'"):
-        load_params(path)
-
-
-def test_split_fractions_must_leave_a_train_split(tmp_path):
-    path = write_params(
-        tmp_path, lambda tree: tree["preprocess"].update(val_fraction=0.5, test_fraction=0.5)
-    )
-    with pytest.raises(ConfigError, match="val_fraction \\+ test_fraction is 1"):
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        pytest.param(
+            lambda tree: tree["train"].update(epoch=3),
+            r"train\.epoch: unknown key",
+            id="unknown-key",
+        ),
+        pytest.param(
+            lambda tree: tree["train"].update(epochs="ten"),
+            r"train\.epochs: .*integer.*'ten'",
+            id="wrong-type-with-the-value",
+        ),
+        pytest.param(
+            lambda tree: tree["preprocess"].pop("seed"),
+            r"preprocess\.seed: missing",
+            id="missing-key",
+        ),
+        pytest.param(
+            lambda tree: tree["train"].update(model="transformer"),
+            r"train\.model: unknown model 'transformer'.*mlp, cnn",
+            id="unknown-model-lists-the-known-ones",
+        ),
+        pytest.param(
+            lambda tree: tree["collect"].update(source="s3://bucket"),
+            r"collect\.source: unknown source 's3://bucket'",
+            id="unknown-source",
+        ),
+        pytest.param(
+            lambda tree: tree["preprocess"].update(val_fraction=0.5, test_fraction=0.5),
+            r"val_fraction \+ test_fraction is 1",
+            id="split-fractions-leave-no-train-split",
+        ),
+    ],
+)
+def test_a_bad_params_file_names_the_key_and_the_problem(tmp_path, edit, message):
+    """One wrong entry in params.yaml fails loading with a ConfigError naming it."""
+    path = write_params(tmp_path, edit)
+    with pytest.raises(ConfigError, match=message):
         load_params(path)
 
 
@@ -84,9 +88,18 @@ def test_exponent_notation_is_a_number_as_dvc_reads_it(tmp_path):
         ("train.mlp.hidden_sizes=[]", r"train\.mlp\.hidden_sizes: .*at least 1 item"),
         ("train.seed=-1", r"train\.seed: .*greater than or equal to 0"),
         ("preprocess.seed=-5", r"preprocess\.seed: .*greater than or equal to 0"),
+        ("train.lr=fast", r"train\.lr: .*number.*'fast'"),
+    ],
+    ids=[
+        "cnn-channel-zero",
+        "no-mlp-hidden-sizes",
+        "negative-train-seed",
+        "negative-preprocess-seed",
+        "lr-not-a-number",
     ],
 )
-def test_sizes_and_seeds_are_bounded(override, message):
+def test_an_override_with_a_bad_value_is_named(override, message):
+    """Overrides are checked like params.yaml: sizes and seeds are bounded, types enforced."""
     with pytest.raises(ConfigError, match=message):
         load_params(REPO_ROOT / "params.yaml", overrides=[override])
 
@@ -122,13 +135,16 @@ def test_bad_overrides_are_named(override, message):
         apply_override(tree, override)
 
 
-def test_override_with_wrong_type_names_key():
-    with pytest.raises(ConfigError, match=r"train\.lr: .*number.*'fast'"):
-        load_params(REPO_ROOT / "params.yaml", overrides=["train.lr=fast"])
-
-
 def test_flat_params_use_dotted_keys(tiny_params: Params):
     flat = tiny_params.flat()
     assert flat["train.epochs"] == 2
     assert flat["train.cnn.channels"] == [8, 16]
     assert all("." in key for key in flat)
+
+
+def test_only_the_trained_familys_options_matter():
+    """The train stage depends on `train.<model>` only; the registry's params check ignores the
+    options of the families a run did not train."""
+    params = load_params(REPO_ROOT / "params.yaml", overrides=["train.model=cnn"])
+    assert params.train.unused_option_prefixes() == ("train.mlp.",)
+    assert params.train.model_options() == dict(params.train.cnn.model_dump())

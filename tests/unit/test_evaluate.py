@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.artifacts import read_split
-from tasks.config import MlcycleError
-from tasks.evaluate import classification_scores, run_evaluate
-from tasks.model_io import load_model
-from tasks.train import run_train
+from tasks.core.errors import MlcycleError
+from tasks.core.files import read_split
+from tasks.core.model_file import load_model
+from tasks.stages.evaluate import classification_scores, run_evaluate
+from tasks.stages.train import run_train
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@ import shutil
 
 import pytest
 
-from tasks.config import ConfigError, load_params
-from tasks.pipeline import PipelineSummary, apply_params, summary_markdown
-from tests.conftest import REPO_ROOT
+from tasks.core.config import ConfigError, apply_params, load_params
+from tasks.lifecycle.pipeline import PipelineSummary, summary_markdown
+from tests.helpers import REPO_ROOT
 
 
 def test_apply_params_changes_only_what_differs_and_keeps_comments(tmp_path):
@@ -60,8 +60,8 @@ def test_summary_markdown_is_a_table_with_the_run_link():
 @pytest.fixture
 def evaluated(tiny_params, processed_dir, tmp_path):
     """A model file and its evaluation reports, made by the real stages (untracked)."""
-    from tasks.evaluate import run_evaluate
-    from tasks.train import run_train
+    from tasks.stages.evaluate import run_evaluate
+    from tasks.stages.train import run_train
 
     run_train(
         tiny_params.train,
@@ -81,9 +81,10 @@ def test_run_record_links_a_reused_model_and_copies_its_evaluation(
 
     from mlflow.tracking import MlflowClient
 
-    from tasks.artifacts import file_md5
-    from tasks.pipeline import complete_run_record
-    from tasks.tracking import TAG_EVALUATED, TAG_MODEL_MD5, TAG_MODEL_RUN, tracked_run
+    from tasks.core.files import file_md5
+    from tasks.core.lineage import TAG_EVALUATED, TAG_MODEL_MD5, TAG_MODEL_RUN
+    from tasks.core.tracking import tracked_run
+    from tasks.lifecycle.pipeline import complete_run_record
 
     model_file, processed_dir, reports_dir = evaluated
     with tracked_run(tiny_params, run_name="trained it") as trainer:
@@ -110,9 +111,10 @@ def test_run_record_logs_the_model_when_no_run_holds_it(tracking_store, tiny_par
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from tasks.artifacts import file_md5
-    from tasks.pipeline import complete_run_record
-    from tasks.tracking import TAG_MODEL_MD5, TAG_MODEL_RUN, tracked_run
+    from tasks.core.files import file_md5
+    from tasks.core.lineage import TAG_MODEL_MD5, TAG_MODEL_RUN
+    from tasks.core.tracking import tracked_run
+    from tasks.lifecycle.pipeline import complete_run_record
 
     model_file, processed_dir, reports_dir = evaluated
     with tracked_run(tiny_params, run_name="fresh tracking store") as run:
@@ -131,8 +133,9 @@ def test_failure_hook_marks_the_flow_runs_mlflow_run_failed(tracking_store, tiny
 
     from mlflow.tracking import MlflowClient
 
-    from tasks.pipeline import fail_pipeline_run
-    from tasks.tracking import TAG_FLOW_RUN, connect
+    from tasks.core.lineage import TAG_FLOW_RUN
+    from tasks.core.tracking import connect
+    from tasks.lifecycle.pipeline import fail_pipeline_run
 
     run = MlflowClient().create_run(connect(), tags={TAG_FLOW_RUN: "1234"})
     fail_pipeline_run(None, types.SimpleNamespace(id="1234"), None)
@@ -146,8 +149,9 @@ def test_failure_hook_leaves_a_finished_run_finished(tracking_store, tiny_params
 
     from mlflow.tracking import MlflowClient
 
-    from tasks.pipeline import fail_pipeline_run
-    from tasks.tracking import TAG_FLOW_RUN, tracked_run
+    from tasks.core.lineage import TAG_FLOW_RUN
+    from tasks.core.tracking import tracked_run
+    from tasks.lifecycle.pipeline import fail_pipeline_run
 
     with tracked_run(tiny_params) as run:
         run.set_tags({TAG_FLOW_RUN: "5678"})

@@ -3,16 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from tasks.artifacts import read_raw_dataset, read_split, write_raw_dataset
-from tasks.config import PreprocessParams
-from tasks.preprocess import (
-    SplitError,
-    channel_statistics,
-    prepare_images,
-    run_preprocess,
-    stratified_split,
-)
-from tests.conftest import synthetic_dataset
+from tasks.core.config import PreprocessParams
+from tasks.core.files import read_raw_dataset, read_split, write_raw_dataset
+from tasks.core.images import prepare_images
+from tasks.stages.preprocess import SplitError, channel_statistics, run_preprocess, stratified_split
+from tests.helpers import synthetic_dataset
 
 
 def params(**changes) -> PreprocessParams:

@@ -7,15 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from tasks.config import ConfigError, RegistryParams, load_params
-from tasks.registry import (
-    TAG_CLASS_NAMES,
-    TAG_INPUT_SHAPE,
-    _score_problem,
-    comparable,
-    decide,
-)
-from tests.conftest import REPO_ROOT
+from tasks.core.config import ConfigError, RegistryParams, load_params
+from tasks.core.lineage import TAG_CLASS_NAMES, TAG_INPUT_SHAPE
+from tasks.registry.check import _score_problem
+from tasks.registry.gate import decide, why_not_comparable
+from tests.helpers import REPO_ROOT
 
 
 @pytest.fixture
@@ -83,13 +79,13 @@ def test_the_gate_metric_is_configurable(policy):
     assert not decide(scores(0.96, 0.955), scores(0.95, 0.95), by_f1).promote
 
 
-def test_champions_of_another_shape_or_classes_are_not_comparable():
+def test_champions_of_another_shape_or_classes_are_not_why_not_comparable():
     ours = {TAG_INPUT_SHAPE: json.dumps([8, 8, 1]), TAG_CLASS_NAMES: json.dumps(["0", "1"])}
-    assert comparable(ours, dict(ours)) is None
+    assert why_not_comparable(ours, dict(ours)) is None
     other_shape = {**ours, TAG_INPUT_SHAPE: json.dumps([28, 28, 1])}
-    assert "input shape [28, 28, 1] differ" in comparable(ours, other_shape)
+    assert "input shape [28, 28, 1] differ" in why_not_comparable(ours, other_shape)
     other_classes = {**ours, TAG_CLASS_NAMES: json.dumps(["a", "b"])}
-    assert "classes" in comparable(ours, other_classes)
+    assert "classes" in why_not_comparable(ours, other_classes)
 
 
 def test_load_check_compares_scores_with_the_local_model():

@@ -20,15 +20,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from models import build_classifier
-from tasks.config import load_params
-from tasks.serve import (
-    ModelHolder,
-    PredictionLog,
-    ServedModel,
-    create_app,
-    read_prediction_log,
-)
-from tests.conftest import REPO_ROOT
+from tasks.core.config import load_params
+from tasks.serving.app import create_app
+from tasks.serving.model import ModelHolder, ServedModel
+from tasks.serving.prediction_log import PredictionLog, read_prediction_log
+from tests.helpers import REPO_ROOT
 
 CLASSES = ("zero", "one", "two")
 
@@ -76,7 +72,7 @@ def make_client(serve_params, model: ServedModel | None, prediction_log=None) ->
     app = create_app(
         serve_params, "digits", holder, prediction_log, watch=False, load_on_start=False
     )
-    return TestClient(app)
+    return TestClient(app, client=("127.0.0.1", 50000))  # a loopback client, as curl on the box
 
 
 @pytest.fixture(scope="module")
@@ -399,7 +395,7 @@ def test_reload_is_refused_from_other_machines(serve_params, monkeypatch):
     with make_client(serve_params, served_model()) as client:
         reloads = []
         monkeypatch.setattr(client.app.state.holder, "reload", lambda: reloads.append(1))
-        assert client.post("/admin/reload").status_code == 202  # TestClient counts as local
+        assert client.post("/admin/reload").status_code == 202  # from 127.0.0.1
         remote = TestClient(client.app, client=("10.1.2.3", 5000))
         assert remote.post("/admin/reload").status_code == 403
         time.sleep(0.2)
@@ -411,7 +407,7 @@ def test_the_watcher_follows_the_alias_and_skips_a_version_that_failed(monkeypat
     registry round trip is in tests/integration/test_serving.py."""
     import threading
 
-    import tasks.serve as serve
+    import tasks.serving.model as serve
 
     alias_history = iter(["7", "8", "8", "8", "9", "7"])
     monkeypatch.setattr(serve, "resolve_alias", lambda name, alias: next(alias_history))

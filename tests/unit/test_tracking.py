@@ -7,23 +7,19 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tasks.artifacts import file_md5
-from tasks.tracking import (
+from tasks.core.dvc import data_versions
+from tasks.core.files import file_md5
+from tasks.core.lineage import (
     TAG_EVALUATED,
     TAG_FLOW_RUN,
     TAG_GIT_COMMIT,
     TAG_GIT_DIRTY,
     TAG_MODEL_MD5,
-    TrackingError,
-    can_join,
-    check_server,
-    connect,
-    data_versions,
     git_state,
-    tracked_run,
 )
-from tasks.train import run_train
-from tests.conftest import free_port
+from tasks.core.tracking import TrackingError, can_join, check_server, connect, tracked_run
+from tasks.stages.train import run_train
+from tests.helpers import free_port
 
 
 def test_unreachable_server_fails_within_seconds(monkeypatch):
@@ -150,14 +146,31 @@ def test_evaluation_joins_only_an_open_plain_unevaluated_run_with_the_same_param
 
 
 def test_data_versions_come_from_dvc_lock(tmp_path):
-    lock = tmp_path / "dvc.lock"
-    lock.write_text(
-        "schema: '2.0'\nstages:\n  collect:\n    outs:\n    - path: data/raw\n"
-        "      md5: abc.dir\n  preprocess:\n    outs:\n    - path: data/processed\n"
-        "      md5: def.dir\n  train:\n    outs:\n    - path: artifacts/model.pt\n      md5: x\n"
+    """DVC's own reading of dvc.lock (through its Python API): only the data outputs."""
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True
     )
-    assert data_versions(lock) == {"data/raw": "abc.dir", "data/processed": "def.dir"}
-    assert data_versions(tmp_path / "absent.lock") == {}
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  collect:\n    cmd: x\n    outs: [data/raw]\n"
+        "  preprocess:\n    cmd: y\n    outs: [data/processed]\n"
+        "  train:\n    cmd: z\n    outs: [artifacts/model.pt]\n"
+    )
+    raw, processed = "0a1b2c3d4e5f60718293a4b5c6d7e8f9.dir", "1a1b2c3d4e5f60718293a4b5c6d7e8f9.dir"
+    outs = {"collect": ("x", "data/raw", raw), "preprocess": ("y", "data/processed", processed)}
+    outs["train"] = ("z", "artifacts/model.pt", "2a1b2c3d4e5f60718293a4b5c6d7e8f9")
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n"
+        + "".join(
+            f"  {stage}:\n    cmd: {cmd}\n    outs:\n    - path: {path}\n      hash: md5\n"
+            f"      md5: {md5}\n"
+            for stage, (cmd, path, md5) in outs.items()
+        )
+    )
+    assert data_versions(tmp_path) == {"data/raw": raw, "data/processed": processed}
+    assert data_versions(tmp_path / "absent") == {}
 
 
 def test_git_state_flags_changed_code_but_not_dvc_lock(tmp_path):

@@ -4,17 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.config import MlcycleError, TrainParams
-from tasks.model_io import load_model
-from tasks.train import (
-    CheckpointError,
-    TrainingDiverged,
-    TrainingState,
-    _advance,
-    _batches,
-    resolve_device,
-    run_train,
-)
+from tasks.core.config import TrainParams
+from tasks.core.errors import MlcycleError
+from tasks.core.model_file import load_model
+from tasks.stages.train import run_train
+from tasks.training.checkpoint import CheckpointError, TrainingState
+from tasks.training.device import resolve_device
+from tasks.training.loop import TrainingDiverged, advance, batches
 
 
 def train_params(tiny_params, **changes) -> TrainParams:
@@ -98,7 +94,7 @@ def test_early_stopping_keeps_the_best_epoch():
     model = torch.nn.Linear(2, 2)
     state = TrainingState()
     for epoch, val_loss in enumerate([1.0, 0.8, 0.9, 0.85], start=1):
-        _advance(
+        advance(
             state, {"epoch": epoch, "val_loss": val_loss, "val_accuracy": 0.5}, model, patience=2
         )
     assert state.stopped_early and state.best_epoch == 2 and state.best_val_loss == 0.8
@@ -107,7 +103,7 @@ def test_early_stopping_keeps_the_best_epoch():
 def test_patience_none_never_stops():
     state = TrainingState()
     for epoch in range(1, 6):
-        _advance(
+        advance(
             state,
             {"epoch": epoch, "val_loss": float(epoch), "val_accuracy": 0.0},
             torch.nn.Linear(1, 1),
@@ -117,9 +113,9 @@ def test_patience_none_never_stops():
 
 
 def test_a_trailing_batch_of_one_joins_the_previous_batch():
-    assert _batches(65, 32) == [slice(0, 32), slice(32, 65)]
-    assert _batches(64, 32) == [slice(0, 32), slice(32, 64)]
-    assert _batches(1, 32) == [slice(0, 1)]
+    assert batches(65, 32) == [slice(0, 32), slice(32, 65)]
+    assert batches(64, 32) == [slice(0, 32), slice(32, 64)]
+    assert batches(1, 32) == [slice(0, 1)]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")

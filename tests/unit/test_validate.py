@@ -11,24 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.artifacts import ImageDataset, write_raw_dataset
-from tasks.config import PreprocessParams, ValidateParams
-from tasks.preprocess import run_preprocess
-from tasks.validate import (
+from tasks.core.config import PreprocessParams, ValidateParams
+from tasks.core.files import ImageDataset, write_raw_dataset
+from tasks.stages.preprocess import run_preprocess
+from tasks.stages.validate import RawMeta, raw_parameters, run_validate
+from tasks.validation.gate import (
     PROCESSED_SUITE,
     RAW_SUITE,
     DataValidationFailed,
-    RawMeta,
-    content_hashes,
     current_reports,
-    profile_images,
-    raw_parameters,
     record_validations,
-    run_validate,
     validate_splits,
     validation_markdown,
 )
-from tests.conftest import REPO_ROOT, synthetic_dataset
+from tasks.validation.profiles import content_hashes, profile_images
+from tests.helpers import REPO_ROOT, synthetic_dataset
 
 PARAMS = ValidateParams(min_rows=10, max_rows=10_000, min_class_share=0.05, max_blank_share=0.1)
 PREPROCESS = PreprocessParams(
@@ -102,28 +99,170 @@ def test_a_clean_dataset_passes_and_is_published_as_validated(tmp_path, places, 
     assert "Calculating Metrics" not in capfd.readouterr().err  # GX's progress bars stay off
 
 
-def test_a_nan_pixel(tmp_path, places):
-    images, labels, meta = clean()
+def with_a_nan_pixel(images, labels, meta):
+    """One NaN pixel, in float32 images where meta.json declares uint8."""
     images = images.astype(np.float32)
     images[4, 2, 3, 0] = np.nan
-    message = expect_failure(
-        tmp_path, places, images, labels, meta, "no image has a NaN or infinite pixel"
-    )
-    assert "pixel dtype meta.json declares" in message  # float32, not the declared uint8
+    return images, labels, meta
 
 
-def test_an_out_of_range_pixel(tmp_path, places):
-    images, labels, meta = clean()
+def with_an_out_of_range_pixel(images, labels, meta):
+    """One pixel of 300, in int16 images where meta.json declares uint8."""
     images = images.astype(np.int16)
     images[7, 0, 0, 0] = 300
-    expect_failure(
-        tmp_path,
-        places,
-        images,
-        labels,
-        meta,
-        "the brightest pixel of every image is within the dtype's range",
-    )
+    return images, labels, meta
+
+
+def with_a_missing_class(images, labels, meta):
+    """meta.json declares a fourth class that no sample carries."""
+    meta["class_names"].append("class_3")
+    meta["class_counts"]["class_3"] = 0
+    return images, labels, meta
+
+
+def with_wider_images(images, labels, meta):
+    """Images 9 pixels wide where meta.json declares 8."""
+    wider = np.zeros((len(images), 8, 9, 1), np.uint8)
+    wider[..., :8, :] = images
+    return wider, labels, meta
+
+
+def with_counts_that_differ_from_meta_json(images, labels, meta):
+    """meta.json claims 40 samples, 16 of them class_1; the arrays hold 36, 12 of class_1."""
+    meta["num_samples"] = 40
+    meta["class_counts"]["class_1"] = 16
+    return images, labels, meta
+
+
+def with_2_samples_of_class_2(images, labels, meta):
+    """class_2 keeps 2 samples: too few for one per train/val/test split."""
+    keep = shrink_class_2(labels, meta, to=2)
+    return images[keep], labels[keep], meta
+
+
+def with_3_samples_of_class_2(images, labels, meta):
+    """class_2 keeps 3 samples: enough to split, but 3 of 27 is 11% of the rows."""
+    keep = shrink_class_2(labels, meta, to=3)
+    return images[keep], labels[keep], meta
+
+
+def unchanged(images, labels, meta):
+    """The clean batch, for the cases where the thresholds are what it fails."""
+    return images, labels, meta
+
+
+def with_identical_images_of_different_labels(images, labels, meta):
+    """A copy of image 0 at a row whose label is another class."""
+    twin = np.flatnonzero(labels != labels[0])[0]
+    images[twin] = images[0]
+    return images, labels, meta
+
+
+def with_too_many_blank_images(images, labels, meta):
+    """6 of 36 images all zero: more than validate.max_blank_share of 10%."""
+    images[:6] = 0
+    return images, labels, meta
+
+
+def with_no_samples(images, labels, meta):
+    """No rows at all, with meta.json's counts kept truthful."""
+    meta["num_samples"], meta["class_counts"] = 0, dict.fromkeys(meta["class_names"], 0)
+    return np.zeros((0, 8, 8, 1), np.uint8), np.zeros(0, np.int64), meta
+
+
+@pytest.mark.parametrize(
+    ("break_batch", "thresholds", "description", "also_named"),
+    [
+        pytest.param(
+            with_a_nan_pixel,
+            {},
+            "no image has a NaN or infinite pixel",
+            ["pixel dtype meta.json declares"],  # float32, not the declared uint8
+            id="nan-pixel",
+        ),
+        pytest.param(
+            with_an_out_of_range_pixel,
+            {},
+            "the brightest pixel of every image is within the dtype's range",
+            [],
+            id="out-of-range-pixel",
+        ),
+        pytest.param(
+            with_a_missing_class,
+            {},
+            "every class declared in meta.json has samples",
+            [],
+            id="missing-class",
+        ),
+        pytest.param(
+            with_wider_images,
+            {},
+            "every image has the width meta.json declares",
+            [],
+            id="shape-other-than-declared",
+        ),
+        pytest.param(
+            with_counts_that_differ_from_meta_json,
+            {},
+            "the sample count is the num_samples meta.json declares",
+            ["every class has as many samples as meta.json's class_counts declares"],
+            id="counts-differ-from-meta-json",
+        ),
+        pytest.param(
+            with_2_samples_of_class_2,
+            {"min_class_share": 0.01},  # the share alone is fine
+            "every class has at least 3 samples, one per train/val/test split",
+            [],
+            id="class-too-small-to-split",
+        ),
+        pytest.param(
+            unchanged,
+            {"min_rows": 50},
+            "the sample count is within validate.min_rows..validate.max_rows",
+            [],
+            id="too-few-rows",
+        ),
+        pytest.param(
+            with_identical_images_of_different_labels,
+            {},
+            "no two identical images carry different labels",
+            [],
+            id="identical-images-different-labels",
+        ),
+        pytest.param(
+            with_too_many_blank_images,
+            {},
+            "the share of blank (all-constant) images is at most validate.max_blank_share",
+            [],
+            id="too-many-blank-images",
+        ),
+        pytest.param(
+            with_3_samples_of_class_2,
+            {"min_class_share": 0.2},  # 3 of 27 is 11%
+            "the rarest class is at least validate.min_class_share of the samples",
+            [],
+            id="too-rare-a-class",
+        ),
+        pytest.param(
+            with_no_samples,
+            {},
+            "the sample count is within validate.min_rows..validate.max_rows",
+            ["every class declared in meta.json has samples"],
+            id="empty-dataset",
+        ),
+    ],
+)
+def test_a_broken_batch_is_quarantined_naming_what_failed(
+    tmp_path, places, break_batch, thresholds, description, also_named
+):
+    """A batch with one defect fails the raw suite: the error and validation.json name the
+    failed expectation (and any others the defect also breaks), the batch is quarantined and
+    nothing is published as validated."""
+    images, labels, meta = break_batch(*clean())
+    params = PARAMS.model_copy(update=thresholds)
+    message = expect_failure(tmp_path, places, images, labels, meta, description, params)
+    for other in also_named:
+        assert other in message
 
 
 def test_a_label_outside_the_class_set(tmp_path, places):
@@ -137,105 +276,6 @@ def test_a_label_outside_the_class_set(tmp_path, places):
     assert failed["observed"] == "1 of 36 rows unexpected, e.g. 9 at rows [5]"
     assert "value_set [0, 1, 2]" in failed["expected"]
     assert "raw_samples failed" in message
-
-
-def test_a_missing_class(tmp_path, places):
-    images, labels, meta = clean()
-    meta["class_names"].append("class_3")
-    meta["class_counts"]["class_3"] = 0
-    expect_failure(
-        tmp_path, places, images, labels, meta, "every class declared in meta.json has samples"
-    )
-
-
-def test_images_of_another_shape_than_declared(tmp_path, places):
-    images, labels, meta = clean()
-    wider = np.zeros((len(images), 8, 9, 1), np.uint8)
-    wider[..., :8, :] = images
-    expect_failure(
-        tmp_path, places, wider, labels, meta, "every image has the width meta.json declares"
-    )
-
-
-def test_counts_that_differ_from_meta_json(tmp_path, places):
-    images, labels, meta = clean()
-    meta["num_samples"] = 40
-    meta["class_counts"]["class_1"] = 16
-    message = expect_failure(
-        tmp_path,
-        places,
-        images,
-        labels,
-        meta,
-        "the sample count is the num_samples meta.json declares",
-    )
-    assert "every class has as many samples as meta.json's class_counts declares" in message
-
-
-def test_a_class_too_small_to_split(tmp_path, places):
-    images, labels, meta = clean()
-    keep = shrink_class_2(labels, meta, to=2)
-    params = PARAMS.model_copy(update={"min_class_share": 0.01})  # the share alone is fine
-    expect_failure(
-        tmp_path,
-        places,
-        images[keep],
-        labels[keep],
-        meta,
-        "every class has at least 3 samples, one per train/val/test split",
-        params,
-    )
-
-
-def test_too_few_rows(tmp_path, places):
-    images, labels, meta = clean()
-    params = PARAMS.model_copy(update={"min_rows": 50})
-    expect_failure(
-        tmp_path,
-        places,
-        images,
-        labels,
-        meta,
-        "the sample count is within validate.min_rows..validate.max_rows",
-        params,
-    )
-
-
-def test_identical_images_with_different_labels(tmp_path, places):
-    images, labels, meta = clean()
-    twin = np.flatnonzero(labels != labels[0])[0]
-    images[twin] = images[0]
-    expect_failure(
-        tmp_path, places, images, labels, meta, "no two identical images carry different labels"
-    )
-
-
-def test_too_many_blank_images(tmp_path, places):
-    images, labels, meta = clean()
-    images[:6] = 0  # 6 of 36 > 10%
-    expect_failure(
-        tmp_path,
-        places,
-        images,
-        labels,
-        meta,
-        "the share of blank (all-constant) images is at most validate.max_blank_share",
-    )
-
-
-def test_too_rare_a_class(tmp_path, places):
-    images, labels, meta = clean()
-    keep = shrink_class_2(labels, meta, to=3)
-    params = PARAMS.model_copy(update={"min_class_share": 0.2})  # 3 of 27 is 11%
-    expect_failure(
-        tmp_path,
-        places,
-        images[keep],
-        labels[keep],
-        meta,
-        "the rarest class is at least validate.min_class_share of the samples",
-        params,
-    )
 
 
 def test_an_unreadable_batch_is_quarantined_with_the_reason(tmp_path, places):
@@ -284,20 +324,6 @@ def test_non_numeric_images(tmp_path, places):
     raw = raw_batch(tmp_path / "raw", np.full((36, 8, 8, 1), "x"), labels, meta)
     with pytest.raises(DataValidationFailed, match=r"images\.npy: dtype <U1 is not numeric"):
         run_validate(PARAMS, raw, tmp_path / "validated", places)
-
-
-def test_an_empty_dataset(tmp_path, places):
-    _, _, meta = clean()
-    meta["num_samples"], meta["class_counts"] = 0, dict.fromkeys(meta["class_names"], 0)
-    message = expect_failure(
-        tmp_path,
-        places,
-        np.zeros((0, 8, 8, 1), np.uint8),
-        np.zeros(0, np.int64),
-        meta,
-        "the sample count is within validate.min_rows..validate.max_rows",
-    )
-    assert "every class declared in meta.json has samples" in message
 
 
 def test_a_failure_removes_an_earlier_validated_copy(tmp_path, places):
@@ -476,7 +502,7 @@ def test_records_reach_mlflow_and_prefect_markdown(
 ):
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import tracked_run
+    from tasks.core.tracking import tracked_run
 
     (places.reports_dir / "validation_raw.json").write_text(
         json.dumps(
@@ -539,7 +565,7 @@ def test_records_skip_metrics_the_run_already_has(
 ):
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import tracked_run
+    from tasks.core.tracking import tracked_run
 
     (places.reports_dir / "validation_raw.json").write_text(
         json.dumps(

@@ -16,17 +16,15 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from tasks.artifacts import ImageDataset, write_raw_dataset
-from tasks.config import (
-    RAW_DIR,
-    CollectParams,
-    MlcycleError,
-    load_params,
-    retry_unless_user_error,
-    stage_main,
-)
+from tasks.core.config import CollectParams, load_params
+from tasks.core.console import stage_main
+from tasks.core.errors import MlcycleError
+from tasks.core.files import ImageDataset, write_raw_dataset
+from tasks.core.images import ImageFormatError, pixels_from_image
+from tasks.core.paths import RAW_DIR
 
 log = logging.getLogger("mlcycle.collect")
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -209,6 +207,8 @@ def load_image_folder(root: Path) -> ImageDataset:
                     pixels = pixels_from_image(image, path)
             except (UnidentifiedImageError, OSError) as error:
                 raise DataSourceError(f"{path}: cannot decode image ({error})") from None
+            except ImageFormatError as error:
+                raise DataSourceError(str(error)) from None
             if first is None:
                 first = (path, pixels.shape)
             elif pixels.shape != first[1]:
@@ -221,19 +221,6 @@ def load_image_folder(root: Path) -> ImageDataset:
     return ImageDataset(
         np.stack(images), np.asarray(labels, dtype=np.int64), tuple(d.name for d in entries)
     )
-
-
-def pixels_from_image(image: object, path: Path | str) -> np.ndarray:
-    """A PIL image as uint8 H x W x C pixels (C 1 or 3), as every image source lands them."""
-    mode = image.mode  # type: ignore[attr-defined]
-    if mode in ("1", "L", "LA"):
-        image = image.convert("L")  # type: ignore[attr-defined]
-    elif mode in ("P", "RGBA", "CMYK", "YCbCr", "RGB"):
-        image = image.convert("RGB")  # type: ignore[attr-defined]
-    else:
-        raise DataSourceError(f"{path}: unsupported pixel mode {mode} (expected 8-bit L or RGB)")
-    pixels = np.asarray(image, dtype=np.uint8)
-    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -311,9 +298,9 @@ def _as_uint8(images: np.ndarray, what: str) -> np.ndarray:
     )
 
 
-collect_task = task(
-    name="collect", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error
-)(run_collect)
+# The thin Prefect wrapper, for flows of your own; the training pipeline runs this stage
+# through `dvc repro` (so DVC decides whether it is stale), never through this task.
+collect_task = task(name="collect")(run_collect)
 
 
 def main() -> None:

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from models import build_classifier
-from tasks.artifacts import ImageDataset, atomic_path, file_md5
-from tasks.config import MlcycleError
+from tasks.core.errors import MlcycleError
+from tasks.core.files import ImageDataset, atomic_path, file_md5
+from tasks.core.lineage import TAG_MODEL_MD5
 
 FORMAT_VERSION = 1
 
@@ -84,7 +85,6 @@ def log_model(run_id: str, model: nn.Module, examples: ImageDataset, model_path:
     from mlflow.tracking import MlflowClient
 
     import models
-    from tasks.tracking import TAG_MODEL_MD5
 
     # A logged model lands in the active experiment, which must be the run's own.
     mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)

@@ -1,4 +1,4 @@
-"""Typed, frozen parameters loaded once from ``params.yaml``, and the fixed layout on disk.
+"""Typed, frozen parameters loaded once from ``params.yaml``, and the one writer of that file.
 
 Every stage reads its section through :func:`load_params`; nothing else parses the YAML.
 Unknown keys and wrong types fail with a message naming the dotted key at fault.
@@ -6,48 +6,30 @@ Unknown keys and wrong types fail with a message naming the dotted key at fault.
 
 from __future__ import annotations
 
-import logging
 import re
-import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from ruamel.yaml import YAML, YAMLError
 
 from models import MODEL_NAMES
-
-
-class MlcycleError(Exception):
-    """A problem the user can fix (bad input, bad config, missing data): reported in one line."""
+from tasks.core.console import run_logger
+from tasks.core.errors import MlcycleError
+from tasks.core.files import atomic_path
+from tasks.core.paths import PARAMS_FILE
 
 
 class ConfigError(MlcycleError):
     """``params.yaml`` or an override is invalid."""
 
 
-PARAMS_FILE = Path("params.yaml")
-
-# The layout every stage agrees on; paths are relative to the repository root, where DVC runs.
-RAW_DIR = Path("data/raw")
-VALIDATED_DIR = Path("data/validated")
-PROCESSED_DIR = Path("data/processed")
-ARTIFACTS_DIR = Path("artifacts")
-MODEL_FILE = ARTIFACTS_DIR / "model.pt"
-CHECKPOINT_DIR = ARTIFACTS_DIR / "checkpoints"
-REPORTS_DIR = Path("reports")
-
 # A tuple field accepts a YAML/JSON list; the rest of each model stays strict (no "3" for 3).
 PositiveInts = Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(strict=False, min_length=1)]
+
+
 Seed = Annotated[int, Field(ge=0)]
 
 
@@ -152,6 +134,11 @@ class TrainParams(_Section):
         """The chosen model's own options, as keyword arguments for its builder."""
         return dict(getattr(self, self.model).model_dump())
 
+    def unused_option_prefixes(self) -> tuple[str, ...]:
+        """``train.<family>.`` for every family this run does not train: the train stage does
+        not depend on them (dvc.yaml lists ``train.${train.model}`` only)."""
+        return tuple(f"train.{name}." for name in MODEL_NAMES if name != self.model)
+
 
 class EvaluateParams(_Section):
     baseline: Literal["logistic_regression", "none"]
@@ -162,6 +149,8 @@ class EvaluateParams(_Section):
 
 
 ScoreName = Literal["accuracy", "macro_f1"]
+
+
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
 
@@ -286,76 +275,67 @@ def load_params(path: Path = PARAMS_FILE, overrides: Iterable[str] = ()) -> Para
 def apply_override(tree: dict[str, Any], override: str) -> None:
     """Set one ``dotted.key=value`` in a params tree, the way ``dvc exp run -S`` does."""
     key, sep, raw = override.partition("=")
-    parts = key.strip().split(".")
-    if not sep or not all(parts):
+    if not sep:
         raise ConfigError(f"override {override!r}: expected section.key=value")
+    try:
+        node, leaf = _parent_of(tree, key.strip())
+    except ConfigError as error:
+        raise ConfigError(f"override {override!r}: {error}") from None
+    try:
+        node[leaf] = _yaml().load(raw) if raw.strip() else raw
+    except YAMLError:
+        node[leaf] = raw
+
+
+def _parent_of(tree: dict[str, Any], dotted: str) -> tuple[dict[str, Any], str]:
+    """The section holding ``dotted`` (``train.cnn.dropout`` -> ``tree["train"]["cnn"]``) and
+    the last key; ConfigError naming the first part of the path that is not there."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise ConfigError("expected section.key=value")
     node = tree
     for depth, part in enumerate(parts[:-1]):
         child = node.get(part)
-        if not isinstance(child, dict):
-            where = ".".join(parts[: depth + 1])
-            raise ConfigError(f"override {override!r}: {where} is not a section of params.yaml")
+        if not isinstance(child, Mapping):
+            raise ConfigError(f"{'.'.join(parts[: depth + 1])} is not a section of params.yaml")
         node = child
     if parts[-1] not in node:
-        raise ConfigError(f"override {override!r}: {key} is not a key of params.yaml")
-    try:
-        node[parts[-1]] = _yaml().load(raw) if raw.strip() else raw
-    except YAMLError:
-        node[parts[-1]] = raw
+        raise ConfigError(f"{dotted} is not a key of params.yaml")
+    return node, parts[-1]
 
 
-def configure_logging(level: int = logging.INFO) -> None:
-    """Plain message lines: a stage's output is read on a console or inside the Prefect log.
+def apply_params(params: Params | None, path: Path = PARAMS_FILE) -> Params:
+    """Make ``params.yaml`` hold ``params`` (None: keep the file), changing only what differs.
 
-    Our own ``mlcycle.*`` loggers speak at ``level``; libraries only when something is wrong,
-    and Great Expectations (whose warnings are about its own plugin registry) only on errors.
+    Comments and layout survive; the changed keys are logged. Overrides land in the file (as
+    ``dvc exp run --set-param`` does) so that ``dvc status`` agrees with what ran.
     """
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout, force=True)
-    logging.getLogger("mlcycle").setLevel(level)
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    current = load_params(path)
+    if params is None or params == current:
+        return current
+    old, new = current.flat(), params.flat()
+    changed = {key: new[key] for key in new if new[key] != old[key]}
+    yaml = YAML()  # round-trip mode: keeps comments and key order
+    yaml.representer.add_representer(  # write None as `null`, as the file spells it
+        type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    tree = yaml.load(path.read_text())
+    for key, value in changed.items():
+        node, leaf = _parent_of(tree, key)
+        node[leaf] = _flow_style(value)
+    with atomic_path(path) as tmp, tmp.open("w") as handle:
+        yaml.dump(tree, handle)
+    for key, value in changed.items():
+        run_logger("mlcycle.config").info("params.yaml: %s %r -> %r", key, old[key], value)
+    return load_params(path)
 
 
-def run_logger(fallback: str) -> logging.Logger | logging.LoggerAdapter:
-    """The Prefect run's logger inside a flow or task (lines reach the UI), else ``fallback``
-    (a test, a script, a plain ``dvc repro``)."""
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
+def _flow_style(value: Any) -> Any:
+    """Lists as ``[8, 16]`` on one line, as params.yaml writes them."""
+    if not isinstance(value, list):
+        return value
+    from ruamel.yaml.comments import CommentedSeq
 
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(fallback)
-
-
-def stage_main(main: Callable[[], None]) -> None:
-    """Run a ``python -m tasks.<stage>`` entry point: user errors become one line and exit 1."""
-    configure_logging()
-    try:
-        main()
-    except MlcycleError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
-
-
-def retry_unless_user_error(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect ``retry_condition_fn``: retrying cannot fix bad input or bad config."""
-    return not isinstance(state.result(raise_on_failure=False), MlcycleError)
-
-
-class _NoTracebackForUserErrors(logging.Filter):
-    """A traceback explains a bug, not bad input: drop it for MlcycleError, keep the message."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], MlcycleError):
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def hide_user_error_tracebacks(
-    logger_names: Iterable[str] = ("prefect.flow_runs", "prefect.task_runs"),
-) -> None:
-    for name in logger_names:
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _NoTracebackForUserErrors) for f in logger.filters):
-            logger.addFilter(_NoTracebackForUserErrors())
+    sequence = CommentedSeq(value)
+    sequence.fa.set_flow_style()
+    return sequence

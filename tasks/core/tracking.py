@@ -1,41 +1,33 @@
-"""MLflow and lineage plumbing shared by the stages and the flow.
+"""MLflow plumbing shared by the stages, the flow, the registry and serving.
 
 One MLflow run per pipeline run: the flow opens it and hands its id to the stages through
 ``MLFLOW_RUN_ID``; a stage run on its own by ``dvc repro`` opens (train) or finds (evaluate) one.
-Every run carries the git commit, the DVC content hashes of the data and every param.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from tasks.config import PARAMS_FILE, MlcycleError, Params
+from tasks.core.config import Params
+from tasks.core.errors import MlcycleError
+from tasks.core.lineage import TAG_EVALUATED, TAG_FLOW_RUN, lineage_tags
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-DEFAULT_ARTIFACT_ROOT = Path("mlartifacts")
-DEFAULT_EXPERIMENT = "mlcycle"
-DVC_LOCK = Path("dvc.lock")
-LINEAGE_DIR = "lineage"  # run artifacts: the dvc.lock and params.yaml a run ended with
-DATA_OUTPUTS = ("data/raw", "data/processed")
-SERVER_CHECK_TIMEOUT_S = 5.0
 
-TAG_GIT_COMMIT = "mlcycle.git_commit"
-TAG_GIT_DIRTY = "mlcycle.git_dirty"
-TAG_DVC_PREFIX = "mlcycle.dvc."
-TAG_FLOW_RUN = "mlcycle.prefect_flow_run_id"
-TAG_MODEL_MD5 = "mlcycle.model_md5"  # only on the run that logged that model file
-TAG_MODEL_RUN = "mlcycle.model_run_id"  # on runs that use a model logged by another run
-TAG_EVALUATED = "mlcycle.evaluated"
+
+DEFAULT_ARTIFACT_ROOT = Path("mlartifacts")
+
+
+DEFAULT_EXPERIMENT = "mlcycle"
+
+
+SERVER_CHECK_TIMEOUT_S = 5.0
 
 
 class TrackingError(MlcycleError):
@@ -84,16 +76,15 @@ def connect() -> str:
 
 
 def check_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
-    url = f"{uri.rstrip('/')}/health"
+    import httpx
+
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            if response.status == 200:
-                return
-            reason = f"HTTP {response.status}"
-    except urllib.error.HTTPError as error:
-        reason = f"HTTP {error.code}"
-    except (urllib.error.URLError, OSError) as error:
-        reason = str(getattr(error, "reason", error))
+        response = httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout, follow_redirects=True)
+        if response.status_code == 200:
+            return
+        reason = f"HTTP {response.status_code}"
+    except httpx.HTTPError as error:
+        reason = str(error) or type(error).__name__
     raise TrackingError(
         f"MLflow tracking server {uri} cannot be reached ({reason}); start it, or unset "
         f"MLFLOW_TRACKING_URI to track in {DEFAULT_TRACKING_URI}"
@@ -110,55 +101,6 @@ def tracking_errors(action: str) -> Iterator[None]:
     except MlflowException as error:
         detail = str(error.message).strip().splitlines()[0][:300]
         raise TrackingError(f"MLflow {tracking_uri()}: could not {action}: {detail}") from None
-
-
-def record_lineage_files(
-    run_id: str, lock_path: Path = DVC_LOCK, params_path: Path = PARAMS_FILE
-) -> None:
-    """Attach ``dvc.lock`` and ``params.yaml`` to the run once: what ``mlcycle restore`` reads
-    to bring back the run's exact data."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    recorded = {Path(a.path).name for a in client.list_artifacts(run_id, LINEAGE_DIR)}
-    for path in (lock_path, params_path):
-        if path.name not in recorded and path.is_file():
-            client.log_artifact(run_id, str(path), LINEAGE_DIR)
-
-
-def git_state(repo: Path = Path()) -> dict[str, str]:
-    """The commit and whether tracked files differ from it (``dvc.lock`` is an output, not code)."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=repo, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
-    except (OSError, subprocess.CalledProcessError):
-        return {TAG_GIT_COMMIT: "unknown", TAG_GIT_DIRTY: "unknown"}
-    return {TAG_GIT_COMMIT: commit, TAG_GIT_DIRTY: str(bool(changes)).lower()}
-
-
-def data_versions(lock_path: Path = DVC_LOCK) -> dict[str, str]:
-    """DVC content hashes of the data outputs, as ``dvc.lock`` records them."""
-    if not lock_path.is_file():
-        return {}
-    lock = yaml.safe_load(lock_path.read_text()) or {}
-    versions = {}
-    for stage in (lock.get("stages") or {}).values():
-        for out in stage.get("outs") or []:
-            if out.get("path") in DATA_OUTPUTS and "md5" in out:
-                versions[out["path"]] = out["md5"]
-    return versions
-
-
-def lineage_tags() -> dict[str, str]:
-    tags = git_state()
-    tags.update({f"{TAG_DVC_PREFIX}{path}": md5 for path, md5 in data_versions().items()})
-    return tags
 
 
 @dataclass(frozen=True)
@@ -303,3 +245,25 @@ def run_url(run_id: str) -> str:
     mlflow.set_tracking_uri(uri)
     experiment_id = MlflowClient().get_run(run_id).info.experiment_id
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class ModelVersionNotFound(TrackingError):
+    """The registry holds no such version, or no version holds the alias."""
+
+
+def get_model_version(name: str, version: str | None = None, alias: str | None = None) -> Any:
+    """The registry's record of ``version`` of ``name``, or of the one ``alias`` points at."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        if version is not None:
+            return MlflowClient().get_model_version(name, version)
+        return MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise TrackingError(
+                f"MLflow {tracking_uri()}: could not read '{name}': {error.message}"
+            ) from None
+        wanted = f"version {version}" if version is not None else f"alias '{alias}'"
+        raise ModelVersionNotFound(f"'{name}' has no {wanted}; see `mlcycle models`") from None

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import MlcycleError
+from tasks.core.errors import MlcycleError
 
 SPLITS = ("train", "val", "test")
 
@@ -33,6 +33,8 @@ def _umask() -> int:
 # mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual permissions, so a
 # server or a colleague running as another user can read them.
 FILE_MODE = 0o666 & ~_umask()
+
+
 DIR_MODE = 0o777 & ~_umask()
 
 

@@ -18,41 +18,29 @@ import numpy as np
 import torch
 from prefect import task
 
-from tasks.artifacts import (
-    ImageDataset,
-    atomic_path,
-    file_md5,
-    read_json,
-    read_split,
-    write_json,
-)
-from tasks.config import (
-    MODEL_FILE,
-    PROCESSED_DIR,
-    REPORTS_DIR,
-    EvaluateParams,
-    load_params,
-    retry_unless_user_error,
-    stage_main,
-)
-from tasks.model_io import load_model, predict_logits
-from tasks.tracking import (
-    TAG_EVALUATED,
-    TAG_MODEL_MD5,
-    TAG_MODEL_RUN,
-    RunTracker,
-    can_join,
-    find_run,
-    flow_run_id,
-    tracked_run,
-)
+from tasks.core.config import EvaluateParams, load_params
+from tasks.core.console import stage_main
+from tasks.core.files import ImageDataset, atomic_path, file_md5, read_json, read_split, write_json
+from tasks.core.lineage import TAG_EVALUATED, TAG_MODEL_MD5, TAG_MODEL_RUN
+from tasks.core.model_file import load_model, predict_logits
+from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
+from tasks.core.tracking import RunTracker, can_join, find_run, flow_run_id, tracked_run
 
 log = logging.getLogger("mlcycle.evaluate")
 
+
 METRICS_FILE = REPORTS_DIR / "metrics.json"
+
+
 CLASS_REPORT_FILE = REPORTS_DIR / "classification_report.json"
+
+
 CONFUSION_CSV = REPORTS_DIR / "confusion.csv"
+
+
 CONFUSION_PNG = REPORTS_DIR / "confusion_matrix.png"
+
+
 BASELINE_SEED = 0
 
 
@@ -282,9 +270,9 @@ def plot_confusion_matrix(
     plt.close(figure)
 
 
-evaluate_task = task(
-    name="evaluate", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error
-)(run_evaluate)
+# The thin Prefect wrapper, for flows of your own; the training pipeline runs this stage
+# through `dvc repro` (so DVC decides whether it is stale), never through this task.
+evaluate_task = task(name="evaluate")(run_evaluate)
 
 
 def main() -> None:

@@ -14,24 +14,17 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from tasks.artifacts import SPLITS, ImageDataset, read_raw_dataset, write_splits
-from tasks.config import (
-    PROCESSED_DIR,
-    VALIDATED_DIR,
-    MlcycleError,
-    PreprocessParams,
-    load_params,
-    retry_unless_user_error,
-    stage_main,
-)
-from tasks.tracking import RunTracker, joined_flow_run
-from tasks.validate import REPOSITORY_PLACES, ValidationPlaces, content_hashes, validate_splits
+from tasks.core.config import PreprocessParams, load_params
+from tasks.core.console import stage_main
+from tasks.core.errors import MlcycleError
+from tasks.core.files import SPLITS, ImageDataset, read_raw_dataset, write_splits
+from tasks.core.images import CHUNK, mean_and_std, prepare_images
+from tasks.core.paths import PROCESSED_DIR, VALIDATED_DIR
+from tasks.core.tracking import RunTracker, joined_flow_run
+from tasks.validation.gate import REPOSITORY_PLACES, ValidationPlaces, validate_splits
+from tasks.validation.profiles import content_hashes
 
 log = logging.getLogger("mlcycle.preprocess")
-
-# ITU-R 601-2 luma, the weights Pillow's convert("L") uses.
-LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
-CHUNK = 8192  # images per resize/statistics chunk: bounds memory on large datasets
 
 
 class SplitError(MlcycleError):
@@ -97,46 +90,6 @@ def run_preprocess(
         _rounded(std),
     )
     return PreprocessResult(processed_dir, sizes, dataset.image_shape, mean, std)
-
-
-def prepare_images(images: np.ndarray, image_size: int | None, channels: int | None) -> np.ndarray:
-    """Resize to ``image_size`` squared and convert to ``channels``; ``None`` keeps either.
-
-    The one implementation of input fitting: training data and, later, served images go
-    through it, so a model always sees pixels prepared the same way.
-    """
-    if channels is not None and images.shape[-1] != channels:
-        images = convert_channels(images, channels)
-    if image_size is not None and images.shape[1:3] != (image_size, image_size):
-        images = resize(images, image_size)
-    return images
-
-
-def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    if channels == 3:
-        return np.repeat(images, 3, axis=-1)
-    luma = np.tensordot(images.astype(np.float32), LUMA_WEIGHTS.astype(np.float32), axes=1)
-    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., np.newaxis]
-
-
-def resize(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Bilinear, antialiased when shrinking, to ``size`` squared or (height, width); uint8 in,
-    uint8 out, chunked to bound memory."""
-    import torch
-    import torch.nn.functional as functional
-
-    height, width = (size, size) if isinstance(size, int) else size
-    out = np.empty((len(images), height, width, images.shape[-1]), dtype=np.uint8)
-    for start in range(0, len(images), CHUNK):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + CHUNK]))
-        batch = batch.permute(0, 3, 1, 2).float()
-        resized = functional.interpolate(
-            batch, size=(height, width), mode="bilinear", align_corners=False, antialias=True
-        )
-        out[start : start + CHUNK] = (
-            resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        )
-    return out
 
 
 def stratified_split(
@@ -212,9 +165,7 @@ def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[flo
         chunk = images[start : start + CHUNK].reshape(-1, channels).astype(np.float64) / 255.0
         total += chunk.sum(axis=0)
         total_sq += np.square(chunk).sum(axis=0)
-    count = images.size / channels
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+    mean, std = mean_and_std(total, total_sq, images.size // channels)
     std[std < 1e-6] = 1.0
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
@@ -223,9 +174,9 @@ def _rounded(values: tuple[float, ...]) -> str:
     return "[" + ", ".join(f"{value:.3f}" for value in values) + "]"
 
 
-preprocess_task = task(
-    name="preprocess", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_unless_user_error
-)(run_preprocess)
+# The thin Prefect wrapper, for flows of your own; the training pipeline runs this stage
+# through `dvc repro` (so DVC decides whether it is stale), never through this task.
+preprocess_task = task(name="preprocess")(run_preprocess)
 
 
 def main() -> None:

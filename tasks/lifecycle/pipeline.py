@@ -1,4 +1,4 @@
-"""The Prefect side of the pipeline: run DVC stages, track the pipeline run, publish results.
+"""Pipeline bookkeeping: run the DVC stages from Prefect, track the pipeline run, publish results.
 
 Each data stage runs through ``dvc repro --single-item <stage>``, so DVC decides what is stale
 and keeps ``dvc.lock`` true; the stage's output is streamed into the Prefect log. Parameter
@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,41 +20,26 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from tasks.artifacts import atomic_path, file_md5, read_json, read_split
-from tasks.config import (
-    MODEL_FILE,
-    PARAMS_FILE,
-    PROCESSED_DIR,
-    REPORTS_DIR,
-    MlcycleError,
-    Params,
-    load_params,
-    retry_unless_user_error,
-    run_logger,
-)
-from tasks.deploy import Deployment
-from tasks.evaluate import METRICS_FILE, record_evaluation
-from tasks.model_io import load_model, log_model
-from tasks.registry import Registration
-from tasks.tracking import (
+from tasks.core.config import Params, apply_params
+from tasks.core.console import run_logger
+from tasks.core.dvc import data_versions, push_data, stage_is_stale
+from tasks.core.dvc import reproduce_stage as dvc_reproduce
+from tasks.core.errors import retry_unless_user_error
+from tasks.core.files import file_md5, read_json, read_split
+from tasks.core.lineage import (
     TAG_EVALUATED,
     TAG_FLOW_RUN,
     TAG_MODEL_MD5,
     TAG_MODEL_RUN,
-    RunTracker,
-    connect,
-    data_versions,
-    find_run,
     git_state,
     lineage_tags,
     record_lineage_files,
-    run_url,
 )
-from tasks.validate import RAW_REPORT, record_validations, validation_markdown
-
-
-class StageFailed(MlcycleError):
-    """A DVC stage exited non-zero."""
+from tasks.core.model_file import load_model, log_model
+from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
+from tasks.core.tracking import RunTracker, connect, find_run, run_url
+from tasks.stages.evaluate import METRICS_FILE, record_evaluation
+from tasks.validation.gate import RAW_REPORT, record_validations, validation_markdown
 
 
 @dataclass(frozen=True)
@@ -78,61 +60,10 @@ class PipelineSummary:
     stages_run: tuple[str, ...]
     stages_skipped: tuple[str, ...]
     data_versions: dict[str, str]
-    registration: Registration | None = None  # filled in by the register step
-    deployment: Deployment | None = None  # filled in by the deploy step
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
     return run_logger("mlcycle.pipeline")
-
-
-def apply_params(params: Params | None, path: Path = PARAMS_FILE) -> Params:
-    """Make ``params.yaml`` hold ``params`` (None: keep the file), changing only what differs.
-
-    Comments and layout survive; the changed keys are logged.
-    """
-    current = load_params(path)
-    if params is None or params == current:
-        return current
-    from ruamel.yaml import YAML
-
-    old, new = current.flat(), params.flat()
-    changed = {key: new[key] for key in new if new[key] != old[key]}
-    yaml = YAML()  # round-trip mode: keeps comments and key order
-    yaml.representer.add_representer(  # write None as `null`, as the file spells it
-        type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
-    tree = yaml.load(path.read_text())
-    for key, value in changed.items():
-        *sections, leaf = key.split(".")
-        node = tree
-        for section in sections:
-            node = node[section]
-        node[leaf] = _flow_style(value)
-    with atomic_path(path) as tmp, tmp.open("w") as handle:
-        yaml.dump(tree, handle)
-    for key, value in changed.items():
-        _logger().info("params.yaml: %s %r -> %r", key, old[key], value)
-    return load_params(path)
-
-
-def _flow_style(value: Any) -> Any:
-    """Lists as ``[8, 16]`` on one line, as params.yaml writes them."""
-    if not isinstance(value, list):
-        return value
-    from ruamel.yaml.comments import CommentedSeq
-
-    sequence = CommentedSeq(value)
-    sequence.fa.set_flow_style()
-    return sequence
-
-
-def stage_is_stale(stage: str) -> bool:
-    """Whether DVC would run this stage now (changed deps, params or missing outputs)."""
-    from dvc.repo import Repo
-
-    with Repo() as repo:
-        return bool(repo.status(targets=[stage]))
 
 
 def publish_validation() -> None:
@@ -167,57 +98,14 @@ def _reproduce(stage: str, run_id: str | None) -> StageResult:
     if not stage_is_stale(stage):
         logger.info("stage '%s' is up to date: skipped (DVC found nothing changed)", stage)
         return StageResult(stage, ran=False, seconds=0.0)
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        # dvc.yaml says `python -m ...`: make that the interpreter running this flow.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = dict(os.environ)
     if run_id:
         env["MLFLOW_RUN_ID"] = run_id
     logger.info("stage '%s' is stale: running it through `dvc repro`", stage)
     started = time.perf_counter()
-    tail: deque[str] = deque(maxlen=5)
-    with subprocess.Popen(
-        # -q: DVC's own hints (git add ..., dvc push ...) are noise here; errors still show.
-        [sys.executable, "-m", "dvc", "repro", "--single-item", "--quiet", stage],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    ) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip()
-            if line:
-                logger.info(line)
-                tail.append(line)
-    if process.returncode != 0:
-        detail = next((line for line in reversed(tail) if line.startswith("error:")), None)
-        reason = (
-            detail.removeprefix("error: ")
-            if detail
-            else f"see the log above (last line: {tail[-1]})"
-            if tail
-            else "no output"
-        )
-        raise StageFailed(f"stage '{stage}' failed: {reason}")
+    for line in dvc_reproduce(stage, env):
+        logger.info(line)
     return StageResult(stage, ran=True, seconds=round(time.perf_counter() - started, 2))
-
-
-def push_data() -> int:
-    """Send the DVC-tracked outputs to the default remote; returns how many files moved."""
-    from dvc.repo import Repo
-
-    with Repo() as repo:
-        if not repo.config["core"].get("remote"):
-            _logger().info("dvc push: no default remote configured, data stays local")
-            return 0
-        pushed = repo.push()
-    _logger().info(
-        "dvc push: %d file(s) sent to remote '%s'", pushed, repo.config["core"]["remote"]
-    )
-    return pushed
 
 
 def start_pipeline_run(params: Params) -> str:

@@ -1,0 +1,44 @@
+"""Console and run-log output: plain message lines for stages, the Prefect run logger inside
+flows, one-line user errors for ``python -m`` entry points.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from tasks.core.errors import MlcycleError
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Plain message lines: a stage's output is read on a console or inside the Prefect log.
+
+    Our own ``mlcycle.*`` loggers speak at ``level``; libraries only when something is wrong,
+    and Great Expectations (whose warnings are about its own plugin registry) only on errors.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout, force=True)
+    logging.getLogger("mlcycle").setLevel(level)
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+
+
+def run_logger(fallback: str) -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger inside a flow or task (lines reach the UI), else ``fallback``
+    (a test, a script, a plain ``dvc repro``)."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(fallback)
+
+
+def stage_main(main: Callable[[], None]) -> None:
+    """Run a ``python -m tasks.stages.<stage>`` entry point: a user error is one line, exit 1."""
+    configure_logging()
+    try:
+        main()
+    except MlcycleError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,135 @@
+"""DVC, through its Python API (``dvc.repo.Repo``): staleness, content hashes, push, pull, checkout.
+
+One way for each need. The single subprocess (:func:`reproduce_stage`) is explained where it is.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from tasks.core.console import run_logger
+from tasks.core.errors import MlcycleError
+from tasks.core.paths import DVC_LOCK
+
+DATA_OUTPUTS = ("data/raw", "data/processed")  # the data a model version's lineage names
+
+
+class DvcError(MlcycleError):
+    """DVC could not do what was asked (a stage failed, the remote is unreachable ...)."""
+
+
+@contextmanager
+def open_repo(root: Path = Path()) -> Iterator[Any]:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        yield repo
+
+
+def data_versions(root: Path = Path(), verify: bool = False) -> dict[str, str]:
+    """DVC content hashes of the data outputs, as ``dvc.lock`` records them ({} before a run).
+
+    ``verify``: DVC re-hashes the files on disk too, and an output whose files differ from
+    ``dvc.lock`` (changed, or gone) reads ``"modified on disk"`` instead of its hash.
+    """
+    from dvc.exceptions import DvcException
+
+    if not (root / DVC_LOCK).is_file():
+        return {}
+    try:
+        with open_repo(root) as repo:
+            return {
+                out.def_path: (
+                    "modified on disk" if verify and out.workspace_status() else out.hash_info.value
+                )
+                for stage in repo.index.stages
+                for out in stage.outs
+                if out.def_path in DATA_OUTPUTS and out.hash_info
+            }
+    except DvcException as error:
+        raise DvcError(f"DVC could not read {root / DVC_LOCK}: {error}") from None
+
+
+def stage_is_stale(stage: str) -> bool:
+    """Whether DVC would run this stage now (changed deps, params or missing outputs)."""
+    with open_repo() as repo:
+        return bool(repo.status(targets=[stage]))
+
+
+def push_data() -> int:
+    """Send the DVC-tracked outputs to the default remote; returns how many files moved."""
+    logger = run_logger("mlcycle.dvc")
+    with open_repo() as repo:
+        remote = repo.config["core"].get("remote")
+        if not remote:
+            logger.info("dvc push: no default remote configured, data stays local")
+            return 0
+        pushed = repo.push()
+    logger.info("dvc push: %d file(s) sent to remote '%s'", pushed, remote)
+    return pushed
+
+
+def pull_outputs(root: Path = Path()) -> None:
+    from dvc.exceptions import DvcException
+
+    try:
+        with open_repo(root) as repo:
+            repo.pull(force=True)
+    except DvcException as error:
+        raise DvcError(
+            f"dvc pull failed: {error}; is the DVC remote the one the pipeline pushed to? "
+            "(`dvc remote list`)"
+        ) from None
+
+
+def checkout_quietly(root: Path = Path()) -> None:
+    """Make the outputs match ``dvc.lock`` again, from the cache; best effort (a cleanup)."""
+    from dvc.exceptions import DvcException
+
+    if (root / DVC_LOCK).is_file():
+        with suppress(DvcException), open_repo(root) as repo:
+            repo.checkout(force=True)
+
+
+def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
+    """``dvc repro --single-item --quiet <stage>``, yielding its output lines as they come;
+    DvcError naming the stage's own ``error:`` line if it fails.
+
+    A subprocess, not ``Repo.reproduce``: the stage's output must stream line by line into the
+    Prefect log (in-process, DVC prints to our stdout only when the stage ends), and the stage
+    runs in a process of its own that a stop can end without ending the flow's.
+    """
+    tail: deque[str] = deque(maxlen=5)
+    with subprocess.Popen(
+        # -q: DVC's own hints (git add ..., dvc push ...) are noise here; errors still show.
+        [sys.executable, "-m", "dvc", "repro", "--single-item", "--quiet", stage],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={
+            **env,
+            "PYTHONUNBUFFERED": "1",
+            # dvc.yaml says `python -m ...`: make that the interpreter running this flow.
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        },
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                tail.append(line)
+                yield line
+    if process.returncode != 0:
+        detail = next((line for line in reversed(tail) if line.startswith("error:")), None)
+        if detail:
+            reason = detail.removeprefix("error: ")
+        else:
+            reason = f"see the log above (last line: {tail[-1]})" if tail else "no output"
+        raise DvcError(f"stage '{stage}' failed: {reason}")

@@ -1,0 +1,69 @@
+"""Lineage: every tag name mlcycle writes on MLflow runs and model versions, and what fills them
+(the git commit, DVC's content hashes of the data, the files a run ended with).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from tasks.core.dvc import data_versions
+from tasks.core.paths import DVC_LOCK, PARAMS_FILE
+
+LINEAGE_DIR = "lineage"  # run artifacts: the dvc.lock and params.yaml a run ended with
+
+# Run tags (model versions copy the lineage ones).
+TAG_GIT_COMMIT = "mlcycle.git_commit"
+TAG_GIT_DIRTY = "mlcycle.git_dirty"
+TAG_DVC_PREFIX = "mlcycle.dvc."
+TAG_FLOW_RUN = "mlcycle.prefect_flow_run_id"
+TAG_MODEL_MD5 = "mlcycle.model_md5"  # only on the run that logged that model file
+TAG_MODEL_RUN = "mlcycle.model_run_id"  # on runs that use a model logged by another run
+TAG_EVALUATED = "mlcycle.evaluated"
+
+# Model version tags, beside the lineage tags copied from the run (git, DVC hashes, flow run).
+TAG_RUN = "mlcycle.mlflow_run_id"
+TAG_PARAMS = "mlcycle.params"
+TAG_CLASS_NAMES = "mlcycle.class_names"
+TAG_INPUT_SHAPE = "mlcycle.input_shape"  # what the network takes (after preprocess)
+TAG_RAW_SHAPE = "mlcycle.raw_shape"  # one image as data/raw stores it (what clients send)
+TAG_METRIC_PREFIX = "mlcycle.test_"
+TAG_CHECK = "mlcycle.load_check"  # pending | passed | failed
+TAG_PREVIOUS_CHAMPION = "mlcycle.previous_champion"
+TAG_DECISION = "mlcycle.promotion"
+
+
+def git_state(repo: Path = Path()) -> dict[str, str]:
+    """The commit and whether tracked files differ from it (``dvc.lock`` is an output, not code)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        changes = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!dvc.lock")
+    except (OSError, subprocess.CalledProcessError):
+        return {TAG_GIT_COMMIT: "unknown", TAG_GIT_DIRTY: "unknown"}
+    return {TAG_GIT_COMMIT: commit, TAG_GIT_DIRTY: str(bool(changes)).lower()}
+
+
+def lineage_tags() -> dict[str, str]:
+    tags = git_state()
+    tags.update({f"{TAG_DVC_PREFIX}{path}": md5 for path, md5 in data_versions().items()})
+    return tags
+
+
+def record_lineage_files(
+    run_id: str, lock_path: Path = DVC_LOCK, params_path: Path = PARAMS_FILE
+) -> None:
+    """Attach ``dvc.lock`` and ``params.yaml`` to the run once: what ``mlcycle restore`` reads
+    to bring back the run's exact data."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    recorded = {Path(a.path).name for a in client.list_artifacts(run_id, LINEAGE_DIR)}
+    for path in (lock_path, params_path):
+        if path.name not in recorded and path.is_file():
+            client.log_artifact(run_id, str(path), LINEAGE_DIR)

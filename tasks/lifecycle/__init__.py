@@ -1,0 +1,5 @@
+"""Pipeline bookkeeping and side effects around the stages: running stages through DVC, the MLflow
+run, deploy.
+
+Imports `tasks.stages` and below.
+"""

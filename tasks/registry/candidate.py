@@ -1,0 +1,185 @@
+"""The candidate: the finished, evaluated pipeline run behind the workspace model, checked
+against the data and params in the workspace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.core.config import load_params
+from tasks.core.dvc import data_versions
+from tasks.core.files import file_md5, read_json
+from tasks.core.lineage import (
+    TAG_CLASS_NAMES,
+    TAG_DVC_PREFIX,
+    TAG_EVALUATED,
+    TAG_FLOW_RUN,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_INPUT_SHAPE,
+    TAG_METRIC_PREFIX,
+    TAG_MODEL_MD5,
+    TAG_MODEL_RUN,
+    TAG_PARAMS,
+    TAG_RAW_SHAPE,
+    TAG_RUN,
+)
+from tasks.core.model_file import load_model
+from tasks.core.paths import MODEL_FILE, PARAMS_FILE, RAW_DIR
+from tasks.core.tracking import connect, tracking_errors
+from tasks.registry.store import SCORES, RegistryError, client
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An evaluated pipeline run and the model it evaluated, ready to register."""
+
+    run_id: str
+    model_run_id: str  # the run that logged the model (the same run unless DVC reused it)
+    model_id: str  # MLflow logged model, loadable as models:/<model_id>
+    model_md5: str
+    metrics: dict[str, float]  # accuracy and macro_f1 on the test split
+    tags: dict[str, str]  # lineage for the model version
+
+
+def find_candidate(
+    run_id: str | None = None,
+    model_file: Path = MODEL_FILE,
+    root: Path = Path(),
+    raw_dir: Path = RAW_DIR,
+) -> Candidate:
+    """The finished, evaluated run whose model is ``model_file`` (newest, unless ``run_id``).
+
+    Refuses a run that failed, is still running or was never evaluated, and a workspace (the
+    DVC repository at ``root``) whose data or params differ from what the run was evaluated
+    with: the gate scores on that test split, and restore writes those params back.
+    """
+    if not model_file.is_file():
+        raise RegistryError(f"{model_file}: not found; run the pipeline (`mlcycle run`) first")
+    experiment_id = connect()
+    model_md5 = file_md5(model_file)
+    with tracking_errors("find the run to register"):
+        run = (
+            client().get_run(run_id) if run_id else _newest_evaluated_run(experiment_id, model_md5)
+        )
+        if run is None:
+            raise RegistryError(
+                f"no finished, evaluated MLflow run has the model in {model_file} "
+                f"(md5 {model_md5}); run `mlcycle run` or `dvc repro` with tracking first"
+            )
+        tags = run.data.tags
+        if run.info.status != "FINISHED" or tags.get(TAG_EVALUATED) != "true":
+            raise RegistryError(
+                f"run {run.info.run_id} is {run.info.status}"
+                f"{'' if tags.get(TAG_EVALUATED) == 'true' else ', not evaluated'}: only finished, "
+                "evaluated runs are registered"
+            )
+        model_run_id = tags.get(TAG_MODEL_RUN) or run.info.run_id
+        model_tags = (
+            tags if model_run_id == run.info.run_id else client().get_run(model_run_id).data.tags
+        )
+        if model_tags.get(TAG_MODEL_MD5) != model_md5:
+            raise RegistryError(
+                f"run {run.info.run_id} evaluated a model with md5 "
+                f"{model_tags.get(TAG_MODEL_MD5)}, but {model_file} has md5 {model_md5}; "
+                "`dvc checkout` the run's outputs first"
+            )
+        model_id = _logged_model_id(experiment_id, model_run_id)
+    recorded = {
+        k.removeprefix(TAG_DVC_PREFIX): v for k, v in tags.items() if k.startswith(TAG_DVC_PREFIX)
+    }
+    # dvc.lock, and the files themselves: the gate scores the split on disk
+    workspace = data_versions(root, verify=True) if recorded else {}
+    for path, md5 in recorded.items():
+        if workspace.get(path) != md5:
+            raise RegistryError(
+                f"{path} in this workspace ({workspace.get(path, 'missing')}) is not the data run "
+                f"{run.info.run_id} was evaluated on ({md5}); `dvc checkout` or re-run the pipeline"
+            )
+    _check_params(run, root / PARAMS_FILE)
+    try:
+        metrics = {name: float(run.data.metrics[f"test_{name}"]) for name in SCORES}
+    except KeyError as missing:
+        raise RegistryError(f"run {run.info.run_id} has no {missing.args[0]} metric") from None
+    _, spec = load_model(model_file)
+    version_tags = {
+        **{k: v for k, v in tags.items() if k.startswith(TAG_DVC_PREFIX)},
+        TAG_GIT_COMMIT: tags.get(TAG_GIT_COMMIT, "unknown"),
+        TAG_GIT_DIRTY: tags.get(TAG_GIT_DIRTY, "unknown"),
+        TAG_FLOW_RUN: tags.get(TAG_FLOW_RUN, "none"),
+        TAG_RUN: run.info.run_id,
+        TAG_MODEL_MD5: model_md5,
+        TAG_PARAMS: json.dumps(dict(sorted(run.data.params.items()))),
+        TAG_CLASS_NAMES: json.dumps(list(spec["class_names"])),
+        TAG_INPUT_SHAPE: json.dumps(list(spec["input_shape"])),
+        TAG_RAW_SHAPE: json.dumps(_raw_shape(raw_dir, spec)),
+        **{f"{TAG_METRIC_PREFIX}{k}": repr(v) for k, v in metrics.items()},
+    }
+    return Candidate(run.info.run_id, model_run_id, model_id, model_md5, metrics, version_tags)
+
+
+def _check_params(run: Any, params_path: Path) -> None:
+    """params.yaml must hold the params the run trained with: restore writes it back. The
+    registry and serve sections may differ (they steer later steps, not the model), and so
+    may the options of model families the run did not train."""
+    if not params_path.is_file():
+        return
+    params = load_params(params_path)
+    inert = ("registry.", "serve.", *params.train.unused_option_prefixes())
+    logged = run.data.params
+    current = {k: str(v) for k, v in params.flat().items()}
+    differ = sorted(
+        key
+        for key, value in current.items()
+        if key in logged and logged[key] != value and not key.startswith(inert)
+    )
+    if differ:
+        shown = ", ".join(f"{k} {logged[k]} -> {current[k]}" for k in differ[:3])
+        raise RegistryError(
+            f"{params_path} differs from the params run {run.info.run_id} trained with ({shown}"
+            f"{' ...' if len(differ) > 3 else ''}); `git checkout {params_path}` or re-run"
+        )
+
+
+def _raw_shape(raw_dir: Path, spec: Mapping[str, Any]) -> list[int]:
+    """One raw image's shape; without ``data/raw`` (a bare workspace), the model's input's."""
+    meta = raw_dir / "meta.json"
+    if meta.is_file():
+        return list(read_json(meta)["image_shape"])
+    return list(spec["input_shape"])
+
+
+def _newest_evaluated_run(experiment_id: str, model_md5: str) -> Any:
+    api = client()
+    finished = f"attributes.status = 'FINISHED' and tags.`{TAG_EVALUATED}` = 'true'"
+    newest = ["attributes.start_time DESC"]
+    own = api.search_runs(
+        [experiment_id], f"{finished} and tags.`{TAG_MODEL_MD5}` = '{model_md5}'", order_by=newest
+    )
+    loggers = api.search_runs(
+        [experiment_id], f"tags.`{TAG_MODEL_MD5}` = '{model_md5}'", order_by=newest
+    )
+    reusing = [
+        run
+        for logger in loggers
+        for run in api.search_runs(
+            [experiment_id],
+            f"{finished} and tags.`{TAG_MODEL_RUN}` = '{logger.info.run_id}'",
+            order_by=newest,
+        )
+    ]
+    runs = sorted([*own, *reusing], key=lambda run: run.info.start_time, reverse=True)
+    return runs[0] if runs else None
+
+
+def _logged_model_id(experiment_id: str, model_run_id: str) -> str:
+    models = client().search_logged_models(
+        [experiment_id], filter_string=f"source_run_id = '{model_run_id}'"
+    )
+    if not models:
+        raise RegistryError(f"run {model_run_id} logged no model to MLflow")
+    return max(models, key=lambda model: model.creation_timestamp).model_id

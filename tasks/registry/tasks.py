@@ -1,0 +1,120 @@
+"""The registry's Prefect tasks: thin wrappers the ``register-model`` flow wires together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.transactions import get_transaction
+
+from tasks.core.config import RegistryParams
+from tasks.core.console import run_logger
+from tasks.registry.candidate import Candidate, find_candidate
+from tasks.registry.check import check_registered
+from tasks.registry.gate import Registration, promote_if_better
+from tasks.registry.manual import promote, rollback
+from tasks.registry.store import SCORES, log
+from tasks.registry.versions import RegisteredVersion, create_version, retire_version
+
+
+def registration_markdown(registration: Registration, policy: RegistryParams) -> str:
+    rows = [
+        f"| {m} | {registration.candidate_metrics[m]:.4f} | "
+        + (f"{registration.champion_metrics[m]:.4f} |" if registration.champion_metrics else "- |")
+        for m in SCORES
+    ]
+    outcome = "promoted to **champion**" if registration.promoted else "kept as **challenger**"
+    return "\n".join(
+        [
+            f"## Model registry: {registration.name} v{registration.version}",
+            "",
+            f"Version {registration.version} {outcome}: {registration.reason}.",
+            "",
+            f"Champion now: {'v' + registration.champion if registration.champion else 'none'}. "
+            f"Gate: `{policy.metric}` must improve by {policy.min_improvement}, guards "
+            f"{', '.join(policy.guard_metrics) or 'none'}, floor {policy.min_score}.",
+            "",
+            "| metric (same test split) | candidate | previous champion |",
+            "| --- | --- | --- |",
+            *rows,
+        ]
+    )
+
+
+_ROLLBACK_KEY = "registered_version"
+
+
+@task(name="find-candidate")
+def find_candidate_task(run_id: str | None = None) -> Candidate:
+    candidate = find_candidate(run_id)
+    run_logger(log.name).info(
+        "register: run %s, test accuracy %.4f, macro-F1 %.4f",
+        candidate.run_id,
+        candidate.metrics["accuracy"],
+        candidate.metrics["macro_f1"],
+    )
+    return candidate
+
+
+@task(name="create-model-version")
+def create_version_task(candidate: Candidate, name: str) -> RegisteredVersion:
+    registered = create_version(candidate, name)
+    if registered.created and (txn := get_transaction()) is not None:
+        txn.set(_ROLLBACK_KEY, registered)  # what the rollback hook undoes
+    return registered
+
+
+@create_version_task.on_rollback
+def _retire_on_rollback(txn: Any) -> None:
+    registered: RegisteredVersion | None = txn.get(_ROLLBACK_KEY, None)
+    if registered is not None:
+        retire_version(
+            registered.name,
+            registered.version,
+            "its registration failed after the version was created (see the flow log)",
+        )
+
+
+@task(name="check-model-version")
+def check_version_task(registered: RegisteredVersion, policy: RegistryParams) -> None:
+    check_registered(registered, policy)
+
+
+@task(name="promote-if-better")
+def promote_if_better_task(
+    candidate: Candidate, registered: RegisteredVersion, policy: RegistryParams
+) -> Registration:
+    registration = promote_if_better(candidate, registered, policy)
+    run_logger(log.name).info(
+        "register: %s v%s %s: %s",
+        registration.name,
+        registration.version,
+        "promoted to champion" if registration.promoted else "not promoted",
+        registration.reason,
+    )
+    return registration
+
+
+@task(name="publish-registration")
+def publish_registration_task(registration: Registration, policy: RegistryParams) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(
+        key="model-registration",
+        markdown=registration_markdown(registration, policy),
+        description=f"{registration.name} v{registration.version}",
+    )
+
+
+@task(name="promote")
+def promote_task(name: str, version: str) -> str | None:
+    previous = promote(name, version)
+    run_logger(log.name).info("%s: champion is now version %s (was %s)", name, version, previous)
+    return previous
+
+
+@task(name="rollback")
+def rollback_task(name: str) -> tuple[str, str]:
+    current, previous = rollback(name)
+    run_logger(log.name).info("%s: champion rolled back from v%s to v%s", name, current, previous)
+    return current, previous

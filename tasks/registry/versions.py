@@ -1,0 +1,156 @@
+"""Model versions: create one per model file (never twice), retire a failed one, list them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from tasks.core.lineage import (
+    TAG_CHECK,
+    TAG_DECISION,
+    TAG_DVC_PREFIX,
+    TAG_GIT_COMMIT,
+    TAG_GIT_DIRTY,
+    TAG_METRIC_PREFIX,
+    TAG_MODEL_MD5,
+    TAG_PREVIOUS_CHAMPION,
+    record_lineage_files,
+)
+from tasks.core.tracking import connect, tracking_errors
+from tasks.registry.candidate import Candidate
+from tasks.registry.lock import registry_lock
+from tasks.registry.store import (
+    CHAMPION,
+    CHECK_FAILED,
+    CHECK_PENDING,
+    SCORES,
+    RegistryError,
+    alias_map,
+    client,
+    log,
+)
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    created: bool  # False: this model file was registered before and is reused
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: str
+    aliases: tuple[str, ...]
+    created: str
+    accuracy: float | None
+    macro_f1: float | None
+    check: str
+    data: str  # DVC hash of data/processed
+    commit: str
+    decision: str
+
+
+def create_version(candidate: Candidate, name: str) -> RegisteredVersion:
+    """Register the candidate's model under ``name``, or find the version that already holds it.
+
+    A retry of the same pipeline run, or a run that reused the same model file, gets the
+    existing version back; its load check runs again.
+    """
+    from mlflow.exceptions import MlflowException
+
+    api = client()
+    # Under the lock: two registrations of one model file at once must not both create.
+    with tracking_errors(f"register a version of '{name}'"), registry_lock(name):
+        record_lineage_files(candidate.run_id)
+        existing = api.search_model_versions(
+            f"name = '{name}' and tags.`{TAG_MODEL_MD5}` = '{candidate.model_md5}'"
+        )
+        if existing:
+            version = str(max(existing, key=lambda v: int(v.version)).version)
+            log.info(
+                "register: this model is already version %s of '%s'; reusing it", version, name
+            )
+            return RegisteredVersion(name, version, created=False)
+        try:
+            api.create_registered_model(
+                name,
+                description="Trained by the mlcycle pipeline; its aliases decide what is served.",
+            )
+        except MlflowException as error:
+            if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+                raise
+        created = api.create_model_version(
+            name,
+            source=f"models:/{candidate.model_id}",
+            run_id=candidate.model_run_id,
+            tags={**candidate.tags, TAG_CHECK: CHECK_PENDING},
+            description=f"Registered from MLflow run {candidate.run_id}; load-back check pending.",
+            model_id=candidate.model_id,
+        )
+    log.info("register: created version %s of '%s'", created.version, name)
+    return RegisteredVersion(name, str(created.version), created=True)
+
+
+def retire_version(name: str, version: str, reason: str) -> None:
+    """Undo a registration that did not complete: no alias may point at this version.
+
+    ``champion``, if it got that far, goes back to the version it replaced."""
+    api = client()
+    with tracking_errors(f"retire version {version} of '{name}'"), registry_lock(name):
+        previous = api.get_model_version(name, version).tags.get(TAG_PREVIOUS_CHAMPION)
+        for alias, holder in alias_map(name).items():
+            if holder != version:
+                continue  # moved on by someone else meanwhile: theirs, not ours to undo
+            if alias == CHAMPION and previous:
+                api.set_registered_model_alias(name, CHAMPION, previous)
+            else:
+                api.delete_registered_model_alias(name, alias)
+        api.set_model_version_tag(name, version, TAG_CHECK, CHECK_FAILED)
+        api.update_model_version(name, version, description=f"Not served: {reason}")
+    log.warning("register: version %s of '%s' retired: %s", version, name, reason)
+
+
+def list_versions(name: str) -> list[VersionRow]:
+    from mlflow.exceptions import MlflowException
+
+    connect()
+    api = client()
+    with tracking_errors(f"list the versions of '{name}'"):
+        try:
+            model = api.get_registered_model(name)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                raise RegistryError(
+                    f"no registered model '{name}' yet; run `mlcycle run`"
+                ) from None
+            raise
+        by_version: dict[str, list[str]] = {}
+        for alias, version in model.aliases.items():
+            by_version.setdefault(str(version), []).append(alias)
+        versions = api.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"])
+    rows = []
+    for v in versions:
+        tags = v.tags
+        metrics = {
+            key: float(tags[f"{TAG_METRIC_PREFIX}{key}"])
+            for key in SCORES
+            if f"{TAG_METRIC_PREFIX}{key}" in tags
+        }
+        dirty = "+dirty" if tags.get(TAG_GIT_DIRTY) == "true" else ""
+        rows.append(
+            VersionRow(
+                version=str(v.version),
+                aliases=tuple(sorted(by_version.get(str(v.version), []))),
+                created=time.strftime(
+                    "%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)
+                ),
+                accuracy=metrics.get("accuracy"),
+                macro_f1=metrics.get("macro_f1"),
+                check=tags.get(TAG_CHECK, "unknown"),
+                data=tags.get(f"{TAG_DVC_PREFIX}data/processed", "unknown"),
+                commit=tags.get(TAG_GIT_COMMIT, "unknown") + dirty,
+                decision=tags.get(TAG_DECISION, ""),
+            )
+        )
+    return rows

@@ -1,0 +1,338 @@
+"""The serving app: the champion model over HTTP (FastAPI on uvicorn), following its alias.
+
+- ``POST /predict``: ``{"images": [...]}``, each image as nested lists of 0-255 pixel values in
+  the raw data's shape (as ``data/raw`` stores them) or a base64 PNG/JPEG string.
+- ``POST /predict/image``: one uploaded PNG/JPEG file.
+- ``GET /health`` (alive), ``/ready`` (model loaded), ``/metadata``, ``/metrics`` (Prometheus),
+  ``/`` (a page to draw or upload a digit), ``POST /admin/reload`` (loopback clients only).
+
+Every input goes through the training code's own preprocessing (``tasks.core.images``), with
+the settings recorded on the model version, and the normalisation statistics live inside the
+model: nothing is re-typed here. Predictions are logged off the request thread to
+``data/serving/predictions.sqlite`` for monitoring.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from tasks.core.config import ServeParams
+from tasks.core.paths import PREDICTION_LOG
+from tasks.serving.inputs import InputError, decode_image, fit_to_raw, parse_batch, predict_body
+from tasks.serving.metrics import LimitAndMeasure, ServingMetrics
+from tasks.serving.model import ModelHolder, ServedModel, log
+from tasks.serving.prediction_log import PredictionLog
+
+PAGE = Path(__file__).with_name("page.html")
+
+
+def predictions(model: ServedModel, probabilities: np.ndarray) -> list[dict[str, Any]]:
+    best = probabilities.argmax(axis=1).tolist()
+    names = model.class_names
+    return [
+        {
+            "class_index": index,
+            "class_name": names[index],
+            "probabilities": dict(zip(names, row, strict=True)),
+        }
+        for index, row in zip(best, np.round(probabilities, 6).tolist(), strict=True)
+    ]
+
+
+def _error_response(text: str) -> dict[str, Any]:
+    return {
+        "description": text,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"detail": {"type": "string"}},
+                    "required": ["detail"],
+                }
+            }
+        },
+    }
+
+
+ERROR_RESPONSES = {
+    400: _error_response("Malformed JSON"),
+    413: _error_response("Payload too large"),
+    415: _error_response("Wrong content type"),
+    422: _error_response("Invalid input; `detail` names the field"),
+    503: _error_response("No model loaded yet"),
+}
+FORBIDDEN_RESPONSE = {403: _error_response("Not from this machine")}
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True)
+class AppState:
+    """What the handlers share: ``app.state.serving``."""
+
+    name: str
+    params: ServeParams
+    holder: ModelHolder
+    metrics: ServingMetrics
+    prediction_log: PredictionLog | None
+    body: type  # the /predict body model (inputs.predict_body)
+
+
+def create_app(
+    params: ServeParams,
+    name: str,
+    holder: ModelHolder | None = None,
+    prediction_log: PredictionLog | None = None,
+    watch: bool = True,
+    load_on_start: bool = True,
+) -> FastAPI:
+    """The FastAPI app. Loads the alias's version at start (in the background, so ``/health``
+    answers at once); with ``watch``, follows the alias every ``params.poll_seconds``."""
+    state = AppState(
+        name=name,
+        params=params,
+        holder=holder or ModelHolder(name, params.alias),
+        metrics=ServingMetrics(),
+        prediction_log=prediction_log,
+        body=predict_body(params.max_batch),
+    )
+    app = FastAPI(
+        title="mlcycle serving",
+        description=f"Predictions from `models:/{name}@{params.alias}`.",
+        lifespan=_lifespan(state, watch, load_on_start),
+    )
+    app.state.serving = state
+    app.state.holder = state.holder  # tests and the bench reach the holder here
+    app.add_middleware(LimitAndMeasure, max_bytes=params.max_body_bytes, metrics=state.metrics)
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_api_route(
+        "/predict",
+        predict,
+        methods=["POST"],
+        responses=ERROR_RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": state.body.model_json_schema()}},
+            }
+        },
+    )
+    app.add_api_route("/predict/image", predict_image, methods=["POST"], responses=ERROR_RESPONSES)
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/ready", ready, methods=["GET"], responses={503: ERROR_RESPONSES[503]})
+    app.add_api_route("/metadata", metadata, methods=["GET"], responses={503: ERROR_RESPONSES[503]})
+    app.add_api_route(
+        "/metrics",
+        prometheus_metrics,
+        methods=["GET"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    app.add_api_route(
+        "/admin/reload",
+        reload,
+        methods=["POST"],
+        status_code=202,
+        responses=FORBIDDEN_RESPONSE,
+    )
+    app.add_api_route(
+        "/", page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False
+    )
+    return app
+
+
+def _lifespan(state: AppState, watch: bool, load_on_start: bool) -> Any:
+    stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if load_on_start:
+            threading.Thread(target=state.holder.reload, name="model-load", daemon=True).start()
+        if watch:
+            threading.Thread(
+                target=state.holder.watch,
+                args=(state.params.poll_seconds, stop),
+                name="alias-watch",
+                daemon=True,
+            ).start()
+        if state.prediction_log is not None:
+            state.prediction_log.start()
+        yield
+        stop.set()
+        if state.prediction_log is not None:
+            state.prediction_log.close()
+
+    return lifespan
+
+
+def _serving(request: Request) -> AppState:
+    return request.app.state.serving
+
+
+def _problem(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+async def _input_error(request: Request, error: InputError) -> JSONResponse:
+    return _problem(error.status, str(error))
+
+
+async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0] if error.errors() else {"loc": ("body",), "msg": "invalid"}
+    where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    return _problem(422, f"{where}: {first['msg']}")
+
+
+async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
+    return _problem(error.status_code, str(error.detail))
+
+
+def current_model(state: AppState) -> ServedModel:
+    """The model this request will use to the end, or 503 saying why there is none. A reload
+    may swap ``holder.current`` meanwhile: the request finishes on the model it took."""
+    model = state.holder.current
+    if model is None:
+        raise InputError("model", state.holder.last_error or "not loaded yet", status=503)
+    return model
+
+
+def serve_batch(state: AppState, model: ServedModel, endpoint: str, images: np.ndarray) -> Response:
+    probabilities = model.predict(images)
+    counts = np.bincount(probabilities.argmax(axis=1), minlength=len(model.class_names))
+    for index in np.flatnonzero(counts):
+        state.metrics.predicted.labels(model.class_names[index]).inc(int(counts[index]))
+    if state.prediction_log is not None:
+        state.prediction_log.record(model, endpoint, images, probabilities)
+    body = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "predictions": predictions(model, probabilities),
+    }
+    # json.dumps directly: FastAPI's generic encoder walks every float (slow for batches)
+    return Response(json.dumps(body).encode(), media_type="application/json")
+
+
+async def predict(request: Request) -> Response:
+    """Predict a batch of images."""
+    state = _serving(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise InputError(
+            "content-type", f"expected application/json, got {content_type or 'none'}", 415
+        )
+    raw = await request.body()  # LimitAndMeasure refuses it past max_body_bytes
+    try:
+        payload = json.loads(raw)
+    except RecursionError:
+        raise InputError("body", "JSON nested too deeply", 400) from None
+    except ValueError as error:  # JSONDecodeError, bad UTF-8, integers of >4300 digits
+        raise InputError("body", f"malformed JSON ({str(error)[:120]})", 400) from None
+    model = current_model(state)
+    may_hold_bools = b"true" in raw or b"false" in raw
+    images = parse_batch(payload, model, state.params, state.body, may_hold_bools)
+    return serve_batch(state, model, "/predict", images)
+
+
+async def predict_image(request: Request, file: UploadFile) -> Response:
+    """Predict one uploaded PNG or JPEG image."""
+    state = _serving(request)
+    model = current_model(state)
+    pixels = decode_image(await file.read(), "file", state.params.max_image_side)
+    images = fit_to_raw(pixels, model.raw_shape)[np.newaxis]
+    return serve_batch(state, model, "/predict/image", images)
+
+
+async def health() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+async def ready(request: Request) -> Response:
+    """A model is loaded and served."""
+    state = _serving(request)
+    model = state.holder.current
+    body = {
+        "ready": model is not None,
+        "model_name": state.name,
+        "version": model.version if model else None,
+        "last_error": state.holder.last_error,
+    }
+    return JSONResponse(body, status_code=200 if model else 503)
+
+
+async def metadata(request: Request) -> Response:
+    """The served version: name, version, alias, data version, params, trained at."""
+    state = _serving(request)
+    model = current_model(state)
+    return JSONResponse({**model.metadata, "last_reload_error": state.holder.last_error})
+
+
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    state = _serving(request)
+    model = state.holder.current
+    if model is not None:
+        state.metrics.model_version.labels(state.name).set(float(model.version))
+    if state.prediction_log is not None:
+        state.metrics.log_dropped.set(state.prediction_log.dropped)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def reload(request: Request) -> dict[str, Any]:
+    """Load the version now holding the alias (loopback clients only); poll /ready."""
+    holder = _serving(request).holder
+    if (request.client.host if request.client else "") not in LOOPBACK:
+        raise InputError("client", "reload is accepted from this machine only", 403)
+    threading.Thread(target=holder.reload, name="model-reload", daemon=True).start()
+    return {"reloading": True, "serving": holder.current.version if holder.current else None}
+
+
+async def page() -> str:
+    return PAGE.read_text()
+
+
+def check_bind(host: str) -> None:
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serve: binding to %s: reachable from other machines (serve.host)", host)
+
+
+def serve(
+    params: ServeParams,
+    name: str,
+    host: str | None = None,
+    port: int | None = None,
+    prediction_log: Path = PREDICTION_LOG,
+) -> None:
+    """Run the app with uvicorn until interrupted."""
+    import torch
+    import uvicorn
+
+    # One intra-op thread: the models are small and requests many; more threads spin against
+    # each other (and the event loop) on a small machine and blow up tail latency.
+    torch.set_num_threads(1)
+    host = host or params.host
+    check_bind(host)
+    holder = ModelHolder(name, params.alias)
+    holder.freeze_after_load = True
+    app = create_app(
+        params,
+        name,
+        holder,
+        prediction_log=PredictionLog(prediction_log, params.log_max_rows, params.log_sample_rate),
+    )
+    log.info("serve: http://%s:%d (models:/%s@%s)", host, port or params.port, name, params.alias)
+    uvicorn.run(app, host=host, port=port or params.port, log_level="warning", access_log=False)

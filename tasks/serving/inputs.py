@@ -1,0 +1,207 @@
+"""Request inputs: nested pixel lists or base64 PNG/JPEG, checked and fitted to the raw shape;
+every refusal names the field at fault.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from tasks.core.config import ServeParams
+from tasks.core.errors import MlcycleError
+from tasks.core.images import ImageFormatError, convert_channels, pixels_from_image, resize
+from tasks.serving.model import ServedModel
+
+
+class InputError(MlcycleError):
+    """A request the app refuses: ``field`` names the part of the input at fault."""
+
+    def __init__(self, field: str, reason: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+        self.status = status
+
+
+def decode_image(data: bytes, field: str, max_side: int) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 H x W x C pixels, as the folder source reads images."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in ("PNG", "JPEG"):
+                raise InputError(field, f"expected a PNG or JPEG image, got {image.format}")
+            if max(image.size) > max_side:
+                raise InputError(
+                    field, f"image is {image.size[0]}x{image.size[1]}, at most {max_side} a side"
+                )
+            image.load()
+            return np.array(pixels_from_image(image, field))  # writable: torch reads it
+    except Image.DecompressionBombError as error:
+        raise InputError(field, f"image too large to decode safely ({error})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImageFormatError) as error:
+        raise InputError(field, f"not a decodable PNG or JPEG image ({error})") from None
+
+
+def fit_to_raw(pixels: np.ndarray, raw_shape: Sequence[int]) -> np.ndarray:
+    """A decoded image in any size -> the raw data's shape (channels, then size), as training's
+    preprocessing would convert and resize it."""
+    height, width, channels = raw_shape
+    batch = pixels[np.newaxis]
+    if batch.shape[-1] != channels:
+        batch = convert_channels(batch, channels)
+    if batch.shape[1:3] != (height, width):
+        batch = resize(batch, (height, width))
+    return batch[0]
+
+
+def parse_pixels(item: Any, field: str, raw_shape: Sequence[int]) -> np.ndarray:
+    """Nested lists of 0-255 numbers in the raw shape (H x W x C, or H x W when C is 1)."""
+    height, width, channels = raw_shape
+    try:
+        array = np.asarray(item, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise InputError(
+            field, "expected nested lists of numbers of equal lengths (ragged or non-numeric)"
+        ) from None
+    if array.dtype != np.float64 or _holds_non_numbers(item):
+        raise InputError(field, "expected numbers, got another type (true/false or strings)")
+    if array.ndim == 2 and channels == 1:
+        array = array[..., np.newaxis]
+    if array.shape != (height, width, channels):
+        expected = f"{height}x{width}x{channels}" + (
+            f" or {height}x{width}" if channels == 1 else ""
+        )
+        got = "x".join(str(n) for n in array.shape) or "a single number"
+        raise InputError(field, f"expected pixel values of shape {expected}, got {got}")
+    if not np.isfinite(array).all():
+        raise InputError(field, "holds NaN or infinity; expected pixel values 0-255")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 255:
+        raise InputError(field, f"values {low:g} to {high:g} out of range; expected 0-255")
+    return np.rint(array).astype(np.uint8)
+
+
+def _holds_non_numbers(item: Any) -> bool:
+    """np.asarray takes True as 1.0; a pixel value is never a bool."""
+    stack = [item]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True
+    return False
+
+
+IMAGES_DESCRIPTION = (
+    "Images as nested lists of 0-255 pixel values in the raw data's shape (H x W x C, or H x W "
+    "for one channel), or base64 PNG/JPEG strings."
+)
+
+
+def predict_body(max_batch: int) -> type[BaseModel]:
+    """The ``/predict`` body as a pydantic model: the one statement of its shape, which checks
+    every request (:func:`parse_batch`) and is the OpenAPI schema of the endpoint."""
+    return create_model(
+        "PredictRequest",
+        __config__=ConfigDict(extra="forbid", strict=True),
+        images=(
+            Annotated[
+                list[str | list],
+                Field(min_length=1, max_length=max_batch, description=IMAGES_DESCRIPTION),
+            ],
+            ...,
+        ),
+    )
+
+
+# Which problem to report when a body has several: the order a person fixes them in.
+_ENVELOPE_ORDER = {"model_type": 0, "extra_forbidden": 1, "missing": 2}
+
+
+def _envelope_error(error: ValidationError, max_batch: int) -> InputError:
+    """The first problem of a /predict body in one line naming the field at fault."""
+    first = min(error.errors(), key=lambda item: _ENVELOPE_ORDER.get(item["type"], 9))
+    location, kind, given = first["loc"], first["type"], first["input"]
+    if not location:
+        return InputError("body", f"expected a JSON object with 'images', got {_kind(given)}")
+    if kind == "extra_forbidden":
+        return InputError(str(location[0]), "unknown field; expected only 'images'")
+    if kind == "missing":
+        return InputError("images", "missing")
+    if len(location) == 1:
+        if kind == "too_short":
+            return InputError("images", "empty batch; send at least one image")
+        if kind == "too_long":
+            return InputError("images", f"{len(given)} images; at most {max_batch} per request")
+        return InputError("images", f"expected a list of images, got {_kind(given)}")
+    return InputError(
+        f"images[{location[1]}]",
+        f"expected nested lists of pixels or a base64 PNG/JPEG string, got {_kind(given)}",
+    )
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__
+
+
+def parse_batch(
+    payload: Any,
+    model: ServedModel,
+    params: ServeParams,
+    body: type[BaseModel],
+    may_hold_bools: bool = True,
+) -> np.ndarray:
+    """A /predict body -> raw-shaped uint8 images, or InputError naming the field at fault.
+
+    ``body``: :func:`predict_body` for ``params.max_batch``. ``may_hold_bools``: whether the
+    raw body contains ``true``/``false`` at all; when it does not, a batch of nested lists is
+    checked as one array (the fast path), and only a batch with a problem is walked image by
+    image to name the one at fault."""
+    try:
+        items = body.model_validate(payload).images
+    except ValidationError as error:
+        raise _envelope_error(error, params.max_batch) from None
+    if not may_hold_bools and all(isinstance(item, list) for item in items):
+        batch = _valid_batch(items, model.raw_shape)
+        if batch is not None:
+            return batch
+    images = []
+    for index, item in enumerate(items):
+        where = f"images[{index}]"
+        if isinstance(item, str):
+            try:
+                data = base64.b64decode(item.split(",", 1)[-1], validate=True)  # data URLs too
+            except (binascii.Error, ValueError):
+                raise InputError(where, "not valid base64") from None
+            pixels = decode_image(data, where, params.max_image_side)
+            images.append(fit_to_raw(pixels, model.raw_shape))
+        else:  # a list: the body model admits nothing else
+            images.append(parse_pixels(item, where, model.raw_shape))
+    return np.stack(images)
+
+
+def _valid_batch(items: list, raw_shape: Sequence[int]) -> np.ndarray | None:
+    """The whole batch as uint8 if every image is well formed, else None (find the fault
+    image by image)."""
+    try:
+        array = np.asarray(items)  # no dtype: strings stay strings, huge integers objects
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if array.dtype.kind not in "iuf":
+        return None
+    array = array.astype(np.float64, copy=False)
+    if array.ndim == 3 and raw_shape[2] == 1:
+        array = array[..., np.newaxis]
+    if array.shape[1:] != tuple(raw_shape) or not np.isfinite(array).all():
+        return None
+    if array.min() < 0 or array.max() > 255:
+        return None
+    return np.rint(array).astype(np.uint8)

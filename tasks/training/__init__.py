@@ -1,0 +1,4 @@
+"""The training engine the train stage calls: device, loop, checkpoints.
+
+Imports only `tasks.core`.
+"""

@@ -1,0 +1,65 @@
+"""Helpers shared by the tests (plain functions and constants; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tasks.core.files import ImageDataset
+from tasks.validation.gate import ValidationPlaces
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# Small enough to train in a second on CPU, big enough to be a real CNN.
+TINY_OVERRIDES = (
+    "train.epochs=2",
+    "train.batch_size=32",
+    "train.cnn.channels=[8, 16]",
+    "train.cnn.hidden_size=32",
+    "train.mlp.hidden_sizes=[32]",
+    "train.device=cpu",
+    "evaluate.baseline_max_iter=200",
+    "validate.min_rows=10",
+    "registry.min_score=0.2",  # a 2-epoch model is weak; the gate's floor has its own tests
+)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (for servers we start, or to test refusals)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def synthetic_dataset(
+    per_class: int = 12,
+    num_classes: int = 3,
+    shape: tuple[int, int, int] = (8, 8, 1),
+    seed: int = 0,
+) -> ImageDataset:
+    """Learnable images: each class lights up its own band of rows, plus noise."""
+    rng = np.random.default_rng(seed)
+    height = shape[0]
+    labels = np.repeat(np.arange(num_classes), per_class)
+    images = rng.integers(0, 60, size=(len(labels), *shape), dtype=np.int64)
+    band = max(1, height // num_classes)
+    for index, label in enumerate(labels):
+        images[index, label * band : (label + 1) * band] += 180
+    order = rng.permutation(len(labels))
+    return ImageDataset(
+        np.clip(images, 0, 255).astype(np.uint8)[order],
+        labels.astype(np.int64)[order],
+        tuple(f"class_{k}" for k in range(num_classes)),
+    )
+
+
+def make_places(root: Path):
+    """A copy of the repository's GX project under ``root``; validation writes beside it."""
+    import shutil
+
+    shutil.copytree(REPO_ROOT / "gx", root / "gx", ignore=shutil.ignore_patterns("uncommitted"))
+    return ValidationPlaces(root / "gx", root / "reports", root / "quarantine")

@@ -1,0 +1,223 @@
+"""Helpers of the integration tests: commands run as a user would, a real ``mlflow server``
+process, and a project-like workspace whose models are trained for real."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tasks.core.config import Params, RegistryParams
+from tasks.core.tracking import tracked_run
+from tasks.registry.candidate import Candidate, find_candidate
+from tasks.registry.check import check_registered
+from tasks.registry.gate import promote_if_better
+from tasks.registry.versions import create_version
+from tasks.stages.evaluate import run_evaluate
+from tasks.stages.train import run_train
+from tests.helpers import free_port
+
+BIN = Path(sys.executable).parent
+
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "mlcycle tests",
+    "GIT_AUTHOR_EMAIL": "tests@mlcycle.local",
+    "GIT_COMMITTER_NAME": "mlcycle tests",
+    "GIT_COMMITTER_EMAIL": "tests@mlcycle.local",
+}
+
+
+def run(
+    args: list[str], cwd: Path, check: bool = True, timeout: float = 300, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run a command as a user would, with this venv first on PATH; output kept for asserts."""
+    environment = {
+        **os.environ,
+        **GIT_IDENTITY,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    result = subprocess.run(
+        args, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\n--- stdout\n{result.stdout[-4000:]}"
+            f"\n--- stderr\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def dvc(*args: str, cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check, **env)
+
+
+def mlcycle(*args: str, cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    return run([str(BIN / "mlcycle"), *args], cwd=cwd, check=check, **env)
+
+
+_PREFECT_FILTER = """
+import asyncio, json, sys, tasks
+from prefect.client.orchestration import get_client
+async def main():
+    async with get_client() as client:
+        response = await client._client.post(sys.argv[1], json={"limit": 200})
+        response.raise_for_status()
+        print(json.dumps(response.json()))
+asyncio.run(main())
+"""
+
+
+def prefect_filter(cwd: Path, path: str) -> list[dict]:
+    """POST a Prefect ``/<kind>/filter`` in this session's Prefect database."""
+    import json
+
+    return json.loads(run([sys.executable, "-c", _PREFECT_FILTER, path], cwd=cwd).stdout)
+
+
+def prefect_artifacts(cwd: Path) -> dict[str, str]:
+    """The newest version of each keyed Prefect artifact in this session's Prefect database."""
+    latest = {}
+    for artifact in sorted(prefect_filter(cwd, "/artifacts/filter"), key=lambda a: a["created"]):
+        latest[artifact["key"]] = artifact["data"]
+    return latest
+
+
+def prefect_flow_runs(cwd: Path) -> list[tuple[str, str]]:
+    """(flow name, state type) of every flow run in this session's Prefect database."""
+    names = {flow["id"]: flow["name"] for flow in prefect_filter(cwd, "/flows/filter")}
+    return [
+        (names[r["flow_id"]], r["state_type"]) for r in prefect_filter(cwd, "/flow_runs/filter")
+    ]
+
+
+class MlflowService:
+    """A real ``mlflow server`` process (proxied artifacts in ``root/artifacts``) on a loopback
+    port; it can be stopped and started again on the same port and backend store."""
+
+    def __init__(self, root: Path, backend_uri: str | None = None) -> None:
+        self.root = root
+        self.backend_uri = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> MlflowService:
+        log = (self.root / "server.log").open("a")
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--backend-store-uri",
+                self.backend_uri,
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        try:
+            wait_for_http(f"{self.uri}/health", self.process, self.root / "server.log")
+        except RuntimeError as error:
+            self.stop()
+            raise RuntimeError(f"mlflow server did not start: {error}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            self.process.wait(timeout=30)
+        self.process = None
+
+
+@dataclass
+class Workspace:
+    """A project-like folder (params.yaml, data/processed, artifacts/, a DVC repo) whose
+    models are trained for real and tracked on an MLflow server."""
+
+    root: Path
+    params: Params
+    name: str
+
+    @property
+    def processed(self) -> Path:
+        return self.root / "data" / "processed"
+
+    @property
+    def model_file(self) -> Path:
+        return self.root / "artifacts" / "model.pt"
+
+    def train(self, seed: int, epochs: int = 2) -> Candidate:
+        """Train, evaluate and finish a run, as `dvc repro` does; the candidate it gives."""
+        self.update("train", seed=seed, epochs=epochs)  # params.yaml says what was trained
+        params = self.params
+        with tracked_run(params, run_name=f"seed-{seed}") as tracker:
+            run_train(
+                params.train,
+                self.processed,
+                self.model_file,
+                self.root / "artifacts" / "checkpoints",
+                self.root / "reports",
+                tracker,
+            )
+            run_evaluate(
+                params.evaluate, self.model_file, self.processed, self.root / "reports", tracker
+            )
+        return find_candidate(tracker.run_id, self.model_file, self.root)
+
+    def register(self, candidate: Candidate, policy: RegistryParams | None = None):
+        """The register flow's three steps, without Prefect."""
+        policy = policy or self.params.registry
+        registered = create_version(candidate, self.name)
+        check_registered(registered, policy, self.model_file, self.processed)
+        return promote_if_better(candidate, registered, policy, self.processed)
+
+    def write_params(self, **register: object) -> None:
+        self.update("registry", **register)
+
+    def update(self, section: str, **values: object) -> None:
+        """Change ``params.yaml`` (and ``self.params``) in one section."""
+        changed = getattr(self.params, section).model_copy(update=values)
+        self.params = self.params.model_copy(update={section: changed})
+        (self.root / "params.yaml").write_text(yaml.safe_dump(self.params.model_dump(mode="json")))
+
+
+def make_workspace(root: Path, processed_dir: Path, tiny_params: Params, name: str) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(processed_dir, root / "data" / "processed")
+    dvc("init", "--no-scm", "-q", cwd=root)
+    workspace = Workspace(root, tiny_params, name)
+    workspace.write_params(model_name=name, min_score=0.0, min_improvement=0.0)
+    return workspace
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
+    """Until ``url`` answers 200; RuntimeError with the log's tail if ``process`` dies first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)

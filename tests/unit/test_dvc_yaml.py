@@ -1,0 +1,92 @@
+"""dvc.yaml declares what each stage reads: its code deps are exactly the modules that shape
+its outputs, so a change to serving or registry code never makes `dvc status` stale, and a
+change to a stage's own code always does."""
+
+from __future__ import annotations
+
+import grimp
+import pytest
+import yaml
+
+from models import MODEL_NAMES
+from tests.helpers import REPO_ROOT
+
+# Modules that only connect, report or parse: a stage imports them, but they do not shape its
+# outputs (a param's *value* is a params dep; its parsing code is not).
+PLUMBING = {
+    "tasks.core.config",
+    "tasks.core.console",
+    "tasks.core.errors",
+    "tasks.core.paths",
+    "tasks.core.tracking",
+    "tasks.core.lineage",
+    "tasks.core.dvc",
+}
+# Imported to record reports in the run's MLflow run, not to make the stage's outputs.
+REPORTING_ONLY = {"train": {"tasks.validation.gate"}}
+STAGES = ("collect", "validate", "preprocess", "train", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return grimp.build_graph("tasks", "models")
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict:
+    return yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def shaping_modules(graph: grimp.ImportGraph, stage: str) -> set[str]:
+    """The stage's module and everything it imports, not walking into plumbing."""
+    skip = PLUMBING | REPORTING_ONLY.get(stage, set())
+    seen, todo = set(), [f"tasks.stages.{stage}"]
+    while todo:
+        module = todo.pop()
+        if module in seen or module in skip:
+            continue
+        seen.add(module)
+        todo.extend(graph.find_modules_directly_imported_by(module))
+    return seen
+
+
+def module_file(module: str) -> str:
+    path = module.replace(".", "/")
+    return f"{path}/__init__.py" if (REPO_ROOT / path).is_dir() else f"{path}.py"
+
+
+def covered(file: str, deps: list[str]) -> bool:
+    """Listed itself, inside a listed folder, or the chosen family's `models/${train.model}.py`."""
+    family = file.removeprefix("models/").removesuffix(".py")
+    if file.startswith("models/") and family in MODEL_NAMES:
+        return "models/${train.model}.py" in deps
+    return any(file == dep or file.startswith(f"{dep.rstrip('/')}/") for dep in deps)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_module_that_shapes_a_stage_is_a_dep(graph, stages, stage):
+    deps = stages[stage]["deps"]
+    missing = sorted(
+        file for file in map(module_file, shaping_modules(graph, stage)) if not covered(file, deps)
+    )
+    assert not missing, f"dvc.yaml stage {stage} should list {missing} as deps"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_stage_lists_code_it_does_not_import(graph, stages, stage):
+    files = {module_file(module) for module in shaping_modules(graph, stage)}
+    code_deps = [d for d in stages[stage]["deps"] if d.startswith(("tasks/", "models/"))]
+    stale = [
+        dep
+        for dep in code_deps
+        if dep != "models/${train.model}.py"
+        and not any(f == dep or f.startswith(f"{dep.rstrip('/')}/") for f in files)
+    ]
+    assert not stale, f"dvc.yaml stage {stage} lists {stale}, which it does not import"
+
+
+def test_the_train_stage_depends_on_the_chosen_family_only(stages):
+    train = stages["train"]
+    assert "train.${train.model}" in train["params"]
+    assert not [p for p in train["params"] if p.split(".")[1:2] in ([n] for n in MODEL_NAMES)]
+    assert "models" not in train["deps"]
