@@ -298,8 +298,7 @@ def _as_uint8(images: np.ndarray, what: str) -> np.ndarray:
     )
 
 
-# The thin Prefect wrapper, for flows of your own; the training pipeline runs this stage
-# through `dvc repro` (so DVC decides whether it is stale), never through this task.
+# For flows of your own: the training pipeline runs the stage through `dvc repro`.
 collect_task = task(name="collect")(run_collect)
 
 

@@ -270,8 +270,7 @@ def plot_confusion_matrix(
     plt.close(figure)
 
 
-# The thin Prefect wrapper, for flows of your own; the training pipeline runs this stage
-# through `dvc repro` (so DVC decides whether it is stale), never through this task.
+# For flows of your own: the training pipeline runs the stage through `dvc repro`.
 evaluate_task = task(name="evaluate")(run_evaluate)
 
 

@@ -174,8 +174,7 @@ def _rounded(values: tuple[float, ...]) -> str:
     return "[" + ", ".join(f"{value:.3f}" for value in values) + "]"
 
 
-# The thin Prefect wrapper, for flows of your own; the training pipeline runs this stage
-# through `dvc repro` (so DVC decides whether it is stale), never through this task.
+# For flows of your own: the training pipeline runs the stage through `dvc repro`.
 preprocess_task = task(name="preprocess")(run_preprocess)
 
 

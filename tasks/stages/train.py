@@ -170,8 +170,7 @@ def _csv_number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
-# The thin Prefect wrapper, for flows of your own; the training pipeline runs this stage
-# through `dvc repro` (so DVC decides whether it is stale), never through this task.
+# For flows of your own: the training pipeline runs the stage through `dvc repro`.
 train_task = task(name="train")(run_train)
 
 

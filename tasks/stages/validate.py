@@ -202,8 +202,7 @@ def _fail(
     raise_failure(report, kept, report_path, places)
 
 
-# The thin Prefect wrapper, for flows of your own; the training pipeline runs this stage
-# through `dvc repro` (so DVC decides whether it is stale), never through this task.
+# For flows of your own: the training pipeline runs the stage through `dvc repro`.
 validate_task = task(name="validate")(run_validate)
 
 
