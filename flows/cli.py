@@ -9,20 +9,40 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.core.config import ServeParams, load_params
 from tasks.core.errors import MlcycleError
 from tasks.core.paths import PREDICTION_LOG
+from tasks.core.processes import Terminated, raise_terminated
 from tasks.core.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri
+from tasks.lifecycle.pipeline import close_orphaned_runs
+from tasks.lifecycle.prefect_api import prefect_api
+from tasks.lifecycle.preflight import check_run
+from tasks.lifecycle.workspace import workspace_lock
 from tasks.registry.gate import Registration
 from tasks.registry.versions import VersionRow
 
 if TYPE_CHECKING:
     from flows.training import PipelineOutcome
+
+
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; expected 1-65535")
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         "promote", help="move `champion` to a version by hand (after a load-back check)"
     )
     promote.add_argument("version", help="the version number, as `mlcycle models` lists it")
+    promote.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even if its classes or input shape differ from the champion's",
+    )
     promote.add_argument("--name", help=name_help)
     rollback = commands.add_parser(
         "rollback", help="move `champion` back to the version it replaced"
@@ -81,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "at /. The app reloads when the alias moves. Settings: serve.* in params.yaml.",
     )
     serve.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default serve.port)")
+    serve.add_argument("--port", type=port_number, help="port (default serve.port)")
     serve.add_argument(
         "--prediction-log",
         type=Path,
@@ -93,35 +118,104 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGINT and SIGTERM stop the command in its main thread: the flow records the run as
+    # stopped, the children are stopped in order, and the exit code says which signal it was.
+    previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if args.command == "run":
-            return run_pipeline(args.overrides)
-        if args.command == "register":
-            return run_register(args.run_id)
-        if args.command == "serve":
-            return run_serve(args.host, args.port, args.prediction_log)
-        return manage_registry(args)
+        return _dispatch(args, _command_line(argv))
     except MlcycleError as error:
         print(f"mlcycle: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return _stopped(args.command, "interrupted (Ctrl-C)", 130)
+    except Terminated:
+        return _stopped(args.command, "terminated (SIGTERM)", 143)
+    except BrokenPipeError:  # `mlcycle models | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def run_pipeline(overrides: Sequence[str]) -> int:
-    # Bad overrides and an unreachable tracking server fail here, before Prefect starts.
+def _dispatch(args: argparse.Namespace, command: str) -> int:
+    if args.command == "run":
+        return run_pipeline(args.overrides, command)
+    if args.command == "register":
+        return run_register(args.run_id, command)
+    if args.command == "serve":
+        return run_serve(args.host, args.port, args.prediction_log)
+    return manage_registry(args, command)
+
+
+def _stop(signum: int, frame: object) -> None:
+    """The first SIGINT/SIGTERM stops the command; later ones only say that it is stopping
+    (the flow is recording how the run ended, and children get a few seconds each)."""
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, _already_stopping)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise_terminated(signum, frame)
+
+
+def _already_stopping(signum: int, frame: object) -> None:
+    print("mlcycle: stopping, please wait (a few seconds)", file=sys.stderr, flush=True)
+
+
+def _stopped(command: str, how: str, code: int) -> int:
+    advice = {
+        "run": "the MLflow run is marked KILLED and nothing was registered; `git checkout "
+        "params.yaml && dvc checkout` restores the workspace, `mlcycle run` starts again",
+        "register": "no alias moved unless the registration finished; `mlcycle register` "
+        "again completes it",
+        "restore": "the workspace's own dvc.lock and params.yaml are back; run it again",
+    }.get(command, "run it again when ready")
+    print(f"mlcycle: stopped, {how}: {advice}", file=sys.stderr)
+    return code
+
+
+def _command_line(argv: Sequence[str] | None) -> str:
+    return shlex.join(["mlcycle", *(sys.argv[1:] if argv is None else argv)])
+
+
+@contextmanager
+def holding_workspace(command: str) -> Iterator[None]:
+    """This workspace to ``command`` alone; a run that a dead command left open is closed."""
+    with workspace_lock(command) as lock:
+        previous = lock.previous
+        if previous is not None:
+            print(
+                f"mlcycle: the previous command here, {previous.describe()}, died without "
+                "finishing",
+                file=sys.stderr,
+            )
+            for run_id in close_orphaned_runs(previous.pid, previous.host):
+                print(f"mlcycle: its MLflow run {run_id} is now marked KILLED", file=sys.stderr)
+        yield
+
+
+def run_pipeline(overrides: Sequence[str], command: str) -> int:
+    # Bad overrides, params this machine cannot run and an unreachable tracking server fail
+    # here, before anything is written.
     params = load_params(overrides=overrides)
+    check_run(params)
     connect()
     from flows.training import training_pipeline
 
-    print(format_outcome(training_pipeline(params=params)))
+    with holding_workspace(command), prefect_api():
+        outcome = training_pipeline(params=params)
+    print(format_outcome(outcome))
     return 0
 
 
-def run_register(run_id: str | None) -> int:
+def run_register(run_id: str | None, command: str) -> int:
     params = load_params()
     connect()
     from flows.registry import register_model
 
-    print(format_registration(register_model(run_id=run_id, params=params)))
+    with holding_workspace(command), prefect_api():
+        registration = register_model(run_id=run_id, params=params)
+    print(format_registration(registration))
     return 0
 
 
@@ -136,7 +230,7 @@ def run_serve(host: str | None, port: int | None, prediction_log: Path | None) -
     return 0
 
 
-def manage_registry(args: argparse.Namespace) -> int:
+def manage_registry(args: argparse.Namespace, command: str) -> int:
     from flows.registry import promote_model, rollback_model
     from tasks.registry.restore import restore
     from tasks.registry.versions import list_versions
@@ -147,16 +241,19 @@ def manage_registry(args: argparse.Namespace) -> int:
         print(format_versions(name, list_versions(name)))
     elif args.command == "promote":
         connect()
-        previous = promote_model(name, args.version)
+        with prefect_api():
+            previous = promote_model(name, args.version, args.force)
         print(f"{name}: champion is now version {args.version} (was {previous or 'none'})")
         print(notify_serving_app(params.serve))
     elif args.command == "rollback":
         connect()
-        current, previous = rollback_model(name)
+        with prefect_api():
+            current, previous = rollback_model(name)
         print(f"{name}: champion rolled back from version {current} to version {previous}")
         print(notify_serving_app(params.serve))
     elif args.command == "restore":
-        restored = restore(name, args.version)
+        with holding_workspace(command):
+            restored = restore(name, args.version)
         print(f"{name} v{restored.version}: data, params.yaml and dvc.lock restored")
         for path, md5 in restored.hashes.items():
             print(f"  {path}: {md5} (verified)")

@@ -45,9 +45,10 @@ def register_model(run_id: str | None = None, params: Params | None = None) -> R
 
 
 @flow(name="promote-model", description="Move `champion` to a version by hand (load-checked).")
-def promote_model(name: str, version: str) -> str | None:
-    """Returns the version that was champion before."""
-    return promote_task(name, version)
+def promote_model(name: str, version: str, force: bool = False) -> str | None:
+    """Returns the version that was champion before. ``force``: even if its classes or input
+    shape differ from the champion's."""
+    return promote_task(name, version, force)
 
 
 @flow(name="rollback-model", description="Move `champion` back to the version it replaced.")

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from tasks.core.errors import MlcycleError
+from tasks.core.processes import die_with_parent
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -35,7 +36,11 @@ def run_logger(fallback: str) -> logging.Logger | logging.LoggerAdapter:
 
 
 def stage_main(main: Callable[[], None]) -> None:
-    """Run a ``python -m tasks.stages.<stage>`` entry point: a user error is one line, exit 1."""
+    """Run a ``python -m tasks.stages.<stage>`` entry point: a user error is one line, exit 1.
+
+    The stage dies with the process that started it (``dvc repro``), so a killed run leaves no
+    training behind."""
+    die_with_parent()
     configure_logging()
     try:
         main()

@@ -17,6 +17,7 @@ from typing import Any
 from tasks.core.console import run_logger
 from tasks.core.errors import MlcycleError
 from tasks.core.paths import DVC_LOCK
+from tasks.core.processes import start_group, stop_group
 
 DATA_OUTPUTS = ("data/raw", "data/processed")  # the data a model version's lineage names
 
@@ -104,10 +105,11 @@ def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
 
     A subprocess, not ``Repo.reproduce``: the stage's output must stream line by line into the
     Prefect log (in-process, DVC prints to our stdout only when the stage ends), and the stage
-    runs in a process of its own that a stop can end without ending the flow's.
+    runs in a process group of its own that a stop ends (``tasks.core.processes``) while the
+    flow lives on to record how the run ended.
     """
     tail: deque[str] = deque(maxlen=5)
-    with subprocess.Popen(
+    process = start_group(
         # -q: DVC's own hints (git add ..., dvc push ...) are noise here; errors still show.
         [sys.executable, "-m", "dvc", "repro", "--single-item", "--quiet", stage],
         stdout=subprocess.PIPE,
@@ -119,13 +121,19 @@ def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
             # dvc.yaml says `python -m ...`: make that the interpreter running this flow.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         },
-    ) as process:
+    )
+    try:
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
             if line:
                 tail.append(line)
                 yield line
+        process.wait()
+    finally:  # a stop (Ctrl-C, SIGTERM) or an error here: the stage must not run on
+        stop_group(process)
+        if process.stdout is not None:
+            process.stdout.close()
     if process.returncode != 0:
         detail = next((line for line in reversed(tail) if line.startswith("error:")), None)
         if detail:

@@ -20,6 +20,11 @@ TAG_FLOW_RUN = "mlcycle.prefect_flow_run_id"
 TAG_MODEL_MD5 = "mlcycle.model_md5"  # only on the run that logged that model file
 TAG_MODEL_RUN = "mlcycle.model_run_id"  # on runs that use a model logged by another run
 TAG_EVALUATED = "mlcycle.evaluated"
+# The process that runs a pipeline run: if it dies, the next command in the workspace closes it.
+TAG_PID = "mlcycle.pid"
+TAG_HOST = "mlcycle.host"
+TAG_WORKSPACE = "mlcycle.workspace"
+TAG_STOPPED = "mlcycle.stopped"  # why a run was KILLED
 
 # Model version tags, beside the lineage tags copied from the run (git, DVC hashes, flow run).
 TAG_RUN = "mlcycle.mlflow_run_id"

@@ -166,10 +166,10 @@ def joined_flow_run(params: Params) -> Iterator[RunTracker | None]:
 def tracked_run(
     params: Params, run_id: str | None = None, run_name: str | None = None
 ) -> Iterator[RunTracker]:
-    """An MLflow run for a stage: marked FAILED if the stage raises.
+    """An MLflow run for a stage: marked FAILED if the stage raises (unless the flow owns it).
 
-    - With ``MLFLOW_RUN_ID`` set (the flow's run): log into it and leave it open; the flow
-      owns it and ends it.
+    - With ``MLFLOW_RUN_ID`` set (the flow's run): log into it and leave it open, even when the
+      stage fails; the flow owns it and ends it (FAILED, or KILLED when it was stopped).
     - With ``run_id`` (a finished run to join, as evaluate joins train's): reopen it, end it.
     - Otherwise: a new run, ended when the stage ends.
     """
@@ -197,7 +197,8 @@ def tracked_run(
         tracker.set_tags(lineage_tags())
         yield tracker
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        if run_id != flows_run:  # the flow's run is the flow's to end (FAILED or KILLED)
+            client.set_terminated(run_id, "FAILED")
         raise
     if run_id != flows_run:
         client.set_terminated(run_id, "FINISHED")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,8 +30,12 @@ from tasks.core.files import file_md5, read_json, read_split
 from tasks.core.lineage import (
     TAG_EVALUATED,
     TAG_FLOW_RUN,
+    TAG_HOST,
     TAG_MODEL_MD5,
     TAG_MODEL_RUN,
+    TAG_PID,
+    TAG_STOPPED,
+    TAG_WORKSPACE,
     git_state,
     lineage_tags,
     record_lineage_files,
@@ -109,7 +114,8 @@ def _reproduce(stage: str, run_id: str | None) -> StageResult:
 
 
 def start_pipeline_run(params: Params) -> str:
-    """Open the MLflow run the stages log into: params, git state, the Prefect flow-run id."""
+    """Open the MLflow run the stages log into: params, git state, the Prefect flow-run id, and
+    the process running it (so that the next command can close it if this process dies)."""
     from mlflow.tracking import MlflowClient
 
     experiment_id = connect()
@@ -117,26 +123,59 @@ def start_pipeline_run(params: Params) -> str:
     run = MlflowClient().create_run(
         experiment_id,
         run_name=f"pipeline-{flow_run.get_name() or time.strftime('%Y%m%d-%H%M%S')}",
-        tags={TAG_FLOW_RUN: flow_run_id or "none", **git_state()},
+        tags={TAG_FLOW_RUN: flow_run_id or "none", **git_state(), **process_tags()},
     )
     RunTracker(run.info.run_id).log_params(params)
     _logger().info("MLflow run %s", run_url(run.info.run_id))
     return run.info.run_id
 
 
+def process_tags(pid: int | None = None) -> dict[str, str]:
+    return {
+        TAG_PID: str(pid or os.getpid()),
+        TAG_HOST: socket.gethostname(),
+        TAG_WORKSPACE: str(Path.cwd().resolve()),
+    }
+
+
 def fail_pipeline_run(flow: Any, prefect_flow_run: Any, state: Any) -> None:
-    """Prefect ``on_failure``/``on_crashed`` hook: mark this flow run's MLflow run FAILED, so
-    nothing is ever registered or served from a failed or partial pipeline run."""
+    """Prefect ``on_failure``/``on_crashed`` hook: mark this flow run's MLflow run FAILED (a
+    step failed) or KILLED (stopped by Ctrl-C or a signal), so nothing is ever registered or
+    served from a failed or partial pipeline run."""
     from mlflow.tracking import MlflowClient
 
+    status = "KILLED" if state.is_crashed() else "FAILED"
     try:
         run_id = find_run(TAG_FLOW_RUN, str(prefect_flow_run.id))
         # A FINISHED run was trained and evaluated in full; a later step (registration)
         # failing does not unmake that, and a retry may still register it.
         if run_id and MlflowClient().get_run(run_id).info.status == "RUNNING":
-            MlflowClient().set_terminated(run_id, "FAILED")
+            if status == "KILLED":
+                MlflowClient().set_tag(run_id, TAG_STOPPED, state.message or "stopped")
+            MlflowClient().set_terminated(run_id, status)
     except Exception as error:  # a hook must not hide the flow's own failure
-        _logger().warning("could not mark the MLflow run FAILED: %s", error)
+        _logger().warning("could not mark the MLflow run %s: %s", status, error)
+
+
+def close_orphaned_runs(pid: int, host: str) -> list[str]:
+    """Mark KILLED the pipeline runs of this workspace that process ``pid`` on ``host`` left
+    RUNNING when it died (a ``kill -9``, a power cut); returns their ids."""
+    from mlflow.tracking import MlflowClient
+
+    tags = process_tags(pid)
+    if tags[TAG_HOST] != host:
+        return []
+    experiment_id = connect()
+    query = " and ".join(
+        ["attributes.status = 'RUNNING'", *(f"tags.`{k}` = '{v}'" for k, v in tags.items())]
+    )
+    closed = []
+    for run in MlflowClient().search_runs([experiment_id], query):
+        reason = f"its process (pid {pid}) died; closed by the next mlcycle command"
+        MlflowClient().set_tag(run.info.run_id, TAG_STOPPED, reason)
+        MlflowClient().set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    return closed
 
 
 def finish_pipeline_run(

@@ -107,8 +107,8 @@ def publish_registration_task(registration: Registration, policy: RegistryParams
 
 
 @task(name="promote")
-def promote_task(name: str, version: str) -> str | None:
-    previous = promote(name, version)
+def promote_task(name: str, version: str, force: bool = False) -> str | None:
+    previous = promote(name, version, force=force)
     run_logger(log.name).info("%s: champion is now version %s (was %s)", name, version, previous)
     return previous
 

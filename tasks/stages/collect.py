@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ from tasks.core.console import stage_main
 from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset, write_raw_dataset
 from tasks.core.images import ImageFormatError, pixels_from_image
-from tasks.core.paths import RAW_DIR
+from tasks.core.paths import EXTERNAL_DIR, RAW_DIR
 
 log = logging.getLogger("mlcycle.collect")
 
@@ -41,9 +43,15 @@ class CollectResult:
     class_names: tuple[str, ...]
 
 
-def run_collect(params: CollectParams, raw_dir: Path = RAW_DIR) -> CollectResult:
-    """Load ``params.source`` and write it to ``raw_dir`` (images, labels, meta.json)."""
-    dataset = load_source(params)
+def run_collect(
+    params: CollectParams, raw_dir: Path = RAW_DIR, external_dir: Path = EXTERNAL_DIR
+) -> CollectResult:
+    """Load ``params.source`` and write it to ``raw_dir`` (images, labels, meta.json).
+
+    Sources on disk must lie inside ``external_dir`` (``data/external``), which dvc.yaml
+    declares as the stage's dependency: data read from anywhere else could change without DVC
+    noticing, and later runs would train on stale data."""
+    dataset = load_source(params, external_dir)
     write_raw_dataset(dataset, raw_dir, source=params.source)
     height, width, channels = dataset.image_shape
     log.info(
@@ -59,16 +67,17 @@ def run_collect(params: CollectParams, raw_dir: Path = RAW_DIR) -> CollectResult
     return CollectResult(raw_dir, len(dataset.labels), dataset.image_shape, dataset.class_names)
 
 
-def load_source(params: CollectParams) -> ImageDataset:
+def load_source(params: CollectParams, external_dir: Path = EXTERNAL_DIR) -> ImageDataset:
+    check_source_location(params, external_dir)
     kind, _, argument = params.source.partition(":")
     if kind == "sklearn-digits":
         dataset = load_sklearn_digits()
     elif kind == "torchvision":
         dataset = load_torchvision(argument, Path(params.root), params.download)
     elif kind == "folder":
-        dataset = load_image_folder(Path(argument))
+        dataset = load_image_folder(Path(argument), external_dir)
     elif kind == "npz":
-        dataset = load_npz(Path(argument))
+        dataset = load_npz(Path(argument), external_dir)
     else:  # params validation already rejects these; kept for callers that bypass it
         raise DataSourceError(f"collect.source: unknown source {params.source!r}")
     if len(dataset.class_names) < 2:
@@ -77,6 +86,40 @@ def load_source(params: CollectParams) -> ImageDataset:
             "a classifier needs at least 2"
         )
     return dataset
+
+
+def check_source_location(params: CollectParams, external_dir: Path = EXTERNAL_DIR) -> None:
+    """DataSourceError unless the source's files (and torchvision's root) are inside
+    ``external_dir``: what ``mlcycle run`` checks before it writes params.yaml."""
+    kind, _, argument = params.source.partition(":")
+    if kind in ("folder", "npz"):
+        inside_external(Path(argument), external_dir, f"collect.source {kind}:")
+    elif kind == "torchvision":
+        inside_external(Path(params.root), external_dir, "collect.root")
+
+
+def inside_external(path: Path, external_dir: Path, what: str) -> None:
+    """DataSourceError unless ``path``, symlinks followed, lies inside ``external_dir``."""
+    resolved, root = path.resolve(), external_dir.resolve()
+    if resolved != root and not resolved.is_relative_to(root):
+        written = Path(os.path.normpath(path.absolute()))
+        via = f" (through a symlink, to {resolved})" if written != resolved else ""
+        raise DataSourceError(
+            f"{what} {path} is outside {external_dir}/{via}. DVC watches only {external_dir}/ "
+            "for changes, so later runs would train on stale data. Bring the data in: copy it "
+            f"under {external_dir}/ (or `dvc import` / `dvc add` it there) and point "
+            "collect.source at that copy"
+        )
+
+
+def regular_file(path: Path, external_dir: Path) -> None:
+    """A source file must be a plain file inside ``external_dir``: a device (a symlink to
+    /dev/zero), a pipe or a socket would hang or feed garbage."""
+    inside_external(path, external_dir, "source file")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise DataSourceError(
+            f"{path}: not a regular file (a device, pipe or socket); expected image files only"
+        )
 
 
 def load_sklearn_digits() -> ImageDataset:
@@ -177,7 +220,7 @@ def _torchvision_classes(dataset: object) -> tuple[str, ...] | None:
     return tuple(str(name) for name in classes) if classes else None
 
 
-def load_image_folder(root: Path) -> ImageDataset:
+def load_image_folder(root: Path, external_dir: Path = EXTERNAL_DIR) -> ImageDataset:
     """``root/<class name>/<image files>``; hidden files (``.DS_Store``) are ignored."""
     from PIL import Image, UnidentifiedImageError
 
@@ -202,6 +245,7 @@ def load_image_folder(root: Path) -> ImageDataset:
                 raise DataSourceError(
                     f"{path}: not an image file (expected {' '.join(IMAGE_SUFFIXES)})"
                 )
+            regular_file(path, external_dir)
             try:
                 with Image.open(path) as image:
                     pixels = pixels_from_image(image, path)
@@ -227,10 +271,15 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(size) for size in shape)
 
 
-def load_npz(path: Path) -> ImageDataset:
+def load_npz(path: Path, external_dir: Path = EXTERNAL_DIR) -> ImageDataset:
     """Arrays ``images`` (N, H, W) or (N, H, W, C) and ``labels`` (N,); optional ``class_names``."""
     if not path.is_file():
         raise DataSourceError(f"npz:{path}: file not found")
+    regular_file(path, external_dir)
+    if not zipfile.is_zipfile(path):
+        raise DataSourceError(
+            f"{path}: not an .npz archive (a zip of .npy arrays, as numpy.savez writes)"
+        )
     try:
         with np.load(path, allow_pickle=False) as arrays:
             found = sorted(arrays.files)

@@ -128,18 +128,29 @@ def test_run_record_logs_the_model_when_no_run_holds_it(tracking_store, tiny_par
     assert len(models) == 1
 
 
-def test_failure_hook_marks_the_flow_runs_mlflow_run_failed(tracking_store, tiny_params):
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [
+        pytest.param("failed", "FAILED", id="a-step-failed"),
+        pytest.param("crashed", "KILLED", id="stopped-by-a-signal"),
+    ],
+)
+def test_failure_hook_marks_the_flow_runs_mlflow_run(tracking_store, tiny_params, state, status):
     import types
 
     from mlflow.tracking import MlflowClient
+    from prefect.states import Crashed, Failed
 
-    from tasks.core.lineage import TAG_FLOW_RUN
+    from tasks.core.lineage import TAG_FLOW_RUN, TAG_STOPPED
     from tasks.core.tracking import connect
     from tasks.lifecycle.pipeline import fail_pipeline_run
 
     run = MlflowClient().create_run(connect(), tags={TAG_FLOW_RUN: "1234"})
-    fail_pipeline_run(None, types.SimpleNamespace(id="1234"), None)
-    assert MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
+    ended = Failed() if state == "failed" else Crashed(message="aborted by an interrupt")
+    fail_pipeline_run(None, types.SimpleNamespace(id="1234"), ended)
+    logged = MlflowClient().get_run(run.info.run_id)
+    assert logged.info.status == status
+    assert (TAG_STOPPED in logged.data.tags) == (status == "KILLED")
 
 
 def test_failure_hook_leaves_a_finished_run_finished(tracking_store, tiny_params):
@@ -148,6 +159,7 @@ def test_failure_hook_leaves_a_finished_run_finished(tracking_store, tiny_params
     import types
 
     from mlflow.tracking import MlflowClient
+    from prefect.states import Failed
 
     from tasks.core.lineage import TAG_FLOW_RUN
     from tasks.core.tracking import tracked_run
@@ -155,5 +167,5 @@ def test_failure_hook_leaves_a_finished_run_finished(tracking_store, tiny_params
 
     with tracked_run(tiny_params) as run:
         run.set_tags({TAG_FLOW_RUN: "5678"})
-    fail_pipeline_run(None, types.SimpleNamespace(id="5678"), None)
+    fail_pipeline_run(None, types.SimpleNamespace(id="5678"), Failed())
     assert MlflowClient().get_run(run.run_id).info.status == "FINISHED"

@@ -104,7 +104,8 @@ def test_a_stage_leaves_the_flows_run_open_and_reopens_a_finished_one(
     assert client.get_run(flows_run.run_id).info.status == "RUNNING"  # the flow ends it
     with pytest.raises(ValueError), tracked_run(tiny_params):
         raise ValueError("stage failed")
-    assert client.get_run(flows_run.run_id).info.status == "FAILED"
+    # the flow ends it, FAILED or KILLED, by how the flow ended (its hook; test_pipeline.py)
+    assert client.get_run(flows_run.run_id).info.status == "RUNNING"
 
     monkeypatch.delenv("MLFLOW_RUN_ID")
     with tracked_run(tiny_params) as train_stage:

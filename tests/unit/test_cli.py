@@ -1,0 +1,118 @@
+"""The `mlcycle` command line refuses what this machine cannot run before it writes anything,
+and behaves in a pipe."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+from tasks.lifecycle.workspace import WorkspaceBusy, workspace_lock
+from tests.helpers import REPO_ROOT
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        pytest.param(
+            "train.device=cuda:7", r"train\.device is 'cuda:7' but \d+ CUDA device", id="no-gpu"
+        ),
+        pytest.param(
+            "preprocess.image_size=100000",
+            r"preprocess\.image_size=100000: 1797 images of 100000x100000x1 need about .* TiB "
+            r"in memory, and this machine has .* available; choose a smaller image_size",
+            id="memory",
+        ),
+        pytest.param(
+            "collect.source=folder:/srv/digits",
+            r"collect\.source folder: /srv/digits is outside data/external/",
+            id="source-outside-external",
+        ),
+    ],
+)
+def test_a_run_this_machine_cannot_do_is_refused_before_params_yaml_changes(
+    workspace, capsys, override, message
+):
+    before = (workspace / "params.yaml").read_bytes()
+    assert main(["run", "--set", override]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("mlcycle: error: ")
+    assert len(error.strip().splitlines()) == 1
+    assert re.search(message, error), error
+    assert (workspace / "params.yaml").read_bytes() == before  # nothing written
+
+
+def test_a_port_out_of_range_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--port", "99999"])
+    assert exit_.value.code == 2
+    assert "'99999' is not a port; expected 1-65535" in capsys.readouterr().err
+
+
+def test_a_second_command_in_a_busy_workspace_names_the_holder(workspace, capsys):
+    with workspace_lock("mlcycle run --set train.seed=33"):
+        busy = pytest.raises(WorkspaceBusy, match=r"`mlcycle run --set train\.seed=33` \(pid ")
+        with busy, workspace_lock("mlcycle run"):
+            pass
+        before = (workspace / "params.yaml").read_bytes()
+        assert main(["run", "--set", "train.seed=34"]) == 1
+        assert (workspace / "params.yaml").read_bytes() == before  # never touched
+    assert "this workspace is busy: `mlcycle run --set train.seed=33`" in capsys.readouterr().err
+
+
+def test_a_lock_left_by_a_killed_command_is_taken_over_and_named(workspace):
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nfrom tasks.lifecycle.workspace import workspace_lock\n"
+            "with workspace_lock('mlcycle run --set train.seed=1'):\n"
+            "    print('held', flush=True); time.sleep(600)",
+        ],
+        cwd=workspace,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    with workspace_lock("mlcycle run") as lock:
+        assert lock.previous is not None
+        assert lock.previous.pid == holder.pid
+        assert lock.previous.command == "mlcycle run --set train.seed=1"
+    with workspace_lock("mlcycle run") as lock:
+        assert lock.previous is None  # released cleanly this time
+
+
+def test_a_closed_pipe_ends_the_listing_quietly(tmp_path):
+    """`mlcycle models | head -1` must not end in a BrokenPipeError traceback."""
+    shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
+    script = (
+        "import sys\nfrom flows import cli\n"
+        "cli.manage_registry = lambda args, command: [print('row', i) for i in range(100000)] "
+        "and 0\nsys.exit(cli.main(['models']))"
+    )
+    result = subprocess.run(
+        f'{sys.executable} -c "{script}" | head -1',
+        shell=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.stdout == "row 0\n"
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
