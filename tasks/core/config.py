@@ -191,6 +191,11 @@ class ServeParams(_Section):
     start_on_deploy: bool = Field(
         description="Deploy starts `mlcycle serve` in the background when none is running."
     )
+    threads: int = Field(
+        ge=1,
+        le=64,
+        description="Requests decoded and predicted at once, in a pool beside the event loop.",
+    )
 
 
 with warnings.catch_warnings():

@@ -58,6 +58,31 @@ def data_versions(root: Path = Path(), verify: bool = False) -> dict[str, str]:
         raise DvcError(f"DVC could not read {root / DVC_LOCK}: {error}") from None
 
 
+def locked_params(root: Path = Path()) -> dict[str, Any]:
+    """The params values ``dvc.lock`` says the stages ran with, as dotted keys (a section a
+    stage depends on whole, such as ``train.cnn``, is spread into its keys)."""
+    from dvc.dependency.param import ParamsDependency
+
+    if not (root / DVC_LOCK).is_file():
+        return {}
+    values: dict[str, Any] = {}
+    with open_repo(root) as repo:
+        for stage in repo.index.stages:
+            for dep in stage.deps:
+                if isinstance(dep, ParamsDependency) and dep.hash_info:
+                    for key, value in dep.hash_info.value.items():
+                        values.update(_dotted(key, value))
+    return values
+
+
+def _dotted(key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        return {key: value}
+    return {
+        k: v for name, child in value.items() for k, v in _dotted(f"{key}.{name}", child).items()
+    }
+
+
 def stage_is_stale(stage: str) -> bool:
     """Whether DVC would run this stage now (changed deps, params or missing outputs)."""
     with open_repo() as repo:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.config import load_params
-from tasks.core.dvc import data_versions
+from tasks.core.dvc import data_versions, locked_params
 from tasks.core.files import file_md5, read_json
 from tasks.core.lineage import (
     TAG_CLASS_NAMES,
@@ -101,6 +101,7 @@ def find_candidate(
                 f"{run.info.run_id} was evaluated on ({md5}); `dvc checkout` or re-run the pipeline"
             )
     _check_params(run, root / PARAMS_FILE)
+    _check_lock_params(run, root)
     try:
         metrics = {name: float(run.data.metrics[f"test_{name}"]) for name in SCORES}
     except KeyError as missing:
@@ -142,6 +143,21 @@ def _check_params(run: Any, params_path: Path) -> None:
         raise RegistryError(
             f"{params_path} differs from the params run {run.info.run_id} trained with ({shown}"
             f"{' ...' if len(differ) > 3 else ''}); `git checkout {params_path}` or re-run"
+        )
+
+
+def _check_lock_params(run: Any, root: Path) -> None:
+    """The run must have recorded the params its model was trained with, as dvc.lock says: a
+    run whose workspace another run rewrote under it (different seeds, say) is refused."""
+    logged = run.data.params
+    locked = locked_params(root)
+    differ = sorted(k for k, v in locked.items() if k in logged and logged[k] != str(v))
+    if differ:
+        shown = ", ".join(f"{k} {logged[k]} (run) vs {locked[k]} (dvc.lock)" for k in differ[:3])
+        raise RegistryError(
+            f"run {run.info.run_id} recorded other params than the stages in dvc.lock ran with "
+            f"({shown}{' ...' if len(differ) > 3 else ''}): its model is not what it says; "
+            "re-run the pipeline"
         )
 
 

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from tasks.core.config import ServeParams
 from tasks.core.paths import PREDICTION_LOG
@@ -86,6 +89,7 @@ class AppState:
     metrics: ServingMetrics
     prediction_log: PredictionLog | None
     body: type  # the /predict body model (inputs.predict_body)
+    limiter: anyio.CapacityLimiter  # the request threads (serve.threads)
 
 
 def create_app(
@@ -105,6 +109,7 @@ def create_app(
         metrics=ServingMetrics(),
         prediction_log=prediction_log,
         body=predict_body(params.max_batch),
+        limiter=anyio.CapacityLimiter(params.threads),
     )
     app = FastAPI(
         title="mlcycle serving",
@@ -117,6 +122,7 @@ def create_app(
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_api_route(
         "/predict",
         predict,
@@ -199,6 +205,15 @@ async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
     return _problem(error.status_code, str(error.detail))
 
 
+async def _client_gone(request: Request, error: ClientDisconnect) -> Response:
+    """A client that hangs up mid-request is one line in the log, not an ASGI traceback."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+    log.info(
+        "serve: %s disconnected before %s %s was read", client, request.method, request.url.path
+    )
+    return Response(status_code=400)  # nobody is listening; uvicorn drops it
+
+
 def current_model(state: AppState) -> ServedModel:
     """The model this request will use to the end, or 503 saying why there is none. A reload
     may swap ``holder.current`` meanwhile: the request finishes on the model it took."""
@@ -233,13 +248,18 @@ async def predict(request: Request) -> Response:
             "content-type", f"expected application/json, got {content_type or 'none'}", 415
         )
     raw = await request.body()  # LimitAndMeasure refuses it past max_body_bytes
+    model = current_model(state)
+    return await off_the_loop(state, predict_json, state, model, raw)
+
+
+def predict_json(state: AppState, model: ServedModel, raw: bytes) -> Response:
+    """Parse, decode, fit and predict a /predict body: CPU work, run in the pool."""
     try:
         payload = json.loads(raw)
     except RecursionError:
         raise InputError("body", "JSON nested too deeply", 400) from None
     except ValueError as error:  # JSONDecodeError, bad UTF-8, integers of >4300 digits
         raise InputError("body", f"malformed JSON ({str(error)[:120]})", 400) from None
-    model = current_model(state)
     may_hold_bools = b"true" in raw or b"false" in raw
     images = parse_batch(payload, model, state.params, state.body, may_hold_bools)
     return serve_batch(state, model, "/predict", images)
@@ -249,9 +269,20 @@ async def predict_image(request: Request, file: UploadFile) -> Response:
     """Predict one uploaded PNG or JPEG image."""
     state = _serving(request)
     model = current_model(state)
-    pixels = decode_image(await file.read(), "file", state.params.max_image_side)
+    return await off_the_loop(state, predict_upload, state, model, await file.read())
+
+
+def predict_upload(state: AppState, model: ServedModel, data: bytes) -> Response:
+    pixels = decode_image(data, "file", state.params.max_image_side)
     images = fit_to_raw(pixels, model.raw_shape)[np.newaxis]
     return serve_batch(state, model, "/predict/image", images)
+
+
+async def off_the_loop(state: AppState, work: Callable[..., Response], *args: object) -> Response:
+    """Run a request's CPU work in the bounded pool (``serve.threads``), so the event loop
+    keeps answering (``/health`` while a 4096x4096 PNG decodes); a request waits for a free
+    thread rather than piling up."""
+    return await anyio.to_thread.run_sync(work, *args, limiter=state.limiter)
 
 
 async def health() -> dict[str, str]:

@@ -109,3 +109,36 @@ def test_load_check_compares_scores_with_the_local_model():
 def test_bad_registry_params_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_params(REPO_ROOT / "params.yaml", overrides=[override])
+
+
+def test_a_run_whose_params_differ_from_dvc_lock_is_refused(tmp_path):
+    """Two runs in one workspace once left a run saying seed 33 beside a model trained with
+    seed 34 (dvc.lock): registration refuses it, naming the key."""
+    import subprocess
+    import sys
+    import types
+
+    from tasks.registry.candidate import _check_lock_params
+    from tasks.registry.store import RegistryError
+
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True
+    )
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  train:\n    cmd: x\n    params: [train.seed, train.cnn]\n"
+    )
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  train:\n    cmd: x\n    params:\n      params.yaml:\n"
+        "        train.seed: 34\n        train.cnn:\n          dropout: 0.25\n"
+    )
+
+    def run(**params: str):
+        return types.SimpleNamespace(
+            data=types.SimpleNamespace(params=params), info=types.SimpleNamespace(run_id="r1")
+        )
+
+    _check_lock_params(run(**{"train.seed": "34", "train.cnn.dropout": "0.25"}), tmp_path)
+    with pytest.raises(RegistryError, match=r"train\.seed 33 \(run\) vs 34 \(dvc\.lock\)"):
+        _check_lock_params(run(**{"train.seed": "33", "train.cnn.dropout": "0.25"}), tmp_path)
+    with pytest.raises(RegistryError, match=r"train\.cnn\.dropout 0\.5 \(run\) vs 0\.25"):
+        _check_lock_params(run(**{"train.seed": "34", "train.cnn.dropout": "0.5"}), tmp_path)

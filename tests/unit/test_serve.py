@@ -10,6 +10,8 @@ import base64
 import io
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -475,3 +477,82 @@ def test_sampling_logs_a_share_of_requests(tmp_path):
     log.record(model, "/predict", image()[np.newaxis], model.predict(image()[np.newaxis]))
     log.close()
     assert read_prediction_log(tmp_path / "p.sqlite") == []
+
+
+@contextmanager
+def served_on_a_port(app) -> Iterator[str]:
+    """The app under a real uvicorn server on a loopback port, in a thread."""
+    import threading
+
+    import uvicorn
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="info"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_health_answers_at_once_while_a_large_request_decodes(serve_params):
+    """Decoding and predicting run in the bounded pool, off the event loop."""
+    import threading
+
+    import httpx
+
+    params = serve_params.model_copy(
+        update={
+            "max_image_side": 4096,
+            "max_body_bytes": 8 * 1024 * 1024,
+            "max_batch": 256,
+            "threads": 2,
+        }
+    )
+    big = base64.b64encode(png(np.full((4096, 4096), 128, dtype=np.uint8))).decode()
+    holder = ModelHolder("digits", "champion")
+    holder.current = served_model()
+    app = create_app(params, "digits", holder, watch=False, load_on_start=False)
+    with served_on_a_port(app) as url:
+        answered = []
+        sender = threading.Thread(
+            target=lambda: answered.append(
+                httpx.post(f"{url}/predict", json={"images": [big] * 24}, timeout=120)
+            )
+        )
+        sender.start()
+        latencies = []
+        while sender.is_alive():
+            started = time.perf_counter()
+            assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.02)
+        sender.join()
+    assert answered[0].status_code == 200, answered[0].text
+    assert max(latencies) < 0.1, f"/health took up to {max(latencies) * 1000:.0f} ms"
+    assert len(latencies) >= 5, "the request finished before /health could be measured"
+
+
+def test_a_client_that_hangs_up_mid_body_is_one_log_line(serve_params, caplog):
+    import socket
+
+    app = make_client(serve_params, served_model()).app
+    with served_on_a_port(app) as url, caplog.at_level("INFO"):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(
+                b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 5000\r\n\r\n" + b'{"images": [' * 10
+            )
+        time.sleep(1.0)
+    gone = [r for r in caplog.records if "disconnected before POST /predict" in r.getMessage()]
+    assert len(gone) == 1
+    assert not [r for r in caplog.records if r.exc_info or "Exception in ASGI" in r.getMessage()]
