@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -41,4 +41,20 @@ def build_classifier(
     return nn.Sequential(PixelNormalize(mean, std), network)
 
 
-__all__ = ["MODELS", "MODEL_NAMES", "PixelNormalize", "build_classifier"]
+def classifier_from_bundle(bundle: Mapping[str, Any]) -> nn.Sequential:
+    """The trained network a model file holds (``artifacts/model.pt``, loaded with
+    ``torch.load(..., weights_only=True)``), in eval mode: its spec (model name, options, input
+    shape, classes, statistics) rebuilds it, and its state dict fills it."""
+    network = build_classifier(
+        bundle["model"],
+        bundle["input_shape"],
+        len(bundle["class_names"]),
+        bundle["mean"],
+        bundle["std"],
+        **bundle["options"],
+    )
+    network.load_state_dict(bundle["state_dict"])
+    return network.eval()
+
+
+__all__ = ["MODELS", "MODEL_NAMES", "PixelNormalize", "build_classifier", "classifier_from_bundle"]

@@ -6,6 +6,7 @@ One way for each need. The single subprocess (:func:`reproduce_stage`) is explai
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections import deque
@@ -19,6 +20,17 @@ from tasks.core.errors import MlcycleError
 from tasks.core.paths import DVC_LOCK
 from tasks.core.processes import start_group, stop_group
 
+# What `dvc repro` prints around a stage that says nothing about it (the flow pushes the data
+# and the lock file is the pipeline's to commit).
+DVC_HINTS = (
+    "Running stage",
+    "Updating lock file",
+    "To track the changes with git",
+    "git add ",
+    "To enable auto staging",
+    "dvc config core.autostage",
+    "Use `dvc push`",
+)
 DATA_OUTPUTS = ("data/raw", "data/processed")  # the data a model version's lineage names
 
 
@@ -135,8 +147,9 @@ def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
     """
     tail: deque[str] = deque(maxlen=5)
     process = start_group(
-        # -q: DVC's own hints (git add ..., dvc push ...) are noise here; errors still show.
-        [sys.executable, "-m", "dvc", "repro", "--single-item", "--quiet", stage],
+        # Not --quiet: it hides DVC's own errors too (a path it cannot write: exit 255, no
+        # line); its routine hints are left out below instead.
+        [sys.executable, "-m", "dvc", "repro", "--single-item", stage],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -151,7 +164,7 @@ def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
-            if line:
+            if line and not line.lstrip().startswith(DVC_HINTS):
                 tail.append(line)
                 yield line
         process.wait()
@@ -160,9 +173,13 @@ def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
         if process.stdout is not None:
             process.stdout.close()
     if process.returncode != 0:
-        detail = next((line for line in reversed(tail) if line.startswith("error:")), None)
+        # a stage's own one-line error (stage_main), else DVC's
+        errors = [line for line in tail if line.startswith(("error: ", "ERROR: "))]
+        detail = next(
+            (e for e in errors if e.startswith("error: ")), errors[-1] if errors else None
+        )
         if detail:
-            reason = detail.removeprefix("error: ")
+            reason = re.sub(r"^failed to reproduce '[^']*': ", "", detail.split(": ", 1)[1])
         else:
             reason = f"see the log above (last line: {tail[-1]})" if tail else "no output"
         raise DvcError(f"stage '{stage}' failed: {reason}")

@@ -38,17 +38,39 @@ FILE_MODE = 0o666 & ~_umask()
 DIR_MODE = 0o777 & ~_umask()
 
 
+class OutputError(MlcycleError):
+    """An output cannot be written where it belongs."""
+
+
+@contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """OSError from creating or renaming ``path`` (not from the code that fills it) as one line
+    naming the output and the folder to check."""
+    try:
+        yield
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        if isinstance(error, FileExistsError | NotADirectoryError):
+            reason = "a file stands where a folder of its path should be"
+        raise OutputError(
+            f"{path}: cannot be written ({reason}); {path.parent} must be a folder this user "
+            "can write to, with room left"
+        ) from None
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with unwritable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     tmp = Path(tmp_name)
     try:
         yield tmp
-        tmp.chmod(FILE_MODE)
-        os.replace(tmp, path)
+        with unwritable(path):
+            tmp.chmod(FILE_MODE)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -60,8 +82,9 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     The old folder is moved aside first and put back if the swap fails, so ``path`` ends as
     either the old contents or the new, never a mix.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    with unwritable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         tmp.chmod(DIR_MODE)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import build_classifier
+from models import build_classifier, classifier_from_bundle
 from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset, atomic_path, file_md5
 from tasks.core.lineage import TAG_MODEL_MD5
@@ -59,13 +59,12 @@ def load_model(path: Path) -> tuple[nn.Sequential, dict[str, Any]]:
         raise MlcycleError(f"{path}: not found; run the train stage first")
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_from_spec(bundle)
-        model.load_state_dict(bundle["state_dict"])
+        model = classifier_from_bundle(bundle)
     except Exception as error:  # torch raises anything from struct.error to UnpicklingError
         raise MlcycleError(
             f"{path}: not a model written by the train stage ({type(error).__name__}: {error})"
         ) from None
-    return model.eval(), {k: v for k, v in bundle.items() if k != "state_dict"}
+    return model, {k: v for k, v in bundle.items() if k != "state_dict"}
 
 
 @torch.no_grad()
@@ -76,28 +75,36 @@ def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 102
     )
 
 
-def log_model(run_id: str, model: nn.Module, examples: ImageDataset, model_path: Path) -> None:
-    """Log the model to an MLflow run with a signature and an input example, loadable by
-    ``mlflow.pyfunc.load_model``; tag the run with the model file's hash."""
+PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_classifier.py")
+
+
+def log_model(run_id: str, model_path: Path, examples: ImageDataset) -> None:
+    """Log the model file to an MLflow run as a pyfunc model (``tasks/core/pyfunc_classifier.py``)
+    that takes uint8 or float images, with an input example; tag the run with the file's hash."""
     import mlflow
-    import mlflow.pytorch
-    from mlflow.models import infer_signature
+    import mlflow.pyfunc
+    from mlflow.models import Model, ModelSignature
     from mlflow.tracking import MlflowClient
+    from mlflow.types.schema import Schema, TensorSpec
 
     import models
 
     # A logged model lands in the active experiment, which must be the run's own.
     mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
-    model = model.cpu().eval()
-    example = examples.images[:5].astype(np.float32)
-    with torch.no_grad():
-        output = model(torch.from_numpy(example)).numpy()
-    mlflow.pytorch.log_model(
-        model,
+    scores = TensorSpec(np.dtype(np.float32), (-1, len(examples.class_names)), "logits")
+    # Model.log (what pyfunc.log_model calls) takes the run to log into: the flow's run stays
+    # open, where `with mlflow.start_run(run_id)` would end it.
+    Model.log(
+        artifact_path=None,
         name="model",
+        flavor=mlflow.pyfunc,
         run_id=run_id,
-        signature=infer_signature(example, output),
-        input_example=example,
+        python_model=str(PYFUNC_ENTRY),
+        artifacts={"model_file": str(model_path)},
+        # No input schema: MLflow would enforce one dtype, and uint8 and float32 images are
+        # both valid; the model checks the shape itself and names what it expected.
+        signature=ModelSignature(inputs=None, outputs=Schema([scores])),
+        input_example=examples.images[:5],
         code_paths=[str(Path(models.__file__).parent)],
         # Naming them skips MLflow's slow requirement inference (it re-imports the model).
         pip_requirements=[

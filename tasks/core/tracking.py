@@ -105,7 +105,8 @@ def tracking_errors(action: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class RunTracker:
-    """Logs to one MLflow run by id; per-epoch metrics go in one batched call per epoch."""
+    """Logs to one MLflow run by id; per-epoch metrics go in one batched call per epoch. A
+    tracking server that fails mid-run is one line (TrackingError) naming it and the action."""
 
     run_id: str
 
@@ -115,27 +116,32 @@ class RunTracker:
 
         stamp = int(time.time() * 1000)
         batch = [Metric(key, float(value), stamp, step or 0) for key, value in metrics.items()]
-        MlflowClient().log_batch(self.run_id, metrics=batch)
+        with tracking_errors(f"log metrics to run {self.run_id}"):
+            MlflowClient().log_batch(self.run_id, metrics=batch)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
         from mlflow.tracking import MlflowClient
 
-        MlflowClient().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with tracking_errors(f"tag run {self.run_id}"):
+            MlflowClient().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_params(self, params: Params) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        logged = MlflowClient().get_run(self.run_id).data.params
-        fresh = {k: str(v) for k, v in params.flat().items() if k not in logged}
-        if fresh:
-            MlflowClient().log_batch(self.run_id, params=[Param(k, v) for k, v in fresh.items()])
+        with tracking_errors(f"log params to run {self.run_id}"):
+            logged = MlflowClient().get_run(self.run_id).data.params
+            fresh = {k: str(v) for k, v in params.flat().items() if k not in logged}
+            if fresh:
+                batch = [Param(k, v) for k, v in fresh.items()]
+                MlflowClient().log_batch(self.run_id, params=batch)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient().log_artifact(self.run_id, str(path), artifact_path)
+        with tracking_errors(f"log {path} to run {self.run_id}"):
+            MlflowClient().log_artifact(self.run_id, str(path), artifact_path)
 
 
 def params_conflict(run_id: str, params: Params) -> list[str]:

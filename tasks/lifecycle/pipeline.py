@@ -40,7 +40,7 @@ from tasks.core.lineage import (
     lineage_tags,
     record_lineage_files,
 )
-from tasks.core.model_file import load_model, log_model
+from tasks.core.model_file import log_model
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.tracking import RunTracker, connect, find_run, run_url
 from tasks.stages.evaluate import METRICS_FILE, record_evaluation
@@ -228,8 +228,7 @@ def complete_run_record(
         if model_run:
             tracker.set_tags({TAG_MODEL_RUN: model_run})
         else:
-            model, _ = load_model(model_file)
-            log_model(run_id, model, read_split(processed_dir, "val")[0], model_file)
+            log_model(run_id, model_file, read_split(processed_dir, "val")[0])
     if TAG_EVALUATED not in tags:
         record_evaluation(tracker, reports_dir)
     record_validations(tracker, reports_dir, skip_metrics=frozenset(logged.metrics))

@@ -45,7 +45,7 @@ def check_version(
     api = client()
     try:
         with load_registered(name, version) as loaded:
-            scores = np.asarray(loaded.predict(samples.astype(np.float32)))
+            scores = np.asarray(loaded.predict(samples))  # uint8, as data/raw holds them
         problem = _score_problem(scores, len(samples), expected)
     except Exception as error:  # MLflow and torch raise anything when an artifact is broken
         problem = f"cannot load or run it ({type(error).__name__}: {str(error)[:300]})"
@@ -96,7 +96,7 @@ def local_scores(model_file: Path, samples: np.ndarray) -> np.ndarray:
     import torch
 
     model, _ = load_model(model_file)
-    return predict_logits(model, torch.from_numpy(samples.astype(np.float32))).numpy()
+    return predict_logits(model, torch.from_numpy(np.ascontiguousarray(samples))).numpy()
 
 
 def first_test_images(processed_dir: Path, count: int) -> ImageDataset:

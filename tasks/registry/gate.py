@@ -105,7 +105,7 @@ def score_version(name: str, version: str, test: ImageDataset) -> dict[str, floa
 
 
 def score_loaded(loaded: Any, test: ImageDataset) -> dict[str, float]:
-    scores = np.asarray(loaded.predict(test.images.astype(np.float32)))
+    scores = np.asarray(loaded.predict(test.images))
     result = classification_scores(test.labels, scores.argmax(axis=1), test.class_names)
     return {"accuracy": result.accuracy, "macro_f1": result.macro_f1}
 

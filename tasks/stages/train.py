@@ -147,7 +147,7 @@ def run_train(
         },
     )
     if tracker is not None:
-        log_model(tracker.run_id, model, val_set, model_path)
+        log_model(tracker.run_id, model_path, val_set)
     log.info(
         "train: best epoch %d (val loss %.4f, val acc %.4f) -> %s in %.1fs",
         result.best_epoch,

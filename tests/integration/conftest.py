@@ -13,57 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.core.config import apply_params, load_params
-from tests.helpers import REPO_ROOT, TINY_OVERRIDES, free_port
-from tests.integration.helpers import BIN, MlflowService, run, wait_for_http
-
-
-@pytest.fixture(scope="session")
-def project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This repository's files (as git would ship them) in a fresh git repo, shrunk params."""
-    root = tmp_path_factory.mktemp("template") / "project"
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO_ROOT / name
-        if name == "dvc.lock" or name.startswith("tests/") or not source.is_file():
-            continue  # a run's lock file is an output, not part of the project
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, root / name)
-    params_file = root / "params.yaml"
-    # its own serving port: a deploy step must never talk to an app the developer runs
-    overrides = [*TINY_OVERRIDES, f"serve.port={free_port()}"]
-    apply_params(load_params(params_file, overrides=overrides), params_file)
-    run(["git", "init", "-q"], cwd=root)
-    run(["git", "add", "-A"], cwd=root)
-    run(["git", "commit", "-qm", "project under test"], cwd=root)
-    return root
-
-
-@pytest.fixture
-def fresh_project(project_template: Path, tmp_path: Path) -> Path:
-    """A clean clone-like copy of the project, no outputs yet."""
-    target = tmp_path / "project"
-    shutil.copytree(project_template, target, symlinks=True)
-    return target
-
-
-@pytest.fixture(scope="session")
-def mlflow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowService]:
-    """A real ``mlflow server`` (SQLite backend, proxied artifacts) on a free loopback port."""
-    service = MlflowService(tmp_path_factory.mktemp("mlflow-server")).start()
-    yield service
-    service.stop()
-
-
-@pytest.fixture(scope="session")
-def mlflow_server(mlflow_service: MlflowService) -> str:
-    return mlflow_service.uri
+from tests.helpers import free_port
+from tests.integration.helpers import BIN, MlflowService, wait_for_http
 
 
 def _postgres_tools() -> dict[str, str] | None:

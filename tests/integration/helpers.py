@@ -221,3 +221,15 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: flo
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+def corrupt_logged_model(service: MlflowService, model_id: str) -> None:
+    """Overwrite the model file a logged model holds on the server: it no longer loads."""
+    weights = [
+        path
+        for path in service.root.rglob("*")
+        if model_id in str(path) and path.name == "model.pt" and path.is_file()
+    ]
+    assert weights, f"no weights file of {model_id} under {service.root}"
+    for path in weights:
+        path.write_bytes(b"not a torch file")

@@ -8,6 +8,7 @@ same test split, so the gate decides as it would with trained models.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -19,8 +20,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tasks.core.files import read_split
-from tasks.core.lineage import TAG_CHECK, TAG_DECISION, TAG_PREVIOUS_CHAMPION
+from tasks.core.lineage import TAG_CHECK, TAG_CLASS_NAMES, TAG_DECISION, TAG_PREVIOUS_CHAMPION
 from tasks.core.tracking import ModelVersionNotFound, TrackingError
+from tasks.lifecycle.prefect_api import prefect_api
 from tasks.registry.candidate import Candidate, find_candidate
 from tasks.registry.check import LoadCheckFailed
 from tasks.registry.gate import promote_if_better, score_version
@@ -32,6 +34,7 @@ from tests.integration.helpers import (
     BIN,
     MlflowService,
     Workspace,
+    corrupt_logged_model,
     make_workspace,
     prefect_flow_runs,
     run,
@@ -144,17 +147,6 @@ def test_options_of_families_not_trained_do_not_block_registration(workspace: Wo
         find_candidate(candidate.run_id, workspace.model_file, workspace.root)
 
 
-def corrupt_logged_model(service: MlflowService, model_id: str) -> None:
-    weights = [
-        path
-        for path in service.root.rglob("*")
-        if model_id in str(path) and path.parent.name == "data" and path.is_file()
-    ]
-    assert weights, f"no weights file of {model_id} under {service.root}"
-    for path in weights:
-        path.write_bytes(b"not a torch file")
-
-
 def test_a_version_that_fails_to_load_is_rolled_back_and_the_champion_stays(
     workspace: Workspace, mlflow_service: MlflowService, monkeypatch: pytest.MonkeyPatch
 ):
@@ -165,7 +157,8 @@ def test_a_version_that_fails_to_load_is_rolled_back_and_the_champion_stays(
     broken = workspace.train(seed=2, epochs=3)
     corrupt_logged_model(mlflow_service, broken.model_id)
 
-    with pytest.raises(LoadCheckFailed, match="failed the load-back check: cannot load"):
+    refused = pytest.raises(LoadCheckFailed, match="failed the load-back check: cannot load")
+    with prefect_api(), refused:  # the Prefect API the CLI gives its flows
         register_model(run_id=broken.run_id, params=workspace.params)  # the real flow
 
     versions = MlflowClient().search_model_versions(f"name = '{workspace.name}'")
@@ -357,3 +350,24 @@ def test_promote_and_rollback_by_hand_leave_prefect_flow_runs(
     assert ("rollback-model", "COMPLETED") in runs
     assert ("promote-model", "COMPLETED") in runs
     assert ("promote-model", "FAILED") in runs  # the refused one, on record too
+
+
+def test_promote_refuses_a_version_that_changes_the_classes_unless_forced(workspace: Workspace):
+    name = workspace.name
+    first = workspace.register(workspace.train(seed=1)).version
+    other = workspace.train(seed=2)
+    renamed = replace(other, tags={**other.tags, TAG_CLASS_NAMES: json.dumps(["x", "y", "z"])})
+    version = create_version(renamed, name).version
+    with pytest.raises(
+        RegistryError,
+        match=rf"version {version} of '{name}' cannot replace champion v{first} without changing "
+        r"what clients get: the champion's classes \[.*\] differ from this model's "
+        r"\[\"x\", \"y\", \"z\"\]; `mlcycle promote \d+ --force`",
+    ):
+        promote(name, version, workspace.processed)
+    assert alias_map(name)[CHAMPION] == first
+    assert promote(name, version, workspace.processed, force=True) == first
+    assert alias_map(name)[CHAMPION] == version
+    assert MlflowClient().get_model_version(name, version).tags[TAG_DECISION] == (
+        "promoted by hand (forced)"
+    )

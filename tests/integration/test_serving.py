@@ -29,7 +29,7 @@ from tasks.registry.store import CHAMPION
 from tasks.registry.versions import create_version
 from tasks.serving.prediction_log import read_prediction_log
 from tests.helpers import free_port
-from tests.integration.helpers import BIN, make_workspace
+from tests.integration.helpers import BIN, corrupt_logged_model, make_workspace
 
 pytestmark = pytest.mark.slow
 
@@ -174,9 +174,7 @@ def test_a_version_that_fails_to_load_never_replaces_the_served_one(served, mlfl
     serving = call(f"{url}/ready")[1]["version"]
     broken = workspace.train(seed=3, epochs=2)
     registered = create_version(broken, workspace.name)
-    for path in service.root.rglob("*"):
-        if broken.model_id in str(path) and path.parent.name == "data" and path.is_file():
-            path.write_bytes(b"broken")
+    corrupt_logged_model(service, broken.model_id)
     # someone points the alias at it behind the gate's back: the app keeps the old version
     MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, registered.version)
     try:

@@ -1,7 +1,7 @@
 import pytest
 
 from tasks.core.errors import MlcycleError
-from tasks.core.files import atomic_directory, atomic_path, read_json, write_json
+from tasks.core.files import OutputError, atomic_directory, atomic_path, read_json, write_json
 
 
 def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -69,3 +69,16 @@ def test_a_failed_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert [p.name for p in target.iterdir()] == ["old"]
     assert [p.name for p in tmp_path.iterdir()] == ["raw"]
+
+
+def test_an_output_whose_folder_is_a_file_is_named_in_one_line(tmp_path):
+    """Root ignores permissions, so a file where the output folder belongs stands in for any
+    folder that cannot be written."""
+    (tmp_path / "artifacts").write_text("not a folder")
+    with pytest.raises(
+        OutputError, match=r"artifacts/model\.pt: cannot be written \(a file stands where a folder"
+    ):
+        write_json(tmp_path / "artifacts" / "model.pt", {})
+    refused = pytest.raises(OutputError, match=r"artifacts/raw: cannot be written")
+    with refused, atomic_directory(tmp_path / "artifacts" / "raw"):
+        pass

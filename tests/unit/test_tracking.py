@@ -5,6 +5,7 @@ import time
 
 import mlflow
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from tasks.core.dvc import data_versions
@@ -86,9 +87,17 @@ def test_training_logs_each_epoch_and_a_loadable_model(
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     import numpy as np
 
-    batch = np.zeros((2, 8, 8, 1), np.float32)
-    assert np.asarray(pyfunc.predict(batch)).shape == (2, 3)
-    assert pyfunc.metadata.get_input_schema() is not None
+    from tasks.core.files import read_split
+    from tasks.core.model_file import load_model, predict_logits
+
+    test, _ = read_split(processed_dir, "test")
+    local = predict_logits(load_model(tmp_path / "model.pt")[0], torch.from_numpy(test.images))
+    # the canonical uint8 pixels and float32 ones, through MLflow's own predict
+    for images in (test.images, test.images.astype(np.float32)):
+        assert np.allclose(pyfunc.predict(images), local.numpy(), atol=1e-5)
+    assert pyfunc.metadata.get_output_schema() is not None
+    with pytest.raises(Exception, match=r"expected images of shape \(N, 8, 8, 1\)"):
+        pyfunc.predict(np.zeros((2, 28, 28, 1), np.uint8))
 
 
 def test_a_stage_leaves_the_flows_run_open_and_reopens_a_finished_one(

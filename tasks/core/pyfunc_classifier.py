@@ -1,0 +1,52 @@
+"""The registered model's code, as MLflow runs it: ``mlflow.pyfunc.load_model(...)`` executes
+this file ("models from code") with ``models/`` on the path, and the model file
+(``artifacts/model.pt``) as an artifact.
+
+Why not ``mlflow.pytorch``: it saves a ``torch.export`` program whose signature fixes one input
+dtype, so either the canonical uint8 images (as ``data/raw`` and the prediction log hold them)
+or float32 were refused. This file takes both: the network casts pixels itself. Nothing is
+unpickled: the weights load with ``weights_only=True``.
+
+mlcycle never imports this module; it imports nothing of mlcycle's but ``models``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+
+class Classifier(mlflow.pyfunc.PythonModel):
+    """Class scores (logits, float32, N x classes) of raw images (N, H, W, C) in 0..255."""
+
+    def load_context(self, context: Any) -> None:
+        import torch
+
+        from models import classifier_from_bundle
+
+        bundle = torch.load(context.artifacts["model_file"], map_location="cpu", weights_only=True)
+        self.module = classifier_from_bundle(bundle)
+        self.input_shape = tuple(bundle["input_shape"])
+
+    # No type hints on the inputs: MLflow would try to derive a signature from them.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        import torch
+
+        images = np.ascontiguousarray(model_input)
+        if (
+            images.ndim != 4
+            or images.shape[1:] != self.input_shape
+            or images.dtype.kind not in "uif"
+        ):
+            expected = "x".join(str(side) for side in self.input_shape)
+            raise ValueError(
+                f"expected images of shape (N, {expected.replace('x', ', ')}) with pixel "
+                f"values 0-255 (uint8, or floats); got {images.dtype} {images.shape}"
+            )
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(images)).numpy()
+
+
+mlflow.models.set_model(Classifier())

@@ -1,0 +1,264 @@
+"""The fault suite: a hostile user's try-out of `mlcycle run`, each fault once, in a clone that
+has run the pipeline once and committed its dvc.lock (champion v1 registered).
+
+Every test ends the same way: a clear error (one line), nothing registered from the broken run,
+no process of the run left behind, and a workspace that `git checkout params.yaml && dvc
+checkout` restores to a clean `dvc status`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.integration.helpers import BIN, GIT_IDENTITY, MlflowService, dvc, mlcycle, run
+
+pytestmark = pytest.mark.slow
+
+LONG_RUN = ("--set", "train.epochs=300", "--set", "train.early_stopping_patience=null")
+
+
+@pytest.fixture(scope="module")
+def ran_project(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone that ran `mlcycle run` once and committed the dvc.lock it wrote."""
+    root = tmp_path_factory.mktemp("ran") / "project"
+    shutil.copytree(project_template, root, symlinks=True)
+    mlcycle("run", cwd=root)
+    run(["git", "add", "dvc.lock"], cwd=root)
+    run(["git", "commit", "-qm", "the pipeline's first run"], cwd=root)
+    assert len(registered_versions(root)) == 1
+    return root
+
+
+@pytest.fixture
+def project(ran_project: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "project"
+    shutil.copytree(ran_project, target, symlinks=True)
+    return target
+
+
+class Run:
+    """`mlcycle run` in the background, in a process group of its own as a terminal starts it,
+    its output collected line by line."""
+
+    def __init__(self, project: Path, *args: str, **env: str) -> None:
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [str(BIN / "mlcycle"), "run", *args],
+            cwd=project,
+            env={
+                **os.environ,
+                **GIT_IDENTITY,
+                "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip())
+
+    def wait_for(self, text: str, timeout_s: float = 180) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(text in line for line in self.lines):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"never saw {text!r}:\n" + "\n".join(self.lines[-40:]))
+            time.sleep(0.1)
+
+    def signal_group(self, signum: int) -> float:
+        """Send ``signum`` as a terminal would (the whole foreground group); seconds to exit."""
+        started = time.monotonic()
+        os.killpg(self.process.pid, signum)
+        self.process.wait(timeout=60)
+        self.reader.join(10)
+        return time.monotonic() - started
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def processes_in(project: Path) -> list[str]:
+    """Command lines of the processes whose working folder is inside ``project``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(entry / "cwd"))
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+        if cwd == project or project in cwd.parents:
+            found.append(command)
+    return found
+
+
+def wait_until_no_process_in(project: Path, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while processes_in(project):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"processes outlived the run: {processes_in(project)}")
+        time.sleep(0.2)
+
+
+def runs_of(project: Path) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    try:
+        experiment = MlflowClient().get_experiment_by_name("mlcycle")
+        if experiment is None:
+            return []
+        return MlflowClient().search_runs(
+            [experiment.experiment_id], order_by=["attributes.start_time DESC"]
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def registered_versions(project: Path) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    try:
+        return MlflowClient().search_model_versions("name = 'mlcycle-classifier'")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def assert_nothing_registered_from_the_broken_run(project: Path) -> None:
+    assert [str(v.version) for v in registered_versions(project)] == ["1"]  # the clean run's
+
+
+def assert_restorable(project: Path) -> None:
+    run(["git", "checkout", "params.yaml"], cwd=project)
+    dvc("checkout", "-q", cwd=project)
+    assert "Data and pipelines are up to date." in dvc("status", cwd=project).stdout
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "how"),
+    [
+        pytest.param(signal.SIGINT, 130, "interrupted (Ctrl-C)", id="ctrl-c"),
+        pytest.param(signal.SIGTERM, 143, "terminated (SIGTERM)", id="sigterm"),
+    ],
+)
+def test_a_signal_mid_training_stops_the_whole_run(project, signum, code, how):
+    pipeline = Run(project, *LONG_RUN)
+    pipeline.wait_for("train: epoch 2/300")
+    seconds = pipeline.signal_group(signum)
+
+    assert pipeline.process.returncode == code, pipeline.output[-3000:]
+    assert seconds < 10, f"took {seconds:.1f} s to stop"
+    assert pipeline.lines[-1].startswith(f"mlcycle: stopped, {how}: the MLflow run is marked")
+    assert "Traceback" not in pipeline.output
+    wait_until_no_process_in(project, timeout_s=3)
+    latest = runs_of(project)[0]
+    assert latest.info.status == "KILLED"
+    assert "aborted" in latest.data.tags["mlcycle.stopped"]
+    assert_nothing_registered_from_the_broken_run(project)
+    assert_restorable(project)
+
+
+def test_after_kill_9_nothing_runs_on_and_the_next_run_closes_the_dead_one(project):
+    pipeline = Run(project, *LONG_RUN)
+    pipeline.wait_for("train: epoch 2/300")
+    pipeline.process.kill()  # the CLI alone, as `kill -9 <pid>`: its children must follow
+    pipeline.process.wait()
+    wait_until_no_process_in(project, timeout_s=10)
+    dead = runs_of(project)[0]
+    assert dead.info.status == "RUNNING"  # nobody was left to close it ...
+
+    run(["git", "checkout", "params.yaml"], cwd=project)
+    result = mlcycle("run", "--set", "train.epochs=1", cwd=project, check=False)
+    assert "died without finishing" in result.stderr
+    assert f"its MLflow run {dead.info.run_id} is now marked KILLED" in result.stderr
+    assert (
+        MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(dead.info.run_id).info.status
+        == "KILLED"
+    )  # ... until the next command did
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert dead.info.run_id not in {
+        v.tags["mlcycle.mlflow_run_id"] for v in registered_versions(project)
+    }
+
+
+def test_a_second_run_in_the_same_workspace_is_refused_before_it_writes(project):
+    first = Run(project, *LONG_RUN, "--set", "train.seed=33")
+    first.wait_for("train: epoch 2/300")
+    second = mlcycle("run", "--set", "train.seed=34", cwd=project, check=False)
+    assert second.returncode == 1
+    assert "this workspace is busy: `mlcycle run --set train.epochs=300" in second.stderr
+    assert "train.seed=33` (pid " in second.stderr
+    assert "seed: 33" in (project / "params.yaml").read_text()  # untouched by the second
+    first.signal_group(signal.SIGINT)
+    assert_nothing_registered_from_the_broken_run(project)
+    assert_restorable(project)
+
+
+def test_the_tracking_server_dying_mid_run_fails_it_clearly(project, tmp_path):
+    (tmp_path / "mlflow").mkdir()
+    server = MlflowService(tmp_path / "mlflow").start()
+    try:
+        pipeline = Run(project, *LONG_RUN, MLFLOW_TRACKING_URI=server.uri)
+        pipeline.wait_for("train: epoch 2/300")
+        server.stop()
+        pipeline.process.wait(timeout=120)
+        pipeline.reader.join(10)
+    finally:
+        server.stop()
+    assert pipeline.process.returncode == 1, pipeline.output[-3000:]
+    error = pipeline.lines[-1]
+    assert error.startswith("mlcycle: error: stage 'train' failed: "), pipeline.output[-3000:]
+    assert server.uri.removeprefix("http://") in error or "MLflow" in error, error
+    wait_until_no_process_in(project, timeout_s=5)
+    assert_restorable(project)
+
+
+def test_a_source_outside_data_external_is_refused(project, tmp_path):
+    outside = tmp_path / "digits"
+    outside.mkdir()
+    result = mlcycle("run", "--set", f"collect.source=folder:{outside}", cwd=project, check=False)
+    assert result.returncode == 1
+    assert f"collect.source folder: {outside} is outside data/external/" in result.stderr
+    assert run(["git", "status", "--porcelain", "params.yaml"], cwd=project).stdout == ""
+    # a symlink inside data/external that leads out: refused by the collect stage itself
+    (project / "data" / "external" / "digits").symlink_to(outside)
+    linked = mlcycle(
+        "run", "--set", "collect.source=folder:data/external/digits", cwd=project, check=False
+    )
+    assert linked.returncode == 1
+    assert "through a symlink" in linked.stderr
+    assert_nothing_registered_from_the_broken_run(project)
+    assert_restorable(project)
+
+
+def test_an_output_folder_that_cannot_be_written_is_named(project):
+    (project / "artifacts").rename(project / "artifacts-moved")
+    (project / "artifacts").write_text("a file where the artifacts folder belongs")
+    result = mlcycle("run", "--set", "train.seed=7", cwd=project, check=False)  # retrains
+    assert result.returncode == 1
+    error = result.stderr.strip().splitlines()[-1]
+    # DVC refuses before the stage runs (it clears a stage's outputs first); either way the
+    # line names the output and why (the stage's own writer: test_artifacts.py)
+    assert error.startswith("mlcycle: error: stage 'train' failed: "), error
+    assert "artifacts/model.pt" in error and "Not a directory" in error, error
+    assert_nothing_registered_from_the_broken_run(project)
+    assert runs_of(project)[0].info.status == "FAILED"
+    (project / "artifacts").unlink()
+    (project / "artifacts-moved").rename(project / "artifacts")
+    assert_restorable(project)
