@@ -165,7 +165,7 @@ def _already_stopping(signum: int, frame: object) -> None:
 def _stopped(command: str, how: str, code: int) -> int:
     advice = {
         "run": "the MLflow run is marked KILLED and nothing was registered; `git checkout "
-        "params.yaml && dvc checkout` restores the workspace, `mlcycle run` starts again",
+        "params.yaml dvc.lock && dvc checkout` restores the workspace, `mlcycle run` starts again",
         "register": "no alias moved unless the registration finished; `mlcycle register` "
         "again completes it",
         "restore": "the workspace's own dvc.lock and params.yaml are back; run it again",

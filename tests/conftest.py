@@ -15,7 +15,7 @@ import tasks  # noqa: F401  (telemetry switches)
 from tasks.core.config import Params, apply_params, load_params
 from tasks.core.files import write_raw_dataset
 from tests.helpers import REPO_ROOT, TINY_OVERRIDES, free_port, make_places, synthetic_dataset
-from tests.integration.helpers import MlflowService, run
+from tests.integration.helpers import MlflowService, copy_project, run
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -124,9 +124,7 @@ def project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def fresh_project(project_template: Path, tmp_path: Path) -> Path:
     """A clean clone-like copy of the project, no outputs yet."""
-    target = tmp_path / "project"
-    shutil.copytree(project_template, target, symlinks=True)
-    return target
+    return copy_project(project_template, tmp_path)
 
 
 @pytest.fixture(scope="session")

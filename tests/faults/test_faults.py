@@ -2,14 +2,14 @@
 has run the pipeline once and committed its dvc.lock (champion v1 registered).
 
 Every test ends the same way: a clear error (one line), nothing registered from the broken run,
-no process of the run left behind, and a workspace that `git checkout params.yaml && dvc
-checkout` restores to a clean `dvc status`.
+no process of the run left behind, and a workspace that `git checkout params.yaml dvc.lock &&
+dvc checkout` restores to a clean `dvc status`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -20,7 +20,15 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.helpers import BIN, GIT_IDENTITY, MlflowService, dvc, mlcycle, run
+from tests.integration.helpers import (
+    BIN,
+    GIT_IDENTITY,
+    MlflowService,
+    copy_project,
+    dvc,
+    mlcycle,
+    run,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +38,7 @@ LONG_RUN = ("--set", "train.epochs=300", "--set", "train.early_stopping_patience
 @pytest.fixture(scope="module")
 def ran_project(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clone that ran `mlcycle run` once and committed the dvc.lock it wrote."""
-    root = tmp_path_factory.mktemp("ran") / "project"
-    shutil.copytree(project_template, root, symlinks=True)
+    root = copy_project(project_template, tmp_path_factory.mktemp("ran"))
     mlcycle("run", cwd=root)
     run(["git", "add", "dvc.lock"], cwd=root)
     run(["git", "commit", "-qm", "the pipeline's first run"], cwd=root)
@@ -41,9 +48,7 @@ def ran_project(project_template: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def project(ran_project: Path, tmp_path: Path) -> Path:
-    target = tmp_path / "project"
-    shutil.copytree(ran_project, target, symlinks=True)
-    return target
+    return copy_project(ran_project, tmp_path)
 
 
 class Run:
@@ -82,10 +87,15 @@ class Run:
                 raise AssertionError(f"never saw {text!r}:\n" + "\n".join(self.lines[-40:]))
             time.sleep(0.1)
 
-    def signal_group(self, signum: int) -> float:
-        """Send ``signum`` as a terminal would (the whole foreground group); seconds to exit."""
+    def signal_group(self, signum: int, again_after_s: float | None = None) -> float:
+        """Send ``signum`` as a terminal would (the whole foreground group), and once more
+        ``again_after_s`` later (an impatient second Ctrl-C); seconds to exit."""
         started = time.monotonic()
         os.killpg(self.process.pid, signum)
+        if again_after_s is not None:
+            time.sleep(again_after_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
         self.process.wait(timeout=60)
         self.reader.join(10)
         return time.monotonic() - started
@@ -145,7 +155,7 @@ def assert_nothing_registered_from_the_broken_run(project: Path) -> None:
 
 
 def assert_restorable(project: Path) -> None:
-    run(["git", "checkout", "params.yaml"], cwd=project)
+    run(["git", "checkout", "params.yaml", "dvc.lock"], cwd=project)
     dvc("checkout", "-q", cwd=project)
     assert "Data and pipelines are up to date." in dvc("status", cwd=project).stdout
 
@@ -160,7 +170,8 @@ def assert_restorable(project: Path) -> None:
 def test_a_signal_mid_training_stops_the_whole_run(project, signum, code, how):
     pipeline = Run(project, *LONG_RUN)
     pipeline.wait_for("train: epoch 2/300")
-    seconds = pipeline.signal_group(signum)
+    # Ctrl-C twice, as people do: the second one must not cut the stop short
+    seconds = pipeline.signal_group(signum, again_after_s=0.5 if signum == signal.SIGINT else None)
 
     assert pipeline.process.returncode == code, pipeline.output[-3000:]
     assert seconds < 10, f"took {seconds:.1f} s to stop"

@@ -233,3 +233,10 @@ def corrupt_logged_model(service: MlflowService, model_id: str) -> None:
     assert weights, f"no weights file of {model_id} under {service.root}"
     for path in weights:
         path.write_bytes(b"not a torch file")
+
+
+def copy_project(source: Path, tmp_path: Path) -> Path:
+    """A copy of a project folder (git, DVC cache and all) as ``tmp_path/project``."""
+    target = tmp_path / "project"
+    shutil.copytree(source, target, symlinks=True)
+    return target

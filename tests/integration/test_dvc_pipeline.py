@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tasks.core.lineage import TAG_EVALUATED, TAG_MODEL_MD5
-from tests.integration.helpers import dvc, mlcycle
+from tests.integration.helpers import dvc, mlcycle, run
 
 pytestmark = pytest.mark.slow
 STAGES = ("collect", "validate", "preprocess", "train", "evaluate")
@@ -99,9 +99,13 @@ def test_plots_show_renders_curves_and_confusion_matrix(reproduced: Path, tmp_pa
     assert "confusion_matrix.png" in page
 
 
-def test_exp_run_with_a_param_override(reproduced: Path, tmp_path: Path):
+def test_exp_run_with_a_param_override_and_the_workspace_restored_after(
+    reproduced: Path, tmp_path: Path
+):
     project = tmp_path / "project"
     shutil.copytree(reproduced, project, symlinks=True)
+    run(["git", "add", "dvc.lock"], cwd=project)
+    run(["git", "commit", "-qm", "a reproduced pipeline"], cwd=project)
     output = dvc("exp", "run", "-S", "train.lr=0.01", cwd=project).stdout
     assert "Running stage 'train'" in output
     assert "Running stage 'collect'" not in output  # the data stages did not change
@@ -113,3 +117,10 @@ def test_exp_run_with_a_param_override(reproduced: Path, tmp_path: Path):
         for rev in exp["revs"]
     ]
     assert 0.01 in lrs
+
+    # the README's way back: nothing stale afterwards (an uncached checkpoints output once was)
+    run(["git", "checkout", "params.yaml", "dvc.lock"], cwd=project)
+    dvc("checkout", "-q", cwd=project)
+    assert "Data and pipelines are up to date." in dvc("status", cwd=project).stdout
+    again = dvc("repro", cwd=project).stdout
+    assert "Running stage" not in again
