@@ -37,6 +37,16 @@ def load_registered(name: str, version: str) -> Iterator[Any]:
         yield mlflow.pyfunc.load_model(f"models:/{name}/{version}", dst_path=scratch)
 
 
+def predict_raw(loaded: Any, images: np.ndarray) -> np.ndarray:
+    """Scores of raw images (uint8, as data/raw holds them) from a loaded registry version.
+    Versions logged before mlcycle's pyfunc model declare a float32 input, which MLflow
+    enforces: the images are cast to what a version declares."""
+    schema = loaded.metadata.get_input_schema()
+    if schema is not None and schema.is_tensor_spec():
+        images = images.astype(schema.numpy_types()[0], copy=False)
+    return np.asarray(loaded.predict(images))
+
+
 def check_version(
     name: str, version: str, samples: np.ndarray, expected: np.ndarray | None = None
 ) -> None:
@@ -45,7 +55,7 @@ def check_version(
     api = client()
     try:
         with load_registered(name, version) as loaded:
-            scores = np.asarray(loaded.predict(samples))  # uint8, as data/raw holds them
+            scores = predict_raw(loaded, samples)
         problem = _score_problem(scores, len(samples), expected)
     except Exception as error:  # MLflow and torch raise anything when an artifact is broken
         problem = f"cannot load or run it ({type(error).__name__}: {str(error)[:300]})"

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tasks.core.config import RegistryParams
 from tasks.core.files import ImageDataset, read_split
 from tasks.core.lineage import (
@@ -25,7 +23,7 @@ from tasks.core.lineage import (
 from tasks.core.paths import PROCESSED_DIR
 from tasks.core.tracking import tracking_errors
 from tasks.registry.candidate import Candidate
-from tasks.registry.check import load_registered
+from tasks.registry.check import load_registered, predict_raw
 from tasks.registry.lock import registry_lock
 from tasks.registry.store import CHALLENGER, CHAMPION, RegistryError, alias_map, client, log
 from tasks.registry.versions import RegisteredVersion
@@ -105,7 +103,7 @@ def score_version(name: str, version: str, test: ImageDataset) -> dict[str, floa
 
 
 def score_loaded(loaded: Any, test: ImageDataset) -> dict[str, float]:
-    scores = np.asarray(loaded.predict(test.images))
+    scores = predict_raw(loaded, test.images)
     result = classification_scores(test.labels, scores.argmax(axis=1), test.class_names)
     return {"accuracy": result.accuracy, "macro_f1": result.macro_f1}
 

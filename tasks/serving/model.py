@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,16 +73,13 @@ def resolve_alias(name: str, alias: str) -> str:
 
 def load_served_model(name: str, alias: str, version: str | None = None) -> ServedModel:
     """Load ``models:/<name>/<version>`` (default: the one holding ``alias``) for serving."""
-    import mlflow.pyfunc
-
     details = get_model_version(name, version, alias)
     version, tags = str(details.version), dict(details.tags)
     try:
         # The network itself (eager, in eval mode), as the registered pyfunc model built it
         # from the model file: faster per request than going through pyfunc's predict.
         with tempfile.TemporaryDirectory(prefix="mlcycle-serve-") as scratch:  # no leftovers
-            loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}", dst_path=scratch)
-            module = loaded.unwrap_python_model().module
+            module = _network(f"models:/{name}/{version}", Path(scratch))
         class_names = tuple(json.loads(tags[TAG_CLASS_NAMES]))
         input_shape = tuple(json.loads(tags[TAG_INPUT_SHAPE]))
         raw_shape = tuple(json.loads(tags.get(TAG_RAW_SHAPE) or tags[TAG_INPUT_SHAPE]))
@@ -125,6 +123,23 @@ def load_served_model(name: str, alias: str, version: str | None = None) -> Serv
         channels=setting("channels"),
         metadata=metadata,
     )
+
+
+def _network(uri: str, scratch: Path) -> Any:
+    """The torch network of a registered version: the pyfunc's own (versions logged by
+    mlcycle now), else the ``mlflow.pytorch`` program of a version logged before (pt2, which
+    MLflow built in eval mode)."""
+    import mlflow.pyfunc
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    for folder in ("pyfunc", "pytorch"):
+        (scratch / folder).mkdir()
+    loaded = mlflow.pyfunc.load_model(uri, dst_path=str(scratch / "pyfunc"))
+    try:
+        return loaded.unwrap_python_model().module
+    except MlflowException:  # not a python model: an mlflow.pytorch one
+        return mlflow.pytorch.load_model(uri, dst_path=str(scratch / "pytorch"), map_location="cpu")
 
 
 class ModelHolder:

@@ -202,3 +202,56 @@ def test_git_state_flags_changed_code_but_not_dvc_lock(tmp_path):
 
 def test_git_state_outside_a_repository_is_unknown(tmp_path):
     assert git_state(tmp_path) == {TAG_GIT_COMMIT: "unknown", TAG_GIT_DIRTY: "unknown"}
+
+
+def test_versions_registered_before_the_pyfunc_model_still_serve_and_score(
+    tracking_store, tiny_params, processed_dir, tmp_path
+):
+    """Until this change, mlcycle logged `mlflow.pytorch` programs (pt2) with a float32 input
+    signature: an existing champion of that kind must still be served, gated and checked."""
+    import mlflow.pytorch
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    from tasks.core.files import read_split
+    from tasks.core.model_file import load_model
+    from tasks.registry.check import check_version
+    from tasks.registry.gate import score_version
+    from tasks.serving.model import load_served_model
+
+    with tracked_run(tiny_params) as tracker:
+        run_train(
+            tiny_params.train,
+            processed_dir,
+            tmp_path / "model.pt",
+            tmp_path / "ckpt",
+            tmp_path / "reports",
+        )
+    model, _ = load_model(tmp_path / "model.pt")
+    test, _ = read_split(processed_dir, "test")
+    example = test.images[:5].astype(np.float32)
+    with torch.no_grad():
+        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
+    mlflow.pytorch.log_model(
+        model,
+        name="model",
+        run_id=tracker.run_id,
+        signature=signature,
+        input_example=example,
+        pip_requirements=["torch"],
+    )
+    logged = mlflow.search_logged_models(output_format="list")[0]
+    MlflowClient().create_registered_model("old")
+    tags = {
+        "mlcycle.class_names": '["class_0", "class_1", "class_2"]',
+        "mlcycle.input_shape": "[8, 8, 1]",
+        "mlcycle.params": "{}",
+    }
+    version = MlflowClient().create_model_version(
+        "old", source=logged.model_uri, run_id=tracker.run_id, model_id=logged.model_id, tags=tags
+    )
+    served = load_served_model("old", "champion", str(version.version))
+    assert served.predict(test.images).shape == (len(test.images), 3)
+    scores = score_version("old", str(version.version), test)
+    assert 0 <= scores["accuracy"] <= 1
+    check_version("old", str(version.version), test.images[:8])  # uint8 in, cast for it
