@@ -90,3 +90,14 @@ def test_the_train_stage_depends_on_the_chosen_family_only(stages):
     assert "train.${train.model}" in train["params"]
     assert not [p for p in train["params"] if p.split(".")[1:2] in ([n] for n in MODEL_NAMES)]
     assert "models" not in train["deps"]
+
+
+def test_python_bytecode_is_no_part_of_a_stage_dependency():
+    """Folder deps (tasks/training, tasks/validation) were hashed with their __pycache__, which
+    differs between machines: a fresh clone saw every stage as stale."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO_ROOT)) as repo:
+        ignore = repo.dvcignore
+        for path in ("tasks/training/__pycache__", "tasks/validation/__pycache__/gate.pyc"):
+            assert ignore.is_ignored(repo.fs, str(REPO_ROOT / path)), path
