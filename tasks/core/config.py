@@ -215,14 +215,15 @@ with warnings.catch_warnings():
 
         def flat(self) -> dict[str, Any]:
             """Dotted keys to values, e.g. ``{"train.lr": 0.001}``: what MLflow logs."""
-            return dict(_flatten(self.model_dump(mode="json")))
+            return dict(flatten(self.model_dump(mode="json")))
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, value) of every leaf: ``{"train": {"lr": 0.1}}`` -> ``("train.lr", 0.1)``."""
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            yield from _flatten(value, f"{dotted}.")
+            yield from flatten(value, f"{dotted}.")
         else:
             yield dotted, value
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from tasks.core.config import flatten
 from tasks.core.console import run_logger
 from tasks.core.errors import MlcycleError
 from tasks.core.paths import DVC_LOCK
@@ -82,17 +83,8 @@ def locked_params(root: Path = Path()) -> dict[str, Any]:
         for stage in repo.index.stages:
             for dep in stage.deps:
                 if isinstance(dep, ParamsDependency) and dep.hash_info:
-                    for key, value in dep.hash_info.value.items():
-                        values.update(_dotted(key, value))
+                    values.update(flatten(dep.hash_info.value))
     return values
-
-
-def _dotted(key: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        return {key: value}
-    return {
-        k: v for name, child in value.items() for k, v in _dotted(f"{key}.{name}", child).items()
-    }
 
 
 def stage_is_stale(stage: str) -> bool:
@@ -137,8 +129,9 @@ def checkout_quietly(root: Path = Path()) -> None:
 
 
 def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
-    """``dvc repro --single-item --quiet <stage>``, yielding its output lines as they come;
-    DvcError naming the stage's own ``error:`` line if it fails.
+    """``dvc repro --single-item <stage>``, yielding its output lines as they come (DVC's
+    routine hints left out); DvcError naming the stage's ``error:`` line, else DVC's, if it
+    fails.
 
     A subprocess, not ``Repo.reproduce``: the stage's output must stream line by line into the
     Prefect log (in-process, DVC prints to our stdout only when the stage ends), and the stage
