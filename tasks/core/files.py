@@ -6,6 +6,7 @@ leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -105,6 +106,20 @@ def atomic_directory(path: Path) -> Iterator[Path]:
             shutil.rmtree(aside, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def try_lock(handle: IO[str]) -> bool:
+    """Take an exclusive OS lock (``flock``) on an open file without waiting; False when another
+    process holds it. The kernel drops it when its holder dies, however it dies."""
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def unlock(handle: IO[str]) -> None:
+    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def file_md5(path: Path) -> str:

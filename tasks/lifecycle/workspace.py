@@ -10,7 +10,6 @@ crash knows which process died (its MLflow run carries the same pid: see
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from tasks.core.errors import MlcycleError
+from tasks.core.files import try_lock, unlock
 
 WORKSPACE_LOCK = Path(".mlcycle/workspace.lock")
 
@@ -55,9 +55,7 @@ def workspace_lock(command: str, path: Path = WORKSPACE_LOCK) -> Iterator[Worksp
     """Hold the workspace for ``command``; WorkspaceBusy naming the holder if another has it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not try_lock(handle):
             holder = _read(handle)
             who = holder.describe() if holder else "another mlcycle command"
             raise WorkspaceBusy(
@@ -78,7 +76,7 @@ def workspace_lock(command: str, path: Path = WORKSPACE_LOCK) -> Iterator[Worksp
             handle.seek(0)
             handle.truncate()  # released cleanly: nothing left to report
             handle.flush()
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            unlock(handle)
 
 
 def _read(handle: IO[str]) -> Holder | None:

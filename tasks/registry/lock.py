@@ -15,7 +15,6 @@ The lock lives where the tracking store lives, so it holds for everyone who shar
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -25,6 +24,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from tasks.core.files import try_lock, unlock
 from tasks.core.tracking import tracking_uri
 from tasks.registry.store import RegistryError, log
 
@@ -78,7 +78,7 @@ def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
         raise RegistryError(f"cannot open the registry lock {path}: {error}") from None
     with handle:
         _wait_for(
-            lambda: _try_flock(handle.fileno()),
+            lambda: try_lock(handle),
             wait_s,
             f"{path} (the registry lock) is held by another process",
         )
@@ -89,15 +89,7 @@ def _file_lock(path: Path, wait_s: float) -> Iterator[None]:
             handle.flush()
             yield
         finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _try_flock(fd: int) -> bool:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+            unlock(handle)
 
 
 def advisory_key(name: str) -> int:
@@ -130,8 +122,8 @@ def _advisory_lock(uri: str, name: str, wait_s: float) -> Iterator[None]:
             )
         except SQLAlchemyError as error:  # taking the lock failed; the block's errors are its own
             raise RegistryError(f"{where}: {str(error).splitlines()[0]}") from None
-        unlock = sqlalchemy.text("SELECT pg_advisory_unlock(:key)")
-        stack.callback(lambda: connection.execute(unlock, {"key": key}))
+        release = sqlalchemy.text("SELECT pg_advisory_unlock(:key)")
+        stack.callback(lambda: connection.execute(release, {"key": key}))
         yield
 
 
