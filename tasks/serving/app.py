@@ -120,7 +120,6 @@ def create_app(
         lifespan=_lifespan(state, watch, load_on_start),
     )
     app.state.serving = state
-    app.state.holder = state.holder  # tests and the bench reach the holder here
     app.add_middleware(LimitAndMeasure, max_bytes=params.max_body_bytes, metrics=state.metrics)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

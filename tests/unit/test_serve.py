@@ -396,7 +396,7 @@ def test_metrics_count_requests_latency_classes_and_version(client):
 def test_reload_is_refused_from_other_machines(serve_params, monkeypatch):
     with make_client(serve_params, served_model()) as client:
         reloads = []
-        monkeypatch.setattr(client.app.state.holder, "reload", lambda: reloads.append(1))
+        monkeypatch.setattr(client.app.state.serving.holder, "reload", lambda: reloads.append(1))
         assert client.post("/admin/reload").status_code == 202  # from 127.0.0.1
         remote = TestClient(client.app, client=("10.1.2.3", 5000))
         assert remote.post("/admin/reload").status_code == 403
