@@ -1,13 +1,16 @@
 """Child processes that stop when mlcycle stops, and never outlive it.
 
-A pipeline run starts processes of its own: ``dvc repro`` (which starts a stage), a temporary
-Prefect API server. Each runs in a session of its own, so a Ctrl-C in the terminal reaches only
-``mlcycle``, which then stops them in order (the flow first records how the run ended). Each
-also asks the kernel for a signal when its parent dies (Linux ``PR_SET_PDEATHSIG``), so a
-``kill -9`` of ``mlcycle`` takes them down too.
+A pipeline run starts processes of its own: ``dvc repro`` (which starts a stage through a
+shell), a temporary Prefect API server. Each runs in a session of its own, so a Ctrl-C in the
+terminal reaches only ``mlcycle``, which then stops them in order (the flow first records how
+the run ended).
 
-``python -m tasks.core.processes PARENT_PID COMMAND...`` is that guard: it sets the signal and
-then becomes COMMAND (``exec``), or exits at once if PARENT_PID is already gone.
+``python -m tasks.core.processes PARENT_PID COMMAND...`` is the guard each one runs under: the
+leader of that session, it asks the kernel for SIGTERM when its parent dies (Linux
+``PR_SET_PDEATHSIG``), runs COMMAND, and on that signal ends the whole group: so a ``kill -9``
+of ``mlcycle`` takes down DVC, the shell DVC starts and the stage under it. (A death signal on
+each process alone is not enough: ``/bin/sh -c`` does not always ``exec`` its command, and a
+stage's parent shell outlives DVC.)
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ def die_with_parent(signum: int = signal.SIGTERM) -> None:
 
 
 def start_group(command: Sequence[str], **popen: Any) -> subprocess.Popen:
-    """Start ``command`` in a session of its own, dying with this process (see the module)."""
+    """Start ``command`` under the guard, in a session of its own that ends with this process
+    (see the module)."""
     guarded = [sys.executable, "-m", "tasks.core.processes", str(os.getpid()), *command]
     return subprocess.Popen(guarded, start_new_session=True, **popen)
 
@@ -70,10 +74,29 @@ def stop_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None
             continue
 
 
-if __name__ == "__main__":
-    parent_pid, *command = sys.argv[1:]
-    signal.signal(signal.SIGINT, signal.SIG_DFL)  # the exec'd command installs its own
+def supervise(parent_pid: int, command: Sequence[str]) -> int:
+    """The guard's body (see the module): COMMAND's exit code, or 128 + the signal that ended
+    it."""
+    # A stop's SIGINT reaches the whole group and is COMMAND's to handle: the guard waits. A
+    # handler, not SIG_IGN, which COMMAND would inherit.
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    signal.signal(signal.SIGTERM, raise_terminated)
     die_with_parent()
-    if os.getppid() != int(parent_pid):
-        sys.exit(143)  # the parent died while this was starting
-    os.execvp(command[0], command)
+    if os.getppid() != parent_pid:
+        return 143  # the parent died while this was starting
+    child = subprocess.Popen(command)
+    try:
+        code = child.wait()
+    except Terminated:  # the parent died (or someone ended the guard): end everything
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        os.killpg(0, signal.SIGTERM)
+        try:
+            child.wait(timeout=STOP_GRACE_S)
+        finally:
+            os.killpg(0, signal.SIGKILL)  # what is left of the group, the guard too
+        raise
+    return 128 - code if code < 0 else code
+
+
+if __name__ == "__main__":
+    sys.exit(supervise(int(sys.argv[1]), sys.argv[2:]))

@@ -65,6 +65,10 @@ class Run:
                 **GIT_IDENTITY,
                 "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
                 "PYTHONUNBUFFERED": "1",
+                # DVC runs a stage through $SHELL. /bin/sh (dash here, as in CI where SHELL is
+                # unset) keeps itself as the stage's parent instead of exec'ing it: the harder
+                # case for a stop, which must end the shell and the stage under it.
+                "SHELL": "/bin/sh",
                 **env,
             },
             stdout=subprocess.PIPE,
