@@ -46,6 +46,9 @@ class CollectParams(_Section):
     )
     root: str = Field(description="Folder holding (or receiving) torchvision datasets.")
     download: bool = Field(description="Let torchvision download missing files.")
+    feedback: bool = Field(
+        description="Add the served images people labelled (data/external/feedback.npz)."
+    )
 
     @field_validator("source")
     @classmethod
@@ -198,6 +201,78 @@ class ServeParams(_Section):
     )
 
 
+CRON_FIELDS = 5
+
+
+class ScheduleParams(_Section):
+    work_pool: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="Prefect process work pool."
+    )
+    retrain_cron: str = Field(description="When `training-pipeline/scheduled` runs (cron).")
+    monitor_cron: str = Field(description="When `monitoring/hourly` runs (cron).")
+    timezone: str = Field(min_length=1, description="The crons' time zone (IANA name).")
+    training_slot: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{0,99}$",
+        description="Prefect global concurrency limit (1 slot): one training run at a time.",
+    )
+    slot_wait_minutes: float = Field(
+        gt=0, description="A training run waits this long for the slot, then gives up."
+    )
+
+    @field_validator("retrain_cron", "monitor_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        # Prefect's own schedule model: what it accepts here, its server accepts at deploy time
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            if len(value.split()) != CRON_FIELDS:
+                raise ValueError(value)
+            CronSchedule(cron=value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a cron expression like '0 3 * * 1'") from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not an IANA time zone like 'UTC' or 'Europe/Paris'"
+            ) from None
+        return value
+
+
+class MonitorParams(_Section):
+    window: int = Field(ge=1, description="Newest logged predictions compared (rows).")
+    max_age_hours: float = Field(
+        gt=0, description="Logged predictions older than this are left out."
+    )
+    min_rows: int = Field(ge=1, description="Fewer rows than this: `not enough data`.")
+    p_value: float = Field(
+        gt=0, lt=1, description="A statistical test below this p-value says `drifted`."
+    )
+    drift_share: float = Field(
+        gt=0, le=1, description="Input drift when at least this share of image features drifted."
+    )
+    low_confidence: float = Field(
+        gt=0, lt=1, description="A prediction below this top probability counts as unsure."
+    )
+    max_low_confidence_increase: float = Field(
+        gt=0, le=1, description="Confidence drift: unsure share rose by more than this."
+    )
+    max_accuracy_drop: float = Field(
+        gt=0, le=1, description="Live accuracy (labelled feedback) below test accuracy by this."
+    )
+    min_labels: int = Field(ge=1, description="Labelled predictions needed to judge accuracy.")
+    retrain_on_drift: bool = Field(description="Trigger `training-pipeline/scheduled` on drift.")
+    cooldown_hours: float = Field(ge=0, description="No drift-triggered retrain within this.")
+
+
 with warnings.catch_warnings():
     # The section is called `validate`, like its stage; pydantic warns that this shadows
     # BaseModel.validate, a deprecated v1 alias nobody here calls. (The register step's section
@@ -212,6 +287,8 @@ with warnings.catch_warnings():
         evaluate: EvaluateParams
         registry: RegistryParams
         serve: ServeParams
+        schedule: ScheduleParams
+        monitor: MonitorParams
 
         def flat(self) -> dict[str, Any]:
             """Dotted keys to values, e.g. ``{"train.lr": 0.001}``: what MLflow logs."""
@@ -321,7 +398,8 @@ def apply_params(params: Params | None, path: Path = PARAMS_FILE) -> Params:
         return current
     old, new = current.flat(), params.flat()
     changed = {key: new[key] for key in new if new[key] != old[key]}
-    yaml = YAML()  # round-trip mode: keeps comments and key order
+    yaml = YAML()  # round-trip mode: keeps comments and key order ...
+    yaml.preserve_quotes = True  # ... and quotes: the crons stay "0 3 * * 1"
     yaml.representer.add_representer(  # write None as `null`, as the file spells it
         type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", "null")
     )

@@ -13,7 +13,7 @@ from tests.helpers import synthetic_dataset
 
 
 def source(spec: str, root: Path | str = "data/external", download: bool = False):
-    return CollectParams(source=spec, root=str(root), download=download)
+    return CollectParams(source=spec, root=str(root), download=download, feedback=False)
 
 
 def test_sklearn_digits_lands_in_the_canonical_format(tmp_path):
