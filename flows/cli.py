@@ -23,10 +23,9 @@ from tasks.core.errors import MlcycleError
 from tasks.core.paths import PREDICTION_LOG
 from tasks.core.processes import Terminated, raise_terminated
 from tasks.core.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri
-from tasks.lifecycle.pipeline import close_orphaned_runs
+from tasks.lifecycle import workspace
 from tasks.lifecycle.prefect_api import prefect_api
 from tasks.lifecycle.preflight import check_run
-from tasks.lifecycle.workspace import workspace_lock
 from tasks.registry.gate import Registration
 from tasks.registry.versions import VersionRow
 
@@ -107,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=port_number, help="port (default serve.port)")
+    deployments = commands.add_parser(
+        "deployments",
+        help="register the Prefect deployments of prefect.yaml on PREFECT_API_URL's server",
+        description="Create the process work pool (schedule.work_pool) and the training slot "
+        "when missing, then register training-pipeline/scheduled and monitoring/hourly with the "
+        "crons and time zone of params.yaml (schedule.*); re-run after editing params.yaml.",
+    )
+    deployments.add_argument("action", choices=["apply"], help="apply: create or update them")
+    commands.add_parser(
+        "worker",
+        help="start a Prefect worker on schedule.work_pool (runs the deployments' flow runs)",
+        description="`prefect worker start --pool <schedule.work_pool> --type process`: flow "
+        "runs of the deployments run as processes in the checkout `mlcycle deployments apply` "
+        "ran in. Stop it with Ctrl-C; schedules live on the server and survive restarts.",
+    )
     serve.add_argument(
         "--prediction-log",
         type=Path,
@@ -145,6 +159,10 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         return run_register(args.run_id, command)
     if args.command == "serve":
         return run_serve(args.host, args.port, args.prediction_log)
+    if args.command == "deployments":
+        return apply_deployments()
+    if args.command == "worker":
+        return run_worker()
     return manage_registry(args, command)
 
 
@@ -178,19 +196,14 @@ def _command_line(argv: Sequence[str] | None) -> str:
     return shlex.join(["mlcycle", *(sys.argv[1:] if argv is None else argv)])
 
 
+def _say(message: str) -> None:
+    print(f"mlcycle: {message}", file=sys.stderr)
+
+
 @contextmanager
 def holding_workspace(command: str) -> Iterator[None]:
-    """This workspace to ``command`` alone; a run that a dead command left open is closed."""
-    with workspace_lock(command) as lock:
-        previous = lock.previous
-        if previous is not None:
-            print(
-                f"mlcycle: the previous command here, {previous.describe()}, died without "
-                "finishing",
-                file=sys.stderr,
-            )
-            for run_id in close_orphaned_runs(previous.pid, previous.host):
-                print(f"mlcycle: its MLflow run {run_id} is now marked KILLED", file=sys.stderr)
+    """This workspace to ``command`` alone (see ``tasks.lifecycle.workspace``)."""
+    with workspace.holding_workspace(command, _say):
         yield
 
 
@@ -217,6 +230,34 @@ def run_register(run_id: str | None, command: str) -> int:
         registration = register_model(run_id=run_id, params=params)
     print(format_registration(registration))
     return 0
+
+
+def apply_deployments() -> int:
+    from tasks.lifecycle.deployments import apply_deployments, server_url
+
+    params = load_params()
+    applied = apply_deployments(params)
+    print(f"Deployments on {server_url()} (work pool '{params.schedule.work_pool}'):")
+    for deployment in applied:
+        upcoming = ", ".join(deployment.next_runs) or "the server schedules them within a minute"
+        print(
+            f"  {deployment.name:<30} cron '{deployment.cron}' ({deployment.timezone}); next: "
+            f"{upcoming}"
+        )
+    print(
+        "Start a worker to run them: `make worker` (or `mlcycle worker`); trigger one now from "
+        f"the UI or with `prefect deployment run {applied[0].name}`."
+    )
+    return 0
+
+
+def run_worker() -> int:
+    from tasks.lifecycle.deployments import server_url, worker_command
+
+    server_url()
+    command = worker_command(load_params().schedule)
+    print(f"mlcycle: {shlex.join(command)}", file=sys.stderr, flush=True)
+    os.execv(command[0], command)  # the worker owns the terminal (Ctrl-C stops it)
 
 
 def run_serve(host: str | None, port: int | None, prediction_log: Path | None) -> int:

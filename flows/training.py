@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from prefect import flow
 
 from flows.registry import register_model
-from tasks.core.config import Params
+from tasks.core.config import Params, load_params
+from tasks.core.console import run_logger
 from tasks.core.errors import hide_user_error_tracebacks
 from tasks.lifecycle.deploy import Deployment, deploy_task
 from tasks.lifecycle.pipeline import (
@@ -25,6 +26,7 @@ from tasks.lifecycle.pipeline import (
     reproduce_stage_task,
     start_pipeline_run_task,
 )
+from tasks.lifecycle.workspace import training_turn
 from tasks.registry.gate import Registration
 
 # The stages of dvc.yaml, in order. validate gates data/raw; preprocess gates the split.
@@ -50,15 +52,20 @@ class PipelineOutcome:
 )
 def training_pipeline(params: Params | None = None) -> PipelineOutcome:
     """``params``: the whole of params.yaml; left empty, the file is used as it is."""
-    params = apply_params_task(params)
-    run_id = start_pipeline_run_task(params)
-    stages = [reproduce_stage_task(stage, run_id) for stage in DATA_STAGES]
-    push_data_task()
-    summary = finish_pipeline_run_task(run_id, params, stages)
-    registration = register_model(run_id=run_id, params=params)
-    deployment = deploy_task(
-        registration.version, registration.promoted, registration.champion, params.serve
-    )
+    schedule = (params or load_params()).schedule
+    say = run_logger("mlcycle.pipeline").warning
+    with training_turn(
+        "training-pipeline flow", schedule.training_slot, schedule.slot_wait_minutes * 60, say
+    ):
+        params = apply_params_task(params)
+        run_id = start_pipeline_run_task(params)
+        stages = [reproduce_stage_task(stage, run_id) for stage in DATA_STAGES]
+        push_data_task()
+        summary = finish_pipeline_run_task(run_id, params, stages)
+        registration = register_model(run_id=run_id, params=params)
+        deployment = deploy_task(
+            registration.version, registration.promoted, registration.champion, params.serve
+        )
     return PipelineOutcome(summary, registration, deployment)
 
 

@@ -1,4 +1,6 @@
-"""One mlcycle command at a time per workspace: ``mlcycle run``, ``register`` and ``restore``
+"""One mlcycle command at a time per workspace, and one training run at a time per Prefect server.
+
+``mlcycle run``, ``register``, ``restore`` and a training flow run that a Prefect worker started
 each hold ``.mlcycle/workspace.lock`` while they work.
 
 The lock is an OS file lock (``flock``): the kernel releases it when its holder dies, however it
@@ -10,11 +12,13 @@ crash knows which process died (its MLflow run carries the same pid: see
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +28,8 @@ from tasks.core.errors import MlcycleError
 from tasks.core.files import try_lock, unlock
 
 WORKSPACE_LOCK = Path(".mlcycle/workspace.lock")
+
+_held: WorkspaceLock | None = None  # what this process holds through `holding_workspace`
 
 
 class WorkspaceBusy(MlcycleError):
@@ -95,3 +101,94 @@ def _write(handle: IO[str], holder: Holder) -> None:
     handle.truncate()
     handle.write(json.dumps(asdict(holder)) + "\n")
     handle.flush()
+
+
+@contextmanager
+def holding_workspace(command: str, say: Callable[[str], None]) -> Iterator[WorkspaceLock]:
+    """This workspace to ``command`` alone; a pipeline run a dead command left open is closed
+    (and ``say`` tells). Inside a block that already holds it (``mlcycle run`` around its
+    flow), the flow's own call is that same hold."""
+    global _held
+    if _held is not None:
+        yield _held
+        return
+    with workspace_lock(command) as lock:
+        if lock.previous is not None:
+            from tasks.lifecycle.pipeline import close_orphaned_runs
+
+            say(f"the previous command here, {lock.previous.describe()}, died without finishing")
+            for run_id in close_orphaned_runs(lock.previous.pid, lock.previous.host):
+                say(f"its MLflow run {run_id} is now marked KILLED")
+        _held = lock
+        try:
+            yield lock
+        finally:
+            _held = None
+
+
+SLOT_TAKEN_AFTER_S = 2.0  # a free slot is granted well within this
+
+
+class SlotUnavailable(MlcycleError):
+    """The training slot stayed taken, or the Prefect server could not be asked for it."""
+
+
+@contextmanager
+def training_slot(name: str, wait_s: float, say: Callable[[str], None]) -> Iterator[None]:
+    """One training run at a time across everyone who uses the Prefect server named by
+    ``PREFECT_API_URL``: a global concurrency limit of one slot (created when missing), with a
+    lease the server expires if the holder dies. A second run waits, saying so, for up to
+    ``wait_s``. Without a configured server (each ``mlcycle run`` starts its own) the workspace
+    lock alone serialises runs, and this does nothing."""
+    if not os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
+
+    where = f"the training slot (Prefect global concurrency limit '{name}')"
+    with contextlib.ExitStack() as stack:
+        try:
+            # ObjectAlreadyExists: another run created it first (the upsert is not atomic)
+            with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+                client.upsert_global_concurrency_limit_by_name(name, 1)
+            # Say so when the slot is taken: a timer, because a failed quick try would log
+            # a Prefect service error of its own.
+            waiting = threading.Event()
+
+            def say_waiting() -> None:
+                waiting.set()
+                say(f"waiting for {where}: another training run holds it (up to {wait_s:g} s)")
+
+            timer = threading.Timer(SLOT_TAKEN_AFTER_S, say_waiting)
+            timer.start()
+            try:
+                stack.enter_context(
+                    concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True)
+                )
+            finally:
+                timer.cancel()
+            if waiting.is_set():
+                say(f"{where} is free: this run goes on")
+        except TimeoutError:
+            raise SlotUnavailable(
+                f"{where} was not free within {wait_s:g} s (schedule.slot_wait_minutes); "
+                "this run did nothing"
+            ) from None
+        except (httpx.HTTPError, PrefectHTTPStatusError) as error:
+            raise SlotUnavailable(
+                f"{where}: the Prefect API at {os.environ['PREFECT_API_URL']} failed ({error})"
+            ) from None
+        yield
+
+
+@contextmanager
+def training_turn(
+    command: str, slot: str, slot_wait_s: float, say: Callable[[str], None]
+) -> Iterator[None]:
+    """The training slot first, then the workspace: a second run triggered on this checkout
+    waits for the slot instead of finding the workspace busy."""
+    with training_slot(slot, slot_wait_s, say), holding_workspace(command, say):
+        yield

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import free_port
-from tests.integration.helpers import BIN, MlflowService, wait_for_http
+from tests.integration.helpers import MlflowService, PrefectServer
 
 
 def _postgres_tools() -> dict[str, str] | None:
@@ -117,26 +116,8 @@ def postgres_mlflow_server(
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``prefect server start`` on a free loopback port, with its own database; yields
     its API URL (what ``PREFECT_API_URL`` names)."""
-    root = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(root),
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    with (root / "server.log").open("w") as log:
-        process = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-server")).start()
     try:
-        wait_for_http(f"{url}/health", process, root / "server.log")
-        yield url
+        yield server.url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        server.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -240,3 +241,45 @@ def copy_project(source: Path, tmp_path: Path) -> Path:
     target = tmp_path / "project"
     shutil.copytree(source, target, symlinks=True)
     return target
+
+
+class PrefectServer:
+    """A real ``prefect server start`` on a loopback port with a database of its own, that a
+    test can stop and start again (same port, same database)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client of this server needs (its own PREFECT_HOME: no profile of ours)."""
+        return {
+            **os.environ,
+            "PREFECT_HOME": str(self.root),
+            "PREFECT_API_URL": self.url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_TO_API_ENABLED": "true",  # the run logs a test reads back
+        }
+
+    def start(self) -> PrefectServer:
+        command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1"]
+        env = {**self.env, "PREFECT_UI_ENABLED": "false"}
+        del env["PREFECT_API_URL"]
+        with (self.root / "server.log").open("a") as log:
+            self.process = subprocess.Popen(
+                [*command, "--port", str(self.port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for_http(f"{self.url}/health", self.process, self.root / "server.log")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)

@@ -523,6 +523,7 @@ def test_health_answers_at_once_while_a_large_request_decodes(serve_params):
     app = create_app(params, "digits", holder, watch=False, load_on_start=False)
     with served_on_a_port(app) as url:
         answered = []
+        began = time.perf_counter()
         sender = threading.Thread(
             target=lambda: answered.append(
                 httpx.post(f"{url}/predict", json={"images": [big] * 24}, timeout=120)
@@ -536,8 +537,13 @@ def test_health_answers_at_once_while_a_large_request_decodes(serve_params):
             latencies.append(time.perf_counter() - started)
             time.sleep(0.02)
         sender.join()
+        busy_s = time.perf_counter() - began
     assert answered[0].status_code == 200, answered[0].text
-    assert max(latencies) < 0.1, f"/health took up to {max(latencies) * 1000:.0f} ms"
+    # Relative, not a fixed budget (a loaded CI machine slows everything): on the event loop,
+    # one /health would wait for most of the decoding.
+    assert max(latencies) < busy_s / 5, (
+        f"/health took up to {max(latencies) * 1000:.0f} ms of a {busy_s:.1f} s request"
+    )
     assert len(latencies) >= 5, "the request finished before /health could be measured"
 
 

@@ -1,0 +1,167 @@
+"""Prefect deployments of mlcycle's flows: the work pool, ``prefect.yaml`` applied with the
+values of ``params.yaml``, and what a worker needs to run them in this checkout.
+
+``prefect.yaml`` declares the deployments (``training-pipeline/scheduled``,
+``monitoring/hourly``); its ``{{ MLCYCLE_* }}`` placeholders are filled from ``schedule.*`` here,
+so ``params.yaml`` stays the single source of the crons, time zone and pool. Everything lives in
+the Prefect server's database: schedules survive restarts of the server and of the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.core.config import Params, ScheduleParams
+from tasks.core.console import run_logger
+from tasks.core.errors import MlcycleError
+
+TRAINING_FLOW = "training-pipeline"
+TRAINING_DEPLOYMENT = f"{TRAINING_FLOW}/scheduled"
+MONITORING_DEPLOYMENT = "monitoring/hourly"
+PREFECT_FILE = Path("prefect.yaml")
+
+
+class DeploymentError(MlcycleError):
+    """No Prefect server to deploy to, or Prefect refused the deployments."""
+
+
+@dataclass(frozen=True)
+class AppliedDeployment:
+    name: str
+    cron: str
+    timezone: str
+    next_runs: tuple[str, ...]  # ISO times of the next scheduled runs
+
+
+def server_url() -> str:
+    """The Prefect server deployments live on: ``PREFECT_API_URL``, which must be set."""
+    url = os.environ.get("PREFECT_API_URL", "")
+    if not url:
+        raise DeploymentError(
+            "deployments live on a Prefect server, and PREFECT_API_URL is not set: start one "
+            "(`make prefect-ui`), then `export PREFECT_API_URL=http://127.0.0.1:4200/api`"
+        )
+    return url
+
+
+def placeholder_values(schedule: ScheduleParams, checkout: Path) -> dict[str, str]:
+    """The ``{{ MLCYCLE_* }}`` values of prefect.yaml."""
+    return {
+        "MLCYCLE_CHECKOUT": str(checkout.resolve()),
+        "MLCYCLE_WORK_POOL": schedule.work_pool,
+        "MLCYCLE_RETRAIN_CRON": schedule.retrain_cron,
+        "MLCYCLE_MONITOR_CRON": schedule.monitor_cron,
+        "MLCYCLE_TIMEZONE": schedule.timezone,
+    }
+
+
+def _prefect(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    """A Prefect CLI command: its output, or DeploymentError with the output's tail."""
+    command = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", *args]
+    result = subprocess.run(
+        command, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
+    output = (result.stdout + result.stderr).strip()
+    if result.returncode != 0:
+        tail = "\n".join(output.splitlines()[-15:])
+        raise DeploymentError(f"`prefect {' '.join(args)}` failed:\n{tail}")
+    return output
+
+
+def ensure_work_pool(name: str) -> bool:
+    """Create the process work pool ``name`` unless it exists; True when created."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            pool = None
+    if pool is not None:
+        if pool.type != "process":
+            raise DeploymentError(
+                f"work pool '{name}' exists with type '{pool.type}'; mlcycle's worker runs flows "
+                "as local processes: choose another schedule.work_pool or delete that pool"
+            )
+        return False
+    _prefect("work-pool", "create", name, "--type", "process")
+    return True
+
+
+def apply_deployments(params: Params, checkout: Path = Path(".")) -> list[AppliedDeployment]:
+    """Create the work pool and training slot when missing, then (re)register every deployment
+    of prefect.yaml with the values of ``params``; the training deployment's parameter form is
+    ``params`` (every section, as the UI shows it). Re-running updates them in place."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    server_url()
+    log = run_logger("mlcycle.deployments")
+    if not (checkout / PREFECT_FILE).is_file():
+        raise DeploymentError(f"{checkout / PREFECT_FILE}: not found; run from the repository root")
+    if ensure_work_pool(params.schedule.work_pool):
+        log.info("deployments: created the process work pool '%s'", params.schedule.work_pool)
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(params.schedule.training_slot, 1)
+    _prefect(
+        "deploy",
+        "--all",
+        cwd=checkout,
+        env=placeholder_values(params.schedule, checkout),
+    )
+    # `prefect deploy` fills placeholders in the deployments but stores the pull step as
+    # written (a worker would fill it from its own environment): point it at this checkout.
+    pull = [
+        {"prefect.deployments.steps.set_working_directory": {"directory": str(checkout.resolve())}}
+    ]
+    with get_client(sync_client=True) as client:
+        for name in (TRAINING_DEPLOYMENT, MONITORING_DEPLOYMENT):
+            update = {"pull_steps": pull}
+            if name == TRAINING_DEPLOYMENT:
+                update["parameters"] = {"params": params.model_dump(mode="json")}
+            deployment = client.read_deployment_by_name(name)
+            client.update_deployment(deployment.id, DeploymentUpdate(**update))
+    return [describe_deployment(name) for name in (TRAINING_DEPLOYMENT, MONITORING_DEPLOYMENT)]
+
+
+def describe_deployment(name: str, upcoming: int = 3) -> AppliedDeployment:
+    """A deployment's schedule as the server holds it, with its next scheduled runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        schedule = deployment.schedules[0].schedule if deployment.schedules else None
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+            ),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+            limit=upcoming,
+        )
+    return AppliedDeployment(
+        name=name,
+        cron=getattr(schedule, "cron", "-"),
+        timezone=getattr(schedule, "timezone", None) or "-",
+        next_runs=tuple(run.expected_start_time.isoformat() for run in runs),
+    )
+
+
+def worker_command(schedule: ScheduleParams) -> list[str]:
+    """``prefect worker start`` on the pool, running flows as processes of this checkout."""
+    prefect = str(Path(sys.executable).parent / "prefect")
+    return [prefect, "worker", "start", "--pool", schedule.work_pool, "--type", "process"]
