@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run repro serve test test-fast lint format mlflow-ui prefect-ui clean bench
+.PHONY: help install browser run repro serve monitor deploy worker test test-fast lint format mlflow-ui prefect-ui clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,18 @@ repro: install ## run the same stages with plain DVC
 
 serve: install ## serve the champion model at http://127.0.0.1:8000 (follows the alias)
 	$(BIN)/mlcycle serve
+
+monitor: install ## compare live traffic (the prediction log) with the champion's training data
+	$(BIN)/mlcycle monitor
+
+# Deployments live on a Prefect server: `make prefect-ui` starts one at this address.
+PREFECT_SERVER ?= http://127.0.0.1:4200/api
+
+deploy: install ## register the Prefect deployments (prefect.yaml) on the server of make prefect-ui
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(PREFECT_SERVER)} $(BIN)/mlcycle deployments apply
+
+worker: install ## start a Prefect worker that runs the deployments' flow runs in this checkout
+	PREFECT_API_URL=$${PREFECT_API_URL:-$(PREFECT_SERVER)} $(BIN)/mlcycle worker
 
 # Debian packages some targets need: chromium for the serving page's browser test, wrk for the
 # serving benchmark. Installed when missing and this runs as root with apt-get; otherwise the
@@ -64,7 +76,7 @@ mlflow-ui: install ## browse runs and models at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
 
 prefect-ui: install ## start a Prefect server with its UI at http://127.0.0.1:4200
-	$(BIN)/prefect server start
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start
 
 clean: ## remove pipeline outputs and local tracking stores (keeps .venv and the DVC cache)
 	rm -rf data/raw data/processed artifacts reports mlflow.db mlartifacts

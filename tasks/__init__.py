@@ -8,7 +8,8 @@ for _name, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "GX_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DO_NOT_TRACK": "1",
+    "DO_NOT_TRACK": "1",  # also Evidently's usage reports
+    "EVIDENTLY_DISABLE_TELEMETRY": "1",  # Evidently's legacy switch
 }.items():
     os.environ.setdefault(_name, _value)
 

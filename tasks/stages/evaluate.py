@@ -1,7 +1,8 @@
 """evaluate: score the trained model on the held-out test split, beside an honest baseline.
 
 Writes ``reports/metrics.json`` (accuracy, macro-F1, the baseline's), the per-class report, the
-confusion matrix as a PNG and as DVC plot data. The baseline is a scikit-learn logistic
+confusion matrix as a PNG and as DVC plot data, and the monitoring reference (what this model saw
+and said, for drift monitoring once it is served). The baseline is a scikit-learn logistic
 regression on the same split, so a reader sees whether deep learning earned its keep.
 """
 
@@ -25,6 +26,7 @@ from tasks.core.lineage import TAG_EVALUATED, TAG_MODEL_MD5, TAG_MODEL_RUN
 from tasks.core.model_file import load_model, predict_logits
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.tracking import RunTracker, can_join, find_run, flow_run_id, tracked_run
+from tasks.monitoring.reference import REFERENCE_FILE_NAME, reference_from_split, save_reference
 
 log = logging.getLogger("mlcycle.evaluate")
 
@@ -39,6 +41,14 @@ CONFUSION_CSV = REPORTS_DIR / "confusion.csv"
 
 
 CONFUSION_PNG = REPORTS_DIR / "confusion_matrix.png"
+
+
+MONITORING_REFERENCE = REPORTS_DIR / REFERENCE_FILE_NAME
+
+
+# The run's artifact folder of the monitoring reference: the monitor fetches
+# `monitoring/monitoring_reference.npz` from the served version's run.
+MONITORING_ARTIFACT_PATH = "monitoring"
 
 
 BASELINE_SEED = 0
@@ -60,6 +70,7 @@ class EvaluateResult:
     baseline_macro_f1: float | None
     test_samples: int
     metrics_path: Path
+    reference_path: Path
 
 
 def run_evaluate(
@@ -99,6 +110,10 @@ def run_evaluate(
         test.class_names,
         title=f"{spec['model']} on {len(test.labels)} test images",
     )
+    save_reference(
+        reference_from_split(model_path, processed_dir, scores.accuracy),
+        paths["monitoring_reference"],
+    )
     log.info(
         "evaluate: test accuracy %.4f, macro-F1 %.4f (%d images)%s",
         scores.accuracy,
@@ -118,6 +133,7 @@ def run_evaluate(
         baseline_macro_f1=baseline.macro_f1 if baseline else None,
         test_samples=len(test.labels),
         metrics_path=paths["metrics"],
+        reference_path=paths["monitoring_reference"],
     )
 
 
@@ -127,12 +143,14 @@ def report_paths(reports_dir: Path = REPORTS_DIR) -> dict[str, Path]:
         "per_class": reports_dir / CLASS_REPORT_FILE.name,
         "confusion_csv": reports_dir / CONFUSION_CSV.name,
         "confusion_png": reports_dir / CONFUSION_PNG.name,
+        "monitoring_reference": reports_dir / MONITORING_REFERENCE.name,
     }
 
 
 def record_evaluation(tracker: RunTracker, reports_dir: Path = REPORTS_DIR) -> None:
     """Log an evaluation's reports to a run: the metrics (the same numbers ``dvc metrics show``
-    shows), the confusion matrix and the per-class report."""
+    shows), the confusion matrix and the per-class report; the monitoring reference under
+    ``monitoring/``, where the monitor looks for the served version's."""
     paths = report_paths(reports_dir)
     metrics = read_json(paths["metrics"])
     logged = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
@@ -142,8 +160,10 @@ def record_evaluation(tracker: RunTracker, reports_dir: Path = REPORTS_DIR) -> N
             "baseline_macro_f1": baseline["macro_f1"],
         }
     tracker.log_metrics(logged)
+    reference = paths.pop("monitoring_reference")
     for path in paths.values():
         tracker.log_artifact(path, "evaluation")
+    tracker.log_artifact(reference, MONITORING_ARTIFACT_PATH)
     tracker.set_tags({TAG_EVALUATED: "true"})
 
 

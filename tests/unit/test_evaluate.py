@@ -8,7 +8,8 @@ from PIL import Image
 from tasks.core.errors import MlcycleError
 from tasks.core.files import read_split
 from tasks.core.model_file import load_model
-from tasks.stages.evaluate import classification_scores, run_evaluate
+from tasks.monitoring.reference import load_reference
+from tasks.stages.evaluate import MONITORING_ARTIFACT_PATH, classification_scores, run_evaluate
 from tasks.stages.train import run_train
 
 
@@ -62,6 +63,38 @@ def test_evaluation_reports(tiny_params, processed_dir, trained, tmp_path):
     assert rows[0] == "actual,predicted" and len(rows) == len(test.labels) + 1
     with Image.open(reports / "confusion_matrix.png") as image:
         assert image.format == "PNG" and image.width >= 300
+
+
+def test_evaluation_writes_the_monitoring_reference(tiny_params, processed_dir, trained, tmp_path):
+    result = run_evaluate(tiny_params.evaluate, trained, processed_dir, tmp_path / "reports")
+    assert result.reference_path == tmp_path / "reports" / "monitoring_reference.npz"
+    reference = load_reference(result.reference_path)
+    train, _ = read_split(processed_dir, "train")
+    val, _ = read_split(processed_dir, "val")
+    assert len(reference.features) == len(train.labels)  # what the model was trained on ...
+    model, _ = load_model(trained)
+    answers = torch.softmax(model(torch.from_numpy(val.images)), dim=1).detach().numpy()
+    np.testing.assert_array_equal(reference.val_predicted, answers.argmax(1))  # ... how it answered
+    np.testing.assert_allclose(reference.val_confidence, answers.max(1), rtol=1e-5)
+    assert reference.test_accuracy == result.accuracy
+    assert (reference.class_names, reference.image_shape) == (train.class_names, train.image_shape)
+
+
+def test_the_reference_is_logged_for_the_monitor(
+    tracking_store, tiny_params, processed_dir, trained, tmp_path
+):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.core.tracking import tracked_run
+
+    with tracked_run(tiny_params, run_name="evaluate") as tracker:
+        run_evaluate(tiny_params.evaluate, trained, processed_dir, tmp_path / "reports", tracker)
+    client = MlflowClient()
+    logged = {a.path for a in client.list_artifacts(tracker.run_id, MONITORING_ARTIFACT_PATH)}
+    assert logged == {"monitoring/monitoring_reference.npz"}
+    assert "evaluation/monitoring_reference.npz" not in {
+        a.path for a in client.list_artifacts(tracker.run_id, "evaluation")
+    }
 
 
 def test_evaluation_without_baseline(tiny_params, processed_dir, trained, tmp_path):
