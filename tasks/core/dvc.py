@@ -106,6 +106,22 @@ def push_data() -> int:
     return pushed
 
 
+def track_file(root: Path, path: Path) -> None:
+    """``dvc add <path>``: version a file the pipeline reads but no stage writes (the exported
+    feedback), so a ``.dvc`` file beside it records which content a run used and ``dvc push``
+    stores it; that ``.dvc`` file is the caller's to commit (DVC's own hint saying so is left
+    out). ``path``: absolute, or relative to ``root``."""
+    from dvc.exceptions import DvcException
+
+    target = path if path.is_absolute() else root / path
+    try:
+        with open_repo(root) as repo:
+            repo.scm_context.quiet = True
+            repo.add(str(target.absolute()))
+    except DvcException as error:
+        raise DvcError(f"dvc add {path} failed: {error}") from None
+
+
 def pull_outputs(root: Path = Path()) -> None:
     from dvc.exceptions import DvcException
 

@@ -8,6 +8,7 @@ PARAMS_FILE = Path("params.yaml")
 DVC_LOCK = Path("dvc.lock")
 
 EXTERNAL_DIR = Path("data/external")  # source data, a dep of collect: sources live here
+FEEDBACK_FILE = EXTERNAL_DIR / "feedback.npz"  # served images people labelled (collect.feedback)
 RAW_DIR = Path("data/raw")  # the canonical dataset (collect)
 VALIDATED_DIR = Path("data/validated")  # data/raw after it passed the gate (validate)
 PROCESSED_DIR = Path("data/processed")  # the split and its statistics (preprocess)

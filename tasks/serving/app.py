@@ -3,6 +3,8 @@
 - ``POST /predict``: ``{"images": [...]}``, each image as nested lists of 0-255 pixel values in
   the raw data's shape (as ``data/raw`` stores them) or a base64 PNG/JPEG string.
 - ``POST /predict/image``: one uploaded PNG/JPEG file.
+- ``POST /feedback``: the true class of a served prediction, by the ``prediction_ids`` every
+  predict answer carries (one per image); stored beside the logged prediction for training.
 - ``GET /health`` (alive), ``/ready`` (model loaded), ``/metadata``, ``/metrics`` (Prometheus),
   ``/`` (a page to draw or upload a digit), ``POST /admin/reload`` (loopback clients only).
 
@@ -14,6 +16,7 @@ model: nothing is re-typed here. Predictions are logged off the request thread t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Callable
@@ -32,10 +35,20 @@ from starlette.requests import ClientDisconnect
 
 from tasks.core.config import ServeParams
 from tasks.core.paths import PREDICTION_LOG
-from tasks.serving.inputs import InputError, decode_image, fit_to_raw, parse_batch, predict_body
+from tasks.serving.inputs import (
+    InputError,
+    Label,
+    decode_image,
+    feedback_body_bytes,
+    feedback_schema,
+    fit_to_raw,
+    parse_batch,
+    parse_feedback,
+    predict_body,
+)
 from tasks.serving.metrics import LimitAndMeasure, ServingMetrics
 from tasks.serving.model import ModelHolder, ServedModel, log
-from tasks.serving.prediction_log import PredictionLog
+from tasks.serving.prediction_log import PredictionLog, StoredLabel, new_ids
 
 PAGE = Path(__file__).with_name("page.html")
 
@@ -76,9 +89,30 @@ ERROR_RESPONSES = {
     503: _error_response("No model loaded yet"),
 }
 FORBIDDEN_RESPONSE = {403: _error_response("Not from this machine")}
+FEEDBACK_RESPONSES = {
+    400: ERROR_RESPONSES[400],
+    404: _error_response("Prediction not logged: unknown id, sampled out or past retention"),
+    409: _error_response("Already labelled, or the same id twice in one batch"),
+    413: ERROR_RESPONSES[413],
+    415: ERROR_RESPONSES[415],
+    422: _error_response("Invalid body, or a label that is not a class of the model"),
+    503: _error_response("The prediction log is not running or did not answer in time"),
+}
+FEEDBACK_DESCRIPTION = """Store the true class of served predictions, for training and for
+monitoring live accuracy.
+
+One label: `{"prediction_id": "<id>", "label": "<class name>" | <class index>}`; a batch:
+`{"items": [<label>, ...]}` (at most `serve.max_batch`), stored all or none. The id is one of
+`prediction_ids` from a /predict or /predict/image answer; the label is checked against the
+classes of the model version that made that prediction. Refusals: 404 an id not in the
+prediction log (unknown, not logged because of `serve.log_sample_rate`, or past retention),
+409 an id already labelled or twice in the batch, 422 a malformed body or a label that is not
+one of the version's classes; `detail` names the field."""
 # A body this small holding pixel lists only is parsed and predicted in well under a
 # millisecond or two (256 8x8 images); larger ones, and any image to decode, go to the pool.
 INLINE_BODY_BYTES = 64 * 1024
+# How long /feedback waits for the log's writer (behind the predictions queued before it).
+FEEDBACK_TIMEOUT_S = 10.0
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
 
@@ -138,6 +172,19 @@ def create_app(
         },
     )
     app.add_api_route("/predict/image", predict_image, methods=["POST"], responses=ERROR_RESPONSES)
+    app.add_api_route(
+        "/feedback",
+        feedback,
+        methods=["POST"],
+        description=FEEDBACK_DESCRIPTION,
+        responses=FEEDBACK_RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": feedback_schema(params.max_batch)}},
+            }
+        },
+    )
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"], responses={503: ERROR_RESPONSES[503]})
     app.add_api_route("/metadata", metadata, methods=["GET"], responses={503: ERROR_RESPONSES[503]})
@@ -231,24 +278,31 @@ def serve_batch(state: AppState, model: ServedModel, endpoint: str, images: np.n
     for index in np.flatnonzero(counts):
         state.metrics.predicted.labels(model.class_names[index]).inc(int(counts[index]))
     if state.prediction_log is not None:
-        state.prediction_log.record(model, endpoint, images, probabilities)
+        ids = state.prediction_log.record(model, endpoint, images, probabilities)
+    else:
+        ids = new_ids(len(images), logged=False)
     body = {
         "model_name": model.name,
         "model_version": model.version,
         "predictions": predictions(model, probabilities),
+        "prediction_ids": ids,  # one per image, for POST /feedback
     }
     # json.dumps directly: FastAPI's generic encoder walks every float (slow for batches)
     return Response(json.dumps(body).encode(), media_type="application/json")
 
 
-async def predict(request: Request) -> Response:
-    """Predict a batch of images."""
-    state = _serving(request)
+def _json_only(request: Request) -> None:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise InputError(
             "content-type", f"expected application/json, got {content_type or 'none'}", 415
         )
+
+
+async def predict(request: Request) -> Response:
+    """Predict a batch of images."""
+    state = _serving(request)
+    _json_only(request)
     raw = await request.body()  # LimitAndMeasure refuses it past max_body_bytes
     model = current_model(state)
     if len(raw) > INLINE_BODY_BYTES:  # even its JSON takes a while: all of it in the pool
@@ -295,6 +349,55 @@ def predict_upload(state: AppState, model: ServedModel, data: bytes) -> Response
     pixels = decode_image(data, "file", state.params.max_image_side)
     images = fit_to_raw(pixels, model.raw_shape)[np.newaxis]
     return serve_batch(state, model, "/predict/image", images)
+
+
+async def feedback(request: Request) -> Response:
+    """Store the true class of served predictions (see the description above)."""
+    state = _serving(request)
+    _json_only(request)
+    raw = await request.body()
+    limit = feedback_body_bytes(state.params.max_batch)
+    if len(raw) > limit:  # a body this small parses on the loop in well under a millisecond
+        raise InputError("body", f"over the {limit}-byte limit of /feedback", 413)
+    labels = parse_feedback(parse_json(raw), state.params.max_batch)
+    stored = await store_labels(state, labels)
+    for label in stored:
+        state.metrics.feedback.labels(label.label_name).inc()
+    body = {
+        "stored": len(stored),
+        "labels": [
+            {
+                "prediction_id": label.prediction_id,
+                "label_index": label.label_index,
+                "label_name": label.label_name,
+                "model_version": label.model_version,
+            }
+            for label in stored
+        ],
+    }
+    return JSONResponse(body)
+
+
+async def store_labels(state: AppState, labels: tuple[Label, ...]) -> list[StoredLabel]:
+    """Hand the labels to the log's writer thread and wait for its answer without holding the
+    event loop or a request thread: SQLite is touched by the writer alone."""
+    if state.prediction_log is None:
+        first = labels[0]
+        raise InputError(
+            f"{first.where}prediction_id",
+            f"{first.prediction_id} was not logged: this app keeps no prediction log",
+            404,
+        )
+    done = state.prediction_log.submit_labels(labels)
+    try:
+        with anyio.fail_after(FEEDBACK_TIMEOUT_S):
+            return await asyncio.wrap_future(done)
+    except TimeoutError:
+        raise InputError(
+            "feedback",
+            f"the prediction log did not answer in {FEEDBACK_TIMEOUT_S:g} s; try again",
+            503,
+        ) from None
 
 
 async def off_the_loop(state: AppState, work: Callable[..., Response], *args: object) -> Response:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -205,3 +207,125 @@ def _valid_batch(items: list, raw_shape: Sequence[int]) -> np.ndarray | None:
     if array.min() < 0 or array.max() > 255:
         return None
     return np.rint(array).astype(np.uint8)
+
+
+# --- /feedback ------------------------------------------------------------------------------
+
+# A prediction id: 128 random bits as 32 lowercase hex digits. The id of a prediction that was
+# not logged (sampled out by serve.log_sample_rate, or dropped by a full queue) starts with
+# NOT_LOGGED instead: the id itself says so, for ever, without the app remembering it.
+NOT_LOGGED = "n"
+PREDICTION_ID = re.compile(r"^(?:[0-9a-f]{32}|n[0-9a-f]{31})$")
+MAX_CLASS_NAME = 200  # a label longer than any sane class name is a mistake, not a class
+FEEDBACK_ITEM_BYTES = 256  # room for one item's JSON: the body limit scales with the batch
+
+
+@dataclass(frozen=True)
+class Label:
+    """One item of a /feedback body: the true class of a served prediction."""
+
+    prediction_id: str
+    label: str | int  # a class name, or an index into the model version's classes
+    where: str = ""  # the item's place in the body ("items[3]."), to name fields in errors
+
+
+def feedback_body_bytes(max_items: int) -> int:
+    """The size limit of a /feedback body: enough for ``max_items`` items, and small enough to
+    parse on the event loop."""
+    return FEEDBACK_ITEM_BYTES * max_items + 1024
+
+
+def feedback_schema(max_items: int) -> dict[str, Any]:
+    """The /feedback body's JSON schema (OpenAPI), inline: one item, or a batch of them."""
+    item = {
+        "type": "object",
+        "properties": {
+            "prediction_id": {
+                "type": "string",
+                "pattern": PREDICTION_ID.pattern,
+                "description": "An id from `prediction_ids` of a /predict answer.",
+            },
+            "label": {
+                "anyOf": [
+                    {"type": "string", "minLength": 1, "maxLength": MAX_CLASS_NAME},
+                    {"type": "integer", "minimum": 0},
+                ],
+                "description": "The true class: its name, or its index in the model's classes.",
+            },
+        },
+        "required": ["prediction_id", "label"],
+        "additionalProperties": False,
+    }
+    batch = {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": item, "minItems": 1, "maxItems": max_items}
+        },
+        "required": ["items"],
+        "additionalProperties": False,
+    }
+    return {"anyOf": [item, batch]}
+
+
+def parse_feedback(payload: Any, max_items: int) -> tuple[Label, ...]:
+    """A /feedback body -> its labels, or InputError naming the field at fault (422), or the
+    repeated id (409: a batch is stored whole or not at all, so it cannot say the same twice)."""
+    if isinstance(payload, dict) and "items" in payload:
+        extra = sorted(set(payload) - {"items"})
+        if extra:
+            raise InputError(str(extra[0]), "unknown field; expected only 'items'")
+        items = payload["items"]
+        if not isinstance(items, list):
+            raise InputError("items", f"expected a list of labels, got {_kind(items)}")
+        if not items:
+            raise InputError("items", "empty batch; send at least one label")
+        if len(items) > max_items:
+            raise InputError("items", f"{len(items)} labels; at most {max_items} per request")
+        labels = tuple(_label(item, f"items[{index}].") for index, item in enumerate(items))
+    elif isinstance(payload, dict):
+        labels = (_label(payload, ""),)
+    else:
+        raise InputError(
+            "body",
+            "expected a JSON object, {prediction_id, label} or {items: [...]}, "
+            f"got {_kind(payload)}",
+        )
+    first: dict[str, str] = {}
+    for label in labels:
+        seen = first.setdefault(label.prediction_id, label.where)
+        if seen != label.where:
+            raise InputError(
+                f"{label.where}prediction_id",
+                f"{label.prediction_id} is also in {seen.rstrip('.')}; label each prediction once",
+                409,
+            )
+    return labels
+
+
+def _label(item: Any, where: str) -> Label:
+    if not isinstance(item, dict):
+        raise InputError(
+            where.rstrip(".") or "body",
+            f"expected an object with prediction_id and label, got {_kind(item)}",
+        )
+    extra = sorted(set(item) - {"prediction_id", "label"})
+    if extra:
+        raise InputError(f"{where}{extra[0]}", "unknown field; expected prediction_id and label")
+    for key in ("prediction_id", "label"):
+        if key not in item:
+            raise InputError(f"{where}{key}", "missing")
+    prediction_id, label = item["prediction_id"], item["label"]
+    if not isinstance(prediction_id, str) or not PREDICTION_ID.match(prediction_id):
+        shown = repr(prediction_id)[:48] if isinstance(prediction_id, str) else _kind(prediction_id)
+        raise InputError(
+            f"{where}prediction_id",
+            f"expected an id from a /predict answer's prediction_ids (32 characters), got {shown}",
+        )
+    valid_name = isinstance(label, str) and 0 < len(label) <= MAX_CLASS_NAME
+    valid_index = isinstance(label, int) and not isinstance(label, bool) and label >= 0
+    if not (valid_name or valid_index):
+        shown = repr(label)[:48] if isinstance(label, str | int | float) else _kind(label)
+        raise InputError(
+            f"{where}label", f"expected a class name or a class index (0 or more), got {shown}"
+        )
+    return Label(prediction_id, label, where)

@@ -39,6 +39,12 @@ class ServingMetrics:
             ["model_name"],
             registry=self.registry,
         )
+        self.feedback = Counter(
+            "mlcycle_feedback_labels",
+            "True labels stored through /feedback, by class",
+            ["class_name"],
+            registry=self.registry,
+        )
         self.log_dropped = Gauge(
             "mlcycle_prediction_log_dropped",
             "Prediction log records dropped (queue full)",
@@ -51,7 +57,7 @@ class ServingMetrics:
         return generate_latest(self.registry)
 
 
-MEASURED = frozenset({"/predict", "/predict/image"})
+MEASURED = frozenset({"/predict", "/predict/image", "/feedback"})
 
 
 class LimitAndMeasure:

@@ -2,7 +2,9 @@
 
 Sources: ``sklearn-digits`` (embedded, the default), ``torchvision:<Name>`` (MNIST,
 FashionMNIST, KMNIST, CIFAR10 ... from ``collect.root``), ``folder:<path>`` (one sub-folder of
-images per class) and ``npz:<path>`` (arrays ``images`` and ``labels``).
+images per class) and ``npz:<path>`` (arrays ``images`` and ``labels``). With
+``collect.feedback``, the served images people labelled (``data/external/feedback.npz``, which
+``tasks.serving.feedback`` exports) are added to the source's.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from prefect import task
 from tasks.core.config import CollectParams, load_params
 from tasks.core.console import stage_main
 from tasks.core.errors import MlcycleError
-from tasks.core.files import ImageDataset, write_raw_dataset
+from tasks.core.files import ImageDataset, read_json, write_json, write_raw_dataset
 from tasks.core.images import ImageFormatError, pixels_from_image
-from tasks.core.paths import EXTERNAL_DIR, RAW_DIR
+from tasks.core.paths import EXTERNAL_DIR, FEEDBACK_FILE, RAW_DIR
 
 log = logging.getLogger("mlcycle.collect")
 
@@ -41,6 +43,7 @@ class CollectResult:
     num_samples: int
     image_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
+    feedback_samples: int = 0  # of num_samples, the labelled served images added
 
 
 def run_collect(
@@ -52,7 +55,15 @@ def run_collect(
     declares as the stage's dependency: data read from anywhere else could change without DVC
     noticing, and later runs would train on stale data."""
     dataset = load_source(params, external_dir)
+    added = 0
+    if params.feedback:
+        dataset, added = add_feedback(
+            dataset, external_dir / FEEDBACK_FILE.name, params.source, external_dir
+        )
     write_raw_dataset(dataset, raw_dir, source=params.source)
+    if params.feedback:  # only then: without it, data/raw stays byte for byte as it was
+        meta = read_json(raw_dir / "meta.json")
+        write_json(raw_dir / "meta.json", {**meta, "feedback_samples": added})
     height, width, channels = dataset.image_shape
     log.info(
         "collect: %d images of %dx%dx%d in %d classes from %s -> %s",
@@ -64,7 +75,45 @@ def run_collect(
         params.source,
         raw_dir,
     )
-    return CollectResult(raw_dir, len(dataset.labels), dataset.image_shape, dataset.class_names)
+    return CollectResult(
+        raw_dir, len(dataset.labels), dataset.image_shape, dataset.class_names, added
+    )
+
+
+def add_feedback(
+    dataset: ImageDataset, path: Path, source: str, external_dir: Path = EXTERNAL_DIR
+) -> tuple[ImageDataset, int]:
+    """``dataset`` with the labelled served images of ``path`` appended, classes matched by
+    name, and how many were added. No file yet: the dataset as it is (nobody labelled any)."""
+    if not path.is_file():
+        log.info("collect: no labelled feedback yet (%s not found); %s alone", path, source)
+        return dataset, 0
+    feedback = load_npz(path, external_dir)
+    if feedback.image_shape != dataset.image_shape:
+        raise DataSourceError(
+            f"{path}: feedback images are {_shape_text(feedback.image_shape)} but {source}'s "
+            f"are {_shape_text(dataset.image_shape)}; they were labelled on a model serving "
+            "other data. Export the feedback again once the served model takes this source's "
+            "images, or delete the file (and its .dvc file), or set collect.feedback=false"
+        )
+    position = {name: index for index, name in enumerate(dataset.class_names)}
+    used = [feedback.class_names[index] for index in np.unique(feedback.labels)]
+    unknown = [name for name in used if name not in position]
+    if unknown:
+        raise DataSourceError(
+            f"{path}: class {unknown[0]!r} is not a class of {source} "
+            f"({', '.join(dataset.class_names)}); the feedback was labelled on a model with "
+            "other classes. Relabel or delete those predictions, delete the file (and its .dvc "
+            "file), or set collect.feedback=false"
+        )
+    mapping = np.asarray([position.get(name, -1) for name in feedback.class_names], np.int64)
+    log.info("collect: %d labelled feedback images added from %s", len(feedback.labels), path)
+    combined = ImageDataset(
+        np.concatenate([dataset.images, feedback.images]),
+        np.concatenate([dataset.labels, mapping[feedback.labels]]),
+        dataset.class_names,
+    )
+    return combined, len(feedback.labels)
 
 
 def load_source(params: CollectParams, external_dir: Path = EXTERNAL_DIR) -> ImageDataset:

@@ -12,8 +12,10 @@ from tasks.stages.collect import DataSourceError, load_source, regular_file, run
 from tests.helpers import synthetic_dataset
 
 
-def source(spec: str, root: Path | str = "data/external", download: bool = False):
-    return CollectParams(source=spec, root=str(root), download=download, feedback=False)
+def source(
+    spec: str, root: Path | str = "data/external", download: bool = False, feedback: bool = False
+):
+    return CollectParams(source=spec, root=str(root), download=download, feedback=feedback)
 
 
 def test_sklearn_digits_lands_in_the_canonical_format(tmp_path):
@@ -279,3 +281,94 @@ def test_a_file_that_is_not_an_npz_archive_is_named_as_such(tmp_path):
 def test_the_torchvision_root_must_be_inside_external(tmp_path):
     with pytest.raises(DataSourceError, match=r"collect\.root .* is outside"):
         load_source(source("torchvision:MNIST", root=tmp_path / "elsewhere"), tmp_path / "ext")
+
+
+# --- labelled feedback from serving (collect.feedback) ---------------------------------------
+
+
+def npz_source(external: Path, shape=(4, 4, 1)) -> Path:
+    """Six images of classes cat, dog, emu in data/external."""
+    path = external / "source.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        images=np.zeros((6, *shape), np.uint8),
+        labels=np.array([0, 1, 2, 0, 1, 2]),
+        class_names=np.array(["cat", "dog", "emu"]),
+    )
+    return path
+
+
+def write_feedback(external: Path, class_names, labels, shape=(4, 4, 1)) -> Path:
+    """data/external/feedback.npz as tasks.serving.feedback exports it."""
+    path = external / "feedback.npz"
+    np.savez(
+        path,
+        images=np.full((len(labels), *shape), 200, np.uint8),
+        labels=np.asarray(labels, np.int64),
+        class_names=np.asarray(class_names),
+        prediction_ids=np.asarray([f"{k:032x}" for k in range(len(labels))]),
+    )
+    return path
+
+
+def test_feedback_rows_are_added_by_class_name_and_counted_in_meta(tmp_path, caplog):
+    external = tmp_path / "external"
+    spec = f"npz:{npz_source(external)}"
+    # the served model listed its classes in another order, and one class was never labelled
+    write_feedback(external, ["emu", "cat", "dog"], [0, 1, 0])
+    with caplog.at_level("INFO", logger="mlcycle.collect"):
+        result = run_collect(source(spec, feedback=True), tmp_path / "raw", external)
+    raw = read_raw_dataset(tmp_path / "raw")
+    assert (result.num_samples, result.feedback_samples) == (9, 3)
+    assert raw.class_names == ("cat", "dog", "emu")
+    assert [raw.class_names[k] for k in raw.labels[6:]] == ["emu", "cat", "emu"]
+    assert raw.images[6:].min() == 200 and raw.images[:6].max() == 0
+    meta = json.loads((tmp_path / "raw" / "meta.json").read_text())
+    assert meta["feedback_samples"] == 3 and meta["num_samples"] == 9
+    assert meta["class_counts"] == {"cat": 3, "dog": 2, "emu": 4}
+    assert "3 labelled feedback images added from" in caplog.text
+
+
+def test_feedback_on_without_a_file_yet_collects_the_source_alone(tmp_path, caplog):
+    external = tmp_path / "external"
+    spec = f"npz:{npz_source(external)}"
+    with caplog.at_level("INFO", logger="mlcycle.collect"):
+        result = run_collect(source(spec, feedback=True), tmp_path / "raw", external)
+    assert (result.num_samples, result.feedback_samples) == (6, 0)
+    assert "no labelled feedback yet" in caplog.text
+    assert json.loads((tmp_path / "raw" / "meta.json").read_text())["feedback_samples"] == 0
+
+
+def test_feedback_off_leaves_the_file_out_and_meta_as_before(tmp_path):
+    external = tmp_path / "external"
+    spec = f"npz:{npz_source(external)}"
+    write_feedback(external, ["cat"], [0])
+    result = run_collect(source(spec), tmp_path / "raw", external)
+    assert (result.num_samples, result.feedback_samples) == (6, 0)
+    assert "feedback_samples" not in json.loads((tmp_path / "raw" / "meta.json").read_text())
+
+
+def test_feedback_of_a_class_the_source_lacks_names_the_file_and_the_class(tmp_path):
+    external = tmp_path / "external"
+    spec = f"npz:{npz_source(external)}"
+    write_feedback(external, ["cat", "fox", "gnu"], [0, 1])  # gnu is listed but unused: fine
+    with pytest.raises(
+        DataSourceError,
+        match=r"feedback\.npz: class 'fox' is not a class of npz:.*\(cat, dog, emu\)",
+    ) as caught:
+        run_collect(source(spec, feedback=True), tmp_path / "raw", external)
+    assert "collect.feedback=false" in str(caught.value)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_feedback_of_another_image_shape_names_the_file_the_shapes_and_what_to_do(tmp_path):
+    external = tmp_path / "external"
+    spec = f"npz:{npz_source(external)}"
+    write_feedback(external, ["cat"], [0], shape=(8, 8, 1))
+    with pytest.raises(
+        DataSourceError, match=r"feedback\.npz: feedback images are 8x8x1 but npz:.*'s are 4x4x1"
+    ) as caught:
+        run_collect(source(spec, feedback=True), tmp_path / "raw", external)
+    message = str(caught.value)
+    assert "Export the feedback again" in message and "collect.feedback=false" in message
