@@ -44,6 +44,17 @@ def port_number(text: str) -> int:
     return port
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlcycle", description="Run the mlcycle ML lifecycle pipeline."
@@ -106,6 +117,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="bind address (default serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=port_number, help="port (default serve.port)")
+    monitor = commands.add_parser(
+        "monitor",
+        help="compare live traffic with the served model's training data (drift); exit 0/3/4",
+        description="Run the Prefect flow 'monitoring' once: the newest logged predictions of "
+        "the served version (monitor.window, monitor.max_age_hours) or --batch, against what "
+        "that version was trained on. Prints the decision and the HTML report's path. Exit "
+        "code: 0 no drift, 3 drift, 4 not enough data (monitor.min_rows). On drift with "
+        "monitor.retrain_on_drift, triggers training-pipeline/scheduled on PREFECT_API_URL's "
+        "server (after monitor.cooldown_hours).",
+    )
+    monitor.add_argument(
+        "--window", type=positive_int, help="newest logged predictions compared (monitor.window)"
+    )
+    monitor.add_argument(
+        "--batch", type=Path, help="an .npz with `images` (and `labels`) to compare instead"
+    )
     deployments = commands.add_parser(
         "deployments",
         help="register the Prefect deployments of prefect.yaml on PREFECT_API_URL's server",
@@ -159,6 +186,8 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         return run_register(args.run_id, command)
     if args.command == "serve":
         return run_serve(args.host, args.port, args.prediction_log)
+    if args.command == "monitor":
+        return run_monitor(args.window, args.batch)
     if args.command == "deployments":
         return apply_deployments()
     if args.command == "worker":
@@ -230,6 +259,47 @@ def run_register(run_id: str | None, command: str) -> int:
         registration = register_model(run_id=run_id, params=params)
     print(format_registration(registration))
     return 0
+
+
+def run_monitor(window: int | None, batch: Path | None) -> int:
+    params = load_params()
+    if batch is not None and not batch.is_file():
+        raise MlcycleError(f"{batch}: no such file (--batch wants an .npz with `images`)")
+    connect()
+    from flows.monitoring import monitoring
+
+    with prefect_api():
+        outcome = monitoring(window=window, batch=str(batch) if batch else None, params=params)
+    print(format_monitoring(outcome))
+    return outcome.monitored.exit_code
+
+
+def format_monitoring(outcome) -> str:
+    monitored = outcome.monitored
+    result = monitored.result
+    lines = [
+        "",
+        f"monitoring {monitored.served.name} v{monitored.served.version} "
+        f"(@{monitored.served.alias}): {result.decision.upper()}",
+        f"  compared: {monitored.source}",
+    ]
+    for check in result.checks:
+        if check.decides and check.value is not None:
+            threshold = f" (threshold {check.threshold:g})" if check.threshold is not None else ""
+            flag = "DRIFT" if check.drifted else "ok"
+            lines.append(
+                f"  {check.name:<16} {check.statistic} {check.value:.4g}{threshold}: {flag}"
+            )
+    if result.decision == "not enough data":
+        lines.append(
+            "  fewer than monitor.min_rows rows: log more traffic or pass --window/--batch"
+        )
+    lines += [
+        f"  report: {monitored.report}",
+        f"  MLflow run: {monitored.run_id} (experiment mlcycle-monitoring)",
+        f"  retraining: {outcome.retraining}",
+    ]
+    return "\n".join(lines)
 
 
 def apply_deployments() -> int:

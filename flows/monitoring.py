@@ -1,11 +1,46 @@
-"""The monitoring flow: the served version's training data against live traffic (placeholder
-until the monitoring tasks land)."""
+"""The monitoring flow: the served version's training data against live traffic, and
+retraining through the training deployment when they drifted apart.
+
+Wiring only; the work is in ``tasks.lifecycle.monitor`` (publishing) and ``tasks.monitoring``
+(statistics). Run it with ``mlcycle monitor`` or from the ``monitoring/hourly`` deployment.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
 from prefect import flow
+from pydantic import Field
+
+from tasks.core.config import Params, load_params
+from tasks.core.errors import hide_user_error_tracebacks
+from tasks.lifecycle.monitor import MonitorOutcome, monitor_task, retrain_on_drift_task
+from tasks.serving.prediction_log import read_window
+
+hide_user_error_tracebacks()
 
 
-@flow(name="monitoring", description="Drift monitoring of the served model.")
-def monitoring(window: int | None = None, batch: str | None = None) -> str:
-    return "not enough data"
+@dataclass(frozen=True)
+class MonitoringOutcome:
+    monitored: MonitorOutcome
+    retraining: str
+
+
+@flow(
+    name="monitoring",
+    description="Compare the served model's training data with its newest logged predictions "
+    "(monitor.* in params.yaml); on drift, trigger training-pipeline/scheduled.",
+)
+def monitoring(
+    window: Annotated[int, Field(ge=1)] | None = None,
+    batch: str | None = None,
+    params: Params | None = None,
+) -> MonitoringOutcome:
+    """``window``: newest logged predictions compared (default monitor.window); ``batch``: an
+    .npz of images (and labels) to compare instead of the log; ``params``: params.yaml's."""
+    params = params or load_params()
+    monitored = monitor_task(params, read_window, window, Path(batch) if batch else None)
+    retraining = retrain_on_drift_task(params, monitored)
+    return MonitoringOutcome(monitored, retraining)

@@ -28,6 +28,7 @@ from tasks.lifecycle.pipeline import (
 )
 from tasks.lifecycle.workspace import training_turn
 from tasks.registry.gate import Registration
+from tasks.serving.feedback import export_feedback_task
 
 # The stages of dvc.yaml, in order. validate gates data/raw; preprocess gates the split.
 DATA_STAGES = ("collect", "validate", "preprocess", "train", "evaluate")
@@ -58,6 +59,8 @@ def training_pipeline(params: Params | None = None) -> PipelineOutcome:
         "training-pipeline flow", schedule.training_slot, schedule.slot_wait_minutes * 60, say
     ):
         params = apply_params_task(params)
+        if params.collect.feedback:  # before collect, so DVC sees the labelled images change
+            export_feedback_task()
         run_id = start_pipeline_run_task(params)
         stages = [reproduce_stage_task(stage, run_id) for stage in DATA_STAGES]
         push_data_task()

@@ -1,0 +1,143 @@
+"""Closing the loop end to end: a project that ran the pipeline serves its champion, traffic is
+logged, `mlcycle monitor` judges it against the champion's reference, and drift creates a
+`training-pipeline/scheduled` flow run on a real `prefect server` (once: the cool-down holds)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tasks.core.files import read_split
+from tests.helpers import free_port
+from tests.integration.helpers import BIN, PrefectServer, copy_project, mlcycle, wait_for_http
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    server = PrefectServer(tmp_path_factory.mktemp("monitoring-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def project(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = copy_project(project_template, tmp_path_factory.mktemp("monitored"))
+    mlcycle("run", cwd=root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def app(project: Path) -> Iterator[str]:
+    port = free_port()
+    log = project / "serve.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [str(BIN / "mlcycle"), "serve", "--port", str(port)],
+            cwd=project,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/ready", process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def send(url: str, images: np.ndarray) -> None:
+    for start in range(0, len(images), 100):
+        chunk = images[start : start + 100]
+        body = {"images": chunk[..., 0].tolist()}
+        response = httpx.post(f"{url}/predict", json=body, timeout=60)
+        assert response.status_code == 200, response.text
+    time.sleep(1.5)  # the log's writer flushes every 0.5 s
+
+
+def monitor(project: Path, server: PrefectServer, *args: str) -> subprocess.CompletedProcess:
+    return mlcycle(
+        "monitor",
+        *args,
+        cwd=project,
+        check=False,
+        PREFECT_API_URL=server.url,
+        PREFECT_HOME=str(server.root),
+    )
+
+
+def drift_runs(server: PrefectServer) -> list:
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(server.url) as client:
+        deployment = client.read_deployment_by_name("training-pipeline/scheduled")
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
+
+
+def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project, server, app):
+    mlcycle(
+        "deployments",
+        "apply",
+        cwd=project,
+        PREFECT_API_URL=server.url,
+        PREFECT_HOME=str(server.root),
+    )
+    test, _ = read_split(project / "data" / "processed", "test")
+    held_out = np.concatenate([test.images] * 2)[:400]  # the champion never trained on these
+
+    send(app, held_out)
+    clean = monitor(project, server, "--window", "400")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "NO DRIFT" in clean.stdout and "retraining: no retraining: no drift" in clean.stdout
+    assert drift_runs(server) == []
+    report = Path(clean.stdout.split("report: ")[1].split()[0])
+    assert (project / report).is_file()
+
+    low_contrast = (held_out.astype(np.float32) * 0.3 + 80).astype(np.uint8)
+    send(app, low_contrast)
+    drifted = monitor(project, server, "--window", "400")
+    assert drifted.returncode == 3, drifted.stdout + drifted.stderr
+    assert "DRIFT" in drifted.stdout and "triggered training-pipeline/scheduled" in drifted.stdout
+    [triggered] = drift_runs(server)
+    assert "mlcycle-drift" in triggered.tags
+
+    again = monitor(project, server, "--window", "400")
+    assert again.returncode == 3
+    assert "cool-down" in again.stdout, again.stdout
+    assert len(drift_runs(server)) == 1
+
+    tiny = monitor(project, server, "--window", "10")
+    assert tiny.returncode == 4, tiny.stdout + tiny.stderr
+    assert "NOT ENOUGH DATA" in tiny.stdout
+
+
+def test_a_batch_file_is_judged_and_a_bad_one_named(project, tmp_path):
+    test, _ = read_split(project / "data" / "processed", "test")
+    batch = tmp_path / "batch.npz"
+    np.savez(batch, images=np.roll(test.images, 3, axis=2), labels=test.labels)
+    shifted = mlcycle("monitor", "--batch", str(batch), cwd=project, check=False)
+    assert shifted.returncode == 3, shifted.stdout + shifted.stderr
+    assert "no Prefect server with deployments" in shifted.stdout  # says how, fails nothing
+
+    broken = tmp_path / "broken.npz"
+    np.savez(broken, pixels=test.images)
+    result = mlcycle("monitor", "--batch", str(broken), cwd=project, check=False)
+    assert result.returncode == 1
+    assert f"{broken}: no 'images' array" in result.stderr
+    missing = mlcycle("monitor", "--batch", str(tmp_path / "none.npz"), cwd=project, check=False)
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+    assert os.path.exists(project / "mlflow.db")
