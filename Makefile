@@ -85,5 +85,6 @@ bench: install ## measure the pipeline (fresh clone of HEAD), validation at 1M, 
 	$(call apt_install,wrk,wrk)
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/validation.py
+	$(BIN)/python bench/monitoring.py
 	$(BIN)/mlcycle run
 	$(BIN)/python bench/serving.py

@@ -94,6 +94,22 @@ def ensure_work_pool(name: str) -> bool:
 
 
 def apply_deployments(params: Params, checkout: Path = Path(".")) -> list[AppliedDeployment]:
+    """:func:`register_deployments`, with an unreachable or failing server as one clear error."""
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    url = server_url()
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
+        return register_deployments(params, checkout)
+    except (httpx.HTTPError, PrefectHTTPStatusError) as error:
+        raise DeploymentError(
+            f"the Prefect server at {server_url()} failed or cannot be reached ({error}); is it "
+            "running (`make prefect-ui`)?"
+        ) from None
+
+
+def register_deployments(params: Params, checkout: Path = Path(".")) -> list[AppliedDeployment]:
     """Create the work pool and training slot when missing, then (re)register every deployment
     of prefect.yaml with the values of ``params``; the training deployment's parameter form is
     ``params`` (every section, as the UI shows it). Re-running updates them in place."""

@@ -13,7 +13,7 @@ import pytest
 
 from flows.cli import main
 from tasks.lifecycle.workspace import WorkspaceBusy, workspace_lock
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, free_port
 
 
 @pytest.fixture
@@ -116,3 +116,20 @@ def test_a_closed_pipe_ends_the_listing_quietly(tmp_path):
     )
     assert result.stdout == "row 0\n"
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_deployments_need_a_reachable_prefect_server(monkeypatch, capsys):
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert main(["deployments", "apply"]) == 1
+    assert "PREFECT_API_URL is not set" in capsys.readouterr().err
+
+    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+    assert main(["deployments", "apply"]) == 1
+    assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_monitor_refuses_a_window_below_one(capsys):
+    with pytest.raises(SystemExit):
+        main(["monitor", "--window", "0"])
+    assert "'0' is not a whole number of at least 1" in capsys.readouterr().err
