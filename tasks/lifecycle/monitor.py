@@ -272,7 +272,7 @@ def monitor(
         current = batch_window(served, reference, batch)
     else:
         current = logged_window(
-            params, served, reference, log_path, window or params.monitor.window
+            params, served, reference, read_log, log_path, window or params.monitor.window
         )
     result = check_window(params, current, reference)
     report, run_id = publish(params, served, reference, current, result)

@@ -4,6 +4,7 @@ logged, `mlcycle monitor` judges it against the champion's reference, and drift 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -141,3 +142,37 @@ def test_a_batch_file_is_judged_and_a_bad_one_named(project, tmp_path):
     missing = mlcycle("monitor", "--batch", str(tmp_path / "none.npz"), cwd=project, check=False)
     assert missing.returncode == 1 and "no such file" in missing.stderr
     assert os.path.exists(project / "mlflow.db")
+
+
+def test_labelled_feedback_reaches_the_training_data_through_dvc(project, app):
+    """Runs last in this module: it retrains the project on its labelled traffic."""
+    test, _ = read_split(project / "data" / "processed", "test")
+    images, labels = test.images[:40], test.labels[:40]
+    answer = httpx.post(f"{app}/predict", json={"images": images[..., 0].tolist()}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    ids = answer.json()["prediction_ids"]
+    items = [
+        {"prediction_id": i, "label": int(label)} for i, label in zip(ids, labels, strict=True)
+    ]
+    stored = httpx.post(f"{app}/feedback", json={"items": items}, timeout=60)
+    assert stored.status_code == 200, stored.text
+    again = httpx.post(f"{app}/feedback", json=items[0], timeout=60)
+    assert again.status_code == 409, again.text
+    raw_before = json.loads((project / "data" / "raw" / "meta.json").read_text())
+
+    result = mlcycle("run", "--set", "collect.feedback=true", cwd=project)
+    assert "collect" in result.stdout.split("stages run:")[1].split(";")[0], result.stdout
+
+    raw = json.loads((project / "data" / "raw" / "meta.json").read_text())
+    assert raw["feedback_samples"] == 40
+    assert sum(raw["class_counts"].values()) == sum(raw_before["class_counts"].values()) + 40
+    with np.load(project / "data" / "external" / "feedback.npz") as exported:
+        assert exported["images"].shape == (40, *images.shape[1:])
+    assert (project / "data" / "external" / "feedback.npz.dvc").is_file()  # versioned by DVC
+    assert "Data and pipelines are up to date." in mlcycle_dvc_status(project)
+
+
+def mlcycle_dvc_status(project: Path) -> str:
+    return subprocess.run(
+        [str(BIN / "dvc"), "status"], cwd=project, capture_output=True, text=True, check=True
+    ).stdout
