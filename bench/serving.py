@@ -294,6 +294,8 @@ def main() -> int:
     args = parser.parse_args()
     if not 0 <= args.feedback_share < 1:
         sys.exit("--feedback-share must be at least 0 and below 1")
+    if args.rounds < 1:
+        sys.exit("--rounds must be at least 1")
     if args.feedback_only and args.feedback_share == 0:
         sys.exit("--feedback-only needs a --feedback-share above 0")
     if shutil.which("wrk") is None:
@@ -426,9 +428,15 @@ def main() -> int:
                 "ids_not_logged": sum(run["ids_not_logged"] for run in with_),
             }
         )
+        share = figures["feedback_share_of_requests"]
         checks = [
             ("no feedback refused (non-2xx)", refused == 0),
             ("every stored label is in the log", labelled == stored == sent),
+            # the senders keep up (else the load had less feedback than it says)
+            (
+                f"feedback share {share:.3f} >= 0.9 x {args.feedback_share:g}",
+                share >= 0.9 * args.feedback_share,
+            ),
         ]
     print(
         f"serving benchmark ({platform.processor() or platform.machine()}, "

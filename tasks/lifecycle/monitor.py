@@ -22,15 +22,23 @@ from prefect import task
 
 from tasks.core.config import Params
 from tasks.core.console import run_logger
+from tasks.core.dvc import data_versions
 from tasks.core.errors import MlcycleError
+from tasks.core.files import file_md5
 from tasks.core.images import prepare_images
-from tasks.core.lineage import TAG_FLOW_RUN
-from tasks.core.paths import PREDICTION_LOG, REPORTS_DIR
+from tasks.core.lineage import TAG_DVC_PREFIX, TAG_FLOW_RUN, TAG_MODEL_MD5, TAG_MODEL_RUN
+from tasks.core.paths import MODEL_FILE, PREDICTION_LOG, PROCESSED_DIR, REPORTS_DIR
 from tasks.lifecycle.deployments import TRAINING_DEPLOYMENT
 from tasks.monitoring.drift import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, DriftResult, compare
 from tasks.monitoring.drift import write_report as write_drift_report
 from tasks.monitoring.features import image_features
-from tasks.monitoring.reference import REFERENCE_FILE_NAME, Reference, load_reference
+from tasks.monitoring.reference import (
+    REFERENCE_FILE_NAME,
+    Reference,
+    load_reference,
+    reference_from_split,
+    save_reference,
+)
 from tasks.stages.evaluate import MONITORING_ARTIFACT_PATH
 
 MONITORING_EXPERIMENT = "mlcycle-monitoring"
@@ -110,7 +118,8 @@ def served_version(params: Params) -> Served:
 
 
 def served_reference(served: Served) -> Reference:
-    """The reference the evaluate stage logged to the served version's run."""
+    """The reference the evaluate stage logged to the served version's run (rebuilt from this
+    workspace for a version evaluated before references existed, when it can be)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -121,12 +130,45 @@ def served_reference(served: Served) -> Reference:
                 run_id=served.run_id, artifact_path=artifact, dst_path=folder
             )
         except (MlflowException, OSError):
-            raise MonitorError(
-                f"{served.name} version {served.version} (run {served.run_id}) has no "
-                f"monitoring reference ({artifact}): it was evaluated before monitoring "
-                "existed; retrain it (`mlcycle run`) to monitor it"
-            ) from None
+            return rebuilt_reference(served, artifact)
         return load_reference(Path(path))
+
+
+def rebuilt_reference(served: Served, artifact: str) -> Reference:
+    """Rebuild a missing reference when this workspace holds the version's data and model:
+    the DVC hash of ``data/processed`` and the model file's md5 that the version recorded.
+    Logged to the version's run, so it is built once."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(served.run_id)
+    wanted_data = run.data.tags.get(f"{TAG_DVC_PREFIX}{PROCESSED_DIR.as_posix()}")
+    model_run = run.data.tags.get(TAG_MODEL_RUN, served.run_id)
+    wanted_model = client.get_run(model_run).data.tags.get(TAG_MODEL_MD5)
+    have_data = data_versions(verify=True).get(PROCESSED_DIR.as_posix())
+    have_model = file_md5(MODEL_FILE) if MODEL_FILE.is_file() else None
+    if not wanted_data or (have_data, have_model) != (wanted_data, wanted_model):
+        raise MonitorError(
+            f"{served.name} version {served.version} has no monitoring reference ({artifact} "
+            f"of run {served.run_id}), and this workspace holds other data or another model "
+            f"than it was trained on: `mlcycle restore {served.version}` brings them back from "
+            "the DVC remote by the hashes it recorded, then `mlcycle monitor` rebuilds it"
+        )
+    reference = reference_from_split(
+        MODEL_FILE, PROCESSED_DIR, run.data.metrics.get("test_accuracy")
+    )
+    with tempfile.TemporaryDirectory(prefix="mlcycle-reference-") as folder:
+        path = save_reference(reference, Path(folder) / REFERENCE_FILE_NAME)
+        client.log_artifact(served.run_id, str(path), MONITORING_ARTIFACT_PATH)
+    run_logger("mlcycle.monitor").warning(
+        "monitor: %s v%s had no monitoring reference: rebuilt from this workspace's data "
+        "(%s) and model, and logged to run %s",
+        served.name,
+        served.version,
+        wanted_data[:12],
+        served.run_id,
+    )
+    return reference
 
 
 def logged_window(

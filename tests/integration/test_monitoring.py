@@ -127,12 +127,22 @@ def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project,
 
 
 def test_a_batch_file_is_judged_and_a_bad_one_named(project, tmp_path):
+    # a version evaluated before references existed: rebuilt from this workspace, logged back
+    logged = [p for p in project.rglob("monitoring_reference.npz") if "artifacts" in p.parts]
+    assert logged, "the evaluate stage logged no reference"
+    for path in logged:
+        path.unlink()
     test, _ = read_split(project / "data" / "processed", "test")
     batch = tmp_path / "batch.npz"
     np.savez(batch, images=np.roll(test.images, 3, axis=2), labels=test.labels)
     shifted = mlcycle("monitor", "--batch", str(batch), cwd=project, check=False)
     assert shifted.returncode == 3, shifted.stdout + shifted.stderr
     assert "no Prefect server with deployments" in shifted.stdout  # says how, fails nothing
+    assert (
+        "had no monitoring reference: rebuilt from this workspace"
+        in shifted.stdout + shifted.stderr
+    )
+    assert any(path.is_file() for path in logged)
 
     broken = tmp_path / "broken.npz"
     np.savez(broken, pixels=test.images)
