@@ -115,6 +115,7 @@ def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project,
     assert "DRIFT" in drifted.stdout and "triggered training-pipeline/scheduled" in drifted.stdout
     [triggered] = drift_runs(server)
     assert "mlcycle-drift" in triggered.tags
+    assert_published(project, server, decision="drift")
 
     again = monitor(project, server, "--window", "400")
     assert again.returncode == 3
@@ -186,3 +187,25 @@ def mlcycle_dvc_status(project: Path) -> str:
     return subprocess.run(
         [str(BIN / "dvc"), "status"], cwd=project, capture_output=True, text=True, check=True
     ).stdout
+
+
+def assert_published(project: Path, server: PrefectServer, decision: str) -> None:
+    """The newest verdict is an MLflow run in mlcycle-monitoring and a Prefect table."""
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mlcycle-monitoring")
+    [newest, *_] = client.search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time DESC"]
+    )
+    assert newest.data.tags["mlcycle.decision"] == decision
+    assert newest.data.tags["mlcycle.model_version"] == "1"
+    assert newest.data.metrics["drift"] == 1.0 and "input.drift_share" in newest.data.metrics
+    assert [a.path for a in client.list_artifacts(newest.info.run_id, "report")]
+    with SyncPrefectClient(server.url) as prefect:
+        tables = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["drift-summary"]))
+        )
+    assert tables and any(decision in (t.description or "") for t in tables)
