@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +119,17 @@ def project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run(["git", "init", "-q"], cwd=root)
     run(["git", "add", "-A"], cwd=root)
     run(["git", "commit", "-qm", "project under test"], cwd=root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ran_project(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clone that ran `mlcycle run` once (champion v1) and committed the dvc.lock it wrote:
+    copy it (``copy_project``) before changing anything."""
+    root = copy_project(project_template, tmp_path_factory.mktemp("ran"))
+    run([str(Path(sys.executable).parent / "mlcycle"), "run"], cwd=root)
+    run(["git", "add", "dvc.lock"], cwd=root)
+    run(["git", "commit", "-qm", "the pipeline's first run"], cwd=root)
     return root
 
 

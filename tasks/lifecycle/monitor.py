@@ -237,7 +237,7 @@ def publish(
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")  # two monitors at once: two files
     report = MONITORING_REPORTS / f"{stamp}-{served.name}-v{served.version}.html"
     features = image_features(window.images) if len(window.images) else window.images
     write_drift_report(reference, features, window.probabilities, result, report)

@@ -35,17 +35,6 @@ pytestmark = pytest.mark.slow
 LONG_RUN = ("--set", "train.epochs=300", "--set", "train.early_stopping_patience=null")
 
 
-@pytest.fixture(scope="module")
-def ran_project(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clone that ran `mlcycle run` once and committed the dvc.lock it wrote."""
-    root = copy_project(project_template, tmp_path_factory.mktemp("ran"))
-    mlcycle("run", cwd=root)
-    run(["git", "add", "dvc.lock"], cwd=root)
-    run(["git", "commit", "-qm", "the pipeline's first run"], cwd=root)
-    assert len(registered_versions(root)) == 1
-    return root
-
-
 @pytest.fixture
 def project(ran_project: Path, tmp_path: Path) -> Path:
     return copy_project(ran_project, tmp_path)

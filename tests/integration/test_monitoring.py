@@ -31,6 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
 
 @pytest.fixture(scope="module")
 def project(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Its own run, not a copy of `ran_project`: a copy's MLflow runs keep the original's
+    # (absolute) artifact folder, and this module deletes and rebuilds a logged reference.
     root = copy_project(project_template, tmp_path_factory.mktemp("monitored"))
     mlcycle("run", cwd=root)
     return root
