@@ -335,7 +335,7 @@ def retrain_on_drift(params: Params, outcome: MonitorOutcome) -> str:
     still decides what is served), unless one was triggered within ``monitor.cooldown_hours``.
     Returns what happened, for people."""
     if outcome.result.decision != DRIFT:
-        return "no retraining: no drift"
+        return f"no retraining: {outcome.result.decision}"
     if not params.monitor.retrain_on_drift:
         return "no retraining: monitor.retrain_on_drift is false"
     how = (
