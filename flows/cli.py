@@ -30,6 +30,7 @@ from tasks.registry.gate import Registration
 from tasks.registry.versions import VersionRow
 
 if TYPE_CHECKING:
+    from flows.monitoring import MonitoringOutcome
     from flows.training import PipelineOutcome
 
 
@@ -274,7 +275,10 @@ def run_monitor(window: int | None, batch: Path | None) -> int:
     return outcome.monitored.exit_code
 
 
-def format_monitoring(outcome) -> str:
+def format_monitoring(outcome: MonitoringOutcome) -> str:
+    from tasks.lifecycle.monitor import MONITORING_EXPERIMENT
+    from tasks.monitoring.drift import NOT_ENOUGH_DATA
+
     monitored = outcome.monitored
     result = monitored.result
     lines = [
@@ -290,13 +294,13 @@ def format_monitoring(outcome) -> str:
             lines.append(
                 f"  {check.name:<16} {check.statistic} {check.value:.4g}{threshold}: {flag}"
             )
-    if result.decision == "not enough data":
+    if result.decision == NOT_ENOUGH_DATA:
         lines.append(
             "  fewer than monitor.min_rows rows: log more traffic or pass --window/--batch"
         )
     lines += [
         f"  report: {monitored.report}",
-        f"  MLflow run: {monitored.run_id} (experiment mlcycle-monitoring)",
+        f"  MLflow run: {monitored.run_id} (experiment {MONITORING_EXPERIMENT})",
         f"  retraining: {outcome.retraining}",
     ]
     return "\n".join(lines)

@@ -18,6 +18,7 @@ from pathlib import Path
 from tasks.core.config import Params, ScheduleParams
 from tasks.core.console import run_logger
 from tasks.core.errors import MlcycleError
+from tasks.core.slots import ensure_slot
 
 TRAINING_FLOW = "training-pipeline"
 TRAINING_DEPLOYMENT = f"{TRAINING_FLOW}/scheduled"
@@ -122,8 +123,7 @@ def register_deployments(params: Params, checkout: Path = Path(".")) -> list[App
         raise DeploymentError(f"{checkout / PREFECT_FILE}: not found; run from the repository root")
     if ensure_work_pool(params.schedule.work_pool):
         log.info("deployments: created the process work pool '%s'", params.schedule.work_pool)
-    with get_client(sync_client=True) as client:
-        client.upsert_global_concurrency_limit_by_name(params.schedule.training_slot, 1)
+    ensure_slot(params.schedule.training_slot)
     _prefect(
         "deploy",
         "--all",

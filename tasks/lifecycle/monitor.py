@@ -28,6 +28,7 @@ from tasks.core.files import file_md5
 from tasks.core.images import prepare_images
 from tasks.core.lineage import TAG_DVC_PREFIX, TAG_FLOW_RUN, TAG_MODEL_MD5, TAG_MODEL_RUN
 from tasks.core.paths import MODEL_FILE, PREDICTION_LOG, PROCESSED_DIR, REPORTS_DIR
+from tasks.core.tracking import ModelVersionNotFound, get_model_version
 from tasks.lifecycle.deployments import TRAINING_DEPLOYMENT
 from tasks.monitoring.drift import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, DriftResult, compare
 from tasks.monitoring.drift import write_report as write_drift_report
@@ -103,13 +104,10 @@ class MonitorOutcome:
 
 def served_version(params: Params) -> Served:
     """The version ``serve.alias`` (champion) points at: what the app serves."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     name, alias = params.registry.model_name, params.serve.alias
     try:
-        version = MlflowClient().get_model_version_by_alias(name, alias)
-    except MlflowException:
+        version = get_model_version(name, alias=alias)
+    except ModelVersionNotFound:
         raise MonitorError(
             f"no version of '{name}' has the alias '{alias}': nothing is served yet "
             "(`mlcycle run` trains, registers and promotes one)"

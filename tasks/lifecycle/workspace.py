@@ -12,7 +12,6 @@ crash knows which process died (its MLflow run carries the same pid: see
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -26,6 +25,7 @@ from typing import IO
 
 from tasks.core.errors import MlcycleError
 from tasks.core.files import try_lock, unlock
+from tasks.core.slots import holding_slot
 
 WORKSPACE_LOCK = Path(".mlcycle/workspace.lock")
 
@@ -126,61 +126,27 @@ def holding_workspace(command: str, say: Callable[[str], None]) -> Iterator[Work
             _held = None
 
 
-SLOT_TAKEN_AFTER_S = 2.0  # a free slot is granted well within this
-
-
-class SlotUnavailable(MlcycleError):
-    """The training slot stayed taken, or the Prefect server could not be asked for it."""
-
-
 @contextmanager
 def training_slot(name: str, wait_s: float, say: Callable[[str], None]) -> Iterator[None]:
     """One training run at a time across everyone who uses the Prefect server named by
-    ``PREFECT_API_URL``: a global concurrency limit of one slot (created when missing), with a
-    lease the server expires if the holder dies. A second run waits, saying so, for up to
-    ``wait_s``. Without a configured server (each ``mlcycle run`` starts its own) the workspace
-    lock alone serialises runs, and this does nothing."""
+    ``PREFECT_API_URL``: a global concurrency limit of one slot (``tasks.core.slots``). A
+    second run waits, saying so, for up to ``wait_s``. Without a configured server (each
+    ``mlcycle run`` starts its own) the workspace lock alone serialises runs, and this does
+    nothing."""
     if not os.environ.get("PREFECT_API_URL"):
         yield
         return
-    import httpx
-    from prefect.client.orchestration import get_client
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
-
     where = f"the training slot (Prefect global concurrency limit '{name}')"
-    with contextlib.ExitStack() as stack:
-        try:
-            # ObjectAlreadyExists: another run created it first (the upsert is not atomic)
-            with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-                client.upsert_global_concurrency_limit_by_name(name, 1)
-            # Say so when the slot is taken: a timer, because a failed quick try would log
-            # a Prefect service error of its own.
-            waiting = threading.Event()
+    waiting = threading.Event()
 
-            def say_waiting() -> None:
-                waiting.set()
-                say(f"waiting for {where}: another training run holds it (up to {wait_s:g} s)")
+    def say_waiting() -> None:
+        waiting.set()
+        say(f"waiting for {where}: another training run holds it (up to {wait_s:g} s)")
 
-            timer = threading.Timer(SLOT_TAKEN_AFTER_S, say_waiting)
-            timer.start()
-            try:
-                stack.enter_context(
-                    concurrency(name, occupy=1, timeout_seconds=wait_s, strict=True)
-                )
-            finally:
-                timer.cancel()
-            if waiting.is_set():
-                say(f"{where} is free: this run goes on")
-        except TimeoutError:
-            raise SlotUnavailable(
-                f"{where} was not free within {wait_s:g} s (schedule.slot_wait_minutes); "
-                "this run did nothing"
-            ) from None
-        except (httpx.HTTPError, PrefectHTTPStatusError) as error:
-            raise SlotUnavailable(
-                f"{where}: the Prefect API at {os.environ['PREFECT_API_URL']} failed ({error})"
-            ) from None
+    hint = " (schedule.slot_wait_minutes); this run did nothing"
+    with holding_slot(name, where, wait_s, on_wait=say_waiting, timeout_hint=hint):
+        if waiting.is_set():
+            say(f"{where} is free: this run goes on")
         yield
 
 

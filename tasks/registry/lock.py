@@ -20,11 +20,12 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from tasks.core.files import try_lock, unlock
+from tasks.core.slots import SlotUnavailable, holding_slot
 from tasks.core.tracking import tracking_uri
 from tasks.registry.store import RegistryError, log
 
@@ -129,25 +130,13 @@ def _advisory_lock(uri: str, name: str, wait_s: float) -> Iterator[None]:
 
 @contextmanager
 def _prefect_lock(name: str, wait_s: float) -> Iterator[None]:
-    import httpx
-    from prefect.client.orchestration import get_client
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
-
     limit = f"mlcycle-registry-{name}"
     where = f"the registry lock of '{name}' (Prefect global concurrency limit '{limit}')"
     with ExitStack() as stack:
         try:
-            # ObjectAlreadyExists: another process created it first (the upsert is not atomic)
-            with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
-                client.upsert_global_concurrency_limit_by_name(limit, 1)
-            stack.enter_context(concurrency(limit, occupy=1, timeout_seconds=wait_s, strict=True))
-        except TimeoutError:  # taking the lock failed; the block's errors are its own
-            raise RegistryError(f"{where} was not free within {wait_s:g} s") from None
-        except (httpx.HTTPError, PrefectHTTPStatusError) as error:
-            raise RegistryError(
-                f"{where}: the Prefect API at {os.environ['PREFECT_API_URL']} failed ({error})"
-            ) from None
+            stack.enter_context(holding_slot(limit, where, wait_s))
+        except SlotUnavailable as error:  # taking the lock failed; the block's errors are its own
+            raise RegistryError(str(error)) from None
         yield
 
 
