@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         "runs of the deployments run as processes in the checkout `mlcycle deployments apply` "
         "ran in. Stop it with Ctrl-C; schedules live on the server and survive restarts.",
     )
+    commands.add_parser(
+        "select-worker",
+        help="run trials of the select stage's Optuna study (train.model: auto) beside it",
+        description="Join the study the select stage is running (same params.yaml and data, "
+        "select.storage on a database every worker reaches, e.g. postgresql://...) and run its "
+        "trials until select.max_trials finished or select.timeout_s passed. Start the stage "
+        "first (`mlcycle run` or `dvc repro`), then as many workers as you have cores or GPUs.",
+    )
     serve.add_argument(
         "--prediction-log",
         type=Path,
@@ -193,6 +201,8 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         return apply_deployments()
     if args.command == "worker":
         return run_worker()
+    if args.command == "select-worker":
+        return run_select_worker()
     return manage_registry(args, command)
 
 
@@ -332,6 +342,16 @@ def run_worker() -> int:
     command = worker_command(load_params().schedule)
     print(f"mlcycle: {shlex.join(command)}", file=sys.stderr, flush=True)
     os.execv(command[0], command)  # the worker owns the terminal (Ctrl-C stops it)
+
+
+def run_select_worker() -> int:
+    from tasks.core.console import configure_logging
+    from tasks.stages.select import run_worker as run_trials
+
+    configure_logging()
+    finished = run_trials(load_params())
+    print(f"mlcycle: the study holds {finished} finished trials")
+    return 0
 
 
 def run_serve(host: str | None, port: int | None, prediction_log: Path | None) -> int:

@@ -6,6 +6,7 @@ Unknown keys and wrong types fail with a message naming the dotted key at fault.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from collections.abc import Iterable, Mapping
@@ -13,9 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from ruamel.yaml import YAML, YAMLError
 
-from models import MODEL_NAMES
 from tasks.core.console import run_logger
 from tasks.core.errors import MlcycleError
 from tasks.core.files import atomic_path
@@ -102,8 +103,77 @@ class CNNParams(_Section):
     dropout: float = Field(ge=0, lt=1)
 
 
+class ResNetParams(_Section):
+    channels: PositiveInts = Field(description="One residual stage per entry (its width).")
+    blocks_per_stage: int = Field(ge=1)
+    dropout: float = Field(ge=0, lt=1)
+
+
+class RecurrentParams(_Section):
+    hidden_size: int = Field(ge=1)
+    num_layers: int = Field(ge=1)
+    bidirectional: bool
+    dropout: float = Field(ge=0, lt=1, description="Between stacked layers and before the head.")
+    grad_clip: float | None = Field(
+        gt=0, description="Clip the gradient norm to this in the train stage; null does not."
+    )
+
+
+class ViTParams(_Section):
+    patch_size: int = Field(ge=1, description="Square patches; the image is padded to fit.")
+    dim: int = Field(ge=1, description="Embedding width; a multiple of heads.")
+    depth: int = Field(ge=1, description="Transformer encoder layers.")
+    heads: int = Field(ge=1)
+    mlp_ratio: float = Field(gt=0, description="Feed-forward width as a multiple of dim.")
+    dropout: float = Field(ge=0, lt=1)
+    pooling: Literal["cls", "mean"] = Field(description="Class token or mean of the patches.")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> ViTParams:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        return self
+
+
+class AutoencoderParams(_Section):
+    channels: PositiveInts = Field(description="Encoder conv widths (the decoder mirrors them).")
+    code_size: int = Field(ge=1, description="The code the classifier head reads.")
+    dropout: float = Field(ge=0, lt=1)
+    reconstruction_weight: float = Field(ge=0, description="Reconstruction loss's weight.")
+    denoising: bool = Field(description="Reconstruct clean inputs from noised ones.")
+    noise_std: float = Field(ge=0, description="Gaussian noise, in standardised pixel units.")
+    sparse: bool = Field(description="L1 penalty on the code.")
+    sparsity_weight: float = Field(ge=0)
+
+
+class SAEParams(_Section):
+    hidden_sizes: PositiveInts = Field(description="The stacked autoencoders' code sizes.")
+    dropout: float = Field(ge=0, lt=1, description="Fine-tuning dropout.")
+    pretrain_epochs: int = Field(
+        ge=0, description="Greedy pretraining epochs per layer; 0 trains from scratch."
+    )
+    pretrain_lr: float = Field(gt=0)
+    noise_std: float = Field(ge=0, description="Denoising noise while pretraining; 0 is none.")
+
+
+# Each model family of models/ and the section of its options (train.<family>); the config
+# knows the families without importing torch. tests/model/test_models.py keeps both in step.
+FAMILY_OPTIONS: dict[str, type[_Section]] = {
+    "mlp": MLPParams,
+    "cnn": CNNParams,
+    "resnet": ResNetParams,
+    "lstm": RecurrentParams,
+    "gru": RecurrentParams,
+    "vit": ViTParams,
+    "autoencoder": AutoencoderParams,
+    "sae": SAEParams,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(FAMILY_OPTIONS)
+AUTO = "auto"  # train.model: auto -> the select stage picks the family and its options
+
+
 class TrainParams(_Section):
-    model: str
+    model: str = Field(description="A family of models/, or auto (the select stage chooses).")
     optimizer: Literal["adam", "adamw", "sgd"]
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
@@ -118,12 +188,20 @@ class TrainParams(_Section):
     resume: bool = Field(description="Continue from artifacts/checkpoints/last.pt if present.")
     mlp: MLPParams
     cnn: CNNParams
+    resnet: ResNetParams
+    lstm: RecurrentParams
+    gru: RecurrentParams
+    vit: ViTParams
+    autoencoder: AutoencoderParams
+    sae: SAEParams
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in MODEL_NAMES:
-            raise ValueError(f"unknown model {value!r}; expected one of {', '.join(MODEL_NAMES)}")
+        if value != AUTO and value not in MODEL_NAMES:
+            raise ValueError(
+                f"unknown model {value!r}; expected {AUTO} or one of {', '.join(MODEL_NAMES)}"
+            )
         return value
 
     @field_validator("device")
@@ -133,14 +211,106 @@ class TrainParams(_Section):
             raise ValueError(f"unknown device {value!r}; expected auto, cpu, cuda or cuda:N")
         return value
 
-    def model_options(self) -> dict[str, Any]:
-        """The chosen model's own options, as keyword arguments for its builder."""
-        return dict(getattr(self, self.model).model_dump())
+    def options_of(self, family: str) -> dict[str, Any]:
+        """A family's options from ``train.<family>``, as keyword arguments for its builder."""
+        return dict(getattr(self, family).model_dump())
 
-    def unused_option_prefixes(self) -> tuple[str, ...]:
-        """``train.<family>.`` for every family this run does not train: the train stage does
-        not depend on them (dvc.yaml lists ``train.${train.model}`` only)."""
-        return tuple(f"train.{name}." for name in MODEL_NAMES if name != self.model)
+    def model_options(self) -> dict[str, Any]:
+        """The chosen model's own options (a fixed ``train.model``)."""
+        if self.model == AUTO:
+            raise ValueError("train.model is auto: the select stage's choice holds the options")
+        return self.options_of(self.model)
+
+
+# What a trial may vary besides the family's own options: the optimiser's settings.
+OPTIMIZER_OPTIONS = ("optimizer", "lr", "weight_decay", "momentum")
+
+
+class SelectParams(_Section):
+    candidates: dict[str, dict[str, Any]] = Field(
+        description="family -> {option: value | {low, high[, log][, step]} | {choices: [...]}}"
+    )
+    max_trials: int = Field(ge=1, description="Finished trials (all workers together), at most.")
+    timeout_s: float = Field(gt=0, description="No trial starts after this many seconds.")
+    epochs: int = Field(ge=1, description="Epochs per trial, at most (pruning stops bad ones).")
+    early_stopping_patience: int | None = Field(ge=1, description="Per trial, as in train.")
+    pruning_warmup_epochs: int = Field(ge=0, description="No pruning before this epoch.")
+    seed: Seed = Field(description="The sampler's seed.")
+    storage: str | None = Field(
+        description="Optuna storage URL; null keeps the study in artifacts/selection/optuna.db. "
+        "postgresql://... lets several workers run trials of one study."
+    )
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _candidates(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping) or not value:
+            raise ValueError("expected a mapping of model families to their search ranges")
+        try:
+            search_space(value)
+        except SpaceError as error:  # named select.candidates.<family>.<option>, not the lot
+            raise PydanticCustomError(
+                "sub_key", "{problem}", {"sub_key": error.key, "problem": error.problem}
+            ) from None
+        return value
+
+
+class SpaceError(ValueError):
+    """A bad entry of ``select.candidates``: its key (``<family>[.<option>]``) and what is wrong."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key, self.problem = key, problem
+
+
+def search_space(candidates: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Check ``select.candidates``: known families, known options, non-empty ranges.
+
+    Returns it as plain dicts; a SpaceError names the first bad ``<family>.<option>``.
+    """
+    checked: dict[str, dict[str, Any]] = {}
+    for family, space in candidates.items():
+        if family not in FAMILY_OPTIONS:
+            raise SpaceError(family, f"unknown model; expected one of {', '.join(MODEL_NAMES)}")
+        space = {} if space is None else space
+        if not isinstance(space, Mapping):
+            raise SpaceError(family, "expected a mapping of options to ranges, or {}")
+        allowed = (*FAMILY_OPTIONS[family].model_fields, *OPTIMIZER_OPTIONS)
+        for option, spec in space.items():
+            if option not in allowed:
+                raise SpaceError(
+                    f"{family}.{option}", f"unknown option; expected one of {', '.join(allowed)}"
+                )
+            _check_range(f"{family}.{option}", spec)
+        checked[family] = dict(space)
+    return checked
+
+
+RANGE_KEYS = {"low", "high", "log", "step"}
+
+
+def _check_range(key: str, spec: Any) -> None:
+    if not isinstance(spec, Mapping):
+        return  # a fixed value, checked with the family's options when a trial builds it
+    if set(spec) == {"choices"}:
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise SpaceError(key, "empty range (choices must be a non-empty list)")
+        return
+    if not {"low", "high"} <= set(spec) or set(spec) - RANGE_KEYS:
+        raise SpaceError(
+            key,
+            "expected a value, {low: a, high: b[, log: true][, step: s]} or {choices: [...]} "
+            f"(got keys {', '.join(map(str, spec))})",
+        )
+    low, high = spec["low"], spec["high"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)):
+        raise SpaceError(key, f"low and high must be numbers (got {low!r}, {high!r})")
+    if low > high:
+        raise SpaceError(key, f"empty range (low {low} is above high {high})")
+    if spec.get("log") and low <= 0:
+        raise SpaceError(key, f"a log range needs low above 0 (got {low})")
+    if spec.get("log") and spec.get("step") is not None:
+        raise SpaceError(key, "a range takes log or step, not both")
 
 
 class EvaluateParams(_Section):
@@ -284,22 +454,40 @@ with warnings.catch_warnings():
         validate: ValidateParams
         preprocess: PreprocessParams
         train: TrainParams
+        select: SelectParams
         evaluate: EvaluateParams
         registry: RegistryParams
         serve: ServeParams
         schedule: ScheduleParams
         monitor: MonitorParams
 
+        def inert_prefixes(self) -> tuple[str, ...]:
+            """Dotted-key prefixes that cannot change this run's model: the options of families
+            it cannot train (neither the fixed ``train.model`` nor a ``select`` candidate), and
+            the ``select`` section when the model is fixed."""
+            if self.train.model == AUTO:
+                used, inert = set(self.select.candidates), []
+            else:
+                used, inert = {self.train.model}, ["select."]
+            return (*inert, *(f"train.{name}." for name in MODEL_NAMES if name not in used))
+
         def flat(self) -> dict[str, Any]:
             """Dotted keys to values, e.g. ``{"train.lr": 0.001}``: what MLflow logs."""
             return dict(flatten(self.model_dump(mode="json")))
+
+
+# Mappings that are one value (a search space), not a section: flattened to their canonical
+# JSON, so params.yaml, MLflow and dvc.lock (which orders keys its own way) agree on them.
+MAPPING_VALUES = frozenset({"select.candidates"})
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
     """(dotted key, value) of every leaf: ``{"train": {"lr": 0.1}}`` -> ``("train.lr", 0.1)``."""
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
+        if dotted in MAPPING_VALUES:
+            yield dotted, json.dumps(value, sort_keys=True)
+        elif isinstance(value, Mapping):
             yield from flatten(value, f"{dotted}.")
         else:
             yield dotted, value
@@ -310,7 +498,9 @@ def describe_validation_error(error: ValidationError, origin: str) -> str:
     problems = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "sub_key":  # a key inside a mapping-valued field
+            problems.append(f"{key}.{item['ctx']['sub_key']}: {item['msg']}")
+        elif item["type"] == "extra_forbidden":
             problems.append(f"{key}: unknown key")
         elif item["type"] == "missing":
             problems.append(f"{key}: missing")
@@ -406,7 +596,7 @@ def apply_params(params: Params | None, path: Path = PARAMS_FILE) -> Params:
     tree = yaml.load(path.read_text())
     for key, value in changed.items():
         node, leaf = _parent_of(tree, key)
-        node[leaf] = _flow_style(value)
+        node[leaf] = json.loads(value) if key in MAPPING_VALUES else _flow_style(value)
     with atomic_path(path) as tmp, tmp.open("w") as handle:
         yaml.dump(tree, handle)
     for key, value in changed.items():

@@ -29,6 +29,8 @@ DEFAULT_EXPERIMENT = "mlcycle"
 
 SERVER_CHECK_TIMEOUT_S = 5.0
 
+MAX_PARAMS_PER_BATCH = 100  # MLflow refuses larger log_batch calls
+
 
 class TrackingError(MlcycleError):
     """The tracking server or store cannot be used."""
@@ -126,6 +128,18 @@ class RunTracker:
         with tracking_errors(f"tag run {self.run_id}"):
             MlflowClient().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_values(self, values: Mapping[str, Any]) -> None:
+        """Log plain key -> value params (a trial's choice), each once."""
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        with tracking_errors(f"log params to run {self.run_id}"):
+            batch = [Param(k, str(v)) for k, v in values.items()]
+            for start in range(0, len(batch), MAX_PARAMS_PER_BATCH):
+                MlflowClient().log_batch(
+                    self.run_id, params=batch[start : start + MAX_PARAMS_PER_BATCH]
+                )
+
     def log_params(self, params: Params) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
@@ -133,15 +147,41 @@ class RunTracker:
         with tracking_errors(f"log params to run {self.run_id}"):
             logged = MlflowClient().get_run(self.run_id).data.params
             fresh = {k: str(v) for k, v in params.flat().items() if k not in logged}
-            if fresh:
-                batch = [Param(k, v) for k, v in fresh.items()]
-                MlflowClient().log_batch(self.run_id, params=batch)
+            batch = [Param(k, v) for k, v in fresh.items()]
+            for start in range(0, len(batch), MAX_PARAMS_PER_BATCH):
+                MlflowClient().log_batch(
+                    self.run_id, params=batch[start : start + MAX_PARAMS_PER_BATCH]
+                )
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         with tracking_errors(f"log {path} to run {self.run_id}"):
             MlflowClient().log_artifact(self.run_id, str(path), artifact_path)
+
+
+def child_run(parent_run_id: str, run_name: str, tags: Mapping[str, str]) -> RunTracker:
+    """A new run nested under ``parent_run_id`` (the MLflow UI folds it under its parent), in
+    the parent's experiment; the caller ends it with :func:`end_run`."""
+    from mlflow.tracking import MlflowClient
+
+    connect()
+    client = MlflowClient()
+    with tracking_errors(f"open a run under {parent_run_id}"):
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        run = client.create_run(
+            experiment_id,
+            run_name=run_name,
+            tags={"mlflow.parentRunId": parent_run_id, **lineage_tags(), **tags},
+        )
+    return RunTracker(run.info.run_id)
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    from mlflow.tracking import MlflowClient
+
+    with tracking_errors(f"end run {run_id}"):
+        MlflowClient().set_terminated(run_id, status)
 
 
 def params_conflict(run_id: str, params: Params) -> list[str]:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from tasks.core.config import Params, apply_params
+from tasks.core.config import AUTO, Params, apply_params
 from tasks.core.console import run_logger
 from tasks.core.dvc import data_versions, push_data, stage_is_stale
 from tasks.core.dvc import reproduce_stage as dvc_reproduce
@@ -44,6 +44,8 @@ from tasks.core.model_file import log_model
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.tracking import RunTracker, connect, find_run, run_url
 from tasks.stages.evaluate import METRICS_FILE, record_evaluation
+from tasks.stages.select import TAG_SELECTION, record_selection, selection_table
+from tasks.training.choice import read_choice
 from tasks.validation.gate import RAW_REPORT, record_validations, validation_markdown
 
 
@@ -79,8 +81,21 @@ def publish_validation() -> None:
         )
 
 
+def publish_selection() -> None:
+    """The selection's trials as a Prefect table artifact (a fixed model publishes none)."""
+    rows = selection_table()
+    if rows:
+        create_table_artifact(
+            key="model-selection", table=rows, description="Model selection (validation split)"
+        )
+
+
 # Stages whose reports the flow publishes as Prefect artifacts, whether they pass or fail.
-STAGE_PUBLISHERS = {"validate": publish_validation, "preprocess": publish_validation}
+STAGE_PUBLISHERS = {
+    "validate": publish_validation,
+    "preprocess": publish_validation,
+    "select": publish_selection,
+}
 
 
 def reproduce_stage(stage: str, run_id: str | None = None) -> StageResult:
@@ -190,7 +205,7 @@ def finish_pipeline_run(
     summary = PipelineSummary(
         run_id=run_id,
         run_url=run_url(run_id),
-        model=params.train.model,
+        model=trained_model(params),
         accuracy=metrics["accuracy"],
         macro_f1=metrics["macro_f1"],
         baseline=metrics.get("baseline"),
@@ -231,7 +246,16 @@ def complete_run_record(
             log_model(run_id, model_file, read_split(processed_dir, "val")[0])
     if TAG_EVALUATED not in tags:
         record_evaluation(tracker, reports_dir)
+    if TAG_SELECTION not in tags:  # a search DVC did not re-run: its files, from the workspace
+        record_selection(tracker, reports_dir)
     record_validations(tracker, reports_dir, skip_metrics=frozenset(logged.metrics))
+
+
+def trained_model(params: Params) -> str:
+    """The family trained: ``train.model``, or the selected one (``cnn (selected)``)."""
+    if params.train.model != AUTO:
+        return params.train.model
+    return f"{read_choice()[1].model} (selected)"
 
 
 def summary_markdown(summary: PipelineSummary) -> str:

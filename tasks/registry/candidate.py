@@ -130,7 +130,7 @@ def _check_params(run: Any, params_path: Path) -> None:
     if not params_path.is_file():
         return
     params = load_params(params_path)
-    inert = ("registry.", "serve.", *params.train.unused_option_prefixes())
+    inert = ("registry.", "serve.", *params.inert_prefixes())
     logged = run.data.params
     current = {k: str(v) for k, v in params.flat().items()}
     differ = sorted(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.core.config import TrainParams, load_params
+from tasks.core.config import AUTO, OPTIMIZER_OPTIONS, TrainParams, load_params
 from tasks.core.console import stage_main
 from tasks.core.files import atomic_path, read_split, write_json
 from tasks.core.model_file import build_from_spec, log_model, save_model
@@ -29,8 +29,9 @@ from tasks.training.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
+from tasks.training.choice import chosen_train_params
 from tasks.training.device import make_deterministic, resolve_device
-from tasks.training.loop import EpochReport, fit, make_optimizer
+from tasks.training.loop import PRETRAIN, EpochReport, fit, make_optimizer
 from tasks.validation.gate import record_validations
 
 log = logging.getLogger("mlcycle.train")
@@ -98,6 +99,9 @@ def run_train(
 
     def after_epoch(state: TrainingState, report: EpochReport) -> None:
         save_checkpoint(checkpoint_path, state, identity, model, optimizer)
+        if report.phase == PRETRAIN:
+            after_pretraining_epoch(report)
+            return
         row, epoch = report.row, state.epoch
         log.info(
             "train: epoch %d/%d  loss %.4f acc %.4f | val loss %.4f acc %.4f  (%.1fs)%s",
@@ -122,6 +126,29 @@ def run_train(
                 params.early_stopping_patience,
             )
 
+    def after_pretraining_epoch(report: EpochReport) -> None:
+        row = report.row
+        log.info(
+            "train: pretraining layer %d/%d, epoch %d/%d  reconstruction loss %.4f | val %.4f"
+            "  (%.1fs)",
+            row["layer"],
+            model.pretrain_layers,
+            row["epoch"],
+            model.network.pretrain_epochs,
+            row["loss"],
+            row["val_loss"],
+            report.seconds,
+        )
+        if tracker is not None:
+            layer = int(row["layer"])
+            tracker.log_metrics(
+                {
+                    f"pretrain_layer{layer}_loss": row["loss"],
+                    f"pretrain_layer{layer}_val_loss": row["val_loss"],
+                },
+                step=int(row["epoch"]),
+            )
+
     fit(model, optimizer, params, train_set, val_set, state, after_epoch)
     model.load_state_dict(state.best_state)
     save_model(model_path, spec, model, best_epoch=state.best_epoch, epochs_run=state.epoch)
@@ -144,6 +171,11 @@ def run_train(
             "best_val_loss": round(result.best_val_loss, 6),
             "best_val_accuracy": round(result.best_val_accuracy, 6),
             "stopped_early": result.stopped_early,
+            # the last epoch's validation reconstruction loss of each pretrained layer
+            **{
+                f"pretrain_layer{int(row['layer'])}_val_loss": round(row["val_loss"], 6)
+                for row in state.pretrain_history
+            },
         },
     )
     if tracker is not None:
@@ -176,10 +208,21 @@ train_task = task(name="train")(run_train)
 
 def main() -> None:
     params = load_params()
-    with tracked_run(params, run_name=f"train-{params.train.model}") as tracker:
+    train = chosen_train_params(params)  # train.model, or the select stage's winner
+    with tracked_run(params, run_name=f"train-{train.model}") as tracker:
         if flow_run_id() is None:  # under the flow, validation logged itself
             record_validations(tracker)  # what was checked of the data this model learns from
-        run_train(params.train, tracker=tracker)
+        if params.train.model == AUTO:  # what was trained, on the run the version records
+            tracker.log_values(selected_values(train))
+        run_train(train, tracker=tracker)
+
+
+def selected_values(train: TrainParams) -> dict[str, object]:
+    """``selected.*`` params: the family, its options and the optimiser's settings."""
+    dumped = train.model_dump(mode="json")  # lists as params.yaml writes them, not tuples
+    options = {f"{train.model}.{k}": v for k, v in dumped[train.model].items()}
+    optimizer = {k: dumped[k] for k in OPTIMIZER_OPTIONS}
+    return {f"selected.{k}": v for k, v in {"model": train.model, **options, **optimizer}.items()}
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ class TrainingState:
     epochs_without_improvement: int = 0
     stopped_early: bool = False
     history: list[dict[str, float]] = field(default_factory=list)
+    # Greedy layer-wise pretraining (models with pretrain_layers): epochs done over all layers,
+    # their rows, and the current layer's optimiser, so a run resumes mid-pretraining.
+    pretrain_epoch: int = 0
+    pretrain_history: list[dict[str, float]] = field(default_factory=list)
+    pretrain_optimizer_state: dict[str, Any] = field(default_factory=dict)
 
 
 def fingerprint(spec: dict[str, Any], params: TrainParams, train_file: Path) -> str:

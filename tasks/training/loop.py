@@ -1,5 +1,9 @@
 """The training loop: data kept on the device, batches by indexing, one host sync per epoch,
-early stopping on validation loss. The train stage calls :func:`fit`.
+early stopping on validation loss. The train stage and the select stage's trials call :func:`fit`.
+
+One loop for every family: a model's own objective (``Classifier.training_loss``), gradient
+clipping (``grad_clip``) and greedy layer-wise pretraining (``pretrain_layers``) are asked of
+the model, never special-cased by name.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models import Classifier
 from tasks.core.config import TrainParams
 from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset
@@ -44,22 +49,26 @@ def to_device(dataset: ImageDataset, device: torch.device) -> tuple[torch.Tensor
 
 
 def train_epoch(
-    model: nn.Module,
+    model: Classifier,
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int,
 ) -> tuple[float, float]:
+    """One pass over the data; the loss is the model's whole objective (for an autoencoder it
+    includes the reconstruction), the accuracy that of its logits."""
     model.train()
     total_loss = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
+    clip = model.grad_clip
     for batch in batches(len(labels), batch_size):
         batch_x, batch_y = images[batch], labels[batch]
         optimizer.zero_grad(set_to_none=True)
-        logits = model(batch_x)
-        loss = loss_fn(logits, batch_y)
+        loss, logits = model.training_loss(batch_x, batch_y, loss_fn)
         loss.backward()
+        if clip is not None:  # recurrent nets: one long product of Jacobians can explode
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         # Accumulate on the device: one host sync per epoch, not per step.
         total_loss += loss.detach() * len(batch_y)
@@ -102,14 +111,21 @@ def advance(
         state.stopped_early = patience is not None and state.epochs_without_improvement >= patience
 
 
+PRETRAIN = "pretrain"
+FINE_TUNE = "train"
+
+
 @dataclass(frozen=True)
 class EpochReport:
-    row: dict[str, float]  # epoch, train/val loss and accuracy: one line of the history
+    # train: epoch, train/val loss and accuracy (a line of the history);
+    # pretrain: layer, epoch (within the layer), loss and val_loss (reconstruction)
+    row: dict[str, float]
     seconds: float
+    phase: str = FINE_TUNE
 
 
 def fit(
-    model: nn.Module,
+    model: Classifier,
     optimizer: torch.optim.Optimizer,
     params: TrainParams,
     train_set: ImageDataset,
@@ -117,11 +133,13 @@ def fit(
     state: TrainingState,
     on_epoch: Callable[[TrainingState, EpochReport], None],
 ) -> TrainingState:
-    """Train from ``state.epoch + 1`` to ``params.epochs`` or an early stop; ``state`` is
-    advanced in place and ``on_epoch`` called after every epoch (checkpoint, logs, MLflow)."""
+    """Pretrain what is left of the model's layers (if it has any), then train from
+    ``state.epoch + 1`` to ``params.epochs`` or an early stop. ``state`` is advanced in place
+    and ``on_epoch`` called after every epoch of either phase (checkpoint, logs, MLflow)."""
     device = next(model.parameters()).device
     train_x, train_y = to_device(train_set, device)
     val_x, val_y = to_device(val_set, device)
+    pretrain(model, params, train_x, val_x, state, on_epoch)
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(state.epoch + 1, params.epochs + 1):
         if state.stopped_early:
@@ -149,3 +167,65 @@ def fit(
         advance(state, row, model, params.early_stopping_patience)
         on_epoch(state, EpochReport(row, time.perf_counter() - started))
     return state
+
+
+def pretrain(
+    model: Classifier,
+    params: TrainParams,
+    train_x: torch.Tensor,
+    val_x: torch.Tensor,
+    state: TrainingState,
+    on_epoch: Callable[[TrainingState, EpochReport], None],
+) -> None:
+    """Greedy layer-wise pretraining: each layer learns to reconstruct the (frozen) codes of the
+    layers below it, for ``pretrain_epochs`` epochs, with its own Adam optimiser. Resumes at
+    ``state.pretrain_epoch``; the layer's optimiser state travels in ``state``."""
+    layers = model.pretrain_layers
+    per_layer = getattr(model.network, "pretrain_epochs", 0)
+    while state.pretrain_epoch < layers * per_layer:
+        layer, done = divmod(state.pretrain_epoch, per_layer)
+        optimizer = torch.optim.Adam(model.pretrain_parameters(layer), lr=model.network.pretrain_lr)
+        if done and state.pretrain_optimizer_state:
+            optimizer.load_state_dict(state.pretrain_optimizer_state)
+        for epoch in range(done + 1, per_layer + 1):
+            started = time.perf_counter()
+            generator = torch.Generator().manual_seed(
+                params.seed * 100_003 + 1_000 * (layer + 1) + epoch
+            )
+            order = torch.randperm(len(train_x), generator=generator).to(train_x.device)
+            loss = _pretrain_epoch(model, optimizer, layer, train_x[order], params.batch_size)
+            val_loss = _reconstruction_loss(model, layer, val_x, max(params.batch_size, 256))
+            if not (math.isfinite(loss) and math.isfinite(val_loss)):
+                raise TrainingDiverged(
+                    f"pretraining layer {layer + 1} diverged in epoch {epoch} (loss {loss}); "
+                    f"lower train.{params.model}.pretrain_lr"
+                )
+            row = {"layer": layer + 1, "epoch": epoch, "loss": loss, "val_loss": val_loss}
+            state.pretrain_epoch += 1
+            state.pretrain_history.append(row)
+            state.pretrain_optimizer_state = {} if epoch == per_layer else optimizer.state_dict()
+            on_epoch(state, EpochReport(row, time.perf_counter() - started, PRETRAIN))
+
+
+def _pretrain_epoch(
+    model: Classifier, optimizer: torch.optim.Optimizer, layer: int, images: torch.Tensor, size: int
+) -> float:
+    model.train()
+    total = torch.zeros((), device=images.device)
+    for batch in batches(len(images), size):
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.pretrain_loss(images[batch], layer)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach() * (batch.stop - batch.start)
+    return total.item() / len(images)
+
+
+@torch.no_grad()
+def _reconstruction_loss(model: Classifier, layer: int, images: torch.Tensor, size: int) -> float:
+    model.eval()
+    total = sum(
+        model.pretrain_loss(images[b], layer) * (b.stop - b.start)
+        for b in batches(len(images), size)
+    )
+    return float(total) / len(images)

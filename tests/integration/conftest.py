@@ -19,7 +19,14 @@ from tests.integration.helpers import MlflowService, PrefectServer
 def _postgres_tools() -> dict[str, str] | None:
     import glob
 
-    for folder in [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]:
+    folders = [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    try:  # the PostgreSQL that the dev extra's pgserver wheel bundles
+        import pgserver
+
+        folders.append(str(Path(pgserver.__file__).parent / "pginstall" / "bin"))
+    except ImportError:
+        pass
+    for folder in folders:
         tools = {name: shutil.which(name, path=folder) for name in ("initdb", "pg_ctl")}
         if all(tools.values()):
             return tools  # type: ignore[return-value]

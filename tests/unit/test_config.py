@@ -143,8 +143,86 @@ def test_flat_params_use_dotted_keys(tiny_params: Params):
 
 
 def test_only_the_trained_familys_options_matter():
-    """The train stage depends on `train.<model>` only; the registry's params check ignores the
-    options of the families a run did not train."""
+    """The registry's params check ignores the options of the families a run could not train
+    (and the search space, when the model was fixed)."""
     params = load_params(REPO_ROOT / "params.yaml", overrides=["train.model=cnn"])
-    assert params.train.unused_option_prefixes() == ("train.mlp.",)
+    inert = params.inert_prefixes()
+    assert "select." in inert and "train.mlp." in inert and "train.cnn." not in inert
     assert params.train.model_options() == dict(params.train.cnn.model_dump())
+
+
+def test_with_auto_the_candidates_options_matter():
+    params = load_params(REPO_ROOT / "params.yaml", overrides=["train.model=auto"])
+    inert = params.inert_prefixes()
+    assert "select." not in inert
+    assert not {f"train.{family}." for family in params.select.candidates} & set(inert)
+    with pytest.raises(ValueError, match="the select stage's choice"):
+        params.train.model_options()
+
+
+def test_the_config_knows_the_families_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, tasks.core.config as c; c.load_params(); print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def candidates_edit(family: str, space):
+    return lambda tree: tree["select"]["candidates"].update({family: space})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        pytest.param(
+            candidates_edit("transformer", {}),
+            r"^\S+: select\.candidates\.transformer: unknown model; expected one "
+            r"of mlp, cnn, resnet, lstm, gru, vit, autoencoder, sae",
+            id="unknown-model",
+        ),
+        pytest.param(
+            candidates_edit("mlp", {"dropout": {"low": 0.5, "high": 0.1}}),
+            r"mlp\.dropout: empty range \(low 0\.5 is above high 0\.1\)",
+            id="empty-range",
+        ),
+        pytest.param(
+            candidates_edit("cnn", {"channels": {"choices": []}}),
+            r"cnn\.channels: empty range \(choices must be a non-empty list\)",
+            id="empty-choices",
+        ),
+        pytest.param(
+            candidates_edit("cnn", {"kernel": {"choices": [3, 5]}}),
+            r"cnn\.kernel: unknown option; expected one of channels, hidden_size, dropout, "
+            r"optimizer, lr, weight_decay, momentum",
+            id="unknown-option",
+        ),
+        pytest.param(
+            candidates_edit("mlp", {"lr": {"low": 0.0, "high": 0.1, "log": True}}),
+            r"mlp\.lr: a log range needs low above 0",
+            id="log-range-from-zero",
+        ),
+        pytest.param(
+            candidates_edit("mlp", {"lr": {"min": 0.1, "max": 1}}),
+            r"mlp\.lr: expected a value, \{low: a, high: b",
+            id="not-a-range",
+        ),
+        pytest.param(
+            lambda tree: tree["select"].update(candidates={}),
+            r"select\.candidates: .*expected a mapping of model families",
+            id="no-candidates",
+        ),
+        pytest.param(
+            lambda tree: tree["train"].update(model="resnet50"),
+            r"train\.model: unknown model 'resnet50'; expected auto or one of mlp, cnn",
+            id="unknown-train-model",
+        ),
+    ],
+)
+def test_a_bad_search_space_fails_in_one_line_naming_the_key(tmp_path, edit, message):
+    with pytest.raises(ConfigError, match=message) as error:
+        load_params(write_params(tmp_path, edit))
+    assert "\n" not in str(error.value)

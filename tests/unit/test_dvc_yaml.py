@@ -24,7 +24,7 @@ PLUMBING = {
 }
 # Imported to record reports in the run's MLflow run, not to make the stage's outputs.
 REPORTING_ONLY = {"train": {"tasks.validation.gate"}}
-STAGES = ("collect", "validate", "preprocess", "train", "evaluate")
+STAGES = ("collect", "validate", "preprocess", "select", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,7 @@ def module_file(module: str) -> str:
 
 
 def covered(file: str, deps: list[str]) -> bool:
-    """Listed itself, inside a listed folder, or the chosen family's `models/${train.model}.py`."""
-    family = file.removeprefix("models/").removesuffix(".py")
-    if file.startswith("models/") and family in MODEL_NAMES:
-        return "models/${train.model}.py" in deps
+    """Listed itself or inside a listed folder."""
     return any(file == dep or file.startswith(f"{dep.rstrip('/')}/") for dep in deps)
 
 
@@ -79,17 +76,24 @@ def test_no_stage_lists_code_it_does_not_import(graph, stages, stage):
     stale = [
         dep
         for dep in code_deps
-        if dep != "models/${train.model}.py"
-        and not any(f == dep or f.startswith(f"{dep.rstrip('/')}/") for f in files)
+        if not any(f == dep or f.startswith(f"{dep.rstrip('/')}/") for f in files)
     ]
     assert not stale, f"dvc.yaml stage {stage} lists {stale}, which it does not import"
 
 
-def test_the_train_stage_depends_on_the_chosen_family_only(stages):
-    train = stages["train"]
-    assert "train.${train.model}" in train["params"]
+def test_train_reads_its_family_and_options_from_the_selection_only(stages):
+    """Family options reach train through reports/selection.json (select's output), so a change
+    to a family train does not train re-runs select, whose unchanged file leaves train alone."""
+    train, select = stages["train"], stages["select"]
+    assert "reports/selection.json" in train["deps"]
+    assert "reports/selection.json" in select["outs"]
     assert not [p for p in train["params"] if p.split(".")[1:2] in ([n] for n in MODEL_NAMES)]
-    assert "models" not in train["deps"]
+    assert {"train", "select"} <= set(select["params"])
+
+
+def test_the_selection_cannot_see_the_test_split(stages):
+    data_deps = [d for d in stages["select"]["deps"] if d.startswith("data/")]
+    assert data_deps and not [d for d in data_deps if "test" in d or d == "data/processed"]
 
 
 def test_python_bytecode_is_no_part_of_a_stage_dependency():

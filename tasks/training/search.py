@@ -1,0 +1,352 @@
+"""Model selection: an Optuna study over ``select.candidates``, each trial trained by the same
+loop as the train stage and judged on the validation split only.
+
+The study lives in an Optuna storage (SQLite by default, PostgreSQL to share it): its name is a
+digest of everything a trial's result depends on, so a re-run with the same inputs continues
+the same study (after Ctrl-C, or with a larger ``select.max_trials``), and several worker
+processes pointed at one storage run trials of one study at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from models import parameter_count
+from tasks.core.config import OPTIMIZER_OPTIONS, Params, TrainParams, search_space
+from tasks.core.errors import MlcycleError
+from tasks.core.files import ImageDataset, file_md5
+from tasks.core.model_file import build_from_spec
+from tasks.core.paths import ARTIFACTS_DIR
+from tasks.core.tracking import RunTracker, child_run, end_run
+from tasks.training.checkpoint import TrainingState
+from tasks.training.choice import ModelChoice, fixed_choice
+from tasks.training.device import make_deterministic, resolve_device
+from tasks.training.loop import PRETRAIN, EpochReport, TrainingDiverged, fit, make_optimizer
+
+log = logging.getLogger("mlcycle.select")
+
+# Heartbeats (failing the trials of a worker that died) are "experimental" since Optuna 2.9.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+DEFAULT_STORAGE_FILE = ARTIFACTS_DIR / "selection" / "optuna.db"
+HEARTBEAT_S = 30  # a trial whose worker stopped beating for GRACE_S is failed by the next one
+GRACE_S = 120
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+SPEC_ATTR = "spec"  # what the stage handed the study: data shape, classes, statistics
+
+
+class SelectionError(MlcycleError):
+    """The search cannot run or found nothing to choose."""
+
+
+def storage_url(params: Params) -> str:
+    if params.select.storage:
+        return params.select.storage
+    DEFAULT_STORAGE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{DEFAULT_STORAGE_FILE}"
+
+
+def shown_url(url: str) -> str:
+    """A storage URL fit for logs and reports: without its password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def study_name(params: Params, train_file: Path, val_file: Path) -> str:
+    """A digest of what a trial's result depends on: the space, the per-trial budget, the
+    training settings trials share and the data. Budgets that only say how many trials run
+    (and where the study is stored) are left out."""
+    select = params.select.model_dump(mode="json", exclude={"max_trials", "timeout_s", "storage"})
+    # every train.* a trial reads: the families' options, the optimiser, batch size, seed ...
+    train = params.train.model_dump(
+        mode="json", exclude={"model", "epochs", "early_stopping_patience", "resume"}
+    )
+    digest = hashlib.sha256(json.dumps({"select": select, "train": train}, sort_keys=True).encode())
+    for path in (train_file, val_file):
+        digest.update(file_md5(path).encode())
+    return f"mlcycle-select-{digest.hexdigest()[:12]}"
+
+
+def open_study(params: Params, name: str, create: bool = True) -> optuna.Study:
+    url = storage_url(params)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
+    try:
+        storage = optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
+        )
+        if not create:
+            return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(params))
+        return optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction="minimize",  # the best validation loss, as early stopping judges
+            sampler=_sampler(params),
+            pruner=optuna.pruners.MedianPruner(
+                n_startup_trials=3, n_warmup_steps=params.select.pruning_warmup_epochs
+            ),
+            load_if_exists=True,
+        )
+    except KeyError:
+        raise SelectionError(
+            f"study {name} is not in {shown_url(url)}: start the select stage first (it creates "
+            "the study), then the workers"
+        ) from None
+    except Exception as error:  # SQLAlchemy's connection errors, a bad URL ...
+        if isinstance(error, MlcycleError):
+            raise
+        raise SelectionError(
+            f"select.storage {shown_url(url)}: cannot open the Optuna study "
+            f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+        ) from None
+
+
+def join_study(params: Params, name: str, wait_s: float) -> optuna.Study:
+    """The study the select stage created, waiting for it to appear."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return open_study(params, name, create=False)
+        except SelectionError:
+            if time.monotonic() >= deadline:
+                raise
+            log.info("select worker: waiting for the select stage to create study %s", name)
+            time.sleep(1)
+
+
+def _sampler(params: Params) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=params.select.seed)
+
+
+def suggest(trial: optuna.Trial, candidates: Mapping[str, Mapping[str, Any]]) -> ModelChoice:
+    """A family and values for its ranged options, named ``<family>.<option>`` in the study."""
+    family = trial.suggest_categorical("model", list(candidates))
+    options: dict[str, Any] = {}
+    optimizer: dict[str, Any] = {}
+    for option, spec in candidates[family].items():
+        value = _suggest_value(trial, f"{family}.{option}", spec)
+        (optimizer if option in OPTIMIZER_OPTIONS else options)[option] = value
+    return ModelChoice(family, options, optimizer)
+
+
+def _suggest_value(trial: optuna.Trial, name: str, spec: Any) -> Any:
+    if not isinstance(spec, Mapping):
+        return spec
+    if "choices" in spec:
+        choices = spec["choices"]
+        if all(c is None or isinstance(c, bool | int | float | str) for c in choices):
+            return trial.suggest_categorical(name, choices)
+        # Optuna stores plain values only: lists (layer widths) travel as their JSON text.
+        return json.loads(trial.suggest_categorical(name, [json.dumps(c) for c in choices]))
+    low, high, step, log_scale = spec["low"], spec["high"], spec.get("step"), spec.get("log", False)
+    if all(isinstance(v, int) for v in (low, high)) and isinstance(step, int | None):
+        return trial.suggest_int(name, low, high, step=step or 1, log=log_scale)
+    return trial.suggest_float(name, float(low), float(high), step=step, log=log_scale)
+
+
+@dataclass(frozen=True)
+class TrialData:
+    train_set: ImageDataset
+    val_set: ImageDataset
+    spec: dict[str, Any]  # input shape, classes, statistics: the model spec minus the family
+
+
+def trial_params(params: Params, choice: ModelChoice) -> TrainParams:
+    """A trial trains like the train stage with the choice applied, on the trial's budget."""
+    base = params.train.model_copy(
+        update={
+            "epochs": params.select.epochs,
+            "early_stopping_patience": params.select.early_stopping_patience,
+            "resume": False,
+        }
+    )
+    return choice.apply(base, origin=f"select.candidates.{choice.model}")
+
+
+def make_objective(
+    params: Params, data: TrialData, parent_run_id: str | None
+) -> Callable[[optuna.Trial], float]:
+    candidates = search_space(params.select.candidates)
+
+    def objective(trial: optuna.Trial) -> float:
+        train = trial_params(params, suggest(trial, candidates))
+        # The whole choice, not just the ranged part: what train trains is this file alone.
+        trial.set_user_attr("choice", fixed_choice(train).to_json())
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        return run_trial(trial, train, data, parent_run_id)
+
+    return objective
+
+
+def run_trial(
+    trial: optuna.Trial, train: TrainParams, data: TrialData, parent_run_id: str | None
+) -> float:
+    device = resolve_device(train.device)
+    make_deterministic(train.seed, device)  # every trial starts alike, whatever ran before
+    spec = {"model": train.model, "options": train.model_options(), **data.spec}
+    model = build_from_spec(spec).to(device)
+    optimizer = make_optimizer(train, model)
+    parameters = parameter_count(model)
+    trial.set_user_attr("parameters", parameters)
+    tracker = _trial_run(trial, train, parent_run_id, parameters)
+    started = time.perf_counter()
+
+    def after_epoch(state: TrainingState, report: EpochReport) -> None:
+        row = report.row
+        if report.phase == PRETRAIN:
+            if tracker:
+                tracker.log_metrics(
+                    {f"pretrain_layer{int(row['layer'])}_loss": row["loss"]}, step=int(row["epoch"])
+                )
+            return
+        epoch = int(row["epoch"])
+        _record(trial, state, started)
+        if tracker:
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        trial.report(row["val_loss"], epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    status = "FAILED"
+    try:
+        state = fit(
+            model, optimizer, train, data.train_set, data.val_set, TrainingState(), after_epoch
+        )
+        status = "FINISHED"
+    except optuna.TrialPruned:
+        status = "FINISHED"
+        raise
+    finally:
+        if tracker:
+            tracker.log_metrics(
+                {
+                    "val_accuracy": trial.user_attrs.get("val_accuracy", math.nan),
+                    "val_loss": trial.user_attrs.get("val_loss", math.nan),
+                    "train_seconds": round(time.perf_counter() - started, 3),
+                    "parameters": parameters,
+                }
+            )
+            end_run(tracker.run_id, status)
+    _record(trial, state, started)
+    return state.best_val_loss
+
+
+def _record(trial: optuna.Trial, state: TrainingState, started: float) -> None:
+    trial.set_user_attr("val_accuracy", state.best_val_accuracy)
+    trial.set_user_attr("val_loss", state.best_val_loss)
+    trial.set_user_attr("epochs", state.epoch)
+    trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 3))
+
+
+def _trial_run(
+    trial: optuna.Trial, train: TrainParams, parent_run_id: str | None, parameters: int
+) -> RunTracker | None:
+    if parent_run_id is None:
+        return None
+    tracker = child_run(
+        parent_run_id,
+        f"trial-{trial.number:03d}-{train.model}",
+        {"mlcycle.study": trial.study.study_name, "mlcycle.trial": str(trial.number)},
+    )
+    dumped = train.model_dump(mode="json")
+    options = {f"{train.model}.{k}": v for k, v in dumped[train.model].items()}
+    optimizer = {k: dumped[k] for k in OPTIMIZER_OPTIONS}
+    tracker.log_values({"model": train.model, **options, **optimizer, "parameters": parameters})
+    return tracker
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def run_search(
+    study: optuna.Study,
+    params: Params,
+    data: TrialData,
+    parent_run_id: str | None,
+    deadline_s: float | None = None,
+) -> None:
+    """Run trials until the study holds ``select.max_trials`` finished ones (all workers
+    together) or ``select.timeout_s`` has passed; a trial that diverges fails alone."""
+    budget = params.select.max_trials
+    remaining = budget - len(finished_trials(study))
+    if remaining <= 0:
+        log.info("select: study %s already holds %d finished trials", study.study_name, budget)
+        return
+    log.info(
+        "select: up to %d trials of %s (%s), at most %.0fs",
+        remaining,
+        ", ".join(params.select.candidates),
+        study.study_name,
+        deadline_s or params.select.timeout_s,
+    )
+    study.optimize(
+        make_objective(params, data, parent_run_id),
+        n_trials=remaining,
+        timeout=deadline_s or params.select.timeout_s,
+        catch=(TrainingDiverged,),
+        callbacks=[
+            # Running trials count too: a worker stops when the others' trials will fill the
+            # budget. Two workers starting their last trial at once can still pass it by one.
+            optuna.study.MaxTrialsCallback(
+                budget, states=(*FINISHED, optuna.trial.TrialState.RUNNING)
+            ),
+            _progress(budget),
+        ],
+        gc_after_trial=False,
+    )
+
+
+def _progress(budget: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        choice = trial.user_attrs.get("choice", {})
+        log.info(
+            "select: [%d/%d] trial %d %-8s %-11s val acc %.4f  val loss %.4f  %5.1fs  %s",
+            len(finished_trials(study)),
+            budget,
+            trial.number,
+            trial.state.name.lower(),
+            choice.get("model", "?"),
+            trial.user_attrs.get("val_accuracy", math.nan),
+            trial.user_attrs.get("val_loss", math.nan),
+            trial.user_attrs.get("train_seconds", math.nan),
+            _options_text(choice),
+        )
+
+    return report
+
+
+def _options_text(choice: Mapping[str, Any]) -> str:
+    values = {**choice.get("options", {}), **choice.get("optimizer", {})}
+    return " ".join(f"{k}={_short(v)}" for k, v in values.items())
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else json.dumps(value).replace(" ", "")
+
+
+def wait_for_running(study: optuna.Study, limit_s: float, poll_s: float = 1.0) -> None:
+    """Let trials other workers are still running finish (or be failed as stale)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not running:
+            return
+        time.sleep(poll_s)

@@ -1,0 +1,188 @@
+"""The select stage: an Optuna search on the validation split, its budget, its files, its
+nested MLflow runs, and the choice the train stage reads back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.core.config import ConfigError, Params, load_params
+from tasks.stages.select import run_select
+from tasks.training.choice import FIXED, SEARCHED, chosen_train_params, read_choice
+from tests.helpers import REPO_ROOT, TINY_OVERRIDES
+
+SMALL_SPACE = (
+    "select.candidates={mlp: {hidden_sizes: {choices: [[16], [32]]}, "
+    "lr: {low: 0.001, high: 0.02, log: true}}, cnn: {channels: [4, 8], hidden_size: 16}}"
+)
+
+
+def search_params(tmp_path: Path, *overrides: str) -> Params:
+    return load_params(
+        REPO_ROOT / "params.yaml",
+        overrides=[
+            *TINY_OVERRIDES,
+            "train.model=auto",
+            SMALL_SPACE,
+            "select.max_trials=3",
+            "select.epochs=2",
+            f"select.storage=sqlite:///{tmp_path / 'optuna.db'}",
+            *overrides,
+        ],
+    )
+
+
+def test_a_fixed_model_skips_the_search_and_records_the_choice(tiny_params, tmp_path):
+    result = run_select(tiny_params, processed_dir=tmp_path / "absent", reports_dir=tmp_path)
+    assert result["mode"] == FIXED and result["trials"] == []
+    mode, choice = read_choice(tmp_path / "selection.json")
+    assert (mode, choice.model) == (FIXED, "cnn")
+    assert choice.options == {"channels": [8, 16], "hidden_size": 32, "dropout": 0.25}
+    assert (tmp_path / "selection.png").stat().st_size > 0
+    assert (tmp_path / "selection_trials.csv").read_text().startswith("trial,state,model")
+
+
+def test_a_fixed_model_needs_neither_torch_nor_optuna():
+    """`dvc repro` re-runs select whenever any family's options change: it must stay cheap."""
+    code = (
+        "import sys; from tasks.stages import select; "
+        "print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_search_trains_within_its_budget_and_the_winner_is_the_best_val_loss(
+    processed_dir, tmp_path
+):
+    params = search_params(tmp_path)
+    result = run_select(params, processed_dir=processed_dir, reports_dir=tmp_path)
+    assert result["mode"] == SEARCHED
+    trials = result["trials"]
+    assert len(trials) == 3 and {t["state"] for t in trials} <= {"complete", "pruned"}
+    complete = [t for t in trials if t["state"] == "complete"]
+    best = min(complete, key=lambda t: t["val_loss"])
+    assert result["winner"]["trial"] == best["trial"]
+    assert result["winner_val_accuracy"] == best["val_accuracy"]
+    for row in trials:
+        assert row["model"] in {"mlp", "cnn"} and row["parameters"] > 0
+        assert row["train_seconds"] > 0 and 1 <= row["epochs"] <= 2
+    # The whole choice, so that train depends on this file alone.
+    winner = result["winner"]
+    defaults = params.train.options_of(winner["model"])
+    assert set(winner["options"]) == set(defaults)
+    assert set(winner["optimizer"]) == {"optimizer", "lr", "weight_decay", "momentum"}
+    csv = (tmp_path / "selection_trials.csv").read_text().splitlines()
+    assert len(csv) == 4 and csv[0].split(",")[:3] == ["trial", "state", "model"]
+
+
+def test_the_train_stage_trains_the_winner_with_its_options(processed_dir, tmp_path):
+    params = search_params(tmp_path)
+    run_select(params, processed_dir=processed_dir, reports_dir=tmp_path)
+    train = chosen_train_params(params, tmp_path / "selection.json")
+    winner = json.loads((tmp_path / "selection.json").read_text())["winner"]
+    assert train.model == winner["model"]
+    assert train.lr == winner["optimizer"]["lr"]
+    assert train.model_dump(mode="json")[train.model] == winner["options"]
+    assert train.epochs == params.train.epochs  # the trial budget is not the training budget
+
+
+def test_a_re_run_continues_the_study_instead_of_starting_over(processed_dir, tmp_path):
+    run_select(search_params(tmp_path), processed_dir=processed_dir, reports_dir=tmp_path)
+    more = run_select(
+        search_params(tmp_path, "select.max_trials=4"),
+        processed_dir=processed_dir,
+        reports_dir=tmp_path,
+    )
+    assert [t["trial"] for t in more["trials"]] == [0, 1, 2, 3]
+
+
+def test_the_timeout_stops_the_search_before_max_trials(processed_dir, tmp_path):
+    params = search_params(tmp_path, "select.max_trials=200", "select.timeout_s=1")
+    result = run_select(params, processed_dir=processed_dir, reports_dir=tmp_path)
+    assert 1 <= len(result["trials"]) < 200
+
+
+def test_the_selection_never_opens_the_test_split(processed_dir, tmp_path):
+    """An audit hook sees every file the process opens while the search runs."""
+    opened: list[str] = []
+    listening = [True]  # an audit hook cannot be removed: it stops recording after the search
+
+    def audit(event: str, args: tuple) -> None:
+        if listening[0] and event == "open" and isinstance(args[0], str | Path):
+            opened.append(str(args[0]))
+
+    sys.addaudithook(audit)
+    try:
+        run_select(search_params(tmp_path), processed_dir=processed_dir, reports_dir=tmp_path)
+    finally:
+        listening[0] = False
+    seen = [path for path in opened if str(processed_dir) in path]
+    assert any(path.endswith("train.npz") for path in seen)
+    assert any(path.endswith("val.npz") for path in seen)
+    assert not [path for path in seen if "test" in Path(path).name], seen
+
+    # and it runs with the test split gone
+    (processed_dir / "test.npz").unlink()
+    other = tmp_path / "other"
+    other.mkdir()
+    params = search_params(other)
+    assert run_select(params, processed_dir=processed_dir, reports_dir=other.parent)["winner"]
+
+
+def test_a_bad_fixed_value_in_the_space_is_named(processed_dir, tmp_path):
+    params = search_params(
+        tmp_path, "select.candidates={vit: {dim: 30, heads: 4}}", "select.max_trials=1"
+    )
+    with pytest.raises(ConfigError, match=r"select\.candidates\.vit: train\.vit: dim 30 is not a"):
+        run_select(params, processed_dir=processed_dir, reports_dir=tmp_path)
+
+
+def test_train_with_auto_needs_a_searched_selection(tiny_params, tmp_path):
+    auto = load_params(REPO_ROOT / "params.yaml", overrides=[*TINY_OVERRIDES, "train.model=auto"])
+    with pytest.raises(ConfigError, match=r"selection\.json: not found; train\.model is auto"):
+        chosen_train_params(auto, tmp_path / "selection.json")
+    run_select(tiny_params, processed_dir=tmp_path, reports_dir=tmp_path)  # a fixed record
+    with pytest.raises(ConfigError, match=r"holds the fixed model 'cnn', but train\.model is auto"):
+        chosen_train_params(auto, tmp_path / "selection.json")
+    (tmp_path / "selection.json").write_text('{"mode": "search"}')
+    with pytest.raises(ConfigError, match="not a selection written by the select stage"):
+        chosen_train_params(auto, tmp_path / "selection.json")
+
+
+def test_trials_are_nested_runs_under_the_parent(tracking_store, processed_dir, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.core.tracking import tracked_run
+
+    params = search_params(tmp_path)
+    with tracked_run(params, run_name="pipeline") as parent:
+        result = run_select(
+            params, processed_dir=processed_dir, reports_dir=tmp_path, tracker=parent
+        )
+    client = MlflowClient()
+    experiment = client.get_run(parent.run_id).info.experiment_id
+    children = client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'"
+    )
+    assert len(children) == len(result["trials"]) == 3
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["model"] in {"mlp", "cnn"}
+        assert {"val_accuracy", "val_loss", "train_seconds", "parameters"} <= set(
+            child.data.metrics
+        )
+        history = client.get_metric_history(child.info.run_id, "val_loss")
+        assert [m.step for m in history][:1] == [1]  # per-epoch curves
+    artifacts = {a.path for a in client.list_artifacts(parent.run_id, "selection")}
+    assert artifacts == {
+        "selection/selection.json",
+        "selection/selection_trials.csv",
+        "selection/selection.png",
+    }
