@@ -314,7 +314,9 @@ def _check_range(key: str, spec: Any) -> None:
 
 
 class EvaluateParams(_Section):
-    baseline: Literal["logistic_regression", "none"]
+    baseline: Literal["logistic_regression", "svm", "none"] = Field(
+        description="A scikit-learn model scored beside ours; svm is SVC(C=10), RBF kernel."
+    )
     baseline_max_iter: int = Field(ge=1)
     baseline_max_train_samples: int = Field(
         ge=1, description="Fit the baseline on at most this many train images (seeded sample)."

@@ -10,11 +10,12 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tasks.core.config import load_params
 from tasks.core.lineage import TAG_EVALUATED, TAG_MODEL_MD5
 from tests.integration.helpers import dvc, mlcycle, run
 
 pytestmark = pytest.mark.slow
-STAGES = ("collect", "validate", "preprocess", "train", "evaluate")
+STAGES = ("collect", "validate", "preprocess", "select", "train", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +125,20 @@ def test_exp_run_with_a_param_override_and_the_workspace_restored_after(
     assert "Data and pipelines are up to date." in dvc("status", cwd=project).stdout
     again = dvc("repro", cwd=project).stdout
     assert "Running stage" not in again
+
+
+def test_another_familys_option_reruns_select_only(reproduced: Path):
+    """train.mlp.* changes what select reads, not the CNN it chose: select re-runs, writes the
+    same selection.json, and DVC leaves train and evaluate alone."""
+    params = reproduced / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("    dropout: 0.2\n", "    dropout: 0.3\n", 1))
+        assert load_params(params).train.mlp.dropout == 0.3
+        output = dvc("repro", cwd=reproduced).stdout
+        assert "Running stage 'select'" in output
+        for stage in ("train", "evaluate"):
+            assert f"Stage '{stage}' didn't change, skipping" in output
+    finally:
+        params.write_text(original)
+        dvc("repro", cwd=reproduced)

@@ -76,14 +76,14 @@ def flow_project(
 
 def test_flow_prints_progress_and_a_summary(flow_project):
     _, output = flow_project
-    for stage in ("collect", "validate", "preprocess", "train", "evaluate"):
+    for stage in ("collect", "validate", "preprocess", "select", "train", "evaluate"):
         assert f"Task run 'dvc-repro-{stage}'" in output
     assert "validate: 1797 samples passed" in output
     assert "train: epoch 1/2" in output and "train: epoch 2/2" in output
     assert "training-pipeline finished: cnn test accuracy" in output
     assert (
-        "stages run: collect, validate, preprocess, train, evaluate; unchanged, skipped: none"
-        in output
+        "stages run: collect, validate, preprocess, select, train, evaluate; unchanged, "
+        "skipped: none" in output
     )
     assert "dvc metrics show" in output and "prefect server start" in output
     assert REGISTERED.search(output), output[-3000:]
@@ -206,10 +206,10 @@ def test_rerun_with_nothing_changed_skips_every_stage(flow_project):
     result = mlcycle("run", cwd=project, MLFLOW_TRACKING_URI=mlflow.get_tracking_uri())
     output = result.stdout + result.stderr
     assert (
-        "stages run: none; unchanged, skipped: collect, validate, preprocess, train, evaluate"
-        in output
+        "stages run: none; unchanged, skipped: collect, validate, preprocess, select, train, "
+        "evaluate" in output
     )
-    for stage in ("collect", "validate", "preprocess", "train", "evaluate"):
+    for stage in ("collect", "validate", "preprocess", "select", "train", "evaluate"):
         assert f"stage '{stage}' is up to date: skipped" in output
     run = MlflowClient().get_run(run_id_of(output))
     assert run.info.run_id != first_run
@@ -235,7 +235,8 @@ def test_override_is_written_like_dvc_exp_run_and_reruns_only_its_stage(flow_pro
     output = result.stdout + result.stderr
     assert "params.yaml: evaluate.baseline 'logistic_regression' -> 'none'" in output
     assert (
-        "stages run: evaluate; unchanged, skipped: collect, validate, preprocess, train" in output
+        "stages run: evaluate; unchanged, skipped: collect, validate, preprocess, select, train"
+        in output
     )
     assert load_params(project / "params.yaml").evaluate.baseline == "none"
     assert "up to date" in dvc("status", cwd=project).stdout
@@ -379,3 +380,63 @@ def test_a_failed_run_loses_nothing_dvc_can_bring_it_all_back(flow_project):
     dvc("checkout", cwd=project)
     assert "Data and pipelines are up to date" in dvc("status", cwd=project).stdout
     assert (project / "data" / "raw" / "images.npy").is_file()
+
+
+def test_auto_selects_the_model_and_the_version_records_the_choice(flow_project):
+    """train.model: auto through the flow: a search (nested trial runs, a Prefect table, the
+    files in MLflow and in `dvc plots`), then the winner trained, evaluated and registered."""
+    project, _ = flow_project
+    space = (
+        "select.candidates={mlp: {hidden_sizes: {choices: [[32], [64]]}}, "
+        "cnn: {hidden_size: {choices: [16, 32]}}}"
+    )
+    result = mlcycle(
+        "run",
+        "--set",
+        "train.model=auto",
+        "--set",
+        space,
+        "--set",
+        "select.max_trials=3",
+        "--set",
+        "select.epochs=2",
+        cwd=project,
+        MLFLOW_TRACKING_URI=mlflow.get_tracking_uri(),
+    )
+    output = result.stdout + result.stderr
+    assert "stages run: select, train, evaluate" in output
+    selection = json.loads((project / "reports" / "selection.json").read_text())
+    assert selection["mode"] == "search" and len(selection["trials"]) == 3
+    winner = selection["winner"]
+    assert f"training-pipeline finished: {winner['model']} (selected) test accuracy" in output
+
+    client = MlflowClient()
+    run = client.get_run(run_id_of(output))
+    assert run.data.params["train.model"] == "auto"
+    assert run.data.params["selected.model"] == winner["model"]
+    assert run.data.params["selected.lr"] == str(winner["optimizer"]["lr"])
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'"
+    )
+    assert len(children) == 3
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "selection")} == {
+        "selection/selection.json",
+        "selection/selection_trials.csv",
+        "selection/selection.png",
+    }
+    # the registered version records what was trained: the winner's family and options
+    version = next(
+        v
+        for v in client.search_model_versions("name='mlcycle-classifier'")
+        if v.tags.get("mlcycle.mlflow_run_id") == run.info.run_id
+    )
+    recorded = json.loads(version.tags["mlcycle.params"])
+    assert recorded["selected.model"] == winner["model"]
+    for option, value in winner["options"].items():
+        assert recorded[f"selected.{winner['model']}.{option}"] == str(value)
+    table = prefect_artifacts(project)["model-selection"]
+    assert all(f'"trial": {n}' in table or f"'trial': {n}" in table for n in range(3)), table
+
+    plots = dvc("plots", "show", "--json", cwd=project).stdout
+    assert "selection_trials.csv" in plots and "selection.png" in plots
+    assert not dvc("status", cwd=project).stdout.strip().startswith("select")
