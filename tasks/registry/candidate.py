@@ -146,12 +146,24 @@ def _check_params(run: Any, params_path: Path) -> None:
         )
 
 
+def _same(logged: str, locked: Any) -> bool:
+    """A logged param (text) against dvc.lock's value: ``600.0`` (a float field) is ``600``."""
+    if logged == str(locked):
+        return True
+    if isinstance(locked, int | float) and not isinstance(locked, bool):
+        try:
+            return float(logged) == float(locked)
+        except ValueError:
+            return False
+    return False
+
+
 def _check_lock_params(run: Any, root: Path) -> None:
     """The run must have recorded the params its model was trained with, as dvc.lock says: a
     run whose workspace another run rewrote under it (different seeds, say) is refused."""
     logged = run.data.params
     locked = locked_params(root)
-    differ = sorted(k for k, v in locked.items() if k in logged and logged[k] != str(v))
+    differ = sorted(k for k, v in locked.items() if k in logged and not _same(logged[k], v))
     if differ:
         shown = ", ".join(f"{k} {logged[k]} (run) vs {locked[k]} (dvc.lock)" for k in differ[:3])
         raise RegistryError(

@@ -142,3 +142,9 @@ def test_a_run_whose_params_differ_from_dvc_lock_is_refused(tmp_path):
         _check_lock_params(run(**{"train.seed": "33", "train.cnn.dropout": "0.25"}), tmp_path)
     with pytest.raises(RegistryError, match=r"train\.cnn\.dropout 0\.5 \(run\) vs 0\.25"):
         _check_lock_params(run(**{"train.seed": "34", "train.cnn.dropout": "0.5"}), tmp_path)
+    # A float field written as a whole number: logged 600.0, locked 600; the same value.
+    (tmp_path / "dvc.lock").write_text(
+        "schema: '2.0'\nstages:\n  train:\n    cmd: x\n    params:\n      params.yaml:\n"
+        "        train.seed: 34\n        train.cnn:\n          dropout: 1\n"
+    )
+    _check_lock_params(run(**{"train.seed": "34", "train.cnn.dropout": "1.0"}), tmp_path)
