@@ -455,6 +455,10 @@ def format_outcome(outcome: PipelineOutcome) -> str:
             f"  baseline ({baseline['model']}): accuracy {baseline['accuracy']:.4f}, "
             f"macro-F1 {baseline['macro_f1']:.4f}"
         )
+    if summary.selection:
+        lines.append(
+            f"  selected: {summary.selection} (reports/selection.json, reports/selection.png)"
+        )
     lines += [
         f"  stages run: {', '.join(summary.stages_run) or 'none'}; "
         f"unchanged, skipped: {', '.join(summary.stages_skipped) or 'none'}",

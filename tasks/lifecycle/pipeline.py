@@ -67,6 +67,18 @@ class PipelineSummary:
     stages_run: tuple[str, ...]
     stages_skipped: tuple[str, ...]
     data_versions: dict[str, str]
+    selection: str | None = None  # how auto chose the model, in a line
+
+
+def selection_line(params: Params, reports_dir: Path = REPORTS_DIR) -> str | None:
+    """``trial 7 of 20 (cnn), val accuracy 0.9815`` when train.model is auto; else None."""
+    if params.train.model != AUTO:
+        return None
+    result = read_json(reports_dir / "selection.json")
+    return (
+        f"trial {result['winner']['trial']} of {len(result['trials'])} "
+        f"({result['winner']['model']}), val accuracy {result['winner_val_accuracy']:.4f}"
+    )
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
@@ -212,6 +224,7 @@ def finish_pipeline_run(
         stages_run=tuple(r.stage for r in stages if r.ran),
         stages_skipped=tuple(r.stage for r in stages if not r.ran),
         data_versions=data_versions(),
+        selection=selection_line(params),
     )
     create_markdown_artifact(
         key="evaluation", markdown=summary_markdown(summary), description="Test-split evaluation"

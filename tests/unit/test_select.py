@@ -186,3 +186,24 @@ def test_trials_are_nested_runs_under_the_parent(tracking_store, processed_dir, 
         "selection/selection_trials.csv",
         "selection/selection.png",
     }
+
+
+@pytest.mark.parametrize(
+    "storage",
+    ["postgresql://nobody@127.0.0.1:9/optuna", "not-a-database-url"],
+    ids=["server-down", "garbage"],
+)
+def test_a_storage_that_cannot_be_opened_is_named(processed_dir, tmp_path, storage):
+    from tasks.training.search import SelectionError
+
+    params = search_params(tmp_path, f"select.storage={storage}")
+    with pytest.raises(SelectionError, match=r"select\.storage .*: cannot open the Optuna study"):
+        run_select(params, processed_dir=processed_dir, reports_dir=tmp_path)
+    assert not (tmp_path / "selection.json").exists()
+
+
+def test_a_password_in_the_storage_url_is_not_shown():
+    from tasks.training.search import shown_url
+
+    assert shown_url("postgresql://me:secret@db/optuna") == "postgresql://me:***@db/optuna"
+    assert shown_url("sqlite:///artifacts/selection/optuna.db").endswith("optuna.db")
