@@ -184,6 +184,15 @@ class TrainParams(_Section):
     early_stopping_patience: int | None = Field(
         ge=1, description="Stop after this many epochs without a better validation loss."
     )
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        description="cosine: decay train.lr to 0 over train.epochs, epoch by epoch."
+    )
+    label_smoothing: float = Field(
+        ge=0, lt=1, description="Cross-entropy label smoothing while training (0: none)."
+    )
+    augment_shift: int = Field(
+        ge=0, description="Shift training images by up to this many pixels (0: no augmentation)."
+    )
     device: str = Field(description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     resume: bool = Field(description="Continue from artifacts/checkpoints/last.pt if present.")
     mlp: MLPParams

@@ -21,6 +21,7 @@ from tasks.core.config import TrainParams
 from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset
 from tasks.core.model_file import predict_logits
+from tasks.training.augment import random_shift
 from tasks.training.checkpoint import TrainingState
 
 
@@ -38,6 +39,19 @@ def make_optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimiz
         )
     optimizer_class = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
     return optimizer_class(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+
+
+def epoch_learning_rate(params: TrainParams, epoch: int) -> float:
+    """``constant``: train.lr throughout; ``cosine``: from train.lr down to 0 over train.epochs
+    along half a cosine (computed from the epoch, so a resumed run picks it up exactly)."""
+    if params.lr_schedule == "constant":
+        return params.lr
+    return params.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / params.epochs))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def to_device(dataset: ImageDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,18 +154,20 @@ def fit(
     train_x, train_y = to_device(train_set, device)
     val_x, val_y = to_device(val_set, device)
     pretrain(model, params, train_x, val_x, state, on_epoch)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    val_loss_fn = nn.CrossEntropyLoss()  # early stopping and selection judge the plain loss
     for epoch in range(state.epoch + 1, params.epochs + 1):
         if state.stopped_early:
             break
         started = time.perf_counter()
-        order = torch.randperm(
-            len(train_y), generator=torch.Generator().manual_seed(params.seed * 100_003 + epoch)
-        ).to(device)
+        set_learning_rate(optimizer, epoch_learning_rate(params, epoch))
+        generator = torch.Generator().manual_seed(params.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_y), generator=generator).to(device)
+        epoch_x = random_shift(train_x[order], params.augment_shift, generator)
         train_loss, train_accuracy = train_epoch(
-            model, optimizer, loss_fn, train_x[order], train_y[order], params.batch_size
+            model, optimizer, loss_fn, epoch_x, train_y[order], params.batch_size
         )
-        val_loss, val_accuracy = score(model, val_x, val_y, params.batch_size, loss_fn)
+        val_loss, val_accuracy = score(model, val_x, val_y, params.batch_size, val_loss_fn)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch} (train loss {train_loss}, val loss "

@@ -350,7 +350,7 @@ def test_unreachable_tracking_server_fails_fast_before_anything_runs(fresh_proje
     [
         ("train.epoch=3", "train.epoch is not a key of params.yaml"),
         ("train.epochs=many", "train.epochs: Input should be a valid integer (got 'many')"),
-        ("train.model=resnet", "train.model: unknown model 'resnet'"),
+        ("train.model=resnet50", "train.model: unknown model 'resnet50'"),
     ],
 )
 def test_bad_overrides_are_one_clear_line(fresh_project, override, message):

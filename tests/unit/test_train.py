@@ -171,3 +171,29 @@ def test_training_on_cuda_matches_cpu_quality(tiny_params, processed_dir, tmp_pa
     assert abs(gpu.best_val_accuracy - cpu.best_val_accuracy) <= 0.1
     model, _ = load_model(tmp_path / "gpu" / "model.pt")  # loads on CPU
     assert np.isfinite(model(torch.zeros(1, 8, 8, 1)).detach().numpy()).all()
+
+
+def test_random_shift_moves_each_image_within_the_bound_and_fills_with_zeros():
+    from tasks.training.augment import random_shift
+
+    images = torch.zeros(64, 5, 5, 2, dtype=torch.uint8)
+    images[:, 2, 2] = 255  # one lit pixel in the centre, both channels
+    shifted = random_shift(images, 1, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape and shifted.dtype == torch.uint8
+    for image in shifted:
+        lit = image[..., 0].nonzero().tolist()
+        assert len(lit) == 1 and all(abs(axis - 2) <= 1 for axis in lit[0])
+        assert torch.equal(image[..., 0], image[..., 1])  # channels move together
+    offsets = {tuple(image[..., 0].nonzero()[0].tolist()) for image in shifted}
+    assert len(offsets) > 4  # each image its own offset, not one for the batch
+    again = random_shift(images, 1, torch.Generator().manual_seed(0))
+    assert torch.equal(shifted, again)
+    assert random_shift(images, 0, torch.Generator()) is images
+
+
+def test_augmented_training_is_still_deterministic(tiny_params, processed_dir, tmp_path):
+    train(tiny_params, processed_dir, tmp_path / "a", augment_shift=1)
+    train(tiny_params, processed_dir, tmp_path / "b", augment_shift=1)
+    train(tiny_params, processed_dir, tmp_path / "c")
+    assert md5(tmp_path / "a" / "model.pt") == md5(tmp_path / "b" / "model.pt")
+    assert md5(tmp_path / "a" / "model.pt") != md5(tmp_path / "c" / "model.pt")
