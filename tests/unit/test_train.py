@@ -1,4 +1,5 @@
 import hashlib
+import itertools
 
 import numpy as np
 import pytest
@@ -197,3 +198,41 @@ def test_augmented_training_is_still_deterministic(tiny_params, processed_dir, t
     train(tiny_params, processed_dir, tmp_path / "c")
     assert md5(tmp_path / "a" / "model.pt") == md5(tmp_path / "b" / "model.pt")
     assert md5(tmp_path / "a" / "model.pt") != md5(tmp_path / "c" / "model.pt")
+
+
+def test_the_cosine_schedule_decays_from_lr_to_zero(tiny_params):
+    from tasks.training.loop import epoch_learning_rate
+
+    params = train_params(tiny_params, lr=0.01, epochs=10, lr_schedule="cosine")
+    rates = [epoch_learning_rate(params, epoch) for epoch in range(1, 11)]
+    assert rates[0] == pytest.approx(0.01) and rates[5] == pytest.approx(0.005)
+    assert all(a > b for a, b in itertools.pairwise(rates)) and rates[-1] > 0
+    constant = train_params(tiny_params, lr=0.01, lr_schedule="constant")
+    assert {epoch_learning_rate(constant, epoch) for epoch in range(1, 5)} == {0.01}
+
+
+def test_a_run_stopped_and_resumed_keeps_the_schedule_and_smoothing(
+    tiny_params, processed_dir, tmp_path, monkeypatch
+):
+    from tasks.stages import train as train_stage
+
+    settings = dict(
+        epochs=4, early_stopping_patience=None, lr_schedule="cosine", label_smoothing=0.1
+    )
+    train(tiny_params, processed_dir, tmp_path / "straight", **settings)
+    saves = []
+    real_save = train_stage.save_checkpoint
+
+    def stop_after_two(*args, **kwargs):
+        real_save(*args, **kwargs)
+        saves.append(1)
+        if len(saves) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_stage, "save_checkpoint", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_params, processed_dir, tmp_path / "resumed", **settings)
+    monkeypatch.undo()
+    train(tiny_params, processed_dir, tmp_path / "resumed", resume=True, **settings)
+    # epochs 3 and 4 got the rates of epochs 3 and 4 of the cosine: bit-identical
+    assert md5(tmp_path / "resumed" / "model.pt") == md5(tmp_path / "straight" / "model.pt")
