@@ -42,8 +42,8 @@ log = logging.getLogger("mlcycle.select")
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_STORAGE_FILE = ARTIFACTS_DIR / "selection" / "optuna.db"
-HEARTBEAT_S = 30  # a trial whose worker stopped beating for GRACE_S is failed by the next one
-GRACE_S = 120
+HEARTBEAT_S = 10  # a trial whose worker stopped beating for GRACE_S is failed by the next one
+GRACE_S = 30
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
 SPEC_ATTR = "spec"  # what the stage handed the study: data shape, classes, statistics

@@ -266,3 +266,48 @@ def test_an_output_folder_that_cannot_be_written_is_named(project):
     (project / "artifacts").unlink()
     (project / "artifacts-moved").rename(project / "artifacts")
     assert_restorable(project)
+
+
+SEARCH = (
+    "--set",
+    "train.model=auto",
+    "--set",
+    "select.candidates={mlp: {hidden_sizes: {choices: [[16], [32], [64]]}}}",
+    "--set",
+    "select.epochs=60",
+    "--set",
+    "select.early_stopping_patience=null",
+    "--set",
+    "select.pruning_warmup_epochs=60",
+)
+
+
+def finished_trials(project: Path) -> int:
+    import optuna
+
+    storage = f"sqlite:///{project / 'artifacts' / 'selection' / 'optuna.db'}"
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    return len(study.get_trials(states=states))
+
+
+def test_ctrl_c_mid_selection_stops_it_and_the_next_run_keeps_its_finished_trials(project):
+    search = Run(project, *SEARCH, "--set", "select.max_trials=50")
+    search.wait_for("select: [2/50]")
+    search.signal_group(signal.SIGINT, again_after_s=0.5)
+    assert search.process.returncode == 130, search.output[-3000:]
+    assert "Traceback" not in search.output
+    wait_until_no_process_in(project, timeout_s=3)
+    assert not [r for r in runs_of(project) if r.info.status == "RUNNING"]  # no trial left open
+    assert not (project / "reports" / "selection.json").exists()
+    kept = finished_trials(project)
+    assert kept >= 2
+    assert_nothing_registered_from_the_broken_run(project)
+
+    # the same search with a budget the kept trials nearly fill: only the rest is trained
+    result = mlcycle("run", *SEARCH, "--set", f"select.max_trials={kept + 1}", cwd=project)
+    output = result.stdout + result.stderr
+    assert "select: up to 1 trials" in output
+    assert f"select: [{kept + 1}/{kept + 1}]" in output
+    assert finished_trials(project) == kept + 1

@@ -58,7 +58,7 @@ def test_a_fixed_model_needs_neither_torch_nor_optuna():
     assert out.stdout.strip() == "[]"
 
 
-def test_the_search_trains_within_its_budget_and_the_winner_is_the_best_val_loss(
+def test_the_search_trains_within_its_budget_and_the_winner_is_the_best_on_validation(
     processed_dir, tmp_path
 ):
     params = search_params(tmp_path)
@@ -67,7 +67,7 @@ def test_the_search_trains_within_its_budget_and_the_winner_is_the_best_val_loss
     trials = result["trials"]
     assert len(trials) == 3 and {t["state"] for t in trials} <= {"complete", "pruned"}
     complete = [t for t in trials if t["state"] == "complete"]
-    best = min(complete, key=lambda t: t["val_loss"])
+    best = min(complete, key=lambda t: (-t["val_accuracy"], t["val_loss"], t["trial"]))
     assert result["winner"]["trial"] == best["trial"]
     assert result["winner_val_accuracy"] == best["val_accuracy"]
     for row in trials:
