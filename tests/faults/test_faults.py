@@ -274,11 +274,11 @@ SEARCH = (
     "--set",
     "select.candidates={mlp: {hidden_sizes: {choices: [[16], [32], [64]]}}}",
     "--set",
-    "select.epochs=60",
+    "select.epochs=15",
     "--set",
     "select.early_stopping_patience=null",
     "--set",
-    "select.pruning_warmup_epochs=60",
+    "select.pruning_warmup_epochs=15",
 )
 
 

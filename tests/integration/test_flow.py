@@ -437,6 +437,8 @@ def test_auto_selects_the_model_and_the_version_records_the_choice(flow_project)
     table = prefect_artifacts(project)["model-selection"]
     assert all(f'"trial": {n}' in table or f"'trial': {n}" in table for n in range(3)), table
 
-    plots = dvc("plots", "show", "--json", cwd=project).stdout
-    assert "selection_trials.csv" in plots and "selection.png" in plots
+    plots = json.loads(dvc("plots", "show", "--json", cwd=project).stdout)["data"]
+    scatter = plots["Model selection (validation accuracy vs training seconds)"]
+    assert scatter and scatter[0]["type"] == "vega"
+    assert "reports/selection.png" in plots
     assert not dvc("status", cwd=project).stdout.strip().startswith("select")
