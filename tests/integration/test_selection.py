@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +95,10 @@ def test_two_processes_run_trials_of_one_study_on_postgresql(workspace: Path):
     # may pass the budget by one (documented).
     assert len(trials) in (8, 9)
     assert [t["trial"] for t in trials] == list(range(len(trials)))
-    assert f"the study holds {len(trials)} finished trials" in worker_out
+    # The worker stops once the finished and running trials fill the budget: the stage's last
+    # trial may still be running when it reports.
+    reported = re.search(r"the study holds (\d+) finished trials", worker_out)
+    assert reported and len(trials) - 1 <= int(reported.group(1)) <= len(trials), worker_out
     pids = {t["worker"].rsplit(":", 1)[1] for t in trials}
     assert pids == {str(worker.pid), pids.difference({str(worker.pid)}).pop()}, pids
     assert result["storage"].startswith("postgresql") and "optuna_two_workers" in result["storage"]
