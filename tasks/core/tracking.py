@@ -141,17 +141,11 @@ class RunTracker:
                 )
 
     def log_params(self, params: Params) -> None:
-        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         with tracking_errors(f"log params to run {self.run_id}"):
             logged = MlflowClient().get_run(self.run_id).data.params
-            fresh = {k: str(v) for k, v in params.flat().items() if k not in logged}
-            batch = [Param(k, v) for k, v in fresh.items()]
-            for start in range(0, len(batch), MAX_PARAMS_PER_BATCH):
-                MlflowClient().log_batch(
-                    self.run_id, params=batch[start : start + MAX_PARAMS_PER_BATCH]
-                )
+        self.log_values({k: v for k, v in params.flat().items() if k not in logged})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         from mlflow.tracking import MlflowClient

@@ -45,7 +45,7 @@ from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.tracking import RunTracker, connect, find_run, run_url
 from tasks.stages.evaluate import METRICS_FILE, record_evaluation
 from tasks.stages.select import TAG_SELECTION, record_selection, selection_table
-from tasks.training.choice import read_choice
+from tasks.training.choice import SELECTION_FILE, read_choice
 from tasks.validation.gate import RAW_REPORT, record_validations, validation_markdown
 
 
@@ -74,7 +74,7 @@ def selection_line(params: Params, reports_dir: Path = REPORTS_DIR) -> str | Non
     """``trial 7 of 20 (cnn), val accuracy 0.9815`` when train.model is auto; else None."""
     if params.train.model != AUTO:
         return None
-    result = read_json(reports_dir / "selection.json")
+    result = read_json(reports_dir / SELECTION_FILE.name)
     return (
         f"trial {result['winner']['trial']} of {len(result['trials'])} "
         f"({result['winner']['model']}), val accuracy {result['winner_val_accuracy']:.4f}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefect import task
 
-from tasks.core.config import AUTO, OPTIMIZER_OPTIONS, TrainParams, load_params
+from tasks.core.config import AUTO, TrainParams, load_params
 from tasks.core.console import stage_main
 from tasks.core.files import atomic_path, read_split, write_json
 from tasks.core.model_file import build_from_spec, log_model, save_model
@@ -29,9 +29,9 @@ from tasks.training.checkpoint import (
     restore_checkpoint,
     save_checkpoint,
 )
-from tasks.training.choice import chosen_train_params
+from tasks.training.choice import chosen_train_params, fixed_choice
 from tasks.training.device import make_deterministic, resolve_device
-from tasks.training.loop import PRETRAIN, EpochReport, fit, make_optimizer
+from tasks.training.loop import PRETRAIN, EpochReport, fit, make_optimizer, pretrain_metrics
 from tasks.validation.gate import record_validations
 
 log = logging.getLogger("mlcycle.train")
@@ -140,14 +140,7 @@ def run_train(
             report.seconds,
         )
         if tracker is not None:
-            layer = int(row["layer"])
-            tracker.log_metrics(
-                {
-                    f"pretrain_layer{layer}_loss": row["loss"],
-                    f"pretrain_layer{layer}_val_loss": row["val_loss"],
-                },
-                step=int(row["epoch"]),
-            )
+            tracker.log_metrics(pretrain_metrics(row), step=int(row["epoch"]))
 
     fit(model, optimizer, params, train_set, val_set, state, after_epoch)
     model.load_state_dict(state.best_state)
@@ -219,10 +212,7 @@ def main() -> None:
 
 def selected_values(train: TrainParams) -> dict[str, object]:
     """``selected.*`` params: the family, its options and the optimiser's settings."""
-    dumped = train.model_dump(mode="json")  # lists as params.yaml writes them, not tuples
-    options = {f"{train.model}.{k}": v for k, v in dumped[train.model].items()}
-    optimizer = {k: dumped[k] for k in OPTIMIZER_OPTIONS}
-    return {f"selected.{k}": v for k, v in {"model": train.model, **options, **optimizer}.items()}
+    return {f"selected.{key}": value for key, value in fixed_choice(train).flat().items()}
 
 
 if __name__ == "__main__":

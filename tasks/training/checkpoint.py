@@ -112,9 +112,9 @@ def restore_checkpoint(
         )
     model.load_state_dict(checkpoint["model_state"])
     optimizer.load_state_dict(checkpoint["optimizer_state"])
-    # load_state_dict brings back the old hyper-parameters; the current params.yaml wins.
+    # load_state_dict brings back the old hyper-parameters; the current params.yaml wins (the
+    # learning rate too: fit sets it at the start of every epoch, from train.lr_schedule).
     for group in optimizer.param_groups:
-        group["lr"] = params.lr
         group["weight_decay"] = params.weight_decay
         if "momentum" in group:
             group["momentum"] = params.momentum

@@ -51,13 +51,18 @@ class ModelChoice:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def flat(self) -> dict[str, Any]:
+        """``model``, ``<family>.<option>`` and the optimiser's keys: MLflow params."""
+        options = {f"{self.model}.{key}": value for key, value in self.options.items()}
+        return {"model": self.model, **options, **self.optimizer}
+
 
 def fixed_choice(train: TrainParams) -> ModelChoice:
-    """What a fixed ``train.model`` means: that family with its ``train.<family>`` options."""
+    """What ``train`` trains: its family with all of ``train.<family>`` and the optimiser's
+    settings, as JSON values (lists, as params.yaml writes them)."""
+    dumped = train.model_dump(mode="json")
     return ModelChoice(
-        train.model,
-        train.model_options(),
-        {key: getattr(train, key) for key in OPTIMIZER_OPTIONS},
+        train.model, dumped[train.model], {key: dumped[key] for key in OPTIMIZER_OPTIONS}
     )
 
 

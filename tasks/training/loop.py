@@ -223,6 +223,15 @@ def pretrain(
             on_epoch(state, EpochReport(row, time.perf_counter() - started, PRETRAIN))
 
 
+def pretrain_metrics(row: dict[str, float]) -> dict[str, float]:
+    """A pretraining row as MLflow metrics: ``pretrain_layer<N>_loss`` and ``..._val_loss``."""
+    layer = int(row["layer"])
+    return {
+        f"pretrain_layer{layer}_loss": row["loss"],
+        f"pretrain_layer{layer}_val_loss": row["val_loss"],
+    }
+
+
 def _pretrain_epoch(
     model: Classifier, optimizer: torch.optim.Optimizer, layer: int, images: torch.Tensor, size: int
 ) -> float:

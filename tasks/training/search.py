@@ -34,7 +34,14 @@ from tasks.core.tracking import RunTracker, child_run, end_run
 from tasks.training.checkpoint import TrainingState
 from tasks.training.choice import ModelChoice, fixed_choice
 from tasks.training.device import make_deterministic, resolve_device
-from tasks.training.loop import PRETRAIN, EpochReport, TrainingDiverged, fit, make_optimizer
+from tasks.training.loop import (
+    PRETRAIN,
+    EpochReport,
+    TrainingDiverged,
+    fit,
+    make_optimizer,
+    pretrain_metrics,
+)
 
 log = logging.getLogger("mlcycle.select")
 
@@ -46,7 +53,6 @@ HEARTBEAT_S = 10  # a trial whose worker stopped beating for GRACE_S is failed b
 GRACE_S = 30
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
-SPEC_ATTR = "spec"  # what the stage handed the study: data shape, classes, statistics
 
 
 class SelectionError(MlcycleError):
@@ -211,9 +217,7 @@ def run_trial(
         row = report.row
         if report.phase == PRETRAIN:
             if tracker:
-                tracker.log_metrics(
-                    {f"pretrain_layer{int(row['layer'])}_loss": row["loss"]}, step=int(row["epoch"])
-                )
+                tracker.log_metrics(pretrain_metrics(row), step=int(row["epoch"]))
             return
         epoch = int(row["epoch"])
         _record(trial, state, started)
@@ -264,10 +268,7 @@ def _trial_run(
         f"trial-{trial.number:03d}-{train.model}",
         {"mlcycle.study": trial.study.study_name, "mlcycle.trial": str(trial.number)},
     )
-    dumped = train.model_dump(mode="json")
-    options = {f"{train.model}.{k}": v for k, v in dumped[train.model].items()}
-    optimizer = {k: dumped[k] for k in OPTIMIZER_OPTIONS}
-    tracker.log_values({"model": train.model, **options, **optimizer, "parameters": parameters})
+    tracker.log_values({**fixed_choice(train).flat(), "parameters": parameters})
     return tracker
 
 
@@ -280,7 +281,6 @@ def run_search(
     params: Params,
     data: TrialData,
     parent_run_id: str | None,
-    deadline_s: float | None = None,
 ) -> None:
     """Run trials until the study holds ``select.max_trials`` finished ones (all workers
     together) or ``select.timeout_s`` has passed; a trial that diverges fails alone."""
@@ -294,12 +294,12 @@ def run_search(
         remaining,
         ", ".join(params.select.candidates),
         study.study_name,
-        deadline_s or params.select.timeout_s,
+        params.select.timeout_s,
     )
     study.optimize(
         make_objective(params, data, parent_run_id),
         n_trials=remaining,
-        timeout=deadline_s or params.select.timeout_s,
+        timeout=params.select.timeout_s,
         catch=(TrainingDiverged,),
         callbacks=[
             # Running trials count too: a worker stops when the others' trials will fill the
