@@ -50,6 +50,12 @@ class CollectParams(_Section):
     feedback: bool = Field(
         description="Add the served images people labelled (data/external/feedback.npz)."
     )
+    augment_to: int | None = Field(
+        ge=1,
+        description="sklearn-digits only: grow the 1,797 digits to this many 28x28 images "
+        "(upscaled, random affine copies); null keeps the 8x8 originals.",
+    )
+    seed: Seed = Field(description="Seed of augment_to's random transforms.")
 
     @field_validator("source")
     @classmethod
@@ -60,6 +66,15 @@ class CollectParams(_Section):
                 "folder:<path> or npz:<path>"
             )
         return value
+
+    @model_validator(mode="after")
+    def _augment_digits_only(self) -> CollectParams:
+        if self.augment_to is not None and self.source != "sklearn-digits":
+            raise ValueError(
+                f"augment_to is {self.augment_to} but source is {self.source!r}; augment_to "
+                "grows the embedded sklearn-digits only (set it to null)"
+            )
+        return self
 
 
 class ValidateParams(_Section):
@@ -184,14 +199,33 @@ class TrainParams(_Section):
     early_stopping_patience: int | None = Field(
         ge=1, description="Stop after this many epochs without a better validation loss."
     )
-    lr_schedule: Literal["constant", "cosine"] = Field(
-        description="cosine: decay train.lr to 0 over train.epochs, epoch by epoch."
+    lr_schedule: Literal["constant", "cosine", "onecycle"] = Field(
+        description="cosine: decay train.lr to 0 over train.epochs, epoch by epoch; onecycle: "
+        "warm up to train.lr over the first 30% of the steps, then anneal, step by step."
     )
     label_smoothing: float = Field(
         ge=0, lt=1, description="Cross-entropy label smoothing while training (0: none)."
     )
     augment_shift: int = Field(
         ge=0, description="Shift training images by up to this many pixels (0: no augmentation)."
+    )
+    augment_flip: bool = Field(
+        description="Mirror half the training images left-right each epoch (not for digits)."
+    )
+    deterministic: bool = Field(
+        description="Deterministic kernels (bit-identical reruns); false on CUDA turns on cuDNN "
+        "autotuning and TF32: faster, not reproducible to the bit."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        description="auto: bf16 autocast on CUDA, fp32 on CPU."
+    )
+    compile: bool = Field(description="torch.compile the training step (a warm-up on epoch 1).")
+    data_placement: Literal["auto", "device", "host"] = Field(
+        description="device: the data lives on the device; host: batches stream from (pinned) "
+        "host memory; auto: the device while the data fits in a share of its free memory."
+    )
+    processes: int = Field(
+        ge=1, description="Data-parallel processes; above 1 the stage runs under torchrun (DDP)."
     )
     device: str = Field(description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
     resume: bool = Field(description="Continue from artifacts/checkpoints/last.pt if present.")

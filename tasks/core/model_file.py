@@ -69,9 +69,15 @@ def load_model(path: Path) -> tuple[nn.Sequential, dict[str, Any]]:
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Logits in batches on the model's device, wherever ``images`` are (data streamed from
+    host memory is copied in batch by batch)."""
     model.eval()
+    device = next(model.parameters()).device
     return torch.cat(
-        [model(images[start : start + batch_size]) for start in range(0, len(images), batch_size)]
+        [
+            model(images[start : start + batch_size].to(device, non_blocking=True))
+            for start in range(0, len(images), batch_size)
+        ]
     )
 
 

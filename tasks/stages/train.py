@@ -20,7 +20,7 @@ from prefect import task
 from tasks.core.config import AUTO, TrainParams, load_params
 from tasks.core.console import stage_main
 from tasks.core.files import atomic_path, read_split, write_json
-from tasks.core.model_file import build_from_spec, log_model, save_model
+from tasks.core.model_file import log_model, save_model
 from tasks.core.paths import CHECKPOINT_DIR, MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.tracking import RunTracker, flow_run_id, tracked_run
 from tasks.training.checkpoint import (
@@ -30,8 +30,7 @@ from tasks.training.checkpoint import (
     save_checkpoint,
 )
 from tasks.training.choice import chosen_train_params, fixed_choice
-from tasks.training.device import make_deterministic, resolve_device
-from tasks.training.loop import PRETRAIN, EpochReport, fit, make_optimizer, pretrain_metrics
+from tasks.training.loop import PRETRAIN, EpochReport, fit, pretrain_metrics, start_training
 from tasks.validation.gate import record_validations
 
 log = logging.getLogger("mlcycle.train")
@@ -70,8 +69,6 @@ def run_train(
     started = time.perf_counter()
     train_set, info = read_split(processed_dir, "train")
     val_set, _ = read_split(processed_dir, "val")
-    device = resolve_device(params.device)
-    make_deterministic(params.seed, device)
     spec = {
         "model": params.model,
         "options": params.model_options(),
@@ -80,8 +77,7 @@ def run_train(
         "mean": info["mean"],
         "std": info["std"],
     }
-    model = build_from_spec(spec).to(device)
-    optimizer = make_optimizer(params, model)
+    model, optimizer, device = start_training(spec, params)
     identity = fingerprint(spec, params, processed_dir / "train.npz")
     checkpoint_path = checkpoint_dir / "last.pt"
     state = TrainingState()

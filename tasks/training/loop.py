@@ -1,17 +1,21 @@
-"""The training loop: data kept on the device, batches by indexing, one host sync per epoch,
-early stopping on validation loss. The train stage and the select stage's trials call :func:`fit`.
+"""The training loop: data kept on the device (or streamed from pinned host memory when it does
+not fit), batches by indexing, one host sync per epoch, early stopping on validation loss. The
+train stage and the select stage's trials call :func:`fit`.
 
 One loop for every family: a model's own objective (``Classifier.training_loss``), gradient
 clipping (``grad_clip``) and greedy layer-wise pretraining (``pretrain_layers``) are asked of
-the model, never special-cased by name.
+the model, never special-cased by name. On CUDA the forward pass runs under bf16 autocast and
+the optimiser is fused (``train.precision``, ``make_optimizer``); ``train.compile`` compiles
+the training step.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,33 +24,84 @@ from models import Classifier
 from tasks.core.config import TrainParams
 from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset
-from tasks.core.model_file import predict_logits
-from tasks.training.augment import random_shift
+from tasks.core.model_file import build_from_spec, predict_logits
+from tasks.training.augment import Augmentation, draw_augmentation
 from tasks.training.checkpoint import TrainingState
+from tasks.training.device import (
+    autocast,
+    autocast_dtype,
+    make_deterministic,
+    prepare_model,
+    resolve_device,
+)
+
+# The training and validation images stay on the GPU while they take at most this share of its
+# free memory; beyond it they stream from pinned host memory (the rest is for activations).
+DEVICE_DATA_SHARE = 0.5
+ONECYCLE_WARMUP = 0.3  # the share of all steps spent rising to train.lr
+ONECYCLE_START_DIV, ONECYCLE_END_DIV = 25.0, 1e4  # from lr/25 up to lr, down to lr/25/1e4
 
 
 class TrainingDiverged(MlcycleError):
     """The loss became NaN or infinite."""
 
 
+def start_training(
+    spec: dict[str, Any], params: TrainParams
+) -> tuple[Classifier, torch.optim.Optimizer, torch.device]:
+    """A fresh model built from ``spec`` on ``train.device``, seeded (every run and every trial
+    starts alike, whatever ran before), and its optimiser."""
+    device = resolve_device(params.device)
+    make_deterministic(params.seed, device, params.deterministic)
+    model = prepare_model(build_from_spec(spec), device)
+    return model, make_optimizer(params, model), device
+
+
 def make_optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
+    # Fused kernels (one launch for all parameters) where the parameters live on CUDA.
+    fused = {"fused": True} if next(model.parameters()).is_cuda else {}
     if params.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),
             lr=params.lr,
             momentum=params.momentum,
             weight_decay=params.weight_decay,
+            **fused,
         )
     optimizer_class = torch.optim.AdamW if params.optimizer == "adamw" else torch.optim.Adam
-    return optimizer_class(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    return optimizer_class(
+        model.parameters(), lr=params.lr, weight_decay=params.weight_decay, **fused
+    )
 
 
-def epoch_learning_rate(params: TrainParams, epoch: int) -> float:
-    """``constant``: train.lr throughout; ``cosine``: from train.lr down to 0 over train.epochs
-    along half a cosine (computed from the epoch, so a resumed run picks it up exactly)."""
+def epoch_learning_rate(params: TrainParams, epoch: int, progress: float = 0.0) -> float:
+    """The learning rate ``progress`` (0..1) of the way through ``epoch`` (from 1), computed
+    from the position alone, so a resumed run picks the schedule up exactly. ``constant``:
+    train.lr throughout; ``cosine``: from train.lr down to 0 over train.epochs along half a
+    cosine, one value per epoch; ``onecycle``: step by step, a cosine rise from lr/25 to lr over
+    the first 30% of training, then a cosine fall to lr/25/1e4 (large-batch training)."""
     if params.lr_schedule == "constant":
         return params.lr
-    return params.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / params.epochs))
+    if params.lr_schedule == "cosine":
+        return params.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / params.epochs))
+    position = (epoch - 1 + progress) / params.epochs
+    low = params.lr / ONECYCLE_START_DIV
+    if position < ONECYCLE_WARMUP:
+        return _cosine_between(low, params.lr, position / ONECYCLE_WARMUP)
+    end = low / ONECYCLE_END_DIV
+    return _cosine_between(params.lr, end, (position - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP))
+
+
+def step_schedule(params: TrainParams, epoch: int, steps: int) -> Callable[[int], float] | None:
+    """The learning rate of each step of ``epoch`` for a per-step schedule; None when the rate
+    is set once per epoch."""
+    if params.lr_schedule != "onecycle":
+        return None
+    return lambda number: epoch_learning_rate(params, epoch, number / steps)
+
+
+def _cosine_between(start: float, end: float, fraction: float) -> float:
+    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -54,40 +109,125 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def to_device(dataset: ImageDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # Images stay uint8 on the device (4x less memory and transfer); the model casts per batch.
-    return (
-        torch.from_numpy(dataset.images).to(device),
-        torch.from_numpy(dataset.labels).to(device),
+@dataclass(frozen=True)
+class PlacedData:
+    """A split ready for training: labels on the device; images on the device too, or in
+    (pinned) host memory to be copied in batch by batch."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    on_device: bool
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def data_fits_on_device(nbytes: int, device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True  # the CPU's "device" memory is the host memory the data is already in
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= DEVICE_DATA_SHARE * free
+
+
+def place_data(
+    datasets: list[ImageDataset], device: torch.device, placement: str
+) -> list[PlacedData]:
+    """Each dataset on ``device`` (``train.data_placement``: device, host, or auto: the device
+    while all of them together fit in its share of free memory). Images stay uint8 (4x less
+    memory and transfer than float); the model casts per batch."""
+    nbytes = sum(dataset.images.nbytes for dataset in datasets)
+    on_device = placement == "device" or (
+        placement == "auto" and data_fits_on_device(nbytes, device)
     )
+    placed = []
+    for dataset in datasets:
+        images = torch.from_numpy(dataset.images)
+        if on_device:
+            images = images.to(device)
+        elif device.type == "cuda":
+            images = images.pin_memory()  # page-locked: copies to the GPU run asynchronously
+        placed.append(PlacedData(images, torch.from_numpy(dataset.labels).to(device), on_device))
+    return placed
+
+
+def to_device(dataset: ImageDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    (placed,) = place_data([dataset], device, "device")
+    return placed.images, placed.labels
+
+
+def epoch_batches(
+    data: PlacedData,
+    order: torch.Tensor,
+    augmentation: Augmentation,
+    batch_size: int,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The epoch's (images, labels) batches on ``device``, in ``order`` (a CPU index tensor),
+    augmented there. Resident data is gathered and augmented for the whole epoch at once;
+    streamed data batch by batch, each gathered into one of two pinned buffers and copied
+    without blocking, so the host prepares the next batch while the device trains on this one."""
+    labels = data.labels[order.to(device)]
+    if data.on_device:
+        images = augmentation.apply(data.images[order.to(device)])
+        for batch in batches(len(order), batch_size):
+            yield images[batch], labels[batch]
+        return
+    pinned = device.type == "cuda"
+    buffers = [
+        torch.empty((batch_size + 1, *data.images.shape[1:]), dtype=data.images.dtype).pin_memory()
+        for _ in range(2 if pinned else 0)
+    ]
+    copied: list[torch.cuda.Event | None] = [None, None]
+    for number, batch in enumerate(batches(len(order), batch_size)):
+        rows = order[batch]
+        if not pinned:
+            images = data.images[rows]
+        else:
+            slot = number % 2
+            if copied[slot] is not None:
+                copied[slot].synchronize()  # the copy out of this buffer has finished
+            buffer = buffers[slot][: len(rows)]
+            torch.index_select(data.images, 0, rows, out=buffer)
+            images = buffer.to(device, non_blocking=True)
+            copied[slot] = torch.cuda.Event()
+            copied[slot].record()
+        yield augmentation.apply(images, batch), labels[batch]
 
 
 def train_epoch(
     model: Classifier,
     optimizer: torch.optim.Optimizer,
     loss_fn: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
+    batches_of_epoch: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    count: int,
+    step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
+    learning_rate: Callable[[int], float] | None = None,
+    precision: torch.dtype | None = None,
 ) -> tuple[float, float]:
     """One pass over the data; the loss is the model's whole objective (for an autoencoder it
-    includes the reconstruction), the accuracy that of its logits."""
+    includes the reconstruction), the accuracy that of its logits. ``step`` is the forward pass
+    (``model.training_loss``, perhaps compiled), ``learning_rate`` the rate for each step
+    number (a per-step schedule), ``precision`` the autocast dtype (None: fp32)."""
     model.train()
-    total_loss = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    step = step or model.training_loss
+    device = next(model.parameters()).device
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
     clip = model.grad_clip
-    for batch in batches(len(labels), batch_size):
-        batch_x, batch_y = images[batch], labels[batch]
+    for number, (batch_x, batch_y) in enumerate(batches_of_epoch):
+        if learning_rate is not None:
+            set_learning_rate(optimizer, learning_rate(number))
         optimizer.zero_grad(set_to_none=True)
-        loss, logits = model.training_loss(batch_x, batch_y, loss_fn)
+        with autocast(device, precision):
+            loss, logits = step(batch_x, batch_y, loss_fn)
         loss.backward()
         if clip is not None:  # recurrent nets: one long product of Jacobians can explode
             nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         # Accumulate on the device: one host sync per epoch, not per step.
-        total_loss += loss.detach() * len(batch_y)
+        total_loss += loss.detach().float() * len(batch_y)
         correct += (logits.argmax(dim=1) == batch_y).sum()
-    return total_loss.item() / len(labels), correct.item() / len(labels)
+    return total_loss.item() / count, correct.item() / count
 
 
 def batches(count: int, batch_size: int) -> list[slice]:
@@ -105,6 +245,8 @@ def score(
     batch_size: int,
     loss_fn: nn.Module,
 ) -> tuple[float, float]:
+    """Validation in fp32 whatever the training precision: early stopping and selection judge
+    these numbers."""
     logits = predict_logits(model, images, max(batch_size, 256))
     return (loss_fn(logits, labels).item(), (logits.argmax(dim=1) == labels).float().mean().item())
 
@@ -151,23 +293,36 @@ def fit(
     ``state.epoch + 1`` to ``params.epochs`` or an early stop. ``state`` is advanced in place
     and ``on_epoch`` called after every epoch of either phase (checkpoint, logs, MLflow)."""
     device = next(model.parameters()).device
-    train_x, train_y = to_device(train_set, device)
-    val_x, val_y = to_device(val_set, device)
-    pretrain(model, params, train_x, val_x, state, on_epoch)
+    train, val = place_data([train_set, val_set], device, params.data_placement)
+    pretrain(model, params, train.images, val.images, state, on_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()  # early stopping and selection judge the plain loss
+    precision = autocast_dtype(params, device)
+    step = torch.compile(model.training_loss) if params.compile else model.training_loss
+    steps = len(batches(len(train), params.batch_size))
     for epoch in range(state.epoch + 1, params.epochs + 1):
         if state.stopped_early:
             break
         started = time.perf_counter()
         set_learning_rate(optimizer, epoch_learning_rate(params, epoch))
         generator = torch.Generator().manual_seed(params.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_y), generator=generator).to(device)
-        epoch_x = random_shift(train_x[order], params.augment_shift, generator)
-        train_loss, train_accuracy = train_epoch(
-            model, optimizer, loss_fn, epoch_x, train_y[order], params.batch_size
+        order = torch.randperm(len(train), generator=generator)
+        augmentation = draw_augmentation(
+            len(train), params.augment_shift, params.augment_flip, generator
         )
-        val_loss, val_accuracy = score(model, val_x, val_y, params.batch_size, val_loss_fn)
+        train_loss, train_accuracy = train_epoch(
+            model,
+            optimizer,
+            loss_fn,
+            epoch_batches(train, order, augmentation, params.batch_size, device),
+            len(train),
+            step,
+            step_schedule(params, epoch, steps),
+            precision,
+        )
+        val_loss, val_accuracy = score(
+            model, val.images, val.labels, params.batch_size, val_loss_fn
+        )
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(
                 f"training diverged in epoch {epoch} (train loss {train_loss}, val loss "
@@ -236,10 +391,11 @@ def _pretrain_epoch(
     model: Classifier, optimizer: torch.optim.Optimizer, layer: int, images: torch.Tensor, size: int
 ) -> float:
     model.train()
-    total = torch.zeros((), device=images.device)
+    device = next(model.parameters()).device
+    total = torch.zeros((), device=device)
     for batch in batches(len(images), size):
         optimizer.zero_grad(set_to_none=True)
-        loss = model.pretrain_loss(images[batch], layer)
+        loss = model.pretrain_loss(images[batch].to(device, non_blocking=True), layer)
         loss.backward()
         optimizer.step()
         total += loss.detach() * (batch.stop - batch.start)
@@ -249,8 +405,9 @@ def _pretrain_epoch(
 @torch.no_grad()
 def _reconstruction_loss(model: Classifier, layer: int, images: torch.Tensor, size: int) -> float:
     model.eval()
+    device = next(model.parameters()).device
     total = sum(
-        model.pretrain_loss(images[b], layer) * (b.stop - b.start)
+        model.pretrain_loss(images[b].to(device), layer) * (b.stop - b.start)
         for b in batches(len(images), size)
     )
     return float(total) / len(images)

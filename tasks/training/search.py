@@ -28,19 +28,17 @@ from models import parameter_count
 from tasks.core.config import OPTIMIZER_OPTIONS, Params, TrainParams, search_space
 from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset, file_md5
-from tasks.core.model_file import build_from_spec
 from tasks.core.paths import ARTIFACTS_DIR
 from tasks.core.tracking import RunTracker, child_run, end_run
 from tasks.training.checkpoint import TrainingState
 from tasks.training.choice import ModelChoice, fixed_choice
-from tasks.training.device import make_deterministic, resolve_device
 from tasks.training.loop import (
     PRETRAIN,
     EpochReport,
     TrainingDiverged,
     fit,
-    make_optimizer,
     pretrain_metrics,
+    start_training,
 )
 
 log = logging.getLogger("mlcycle.select")
@@ -203,11 +201,8 @@ def make_objective(
 def run_trial(
     trial: optuna.Trial, train: TrainParams, data: TrialData, parent_run_id: str | None
 ) -> float:
-    device = resolve_device(train.device)
-    make_deterministic(train.seed, device)  # every trial starts alike, whatever ran before
     spec = {"model": train.model, "options": train.model_options(), **data.spec}
-    model = build_from_spec(spec).to(device)
-    optimizer = make_optimizer(train, model)
+    model, optimizer, _ = start_training(spec, train)
     parameters = parameter_count(model)
     trial.set_user_attr("parameters", parameters)
     tracker = _trial_run(trial, train, parent_run_id, parameters)
