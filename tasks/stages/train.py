@@ -11,6 +11,7 @@ per epoch, never per step.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from tasks.training.checkpoint import (
     save_checkpoint,
 )
 from tasks.training.choice import chosen_train_params, fixed_choice
+from tasks.training.distributed import leave, shard_from_env, torchrun_command, under_torchrun
 from tasks.training.loop import PRETRAIN, EpochReport, fit, pretrain_metrics, start_training
 from tasks.validation.gate import record_validations
 
@@ -77,23 +79,29 @@ def run_train(
         "mean": info["mean"],
         "std": info["std"],
     }
-    model, optimizer, device = start_training(spec, params)
+    shard = shard_from_env()  # one process, or one of torchrun's (train.processes)
+    model, optimizer, device = start_training(spec, params, shard)
     identity = fingerprint(spec, params, processed_dir / "train.npz")
     checkpoint_path = checkpoint_dir / "last.pt"
     state = TrainingState()
     if params.resume:
         state = restore_checkpoint(checkpoint_path, identity, model, optimizer, params)
+    if not shard.is_main:
+        log.setLevel(logging.WARNING)  # rank 0 speaks for all processes
     log.info(
-        "train: %s on %s, %d train / %d val images, up to %d epochs%s",
+        "train: %s on %s, %d train / %d val images, up to %d epochs%s%s",
         params.model,
         device,
         len(train_set.labels),
         len(val_set.labels),
         params.epochs,
+        f", {shard.world} data-parallel processes" if shard.parallel else "",
         f" (resuming after epoch {state.epoch})" if state.epoch else "",
     )
 
     def after_epoch(state: TrainingState, report: EpochReport) -> None:
+        if not shard.is_main:
+            return  # rank 0 alone checkpoints and logs
         save_checkpoint(checkpoint_path, state, identity, model, optimizer)
         if report.phase == PRETRAIN:
             after_pretraining_epoch(report)
@@ -138,9 +146,8 @@ def run_train(
         if tracker is not None:
             tracker.log_metrics(pretrain_metrics(row), step=int(row["epoch"]))
 
-    fit(model, optimizer, params, train_set, val_set, state, after_epoch)
+    fit(model, optimizer, params, train_set, val_set, state, after_epoch, shard)
     model.load_state_dict(state.best_state)
-    save_model(model_path, spec, model, best_epoch=state.best_epoch, epochs_run=state.epoch)
     result = TrainResult(
         model_path=model_path,
         device=str(device),
@@ -151,6 +158,9 @@ def run_train(
         stopped_early=state.stopped_early,
         seconds=round(time.perf_counter() - started, 2),
     )
+    if not shard.is_main:
+        return result  # rank 0 writes the model and the reports
+    save_model(model_path, spec, model, best_epoch=state.best_epoch, epochs_run=state.epoch)
     write_history(reports_dir / HISTORY_FILE.name, state.history)
     write_json(
         reports_dir / SUMMARY_FILE.name,
@@ -198,12 +208,26 @@ train_task = task(name="train")(run_train)
 def main() -> None:
     params = load_params()
     train = chosen_train_params(params)  # train.model, or the select stage's winner
-    with tracked_run(params, run_name=f"train-{train.model}") as tracker:
-        if flow_run_id() is None:  # under the flow, validation logged itself
-            record_validations(tracker)  # what was checked of the data this model learns from
-        if params.train.model == AUTO:  # what was trained, on the run the version records
-            tracker.log_values(selected_values(train))
-        run_train(train, tracker=tracker)
+    if train.processes > 1 and not under_torchrun():
+        # this very module in train.processes processes; exec keeps the pid DVC waits on
+        command = torchrun_command(train.processes, __spec__.name)
+        log.info(
+            "train: starting %d data-parallel processes: %s", train.processes, " ".join(command)
+        )
+        os.execv(command[0], command)
+    shard = shard_from_env()
+    try:
+        if not shard.is_main:
+            run_train(train)
+            return
+        with tracked_run(params, run_name=f"train-{train.model}") as tracker:
+            if flow_run_id() is None:  # under the flow, validation logged itself
+                record_validations(tracker)  # what was checked of the data this model learns from
+            if params.train.model == AUTO:  # what was trained, on the run the version records
+                tracker.log_values(selected_values(train))
+            run_train(train, tracker=tracker)
+    finally:
+        leave()
 
 
 def selected_values(train: TrainParams) -> dict[str, object]:

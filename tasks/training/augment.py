@@ -31,6 +31,16 @@ class Augmentation:
         return images
 
 
+def take(augmentation: Augmentation, positions: torch.Tensor) -> Augmentation:
+    """The draws of the epoch's ``positions`` (one data-parallel process's share), in order."""
+    offsets, flips = augmentation.offsets, augmentation.flips
+    return Augmentation(
+        augmentation.max_shift,
+        None if offsets is None else offsets[:, positions],
+        None if flips is None else flips[positions],
+    )
+
+
 def draw_augmentation(
     count: int, max_shift: int, flip: bool, generator: torch.Generator
 ) -> Augmentation:

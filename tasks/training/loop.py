@@ -25,7 +25,7 @@ from tasks.core.config import TrainParams
 from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset
 from tasks.core.model_file import build_from_spec, predict_logits
-from tasks.training.augment import Augmentation, draw_augmentation
+from tasks.training.augment import Augmentation, draw_augmentation, take
 from tasks.training.checkpoint import TrainingState
 from tasks.training.device import (
     autocast,
@@ -34,6 +34,7 @@ from tasks.training.device import (
     prepare_model,
     resolve_device,
 )
+from tasks.training.distributed import SINGLE, Shard, join, parallel_step
 
 # The training and validation images stay on the GPU while they take at most this share of its
 # free memory; beyond it they stream from pinned host memory (the rest is for activations).
@@ -47,11 +48,14 @@ class TrainingDiverged(MlcycleError):
 
 
 def start_training(
-    spec: dict[str, Any], params: TrainParams
+    spec: dict[str, Any], params: TrainParams, shard: Shard = SINGLE
 ) -> tuple[Classifier, torch.optim.Optimizer, torch.device]:
     """A fresh model built from ``spec`` on ``train.device``, seeded (every run and every trial
-    starts alike, whatever ran before), and its optimiser."""
+    starts alike, whatever ran before), and its optimiser. A data-parallel process joins its
+    group first and trains on its own GPU."""
     device = resolve_device(params.device)
+    if shard.parallel:
+        device = join(shard, device)
     make_deterministic(params.seed, device, params.deterministic)
     model = prepare_model(build_from_spec(spec), device)
     return model, make_optimizer(params, model), device
@@ -288,18 +292,26 @@ def fit(
     val_set: ImageDataset,
     state: TrainingState,
     on_epoch: Callable[[TrainingState, EpochReport], None],
+    shard: Shard = SINGLE,
 ) -> TrainingState:
     """Pretrain what is left of the model's layers (if it has any), then train from
     ``state.epoch + 1`` to ``params.epochs`` or an early stop. ``state`` is advanced in place
-    and ``on_epoch`` called after every epoch of either phase (checkpoint, logs, MLflow)."""
+    and ``on_epoch`` called after every epoch of either phase (checkpoint, logs, MLflow).
+
+    With a ``shard`` of several processes (``tasks.training.distributed``), this process trains
+    on its share of each epoch under DDP. Pretraining is not split: every process runs all of
+    it alike, and DDP starts every process from rank 0's weights after it."""
     device = next(model.parameters()).device
     train, val = place_data([train_set, val_set], device, params.data_placement)
     pretrain(model, params, train.images, val.images, state, on_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     val_loss_fn = nn.CrossEntropyLoss()  # early stopping and selection judge the plain loss
     precision = autocast_dtype(params, device)
-    step = torch.compile(model.training_loss) if params.compile else model.training_loss
-    steps = len(batches(len(train), params.batch_size))
+    step = parallel_step(model, shard) if shard.parallel else model.training_loss
+    step = torch.compile(step) if params.compile else step
+    positions = shard.positions(len(train))
+    batch_size = shard.per_process_batch(params.batch_size)
+    steps = len(batches(len(positions), batch_size))
     for epoch in range(state.epoch + 1, params.epochs + 1):
         if state.stopped_early:
             break
@@ -310,18 +322,21 @@ def fit(
         augmentation = draw_augmentation(
             len(train), params.augment_shift, params.augment_flip, generator
         )
+        if shard.parallel:  # the same order and draws on every process; each takes its share
+            order, augmentation = order[positions], take(augmentation, positions)
         train_loss, train_accuracy = train_epoch(
             model,
             optimizer,
             loss_fn,
-            epoch_batches(train, order, augmentation, params.batch_size, device),
-            len(train),
+            epoch_batches(train, order, augmentation, batch_size, device),
+            len(order),
             step,
             step_schedule(params, epoch, steps),
             precision,
         )
-        val_loss, val_accuracy = score(
-            model, val.images, val.labels, params.batch_size, val_loss_fn
+        train_loss, train_accuracy = shard.mean_of_epoch(train_loss, train_accuracy, len(order))
+        val_loss, val_accuracy = shard.from_main(
+            *score(model, val.images, val.labels, params.batch_size, val_loss_fn)
         )
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(
