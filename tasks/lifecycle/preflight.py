@@ -13,6 +13,7 @@ from tasks.core.files import read_json
 from tasks.core.paths import RAW_DIR
 from tasks.stages.collect import check_source_location
 from tasks.training.device import resolve_device
+from tasks.training.distributed import check_processes
 
 DIGITS_SAMPLES = 1797  # what sklearn-digits holds, when data/raw does not say yet
 # The processed images (uint8) are held a few times over while preprocessing and training
@@ -22,7 +23,8 @@ COPIES_IN_MEMORY = 3
 
 def check_run(params: Params, raw_dir: Path = RAW_DIR) -> None:
     """ConfigError naming the key when this machine cannot run ``params``."""
-    resolve_device(params.train.device)
+    device = resolve_device(params.train.device)
+    check_processes(params.train.processes, params.train.batch_size, device)
     check_source_location(params.collect)
     check_image_memory(params, raw_dir)
 
@@ -51,7 +53,7 @@ def _dataset_size(params: Params, raw_dir: Path) -> tuple[int, int]:
         info = read_json(meta)
         return int(info["num_samples"]), int(info["image_shape"][2])
     if params.collect.source == "sklearn-digits":
-        return DIGITS_SAMPLES, 1
+        return params.collect.augment_to or DIGITS_SAMPLES, 1
     return 1, 3  # unknown until collected: at least one image must fit
 
 

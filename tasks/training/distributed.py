@@ -77,6 +77,18 @@ class Shard:
 SINGLE = Shard()
 
 
+def check_processes(processes: int, batch_size: int, device: torch.device) -> None:
+    """DistributedError naming the key when ``processes`` cannot train here: one GPU each on
+    CUDA, and a batch that splits evenly among them."""
+    if processes > 1 and device.type == "cuda" and processes > torch.cuda.device_count():
+        raise DistributedError(
+            f"train.processes is {processes} but this machine has {torch.cuda.device_count()} "
+            "GPU(s); each process trains on a GPU of its own (several machines: run torchrun "
+            "with --nnodes on each, see the README)"
+        )
+    Shard(world=processes).per_process_batch(batch_size)
+
+
 def shard_from_env() -> Shard:
     """The shard torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK)."""
     return Shard(
