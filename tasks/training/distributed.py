@@ -61,7 +61,9 @@ class Shard:
         """The epoch's training loss and accuracy over all processes' samples."""
         if not self.parallel:
             return loss, accuracy
-        totals = torch.tensor([loss * count, accuracy * count, count], dtype=torch.float64)
+        totals = torch.tensor(
+            [loss * count, accuracy * count, count], dtype=torch.float64, device=_wire()
+        )
         dist.all_reduce(totals)
         return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
@@ -69,12 +71,19 @@ class Shard:
         """Rank 0's values on every process (validation numbers: one early-stopping verdict)."""
         if not self.parallel:
             return values
-        shared = torch.tensor(values, dtype=torch.float64)
+        shared = torch.tensor(values, dtype=torch.float64, device=_wire())
         dist.broadcast(shared, src=0)
         return tuple(shared.tolist())
 
 
 SINGLE = Shard()
+
+
+def _wire() -> torch.device:
+    """Where a collective's tensors must be: NCCL moves CUDA tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def check_processes(processes: int, batch_size: int, device: torch.device) -> None:

@@ -111,3 +111,15 @@ def test_a_run_resumes_on_another_number_of_processes(workspace: Path):
     history = (workspace / "reports" / "training_history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4", "5", "6"]
     assert load_model(workspace / "artifacts" / "model.pt")[1]["epochs_run"] == 6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs"
+)
+def test_two_gpus_train_with_nccl(workspace: Path):
+    set_params(workspace, "train.processes=2", "train.device=cuda")
+    output = train_stage(workspace)
+    assert "2 data-parallel processes" in output and "cuda:0" in output
+    accuracy = test_accuracy(workspace / "artifacts" / "model.pt", workspace / "data" / "processed")
+    assert accuracy >= 0.97
