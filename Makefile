@@ -81,11 +81,6 @@ prefect-ui: install ## start a Prefect server with its UI at http://127.0.0.1:42
 clean: ## remove pipeline outputs and local tracking stores (keeps .venv and the DVC cache)
 	rm -rf data/raw data/processed artifacts reports mlflow.db mlartifacts
 
-bench: install ## measure the pipeline (fresh clone of HEAD), the model zoo, validation at 1M, serving
+bench: install ## every benchmark (bench/suite.py): training speed-up, pipeline, zoo, data, serving, scale
 	$(call apt_install,wrk,wrk)
-	$(BIN)/python bench/pipeline.py
-	-$(BIN)/python bench/zoo.py  # reports a missed quality bar (exit 1) without stopping the rest
-	$(BIN)/python bench/validation.py
-	$(BIN)/python bench/monitoring.py
-	$(BIN)/mlcycle run
-	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/suite.py $(BENCH_ARGS)  # e.g. BENCH_ARGS="--quick --only training"
