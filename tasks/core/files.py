@@ -170,8 +170,20 @@ class ImageDataset:
         return {name: int(count) for name, count in zip(self.class_names, counts, strict=True)}
 
 
-def write_raw_dataset(dataset: ImageDataset, out_dir: Path, source: str) -> dict[str, Any]:
-    """Write ``images.npy``, ``labels.npy`` and ``meta.json`` as one atomic folder."""
+# Optional beside images.npy: int64 (N,), rows with one value derive from one original (copies
+# of one digit, say); preprocess keeps each group in one split.
+GROUPS_FILE = "groups.npy"
+
+
+def write_raw_dataset(
+    dataset: ImageDataset,
+    out_dir: Path,
+    source: str,
+    groups: np.ndarray | None = None,
+    facts: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``images.npy``, ``labels.npy`` and ``meta.json`` as one atomic folder, with
+    ``groups.npy`` when ``groups`` is given; ``facts`` are added to meta.json."""
     meta = {
         "source": source,
         "num_samples": len(dataset.labels),
@@ -180,9 +192,18 @@ def write_raw_dataset(dataset: ImageDataset, out_dir: Path, source: str) -> dict
         "class_names": list(dataset.class_names),
         "class_counts": dataset.class_counts(),
     }
+    if groups is not None:
+        if groups.shape != dataset.labels.shape or groups.dtype != np.int64:
+            raise ValueError(
+                f"groups must be int64 ({len(dataset.labels)},), got {groups.dtype} {groups.shape}"
+            )
+        meta["groups"] = {"file": GROUPS_FILE, "count": len(np.unique(groups))}
+    meta.update(facts or {})
     with atomic_directory(out_dir) as tmp:
         np.save(tmp / "images.npy", dataset.images)
         np.save(tmp / "labels.npy", dataset.labels)
+        if groups is not None:
+            np.save(tmp / GROUPS_FILE, groups)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -196,6 +217,23 @@ def read_raw_dataset(raw_dir: Path, mmap: bool = False) -> ImageDataset:
     images = np.load(raw_dir / "images.npy", mmap_mode="r" if mmap else None)
     labels = np.load(raw_dir / "labels.npy")
     return ImageDataset(images, labels, tuple(meta["class_names"]))
+
+
+def read_raw_groups(raw_dir: Path, samples: int) -> np.ndarray | None:
+    """``groups.npy`` of ``data/raw`` (or a copy of it), or None where the data has none."""
+    path = raw_dir / GROUPS_FILE
+    if not path.is_file():
+        return None
+    try:
+        groups = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise MlcycleError(f"{path}: unreadable array ({error})") from None
+    if groups.dtype.kind not in "iu" or groups.shape != (samples,):
+        raise MlcycleError(
+            f"{path}: {groups.dtype} {groups.shape}; expected integers ({samples},), one group "
+            "per image"
+        )
+    return groups.astype(np.int64, copy=False)
 
 
 def write_splits(

@@ -17,7 +17,13 @@ from prefect import task
 from tasks.core.config import PreprocessParams, load_params
 from tasks.core.console import stage_main
 from tasks.core.errors import MlcycleError
-from tasks.core.files import SPLITS, ImageDataset, read_raw_dataset, write_splits
+from tasks.core.files import (
+    SPLITS,
+    ImageDataset,
+    read_raw_dataset,
+    read_raw_groups,
+    write_splits,
+)
 from tasks.core.images import CHUNK, mean_and_std, prepare_images
 from tasks.core.paths import PROCESSED_DIR, VALIDATED_DIR
 from tasks.core.tracking import RunTracker, joined_flow_run
@@ -53,13 +59,15 @@ def run_preprocess(
     images = prepare_images(raw.images, params.image_size, params.channels)
     dataset = ImageDataset(images, raw.labels, raw.class_names)
     hashes = content_hashes(dataset.images)
+    siblings = read_raw_groups(validated_dir, len(dataset.labels))
+    groups = hashes if siblings is None else linked_groups(hashes, siblings)
     indices = stratified_split(
         dataset.labels,
         dataset.class_names,
         params.val_fraction,
         params.test_fraction,
         params.seed,
-        groups=hashes,
+        groups=groups,
     )
     mean, std = channel_statistics(dataset.images[indices["train"]])
     splits = {
@@ -78,6 +86,8 @@ def run_preprocess(
         "std": list(std),
         "split_sizes": sizes,
     }
+    if siblings is not None:  # only then: data without groups.npy splits as it always did
+        info["split_groups"] = len(np.unique(groups))
     validate_splits(splits, hashes, info, places, tracker)
     write_splits(splits, processed_dir, info)
     log.info(
@@ -102,9 +112,10 @@ def stratified_split(
 ) -> dict[str, np.ndarray]:
     """Row indices per split, each split holding every class in its overall proportion.
 
-    Rows with the same ``groups`` value (identical images, by content hash) always land in the
-    same split, so a duplicate can never leak from train into test. Groups are taken in order
-    of first appearance: without duplicates this is exactly a split of the rows.
+    Rows with the same ``groups`` value (identical images, by content hash, or copies of one
+    original: :func:`linked_groups`) always land in the same split, so a duplicate can never
+    leak from train into test. Groups are stratified by their first row's label and taken in
+    order of first appearance: without duplicates this is exactly a split of the rows.
     """
     from sklearn.model_selection import train_test_split
 
@@ -118,8 +129,10 @@ def stratified_split(
     group_labels = labels[first[order]]
     if len(order) < len(labels):
         log.info(
-            "preprocess: %d exact duplicate images kept in the same split as their twins",
+            "preprocess: %d images share a group (identical images, or copies of one original) "
+            "and are kept in its split; %d groups split",
             len(labels) - len(order),
+            len(order),
         )
 
     counts = np.bincount(group_labels, minlength=len(class_names))
@@ -154,6 +167,26 @@ def stratified_split(
         name: np.flatnonzero(np.isin(group_of_row, chosen))
         for name, chosen in (("train", train), ("val", val), ("test", test))
     }
+
+
+def linked_groups(hashes: np.ndarray, siblings: np.ndarray) -> np.ndarray:
+    """One group id per row, joining rows with the same content hash *or* the same sibling
+    group (``groups.npy``): identical images of two originals pull both originals' copies
+    into one group, so neither rule is broken. Connected components of the graph whose nodes
+    are the hashes and the sibling groups, each row an edge between its two."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, hash_node = np.unique(hashes, return_inverse=True)
+    _, sibling_node = np.unique(siblings, return_inverse=True)
+    hash_nodes = int(hash_node.max()) + 1
+    nodes = hash_nodes + int(sibling_node.max()) + 1
+    edges = coo_matrix(
+        (np.ones(len(hashes), dtype=np.int32), (hash_node, hash_nodes + sibling_node)),
+        shape=(nodes, nodes),
+    )
+    _, component = connected_components(edges, directed=False)
+    return component[hash_node].astype(np.int64)
 
 
 def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -30,7 +30,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tasks.core.config import ValidateParams, describe_validation_error, load_params
 from tasks.core.console import stage_main
 from tasks.core.errors import MlcycleError
-from tasks.core.files import atomic_directory, read_json, write_json
+from tasks.core.files import (
+    GROUPS_FILE,
+    atomic_directory,
+    read_json,
+    read_raw_groups,
+    write_json,
+)
 from tasks.core.paths import RAW_DIR, VALIDATED_DIR
 from tasks.core.tracking import RunTracker, joined_flow_run
 from tasks.validation.gate import (
@@ -53,6 +59,11 @@ log = logging.getLogger("mlcycle.validate")
 
 
 RAW_FILES = ("images.npy", "labels.npy", "meta.json")
+
+
+# Published with the rest when present: which images derive from one original (collect's
+# augment_to), for preprocess to keep in one split.
+OPTIONAL_RAW_FILES = (GROUPS_FILE,)
 
 
 PositiveInt = Annotated[int, Field(strict=True, ge=1)]
@@ -112,7 +123,23 @@ def load_raw_batch(raw_dir: Path) -> RawBatch:
             f"{raw_dir / 'labels.npy'}: shape {labels.shape}; expected ({len(images)},), one "
             "label per image"
         )
+    check_groups(raw_dir, meta, len(images))
     return RawBatch(images, labels, meta)
+
+
+def check_groups(raw_dir: Path, meta: RawMeta, samples: int) -> None:
+    """An optional ``groups.npy`` must give each image a group, and be there if meta.json
+    declares it: without it, preprocess would split copies of one digit across splits."""
+    declared = (meta.model_extra or {}).get("groups")
+    if declared is not None and not (raw_dir / GROUPS_FILE).is_file():
+        raise DataValidationFailed(
+            f"{raw_dir / GROUPS_FILE}: not found, but {raw_dir / 'meta.json'} declares groups "
+            f"({declared}); run the collect stage again"
+        )
+    try:
+        read_raw_groups(raw_dir, samples)
+    except MlcycleError as error:
+        raise DataValidationFailed(str(error)) from None
 
 
 def raw_parameters(meta: RawMeta, params: ValidateParams) -> dict[str, Any]:
@@ -161,7 +188,8 @@ def run_validate(
             column=None,
             success=False,
             observed="a dataset that cannot be profiled",
-            expected="images.npy (N, H, W, C) uint8, labels.npy (N,) and meta.json",
+            expected="images.npy (N, H, W, C) uint8, labels.npy (N,) and meta.json "
+            "(groups.npy (N,) optional)",
         )
         report = ValidationReport(RAW_SUITE, False, 0, (unreadable,), checked_by_gx=False)
         _fail(report, {"error": str(error)}, raw_dir, report_path, places, tracker)
@@ -173,7 +201,7 @@ def run_validate(
     if tracker is not None:
         record_validation(tracker, report_path)
     with atomic_directory(validated_dir) as tmp:
-        copy_files(raw_dir, tmp, RAW_FILES)
+        copy_files(raw_dir, tmp, RAW_FILES + OPTIONAL_RAW_FILES)
     log.info(
         "validate: %d samples passed %d expectations in %.1fs -> %s (Data Docs: %s)",
         report.rows,

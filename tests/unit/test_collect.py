@@ -15,7 +15,9 @@ from tests.helpers import synthetic_dataset
 def source(
     spec: str, root: Path | str = "data/external", download: bool = False, feedback: bool = False
 ):
-    return CollectParams(source=spec, root=str(root), download=download, feedback=feedback)
+    return CollectParams(
+        source=spec, root=str(root), download=download, feedback=feedback, augment_to=None, seed=0
+    )
 
 
 def test_sklearn_digits_lands_in_the_canonical_format(tmp_path):

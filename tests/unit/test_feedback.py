@@ -545,7 +545,12 @@ def test_the_export_is_versioned_by_dvc_and_collect_adds_it(tmp_path, monkeypatc
     assert not export_feedback(log.path, out, dvc_root=tmp_path).tracked  # nothing changed
 
     params = CollectParams(
-        source=f"npz:{source}", root=str(external), download=False, feedback=True
+        source=f"npz:{source}",
+        root=str(external),
+        download=False,
+        feedback=True,
+        augment_to=None,
+        seed=0,
     )
     collected = run_collect(params, tmp_path / "data" / "raw", external)
     assert (collected.num_samples, collected.feedback_samples) == (8, 2)
