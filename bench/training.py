@@ -14,8 +14,9 @@ For each model (train.model mlp and cnn, with their train.<family> options of pa
     indexing a shuffled copy, the loss summed on the device: one host sync per epoch; a
     checkpoint written after every epoch), with params.yaml's train.* except epochs (--epochs),
     early_stopping_patience (null: every epoch runs), device (--device) and the large-batch
-    recipe of FAST_RECIPE (batch 512, one-cycle schedule, lr 0.004; --set replaces it: e.g.
-    --set train.batch_size=64 measures the loop alone at the classic's batch size).
+    recipe of fast_recipe (batch 256, one-cycle schedule, lr 0.003; bf16 autocast on a CPU with
+    bf16 units, cuDNN autotuning on CUDA; --set replaces it: e.g. --set train.batch_size=64
+    measures the loop alone at the classic's batch size, in fp32).
   - classic: the PyTorch tutorial loop: a torch.utils.data.Dataset over the numpy arrays that
     returns one (float32 image tensor, label) per __getitem__, DataLoader(batch_size=64,
     shuffle=True, num_workers=0: the default, batches built in the training process), a
@@ -47,7 +48,7 @@ Targets (PASS/FAIL, exit 1 if one is missed):
   CPU: speed-up >= 3x for the MLP, >= 1.5x for the CNN
   GPU: speed-up >= 10x for the CNN at MNIST scale (--samples >= 60000 of 28x28), and one CNN
        epoch over 60,000 images (the steady epoch scaled to 60,000 train images) < 1 s
-  both: test accuracy of ours within 0.5 points of classic's
+  both: test accuracy of ours at most 0.5 points below classic's (above it by any margin)
 Figures go to bench/results/training-<date>-<machine>.json (machine: CPU model and cores, GPU,
 torch, CUDA, python; the load average before, during and after).
 """
@@ -76,7 +77,22 @@ CLASSIC_BATCH = 64
 CLASSIC_LR = 1e-3  # the tutorial's Adam (and params.yaml's train.lr)
 # Ours: the train stage with the settings its README recommends for large data: large batches
 # with a one-cycle schedule (warm-up, then annealing) and a learning rate scaled for them.
-FAST_RECIPE = ("train.batch_size=512", "train.lr_schedule=onecycle", "train.lr=0.004")
+FAST_RECIPE = ("train.batch_size=256", "train.lr_schedule=onecycle", "train.lr=0.003")
+
+
+def fast_recipe(device: str) -> list[str]:
+    """FAST_RECIPE, plus what the device wants: bf16 autocast on a CPU with bf16 units
+    (``precision: auto`` keeps fp32 on CPUs; measured here it doubles the CNN's speed), cuDNN
+    autotuning on CUDA (bf16 is ``auto``'s choice there already)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return [*FAST_RECIPE, "train.deterministic=false"]
+    if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return [*FAST_RECIPE, "train.precision=bf16"]
+    return list(FAST_RECIPE)
+
+
 TARGET_VAL_ACCURACY = 0.98
 MAX_ACCURACY_GAP = 0.005
 CPU_SPEEDUP = {"mlp": 3.0, "cnn": 1.5}
@@ -291,13 +307,15 @@ def judge(row: dict[str, Any], device: str, mnist_scale: bool) -> list[dict[str,
     """The targets that apply to this model on this device, each with its verdict."""
     model, ours = row["model"], row["ours"]
     checks = []
-    gap = abs(ours["test_accuracy"] - row["classic"]["test_accuracy"])
+    # Speed bought with accuracy does not count: ours may fall behind classic by 0.5 points at
+    # most (ahead by any margin is fine).
+    behind = row["classic"]["test_accuracy"] - ours["test_accuracy"]
     checks.append(
         {
-            "figure": f"{model} test accuracy gap (points)",
-            "measured": round(100 * gap, 2),
+            "figure": f"{model} test accuracy behind classic (points)",
+            "measured": round(100 * behind, 2),
             "target": f"<= {100 * MAX_ACCURACY_GAP:g}",
-            "passed": gap <= MAX_ACCURACY_GAP + 1e-9,
+            "passed": behind <= MAX_ACCURACY_GAP + 1e-9,
         }
     )
     if device == "cpu" and model in CPU_SPEEDUP:
@@ -491,7 +509,8 @@ def main() -> int:
         default=None,
         metavar="KEY=VALUE",
         help="a train.* setting of ours (repeatable); default: the large-batch recipe "
-        + " ".join(FAST_RECIPE),
+        + " ".join(FAST_RECIPE)
+        + " (+ train.precision=bf16 on a CPU with bf16 units, train.deterministic=false on CUDA)",
     )
     parser.add_argument("--verbose", action="store_true", help="the stages' own log lines too")
     args = parser.parse_args()
@@ -515,7 +534,11 @@ def main() -> int:
             f"train.epochs={args.epochs}",
             "train.early_stopping_patience=null",
             f"train.device={args.device}",
-            *(FAST_RECIPE if args.overrides is None else args.overrides),
+            *(
+                fast_recipe(str(resolve_device(args.device)))
+                if args.overrides is None
+                else args.overrides
+            ),
         ],
     )
     device = str(resolve_device(params.train.device))
