@@ -1,4 +1,6 @@
-"""The training engine the train stage calls: device, loop, checkpoints.
+"""The training engine the train and select stages call: device and precision, the loop (with
+data placement and augmentation), data-parallel processes (DDP), checkpoints, the model
+choice and the Optuna search.
 
-Imports only `tasks.core`.
+Imports only `tasks.core` (and `models`).
 """
