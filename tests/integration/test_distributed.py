@@ -90,9 +90,12 @@ def test_two_cpu_processes_reach_the_single_process_accuracy(workspace: Path, tm
     print(f"test accuracy: 1 process {one:.4f} ({single.epochs_run} epochs), 2 processes {two:.4f}")
     assert one >= 0.97 and abs(two - one) <= 0.01
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
-    client = MlflowClient()
-    (run_info,) = client.search_runs(client.search_experiments()[0].experiment_id)
-    epochs = len(client.get_metric_history(run_info.info.run_id, "val_loss"))
+    try:
+        client = MlflowClient()
+        (run_info,) = client.search_runs(client.search_experiments()[0].experiment_id)
+        epochs = len(client.get_metric_history(run_info.info.run_id, "val_loss"))
+    finally:
+        mlflow.set_tracking_uri(None)  # it is also the environment of later tests' commands
     history = (workspace / "reports" / "training_history.csv").read_text().splitlines()
     assert epochs == len(history) - 1  # each epoch logged once, not once per process
     assert run_info.data.params["train.processes"] == "2"
@@ -100,14 +103,22 @@ def test_two_cpu_processes_reach_the_single_process_accuracy(workspace: Path, tm
 
 def test_a_run_resumes_on_another_number_of_processes(workspace: Path):
     fixed = ("train.early_stopping_patience=null", "train.model=mlp")
-    set_params(workspace, "train.processes=2", "train.epochs=3", *fixed)
-    train_stage(workspace)
-    set_params(workspace, "train.processes=1", "train.epochs=5", "train.resume=true", *fixed)
-    output = train_stage(workspace)
-    assert "resuming after epoch 3" in output
-    set_params(workspace, "train.processes=2", "train.epochs=6", "train.resume=true", *fixed)
-    output = train_stage(workspace)
-    assert "resuming after epoch 5" in output
+
+    def in_one_process(*overrides: str) -> None:
+        train = load_params(REPO_ROOT / "params.yaml", overrides=[*fixed, *overrides]).train
+        artifacts = workspace / "artifacts"
+        run_train(
+            train,
+            workspace / "data" / "processed",
+            artifacts / "model.pt",
+            artifacts / "checkpoints",
+            workspace / "reports",
+        )
+
+    in_one_process("train.epochs=3")
+    set_params(workspace, "train.processes=2", "train.epochs=5", "train.resume=true", *fixed)
+    assert "resuming after epoch 3" in train_stage(workspace)  # 1 process -> 2
+    in_one_process("train.epochs=6", "train.resume=true")  # 2 processes -> 1
     history = (workspace / "reports" / "training_history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4", "5", "6"]
     assert load_model(workspace / "artifacts" / "model.pt")[1]["epochs_run"] == 6
