@@ -42,7 +42,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench/zoo.py
 
-from zoo import LoadSampler, machine_facts, machine_slug, say  # noqa: E402
+from zoo import LoadSampler, machine_facts, say, write_figures  # noqa: E402
 
 SIZES = (60_000, 250_000, 1_000_000)
 CPU_TRAIN_LIMIT = 250_000  # larger sizes train only when asked (--train-sizes) on CPU
@@ -285,11 +285,7 @@ def main() -> int:
         f"during the run {figures['load_average_1min_during']}"
         + (f"; targets missed: {', '.join(missed)}" if missed else "; no collect target missed")
     )
-    name = f"scaling-{figures['date']}-{machine_slug(machine)}.json"
-    path = args.out.resolve() if args.out else REPO / "bench" / "results" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-    say(f"figures written to {path}")
+    write_figures(figures, "scaling", args.out.resolve() if args.out else None)
     return 1 if missed else 0
 
 

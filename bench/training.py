@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from zoo import LoadSampler, build_split, machine_facts, machine_slug, say, verdict
+from zoo import LoadSampler, build_split, machine_facts, say, verdict, write_figures
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSIC_BATCH = 64
@@ -588,11 +588,7 @@ def main() -> int:
         f"{figures['total_seconds']:.0f}s; 1-min load average during the run "
         f"{figures['load_average_1min_during']}"
     )
-    name = f"training-{figures['date']}-{machine_slug(machine)}.json"
-    path = out or REPO / "bench" / "results" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-    say(f"figures written to {path}")
+    write_figures(figures, "training", out)
     return 1 if missed else 0
 
 

@@ -127,6 +127,16 @@ class LoadSampler:
         }
 
 
+def write_figures(figures: dict[str, Any], kind: str, out: Path | None) -> Path:
+    """``figures`` as JSON at ``out``, or bench/results/<kind>-<date>-<machine>.json."""
+    name = f"{kind}-{figures['date']}-{machine_slug(figures['machine'])}.json"
+    path = out or REPO / "bench" / "results" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    say(f"figures written to {path}")
+    return path
+
+
 def build_split(params: Any, root: Path) -> Path:
     """collect -> validate -> preprocess into ``root/data``, as the pipeline does."""
     from tasks.stages.collect import run_collect
@@ -540,11 +550,7 @@ def main() -> int:
         f"during the run {figures['load_average_1min_during']}"
         + (f"; bars missed: {', '.join(missed)}" if missed else "; every bar met")
     )
-    name = f"zoo-{figures['date']}-{machine_slug(machine)}.json"
-    path = out or REPO / "bench" / "results" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-    say(f"figures written to {path}")
+    write_figures(figures, "zoo", out)
     return 1 if missed else 0
 
 

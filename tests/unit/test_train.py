@@ -211,13 +211,14 @@ def test_the_cosine_schedule_decays_from_lr_to_zero(tiny_params):
     assert {epoch_learning_rate(constant, epoch) for epoch in range(1, 5)} == {0.01}
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])  # per epoch; per step
 def test_a_run_stopped_and_resumed_keeps_the_schedule_and_smoothing(
-    tiny_params, processed_dir, tmp_path, monkeypatch
+    tiny_params, processed_dir, tmp_path, monkeypatch, schedule
 ):
     from tasks.stages import train as train_stage
 
     settings = dict(
-        epochs=4, early_stopping_patience=None, lr_schedule="cosine", label_smoothing=0.1
+        epochs=4, early_stopping_patience=None, lr_schedule=schedule, label_smoothing=0.1
     )
     train(tiny_params, processed_dir, tmp_path / "straight", **settings)
     saves = []
@@ -234,5 +235,5 @@ def test_a_run_stopped_and_resumed_keeps_the_schedule_and_smoothing(
         train(tiny_params, processed_dir, tmp_path / "resumed", **settings)
     monkeypatch.undo()
     train(tiny_params, processed_dir, tmp_path / "resumed", resume=True, **settings)
-    # epochs 3 and 4 got the rates of epochs 3 and 4 of the cosine: bit-identical
+    # epochs 3 and 4 got the rates of epochs 3 and 4 of the schedule: bit-identical
     assert md5(tmp_path / "resumed" / "model.pt") == md5(tmp_path / "straight" / "model.pt")
