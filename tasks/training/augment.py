@@ -53,14 +53,6 @@ def draw_augmentation(
     return Augmentation(max_shift, offsets, flips)
 
 
-def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Each image (N, H, W, C) moved by its own offset in -max_shift..max_shift along both
-    axes; what moves in is zero. Offsets come from ``generator`` (seeded: reproducible)."""
-    if max_shift == 0:
-        return images
-    return draw_augmentation(len(images), max_shift, False, generator).apply(images)
-
-
 def _shift(images: torch.Tensor, starts: torch.Tensor, max_shift: int) -> torch.Tensor:
     count, height, width, _ = images.shape
     rows_start, cols_start = starts

@@ -154,11 +154,6 @@ def place_data(
     return placed
 
 
-def to_device(dataset: ImageDataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    (placed,) = place_data([dataset], device, "device")
-    return placed.images, placed.labels
-
-
 def epoch_batches(
     data: PlacedData,
     order: torch.Tensor,
@@ -170,9 +165,10 @@ def epoch_batches(
     augmented there. Resident data is gathered and augmented for the whole epoch at once;
     streamed data batch by batch, each gathered into one of two pinned buffers and copied
     without blocking, so the host prepares the next batch while the device trains on this one."""
-    labels = data.labels[order.to(device)]
+    rows_on_device = order.to(device)
+    labels = data.labels[rows_on_device]
     if data.on_device:
-        images = augmentation.apply(data.images[order.to(device)])
+        images = augmentation.apply(data.images[rows_on_device])
         for batch in batches(len(order), batch_size):
             yield images[batch], labels[batch]
         return

@@ -2,30 +2,15 @@
 compilation, flips and threads. The CUDA half (pinned streaming, bf16 autocast, channels_last,
 fused optimisers, cuDNN autotuning) is tests/model/test_fast_path_cuda.py."""
 
-import hashlib
 import itertools
 
 import pytest
 import torch
 
-from tasks.stages.train import run_train
 from tasks.training.augment import draw_augmentation
 from tasks.training.device import autocast_dtype, cpu_threads
 from tasks.training.loop import ONECYCLE_WARMUP, epoch_learning_rate
-
-
-def train(tiny_params, processed_dir, out, **changes):
-    return run_train(
-        tiny_params.train.model_copy(update=changes),
-        processed_dir=processed_dir,
-        model_path=out / "model.pt",
-        checkpoint_dir=out / "checkpoints",
-        reports_dir=out / "reports",
-    )
-
-
-def md5(path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+from tests.unit.test_train import md5, train
 
 
 def test_streaming_batches_from_host_memory_trains_the_same_model(

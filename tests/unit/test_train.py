@@ -175,7 +175,10 @@ def test_training_on_cuda_matches_cpu_quality(tiny_params, processed_dir, tmp_pa
 
 
 def test_random_shift_moves_each_image_within_the_bound_and_fills_with_zeros():
-    from tasks.training.augment import random_shift
+    from tasks.training.augment import draw_augmentation
+
+    def random_shift(images, max_shift, generator):
+        return draw_augmentation(len(images), max_shift, False, generator).apply(images)
 
     images = torch.zeros(64, 5, 5, 2, dtype=torch.uint8)
     images[:, 2, 2] = 255  # one lit pixel in the centre, both channels
