@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import shlex
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,13 +27,12 @@ from tasks.core.processes import Terminated, raise_terminated
 from tasks.core.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri
 from tasks.lifecycle import workspace
 from tasks.lifecycle.prefect_api import prefect_api
-from tasks.lifecycle.preflight import check_run
-from tasks.registry.gate import Registration
-from tasks.registry.versions import VersionRow
 
 if TYPE_CHECKING:
     from flows.monitoring import MonitoringOutcome
     from flows.training import PipelineOutcome
+    from tasks.registry.gate import Registration
+    from tasks.registry.versions import VersionRow
 
 
 def port_number(text: str) -> int:
@@ -188,6 +189,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signum, handler)
 
 
+def console_main() -> None:
+    """The ``mlcycle`` console script: :func:`main`, then a quick exit. It runs what the
+    interpreter's exit runs (wait for the threads, then the exit handlers: logging's flush,
+    Prefect's and MLflow's), flushes the output and skips the rest, the teardown that frees
+    torch's, MLflow's and Prefect's modules: over a second of a short run here."""
+    code = main()
+    wait_for_threads = getattr(threading, "_shutdown", None)
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if wait_for_threads is None or run_exit_handlers is None:  # another Python: a plain exit
+        sys.exit(code)
+    wait_for_threads()
+    run_exit_handlers()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _dispatch(args: argparse.Namespace, command: str) -> int:
     if args.command == "run":
         return run_pipeline(args.overrides, command)
@@ -247,27 +265,38 @@ def holding_workspace(command: str) -> Iterator[None]:
         yield
 
 
+# The flow commands start the temporary Prefect API first and make their checks and heavy
+# imports while it comes up (see tasks.lifecycle.prefect_api): its start-up is most of a short
+# run's overhead. Params are read before it: a bad override is refused at once.
+
+
 def run_pipeline(overrides: Sequence[str], command: str) -> int:
     # Bad overrides, params this machine cannot run and an unreachable tracking server fail
     # here, before anything is written.
     params = load_params(overrides=overrides)
-    check_run(params)
-    connect()
-    from flows.training import training_pipeline
+    with prefect_api(wait=False) as api:
+        from tasks.lifecycle.preflight import check_run
 
-    with holding_workspace(command), prefect_api():
-        outcome = training_pipeline(params=params)
+        check_run(params)
+        connect()
+        from flows.training import training_pipeline
+
+        with holding_workspace(command):
+            api.ready()
+            outcome = training_pipeline(params=params)
     print(format_outcome(outcome))
     return 0
 
 
 def run_register(run_id: str | None, command: str) -> int:
     params = load_params()
-    connect()
-    from flows.registry import register_model
+    with prefect_api(wait=False) as api:
+        connect()
+        from flows.registry import register_model
 
-    with holding_workspace(command), prefect_api():
-        registration = register_model(run_id=run_id, params=params)
+        with holding_workspace(command):
+            api.ready()
+            registration = register_model(run_id=run_id, params=params)
     print(format_registration(registration))
     return 0
 
@@ -276,10 +305,11 @@ def run_monitor(window: int | None, batch: Path | None) -> int:
     params = load_params()
     if batch is not None and not batch.is_file():
         raise MlcycleError(f"{batch}: no such file (--batch wants an .npz with `images`)")
-    connect()
-    from flows.monitoring import monitoring
+    with prefect_api(wait=False) as api:
+        connect()
+        from flows.monitoring import monitoring
 
-    with prefect_api():
+        api.ready()
         outcome = monitoring(window=window, batch=str(batch) if batch else None, params=params)
     print(format_monitoring(outcome))
     return outcome.monitored.exit_code
@@ -487,4 +517,4 @@ def format_outcome(outcome: PipelineOutcome) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -7,6 +7,10 @@ on a dead API. This one runs in a session of its own (it never sees the terminal
 dies with the command (see ``tasks.core.processes``), and is stopped after the flow has
 finished recording, however the flow ended. It uses the same database (``PREFECT_HOME``), so
 ``prefect server start`` shows the runs afterwards.
+
+Its start-up (3 s, 8 s on a new database) is most of a short command's overhead, so a command
+can start it first and do its own checks while it comes up (``wait=False``, then
+``PrefectApi.ready()`` before the first flow).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -33,13 +38,27 @@ class PrefectApiError(MlcycleError):
     """The temporary Prefect server did not start."""
 
 
-@contextmanager
-def prefect_api(log_path: Path = SERVER_LOG) -> Iterator[str]:
-    """Yield the API URL the flows in this block report to (see the module)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+@dataclass
+class PrefectApi:
+    """The API URL flows report to; ``ready()`` returns once it answers."""
 
+    url: str
+    _wait: Callable[[], None] = field(default=lambda: None, repr=False)
+    answered: bool = False
+
+    def ready(self) -> str:
+        if not self.answered:
+            self._wait()
+            self.answered = True
+        return self.url
+
+
+@contextmanager
+def prefect_api(log_path: Path = SERVER_LOG, *, wait: bool = True) -> Iterator[PrefectApi]:
+    """The API the flows in this block report to (see the module). ``wait=False``: the block
+    starts while the temporary server is still coming up; call ``ready()`` before a flow."""
     if os.environ.get("PREFECT_API_URL"):
-        yield os.environ["PREFECT_API_URL"]
+        yield PrefectApi(os.environ["PREFECT_API_URL"])
         return
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -57,12 +76,17 @@ def prefect_api(log_path: Path = SERVER_LOG) -> Iterator[str]:
             },
         )
     try:
-        _wait_until_healthy(url, server, log_path)
+        from prefect.settings import PREFECT_API_URL, temporary_settings  # while it starts
+
+        api = PrefectApi(url, lambda: _wait_until_healthy(url, server, log_path))
+        if wait:
+            api.ready()
         with temporary_settings(updates={PREFECT_API_URL: url}):
             try:
-                yield url
+                yield api
             finally:
-                _send_queued_reports()
+                if api.answered:  # else nothing reported to it
+                    _send_queued_reports()
     finally:
         stop_group(server)
 

@@ -30,11 +30,15 @@ class LoadCheckFailed(RegistryError):
 @contextmanager
 def load_registered(name: str, version: str) -> Iterator[Any]:
     """``models:/<name>/<version>`` as MLflow serves it (pyfunc), downloaded into a folder
-    that is removed afterwards (MLflow's own default download folder is never cleaned)."""
+    that is removed afterwards (MLflow's own default download folder is never cleaned).
+
+    Without MLflow's warnings: the version was logged from this environment, and comparing
+    its requirements with the installed packages takes 1.5 s per load."""
     import mlflow.pyfunc
 
     with tempfile.TemporaryDirectory(prefix="mlcycle-registry-") as scratch:
-        yield mlflow.pyfunc.load_model(f"models:/{name}/{version}", dst_path=scratch)
+        uri = f"models:/{name}/{version}"
+        yield mlflow.pyfunc.load_model(uri, dst_path=scratch, suppress_warnings=True)
 
 
 def predict_raw(loaded: Any, images: np.ndarray) -> np.ndarray:
