@@ -12,6 +12,10 @@ Measures, with the default params.yaml on the embedded digits:
                                                                          target <  15 s
     and, in a second fresh clone, with a running `prefect server start` on a free loopback
     port (PREFECT_API_URL; its start-up is not counted)                  target <   5 s
+  - the same two overheads as the issue words them, the flow's own wall time (its first log
+    line to its last) minus the time inside the stages: Prefect's bookkeeping, the MLflow run,
+    registration and deployment, without the interpreter, the imports and the API's start-up
+                                                                 targets < 15 s and <  5 s
   - a second `mlcycle run` with nothing changed, in each of the two     target <  20 s
 Time inside the stages: the flow runs each stale stage by `dvc repro --single-item <stage>` in
 a Prefect task (dvc-repro-<stage>) and logs, with millisecond timestamps, "stage '<stage>' is
@@ -53,6 +57,8 @@ TARGETS = {
     "test_accuracy": (">=", 0.97),
     "overhead_ephemeral_s": ("<", 15.0),
     "overhead_server_s": ("<", 5.0),
+    "flow_overhead_ephemeral_s": ("<", 15.0),
+    "flow_overhead_server_s": ("<", 5.0),
     "noop_mlcycle_run_s": ("<", 20.0),
     "noop_mlcycle_run_server_s": ("<", 20.0),
 }
@@ -63,6 +69,8 @@ LABELS = {
     "test_accuracy": "CNN test accuracy",
     "overhead_ephemeral_s": "pipeline overhead, temporary Prefect API (s)",
     "overhead_server_s": "pipeline overhead, running Prefect server (s)",
+    "flow_overhead_ephemeral_s": "flow's own overhead, temporary Prefect API (s)",
+    "flow_overhead_server_s": "flow's own overhead, running Prefect server (s)",
     "noop_mlcycle_run_s": "no-op `mlcycle run`, temporary Prefect API (s)",
     "noop_mlcycle_run_server_s": "no-op `mlcycle run`, running Prefect server (s)",
 }
@@ -169,6 +177,12 @@ def pipeline_run(clone: Path, env: dict[str, str], mode: str) -> dict[str, Any]:
             "after_flow": round(seconds - before - flow, 2),
         }
     return figures
+
+
+def flow_overhead(run: dict[str, Any]) -> float | None:
+    """The flow's wall time minus the time inside its stages (None without the flow's lines)."""
+    parts = run.get("overhead_parts_s")
+    return parts["flow_outside_stages"] if parts else None
 
 
 def free_port() -> int:
@@ -298,6 +312,7 @@ def main() -> int:
         figures["epochs_run"] = train["epochs_run"]
         figures["stages_s_ephemeral"] = first["stages_s"]
         figures["overhead_ephemeral_s"] = first["overhead_s"]
+        figures["flow_overhead_ephemeral_s"] = flow_overhead(first)
         figures["noop_mlcycle_run_s"] = noop["wall_s"]
         figures["stage_seconds_ephemeral"] = first["stage_seconds"]
         figures["overhead_parts_ephemeral"] = first.get("overhead_parts_s")
@@ -307,6 +322,7 @@ def main() -> int:
             figures["mlcycle_run_server_s"] = server["run"]["wall_s"]
             figures["stages_s_server"] = server["run"]["stages_s"]
             figures["overhead_server_s"] = server["run"]["overhead_s"]
+            figures["flow_overhead_server_s"] = flow_overhead(server["run"])
             figures["noop_mlcycle_run_server_s"] = server["noop"]["wall_s"]
             figures["prefect_server_start_s"] = server["server_start_s"]
             figures["stage_seconds_server"] = server["run"]["stage_seconds"]

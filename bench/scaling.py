@@ -5,7 +5,7 @@ one training epoch, timed and memory-profiled per stage.
         [--device auto|cpu|cuda] [--out results.json] [--verbose]
 
 For each size, in a temporary folder and with params.yaml's defaults otherwise, each step runs
-in a fresh process of its own, so its peak memory (ru_maxrss) is its own:
+in a fresh process of its own, so its peak memory (VmHWM) is its own:
 
 1. collect: sklearn-digits with collect.augment_to=<size> (collect.seed of params.yaml)
 2. validate: the raw_samples gate, publishing data/validated
@@ -15,7 +15,9 @@ in a fresh process of its own, so its peak memory (ru_maxrss) is its own:
    CUDA and those up to 250,000 on CPU, where an epoch at 1,000,000 takes long)
 
 Per size and step: wall seconds of the stage function (imports excluded), peak RSS, RSS after
-the imports (torch, Prefect, sklearn ...: the floor of every step), the dataset's in-memory size
+the step's stage module is imported (Prefect, sklearn for collect, torch for train: the floor
+of the step; what the stage imports while it runs, such as Great Expectations, counts in its
+peak as it would in `python -m tasks.stages.<step>`), the dataset's in-memory size
 (N x 28 x 28 bytes), peak / dataset, and (peak - imports) / dataset, what the data itself
 costs. Prints one markdown table, then writes the figures to
 bench/results/scaling-<date>-<machine>.json (machine: CPU model and cores, GPU, torch, CUDA,
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import suppress
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -58,6 +61,13 @@ def gib(size_bytes: float) -> float:
 
 
 def peak_rss_bytes() -> int:
+    """This process's peak resident memory: Linux's VmHWM, which starts afresh at exec.
+    (ru_maxrss does not: it keeps the peak of the parent that forked this process, here the
+    benchmark's own, which had torch imported.)"""
+    with suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
@@ -65,20 +75,27 @@ def peak_rss_bytes() -> int:
 
 
 def run_step(step: str, root: Path, size: int, device: str) -> dict[str, Any]:
-    """Runs in the child process: one stage function on ``root/data``, timed."""
+    """Runs in the child process: one stage function on ``root/data``, timed. Only the step's
+    own stage module is imported, as ``python -m tasks.stages.<step>`` would: what it imports
+    itself while it runs (Great Expectations, torch) counts in its peak."""
     import tasks  # noqa: F401  (telemetry switches)
     from tasks.core.config import load_params
-    from tasks.stages.collect import load_sklearn_digits, run_collect
-    from tasks.stages.preprocess import run_preprocess
-    from tasks.stages.train import run_train
-    from tasks.stages.validate import run_validate
     from tasks.validation.gate import ValidationPlaces
 
     overrides = [f"collect.augment_to={size}", f"train.device={device}"]
     params = load_params(REPO / "params.yaml", overrides=overrides)
     places = ValidationPlaces(root / "gx", root / "reports", root / "data" / "quarantine")
     data = root / "data"
-    load_sklearn_digits()  # sklearn's loader and its data: imports, not the step's cost
+    if step == "collect":
+        from tasks.stages.collect import load_sklearn_digits, run_collect
+
+        load_sklearn_digits()  # sklearn's loader and its data: imports, not the step's cost
+    elif step == "validate":
+        from tasks.stages.validate import run_validate
+    elif step == "preprocess":
+        from tasks.stages.preprocess import run_preprocess
+    else:
+        from tasks.stages.train import run_train
     after_imports = peak_rss_bytes()
     started = time.perf_counter()
     facts: dict[str, Any] = {}
