@@ -2,6 +2,7 @@
 one training epoch, timed and memory-profiled per stage.
 
     .venv/bin/python bench/scaling.py [--sizes 60000 250000 1000000] [--train-sizes ...]
+        [--families cnn mlp]
         [--device auto|cpu|cuda] [--out results.json] [--verbose]
 
 For each size, in a temporary folder and with params.yaml's defaults otherwise, each step runs
@@ -177,11 +178,11 @@ def measure(step: str, root: Path, size: int, device: str, verbose: bool) -> dic
     return result
 
 
-def run_size(size: int, train: bool, device: str, verbose: bool) -> list[dict[str, Any]]:
+def run_size(size: int, families: list[str], device: str, verbose: bool) -> list[dict[str, Any]]:
+    """The data steps at ``size``, then one epoch of each of ``families``."""
     import shutil
 
-    steps = ["collect", "validate", "preprocess"]
-    steps += [f"train-{family}" for family in TRAIN_FAMILIES] if train else []
+    steps = ["collect", "validate", "preprocess", *(f"train-{family}" for family in families)]
     rows = []
     with tempfile.TemporaryDirectory(prefix="mlcycle-bench-scaling-") as tmp:
         root = Path(tmp)
@@ -246,6 +247,9 @@ def main() -> int:
         help="sizes that also train one epoch; default: all on CUDA, up to "
         f"{CPU_TRAIN_LIMIT:,} on CPU",
     )
+    parser.add_argument(
+        "--families", nargs="+", choices=TRAIN_FAMILIES, default=list(TRAIN_FAMILIES)
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--out", type=Path, help="default: bench/results/scaling-<date>-<machine>")
     parser.add_argument("--verbose", action="store_true", help="the stages' own log lines too")
@@ -287,7 +291,8 @@ def main() -> int:
     started = time.perf_counter()
     rows = []
     for size in args.sizes:
-        rows += run_size(size, size in train_sizes, args.device, args.verbose)
+        families = args.families if size in train_sizes else []
+        rows += run_size(size, families, args.device, args.verbose)
     figures["rows"] = rows
     figures["total_seconds"] = round(time.perf_counter() - started, 1)
     figures["load_average_1min_during"] = load.stop()

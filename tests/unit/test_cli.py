@@ -3,15 +3,18 @@ and behaves in a pipe."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from flows.cli import main
+from tasks.lifecycle.prefect_api import prefect_api
 from tasks.lifecycle.workspace import WorkspaceBusy, workspace_lock
 from tests.helpers import REPO_ROOT, free_port
 
@@ -53,6 +56,35 @@ def test_a_run_this_machine_cannot_do_is_refused_before_params_yaml_changes(
     assert len(error.strip().splitlines()) == 1
     assert re.search(message, error), error
     assert (workspace / "params.yaml").read_bytes() == before  # nothing written
+    # the temporary Prefect API, started before the checks so it comes up while they run, is gone
+    assert not prefect_servers_in(workspace)
+
+
+def prefect_servers_in(folder: Path) -> list[str]:
+    """Command lines of the `prefect server` processes running in ``folder``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if "prefect server" in command and Path(os.readlink(entry / "cwd")) == folder:
+                found.append(command)
+        except OSError:  # not a process, or gone
+            continue
+    return found
+
+
+def test_the_temporary_prefect_api_answers_once_ready_returns_and_stops_after(
+    workspace, monkeypatch
+):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with prefect_api(wait=False) as api:
+        assert prefect_servers_in(workspace)  # started at once, the block runs meanwhile
+        url = api.ready()
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+        assert api.ready() == url  # waits once
+    assert not prefect_servers_in(workspace)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=5)
 
 
 def test_a_port_out_of_range_is_refused_by_the_parser(capsys):
