@@ -70,15 +70,22 @@ def load_model(path: Path) -> tuple[nn.Sequential, dict[str, Any]]:
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """Logits in batches on the model's device, wherever ``images`` are (data streamed from
-    host memory is copied in batch by batch)."""
+    host memory is copied in batch by batch).
+
+    Written into one tensor made at the first batch, not kept per batch and joined: small
+    results kept alive between each batch's large temporaries fragment the CPU heap, which then
+    grows with every batch (measured: 7 GB over 150,000 validation images of the CNN)."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat(
-        [
-            model(images[start : start + batch_size].to(device, non_blocking=True))
-            for start in range(0, len(images), batch_size)
-        ]
-    )
+    logits: torch.Tensor | None = None
+    for start in range(0, len(images), batch_size):
+        batch = model(images[start : start + batch_size].to(device, non_blocking=True))
+        if logits is None:
+            logits = batch.new_empty((len(images), *batch.shape[1:]))
+        logits[start : start + len(batch)] = batch
+    if logits is None:
+        raise ValueError("no images to predict")
+    return logits
 
 
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_classifier.py")

@@ -7,7 +7,7 @@ from PIL import Image
 
 from tasks.core.errors import MlcycleError
 from tasks.core.files import read_split
-from tasks.core.model_file import load_model
+from tasks.core.model_file import load_model, predict_logits
 from tasks.monitoring.reference import load_reference
 from tasks.stages.evaluate import MONITORING_ARTIFACT_PATH, classification_scores, run_evaluate
 from tasks.stages.train import run_train
@@ -113,3 +113,15 @@ def test_a_file_that_is_not_a_model_is_named(tiny_params, processed_dir, tmp_pat
     (tmp_path / "model.pt").write_bytes(b"junk")
     with pytest.raises(MlcycleError, match=r"model\.pt: not a model written by the train stage"):
         run_evaluate(tiny_params.evaluate, tmp_path / "model.pt", processed_dir, tmp_path)
+
+
+def test_logits_in_batches_are_the_whole_batch_logits(trained, processed_dir):
+    model = load_model(trained)[0]
+    images = torch.from_numpy(read_split(processed_dir, "test")[0].images[:23])
+    with torch.no_grad():
+        whole = model.eval()(images)
+    batched = predict_logits(model, images, batch_size=5)  # 5 batches, the last one of 3
+    assert batched.shape == whole.shape
+    assert torch.allclose(batched, whole, atol=1e-5)
+    with pytest.raises(ValueError, match="no images"):
+        predict_logits(model, images[:0])
