@@ -162,15 +162,16 @@ def epoch_batches(
     device: torch.device,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The epoch's (images, labels) batches on ``device``, in ``order`` (a CPU index tensor),
-    augmented there. Resident data is gathered and augmented for the whole epoch at once;
-    streamed data batch by batch, each gathered into one of two pinned buffers and copied
-    without blocking, so the host prepares the next batch while the device trains on this one."""
+    augmented there, batch by batch: a copy of the whole epoch would double the train split's
+    memory (on a GPU, where ``auto`` placement lets the data take half the free memory, past
+    what is there). Resident data is gathered by indexing; streamed data into one of two pinned
+    buffers and copied without blocking, so the host prepares the next batch while the device
+    trains on this one."""
     rows_on_device = order.to(device)
     labels = data.labels[rows_on_device]
     if data.on_device:
-        images = augmentation.apply(data.images[rows_on_device])
         for batch in batches(len(order), batch_size):
-            yield images[batch], labels[batch]
+            yield augmentation.apply(data.images[rows_on_device[batch]], batch), labels[batch]
         return
     pinned = device.type == "cuda"
     buffers = [
