@@ -169,21 +169,18 @@ def epoch_batches(
     trains on this one."""
     rows_on_device = order.to(device)
     labels = data.labels[rows_on_device]
-    if data.on_device:
-        for batch in batches(len(order), batch_size):
-            yield augmentation.apply(data.images[rows_on_device[batch]], batch), labels[batch]
-        return
-    pinned = device.type == "cuda"
+    rows_where_the_images_are = rows_on_device if data.on_device else order
+    pinned = not data.on_device and device.type == "cuda"
     buffers = [
         torch.empty((batch_size + 1, *data.images.shape[1:]), dtype=data.images.dtype).pin_memory()
         for _ in range(2 if pinned else 0)
     ]
     copied: list[torch.cuda.Event | None] = [None, None]
     for number, batch in enumerate(batches(len(order), batch_size)):
-        rows = order[batch]
         if not pinned:
-            images = data.images[rows]
+            images = data.images[rows_where_the_images_are[batch]]
         else:
+            rows = order[batch]
             slot = number % 2
             if copied[slot] is not None:
                 copied[slot].synchronize()  # the copy out of this buffer has finished
