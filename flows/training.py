@@ -18,6 +18,7 @@ from tasks.core.console import run_logger
 from tasks.core.errors import hide_user_error_tracebacks
 from tasks.lifecycle.deploy import Deployment, deploy_task
 from tasks.lifecycle.pipeline import (
+    MANUAL_REASON,
     PipelineSummary,
     apply_params_task,
     fail_pipeline_run,
@@ -52,8 +53,10 @@ class PipelineOutcome:
     on_failure=[fail_pipeline_run],
     on_crashed=[fail_pipeline_run],
 )
-def training_pipeline(params: Params | None = None) -> PipelineOutcome:
-    """``params``: the whole of params.yaml; left empty, the file is used as it is."""
+def training_pipeline(params: Params | None = None, reason: str = MANUAL_REASON) -> PipelineOutcome:
+    """``params``: the whole of params.yaml; left empty, the file is used as it is.
+    ``reason``: why it runs (the schedule and the drift trigger of prefect.yaml say so); the
+    MLflow run's ``mlcycle.reason`` tag."""
     schedule = (params or load_params()).schedule
     say = run_logger("mlcycle.pipeline").warning
     with training_turn(
@@ -62,7 +65,7 @@ def training_pipeline(params: Params | None = None) -> PipelineOutcome:
         params = apply_params_task(params)
         if params.collect.feedback:  # before collect, so DVC sees the labelled images change
             export_feedback_task()
-        run_id = start_pipeline_run_task(params)
+        run_id = start_pipeline_run_task(params, reason)
         stages = [reproduce_stage_task(stage, run_id) for stage in DATA_STAGES]
         push_data_task()
         summary = finish_pipeline_run_task(run_id, params, stages)

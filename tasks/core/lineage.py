@@ -25,6 +25,7 @@ TAG_PID = "mlcycle.pid"
 TAG_HOST = "mlcycle.host"
 TAG_WORKSPACE = "mlcycle.workspace"
 TAG_STOPPED = "mlcycle.stopped"  # why a run was KILLED
+TAG_REASON = "mlcycle.reason"  # why the pipeline ran: by hand, its schedule, a drift event
 
 # Model version tags, beside the lineage tags copied from the run (git, DVC hashes, flow run).
 TAG_RUN = "mlcycle.mlflow_run_id"

@@ -34,6 +34,7 @@ from tasks.core.lineage import (
     TAG_MODEL_MD5,
     TAG_MODEL_RUN,
     TAG_PID,
+    TAG_REASON,
     TAG_STOPPED,
     TAG_WORKSPACE,
     git_state,
@@ -47,6 +48,9 @@ from tasks.stages.evaluate import METRICS_FILE, record_evaluation
 from tasks.stages.select import TAG_SELECTION, record_selection, selection_table
 from tasks.training.choice import SELECTION_FILE, read_choice
 from tasks.validation.gate import RAW_REPORT, record_validations, validation_markdown
+
+
+MANUAL_REASON = "by hand"  # a run nobody said why of: `mlcycle run`, the UI's Run button
 
 
 @dataclass(frozen=True)
@@ -140,9 +144,10 @@ def _reproduce(stage: str, run_id: str | None) -> StageResult:
     return StageResult(stage, ran=True, seconds=round(time.perf_counter() - started, 2))
 
 
-def start_pipeline_run(params: Params) -> str:
-    """Open the MLflow run the stages log into: params, git state, the Prefect flow-run id, and
-    the process running it (so that the next command can close it if this process dies)."""
+def start_pipeline_run(params: Params, reason: str = MANUAL_REASON) -> str:
+    """Open the MLflow run the stages log into: params, git state, the Prefect flow-run id,
+    why it ran, and the process running it (so that the next command can close it if this
+    process dies)."""
     from mlflow.tracking import MlflowClient
 
     experiment_id = connect()
@@ -150,10 +155,15 @@ def start_pipeline_run(params: Params) -> str:
     run = MlflowClient().create_run(
         experiment_id,
         run_name=f"pipeline-{flow_run.get_name() or time.strftime('%Y%m%d-%H%M%S')}",
-        tags={TAG_FLOW_RUN: flow_run_id or "none", **git_state(), **process_tags()},
+        tags={
+            TAG_FLOW_RUN: flow_run_id or "none",
+            TAG_REASON: reason[:500],
+            **git_state(),
+            **process_tags(),
+        },
     )
     RunTracker(run.info.run_id).log_params(params)
-    _logger().info("MLflow run %s", run_url(run.info.run_id))
+    _logger().info("MLflow run %s (why: %s)", run_url(run.info.run_id), reason)
     return run.info.run_id
 
 
