@@ -15,7 +15,8 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ from tasks.core.paths import PREDICTION_LOG
 from tasks.core.processes import Terminated, raise_terminated
 from tasks.core.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri
 from tasks.lifecycle import workspace
-from tasks.lifecycle.prefect_api import prefect_api
+from tasks.lifecycle.prefect_api import PrefectApiLost, api_lost, prefect_api, watching_api
 
 if TYPE_CHECKING:
     from flows.monitoring import MonitoringOutcome
@@ -181,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _stopped(args.command, "interrupted (Ctrl-C)", 130)
     except Terminated:
         return _stopped(args.command, "terminated (SIGTERM)", 143)
+    except PrefectApiLost:  # its one line is out already (see `watching`)
+        return 1
     except BrokenPipeError:  # `mlcycle models | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -200,7 +203,8 @@ def console_main() -> None:
     if wait_for_threads is None or run_exit_handlers is None:  # another Python: a plain exit
         sys.exit(code)
     wait_for_threads()
-    run_exit_handlers()
+    if not api_lost():  # Prefect's handlers would retry the dead API for minutes
+        run_exit_handlers()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -258,6 +262,31 @@ def _say(message: str) -> None:
     print(f"mlcycle: {message}", file=sys.stderr)
 
 
+def _error_line(line: str) -> None:
+    print(f"mlcycle: error: {line}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def watching(url: str, settle: Callable[[str], str]) -> Iterator[None]:
+    """The command ends within a minute of its Prefect API going away, with one error line
+    saying what was lost (``settle``); see ``tasks.lifecycle.prefect_api.watching_api``."""
+    with watching_api(url, settle, _error_line):
+        yield
+
+
+def _settle_pipeline(since_ms: int) -> Callable[[str], str]:
+    def settle(why: str) -> str:
+        from tasks.lifecycle.pipeline import settle_runs_of_this_process
+
+        return settle_runs_of_this_process(why, since_ms)
+
+    return settle
+
+
+def _settle_registration(why: str) -> str:
+    return "no alias moved unless the registration finished; `mlcycle register` completes it"
+
+
 @contextmanager
 def holding_workspace(command: str) -> Iterator[None]:
     """This workspace to ``command`` alone (see ``tasks.lifecycle.workspace``)."""
@@ -282,8 +311,9 @@ def run_pipeline(overrides: Sequence[str], command: str) -> int:
         from flows.training import training_pipeline
 
         with holding_workspace(command):
-            api.ready()
-            outcome = training_pipeline(params=params)
+            started_ms = int(time.time() * 1000)
+            with watching(api.ready(), _settle_pipeline(started_ms)):
+                outcome = training_pipeline(params=params)
     print(format_outcome(outcome))
     return 0
 
@@ -294,8 +324,7 @@ def run_register(run_id: str | None, command: str) -> int:
         connect()
         from flows.registry import register_model
 
-        with holding_workspace(command):
-            api.ready()
+        with holding_workspace(command), watching(api.ready(), _settle_registration):
             registration = register_model(run_id=run_id, params=params)
     print(format_registration(registration))
     return 0
@@ -465,10 +494,21 @@ def format_versions(name: str, rows: list[VersionRow]) -> str:
 
 def format_registration(registration: Registration) -> str:
     outcome = "promoted to champion" if registration.promoted else "not promoted"
-    return (
+    lines = [
         f"  registered: {registration.name} version {registration.version}, {outcome}: "
-        f"{registration.reason}\n"
-        f"  champion: {'version ' + registration.champion if registration.champion else 'none'}"
+        f"{registration.reason}",
+        f"  champion: {'version ' + registration.champion if registration.champion else 'none'}",
+    ]
+    if registration.recovered:
+        lines.insert(0, format_recovered(registration))
+    return "\n".join(lines)
+
+
+def format_recovered(registration: Registration) -> str:
+    return (
+        f"  recovered: the run left evaluated but unregistered ({registration.recovered}) is "
+        f"registered now: {registration.name} version {registration.version}, "
+        f"{'promoted to champion' if registration.promoted else 'not promoted'}"
     )
 
 
@@ -494,6 +534,8 @@ def format_outcome(outcome: PipelineOutcome) -> str:
         f"unchanged, skipped: {', '.join(summary.stages_skipped) or 'none'}",
         f"  MLflow run: {summary.run_url}",
     ]
+    if outcome.recovered is not None:
+        lines.append(format_recovered(outcome.recovered))
     lines.append(format_registration(outcome.registration))
     lines.append(f"  deploy: {outcome.deployment.message}")
     lines += [

@@ -29,6 +29,7 @@ from tasks.lifecycle.pipeline import (
 )
 from tasks.lifecycle.workspace import training_turn
 from tasks.registry.gate import Registration
+from tasks.registry.tasks import find_unregistered_task
 from tasks.serving.feedback import export_feedback_task
 
 # The stages of dvc.yaml, in order. validate gates data/raw; preprocess gates the split;
@@ -45,6 +46,7 @@ class PipelineOutcome:
     summary: PipelineSummary
     registration: Registration
     deployment: Deployment
+    recovered: Registration | None = None  # a run a lost command had left unregistered
 
 
 @flow(
@@ -62,6 +64,10 @@ def training_pipeline(params: Params | None = None, reason: str = MANUAL_REASON)
     with training_turn(
         "training-pipeline flow", schedule.training_slot, schedule.slot_wait_minutes * 60, say
     ):
+        # first, the model of a run whose command was lost after its evaluation: this run
+        # may change what the workspace holds
+        unregistered = find_unregistered_task()
+        recovered = register_model(run_id=unregistered, params=params) if unregistered else None
         params = apply_params_task(params)
         if params.collect.feedback:  # before collect, so DVC sees the labelled images change
             export_feedback_task()
@@ -73,7 +79,7 @@ def training_pipeline(params: Params | None = None, reason: str = MANUAL_REASON)
         deployment = deploy_task(
             registration.version, registration.promoted, registration.champion, params.serve
         )
-    return PipelineOutcome(summary, registration, deployment)
+    return PipelineOutcome(summary, registration, deployment, recovered)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,9 @@ TAG_HOST = "mlcycle.host"
 TAG_WORKSPACE = "mlcycle.workspace"
 TAG_STOPPED = "mlcycle.stopped"  # why a run was KILLED
 TAG_REASON = "mlcycle.reason"  # why the pipeline ran: by hand, its schedule, a drift event
+# Why a finished, evaluated run was left unregistered (a lost Prefect API, a dead worker):
+# the next `mlcycle run` or `mlcycle register` registers it.
+TAG_UNREGISTERED = "mlcycle.unregistered"
 
 # Model version tags, beside the lineage tags copied from the run (git, DVC hashes, flow run).
 TAG_RUN = "mlcycle.mlflow_run_id"

@@ -43,12 +43,12 @@ from tasks.core.lineage import (
 )
 from tasks.core.model_file import log_model
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
+from tasks.core.pending import is_evaluated, mark_unregistered, model_is_registered
 from tasks.core.tracking import RunTracker, connect, find_run, run_url
 from tasks.stages.evaluate import METRICS_FILE, record_evaluation
 from tasks.stages.select import TAG_SELECTION, record_selection, selection_table
 from tasks.training.choice import SELECTION_FILE, read_choice
 from tasks.validation.gate import RAW_REPORT, record_validations, validation_markdown
-
 
 MANUAL_REASON = "by hand"  # a run nobody said why of: `mlcycle run`, the UI's Run button
 
@@ -213,6 +213,54 @@ def close_orphaned_runs(pid: int, host: str) -> list[str]:
         MlflowClient().set_terminated(run.info.run_id, "KILLED")
         closed.append(run.info.run_id)
     return closed
+
+
+def settle_run(run_id: str, why: str) -> str:
+    """Mark a pipeline run whose command was lost (``why``): KILLED while it still read RUNNING
+    (nothing of it is ever registered); marked for the next registration if it finished its
+    evaluation unregistered. Says what it holds now, in words."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    if run.info.status == "RUNNING":
+        client.set_tag(run_id, TAG_STOPPED, why[:500])
+        client.set_terminated(run_id, "KILLED")
+        return f"MLflow run {run_id} is marked KILLED and nothing was registered"
+    if is_evaluated(run) and not model_is_registered(run):
+        mark_unregistered(run_id, why)
+        return (
+            f"MLflow run {run_id} was evaluated but not registered; `mlcycle register` (or the "
+            "next `mlcycle run`) registers it"
+        )
+    if is_evaluated(run):
+        return f"MLflow run {run_id} was evaluated and registered; only deploying it was lost"
+    return f"MLflow run {run_id} is {run.info.status}: nothing was registered"
+
+
+def settle_runs_of_this_process(why: str, since_ms: int) -> str:
+    """:func:`settle_run` on the pipeline runs this process started since ``since_ms``."""
+    from mlflow.tracking import MlflowClient
+
+    experiment_id = connect()
+    query = " and ".join(
+        [
+            f"attributes.start_time >= {since_ms}",
+            *(f"tags.`{k}` = '{v}'" for k, v in process_tags().items()),
+        ]
+    )
+    runs = MlflowClient().search_runs(
+        [experiment_id], query, order_by=["attributes.start_time DESC"]
+    )
+    if not runs:
+        return "no MLflow run had started; nothing was registered"
+    return "; ".join(settle_run(run.info.run_id, why) for run in runs)
+
+
+def settle_flow_run(flow_run_id: str, why: str) -> str | None:
+    """:func:`settle_run` on the pipeline run of Prefect flow run ``flow_run_id``, if any."""
+    run_id = find_run(TAG_FLOW_RUN, flow_run_id)
+    return settle_run(run_id, why) if run_id else None
 
 
 def finish_pipeline_run(

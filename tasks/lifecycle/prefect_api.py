@@ -15,10 +15,13 @@ can start it first and do its own checks while it comes up (``wait=False``, then
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,6 +35,10 @@ from tasks.core.processes import start_group, stop_group
 
 SERVER_LOG = Path(".mlcycle/prefect-server.log")
 START_TIMEOUT_S = 90.0
+API_CHECK_EVERY_S = 5.0  # how often a watched API is asked for /health
+API_LOST_AFTER_S = 15.0  # unanswered this long, it is lost (a restart takes ~5-10 s)
+UNWIND_GRACE_S = 10.0  # what a stopped command gets to stop its children before the exit
+LOST_SIGNAL = signal.SIGUSR1  # how the watch interrupts the main thread
 
 
 class PrefectApiError(MlcycleError):
@@ -123,3 +130,123 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class PrefectApiLost(BaseException):
+    """The watched Prefect API stopped answering: raised in the thread that watches it, a
+    BaseException (as ``Terminated``) so that no ``except Exception`` swallows it. The watch
+    has reported it (see :func:`watching_api`)."""
+
+
+class ApiWatch:
+    """A daemon thread that asks ``url`` for /health every API_CHECK_EVERY_S. Once it has not
+    answered for API_LOST_AFTER_S: PrefectApiLost in the watched thread, which stops what it
+    runs (its children in order); then one report (``settle`` says what the outage cost, in
+    words, and marks it), by the watched thread if it unwinds, else by the watch after
+    UNWIND_GRACE_S, which then ends the process: Prefect itself retries a dead API for a
+    minute per call."""
+
+    current: ApiWatch | None = None  # one per process: nested watches are that one
+    lost_message: str | None = None  # what was reported, once an API was lost
+
+    def __init__(
+        self, url: str, settle: Callable[[str], str], report: Callable[[str], None]
+    ) -> None:
+        self.url = url
+        self.settle = settle
+        self.report = report
+        self.why: str | None = None
+        self._watched = threading.current_thread()
+        self._exited = threading.Event()
+        self._signal_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="prefect-api-watch")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        failing_since: float | None = None
+        error = ""
+        while not self._exited.wait(API_CHECK_EVERY_S):
+            try:
+                response = httpx.get(f"{self.url.rstrip('/')}/health", timeout=API_CHECK_EVERY_S)
+                response.raise_for_status()
+                failing_since = None
+                continue
+            except httpx.HTTPError as failure:
+                error = str(failure) or type(failure).__name__
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since >= API_LOST_AFTER_S:
+                break
+        else:
+            return
+        with self._signal_lock:  # never after the block's exit restored the signal's default
+            if self._exited.is_set():
+                return
+            self.why = f"the Prefect API at {self.url} stopped answering ({error})"
+            self._interrupt()
+        if self._exited.wait(UNWIND_GRACE_S):
+            return  # the watched thread reported it on its way out
+        self.report_once()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    def _interrupt(self) -> None:
+        if self._watched is threading.main_thread():
+            signal.pthread_kill(self._watched.ident, LOST_SIGNAL)
+        elif self._watched.ident is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self._watched.ident), ctypes.py_object(PrefectApiLost)
+            )
+
+    def report_once(self) -> None:
+        with self._lock:
+            if ApiWatch.lost_message is not None:
+                return
+            why = self.why or f"the Prefect API at {self.url} stopped answering"
+            try:
+                settled = self.settle(why)
+            except Exception as error:  # the report must still come
+                settled = f"the MLflow run could not be marked ({error})"
+            ApiWatch.lost_message = f"{why}: {settled}; start it again and re-run"
+            self.report(ApiWatch.lost_message)
+
+
+def _raise_lost(signum: int, frame: object) -> None:
+    raise PrefectApiLost()
+
+
+@contextmanager
+def watching_api(
+    url: str, settle: Callable[[str], str], report: Callable[[str], None]
+) -> Iterator[None]:
+    """Watch the Prefect API at ``url`` for the block (see :class:`ApiWatch`): if it goes away,
+    the block ends with PrefectApiLost within a minute, after ``report`` got one line saying
+    what was lost (``settle(why)``). Inside a watched block, this is that watch."""
+    if ApiWatch.current is not None:
+        yield
+        return
+    watch = ApiWatch(url, settle, report)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(LOST_SIGNAL, _raise_lost) if main else None
+    ApiWatch.current = watch
+    watch.start()
+    try:
+        yield
+    except PrefectApiLost:
+        watch.report_once()
+        raise
+    finally:
+        with watch._signal_lock:
+            watch._exited.set()
+        ApiWatch.current = None
+        if main:
+            signal.signal(LOST_SIGNAL, previous)
+
+
+def api_lost() -> bool:
+    """Whether this process lost a watched Prefect API (its exit skips Prefect's handlers,
+    which would retry the dead API for minutes)."""
+    return ApiWatch.lost_message is not None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,8 @@ from typing import IO
 
 from tasks.core.errors import MlcycleError
 from tasks.core.files import try_lock, unlock
-from tasks.core.slots import holding_slot
+from tasks.core.slots import Takeover, holding_slot
+from tasks.lifecycle.prefect_api import watching_api
 
 WORKSPACE_LOCK = Path(".mlcycle/workspace.lock")
 
@@ -143,10 +145,48 @@ def training_slot(name: str, wait_s: float, say: Callable[[str], None]) -> Itera
         waiting.set()
         say(f"waiting for {where}: another training run holds it (up to {wait_s:g} s)")
 
+    def take_over(takeover: Takeover) -> None:
+        from tasks.lifecycle.pipeline import settle_flow_run
+
+        holder = takeover.holder
+        why = f"{holder.describe()} died holding {where} ({takeover.why})"
+        settled = settle_flow_run(holder.flow_run_id, why) if holder.flow_run_id else None
+        say(
+            f"took over {where} from {holder.describe()}: {takeover.why}"
+            + ("; its flow run is marked CRASHED" if takeover.crashed else "")
+            + (f"; its {settled}" if settled else "")
+        )
+
     hint = " (schedule.slot_wait_minutes); this run did nothing"
-    with holding_slot(name, where, wait_s, on_wait=say_waiting, timeout_hint=hint):
+    with holding_slot(
+        name, where, wait_s, on_wait=say_waiting, timeout_hint=hint, on_takeover=take_over
+    ):
         if waiting.is_set():
             say(f"{where} is free: this run goes on")
+        yield
+
+
+@contextmanager
+def watching_training(say: Callable[[str], None]) -> Iterator[None]:
+    """A training run that a worker started (no ``mlcycle`` command around it to watch its
+    API) ends within a minute when the Prefect server goes away, saying what was lost
+    (``tasks.lifecycle.prefect_api.watching_api``); inside a command, the command's watch."""
+    if not os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from tasks.lifecycle.pipeline import settle_runs_of_this_process
+
+    since_ms = int(time.time() * 1000)
+
+    def report(line: str) -> None:
+        say(line)
+        print(f"mlcycle: error: {line}", file=sys.stderr, flush=True)
+
+    with watching_api(
+        os.environ["PREFECT_API_URL"],
+        lambda why: settle_runs_of_this_process(why, since_ms),
+        report,
+    ):
         yield
 
 
@@ -156,5 +196,9 @@ def training_turn(
 ) -> Iterator[None]:
     """The training slot first, then the workspace: a second run triggered on this checkout
     waits for the slot instead of finding the workspace busy."""
-    with training_slot(slot, slot_wait_s, say), holding_workspace(command, say):
+    with (
+        watching_training(say),
+        training_slot(slot, slot_wait_s, say),
+        holding_workspace(command, say),
+    ):
         yield

@@ -27,6 +27,7 @@ from tasks.core.lineage import (
     TAG_PARAMS,
     TAG_RAW_SHAPE,
     TAG_RUN,
+    TAG_UNREGISTERED,
 )
 from tasks.core.model_file import load_model
 from tasks.core.paths import MODEL_FILE, PARAMS_FILE, RAW_DIR
@@ -44,6 +45,7 @@ class Candidate:
     model_md5: str
     metrics: dict[str, float]  # accuracy and macro_f1 on the test split
     tags: dict[str, str]  # lineage for the model version
+    unregistered: str | None = None  # why the run was left unregistered (a lost command)
 
 
 def find_candidate(
@@ -120,7 +122,15 @@ def find_candidate(
         TAG_RAW_SHAPE: json.dumps(_raw_shape(raw_dir, spec)),
         **{f"{TAG_METRIC_PREFIX}{k}": repr(v) for k, v in metrics.items()},
     }
-    return Candidate(run.info.run_id, model_run_id, model_id, model_md5, metrics, version_tags)
+    return Candidate(
+        run.info.run_id,
+        model_run_id,
+        model_id,
+        model_md5,
+        metrics,
+        version_tags,
+        tags.get(TAG_UNREGISTERED),
+    )
 
 
 def _check_params(run: Any, params_path: Path) -> None:

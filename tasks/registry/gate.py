@@ -47,6 +47,7 @@ class Registration:
     champion: str | None  # the version serving as champion afterwards
     candidate_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None  # the previous champion, on the same test split
+    recovered: str | None = None  # why its run had been left unregistered, if it had
 
 
 def decide(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from prefect import task
@@ -9,11 +10,17 @@ from prefect.transactions import get_transaction
 
 from tasks.core.config import RegistryParams
 from tasks.core.console import run_logger
+from tasks.core.pending import (
+    clear_unregistered,
+    mark_unregistered,
+    unregistered_cause,
+    unregistered_run,
+)
 from tasks.registry.candidate import Candidate, find_candidate
 from tasks.registry.check import check_registered
 from tasks.registry.gate import Registration, promote_if_better
 from tasks.registry.manual import promote, rollback
-from tasks.registry.store import SCORES, log
+from tasks.registry.store import SCORES, RegistryError, log
 from tasks.registry.versions import RegisteredVersion, create_version, retire_version
 
 
@@ -44,9 +51,37 @@ def registration_markdown(registration: Registration, policy: RegistryParams) ->
 _ROLLBACK_KEY = "registered_version"
 
 
+@task(name="find-unregistered-run")
+def find_unregistered_task() -> str | None:
+    """The newest pipeline run of this workspace if it finished its evaluation but was never
+    registered (its command was lost) and can be registered now; else None, saying why not."""
+    run = unregistered_run()
+    if run is None:
+        return None
+    run_id = run.info.run_id
+    try:
+        find_candidate(run_id)
+    except RegistryError as error:
+        run_logger(log.name).warning(
+            "register: run %s was evaluated but never registered (%s); it cannot be now: %s",
+            run_id,
+            unregistered_cause(run),
+            error,
+        )
+        return None
+    mark_unregistered(run_id, unregistered_cause(run))  # the registration says so
+    return run_id
+
+
 @task(name="find-candidate")
 def find_candidate_task(run_id: str | None = None) -> Candidate:
     candidate = find_candidate(run_id)
+    if candidate.unregistered:
+        run_logger(log.name).warning(
+            "register: run %s was evaluated but never registered (%s): registering it now",
+            candidate.run_id,
+            candidate.unregistered,
+        )
     run_logger(log.name).info(
         "register: run %s, test accuracy %.4f, macro-F1 %.4f",
         candidate.run_id,
@@ -85,6 +120,9 @@ def promote_if_better_task(
     candidate: Candidate, registered: RegisteredVersion, policy: RegistryParams
 ) -> Registration:
     registration = promote_if_better(candidate, registered, policy)
+    if candidate.unregistered:
+        clear_unregistered(candidate.run_id)
+        registration = replace(registration, recovered=candidate.unregistered)
     run_logger(log.name).info(
         "register: %s v%s %s: %s",
         registration.name,
