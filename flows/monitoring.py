@@ -1,5 +1,5 @@
-"""The monitoring flow: the served version's training data against live traffic, and
-retraining through the training deployment when they drifted apart.
+"""The monitoring flow: the served version's training data against live traffic; the verdict
+goes out as a Prefect event, and the training deployment's drift trigger retrains.
 
 Wiring only; the work is in ``tasks.lifecycle.monitor`` (publishing) and ``tasks.monitoring``
 (statistics). Run it with ``mlcycle monitor`` or from the ``monitoring/hourly`` deployment.
@@ -16,7 +16,7 @@ from pydantic import Field
 
 from tasks.core.config import Params, load_params
 from tasks.core.errors import hide_user_error_tracebacks
-from tasks.lifecycle.monitor import MonitorOutcome, monitor_task, retrain_on_drift_task
+from tasks.lifecycle.monitor import MonitorOutcome, emit_verdict_task, monitor_task
 from tasks.serving.prediction_log import read_window
 
 hide_user_error_tracebacks()
@@ -31,7 +31,7 @@ class MonitoringOutcome:
 @flow(
     name="monitoring",
     description="Compare the served model's training data with its newest logged predictions "
-    "(monitor.* in params.yaml); on drift, trigger training-pipeline/scheduled.",
+    "(monitor.* in params.yaml); send the verdict as an event (mlcycle.monitor.drift retrains).",
 )
 def monitoring(
     window: Annotated[int, Field(ge=1)] | None = None,
@@ -42,5 +42,5 @@ def monitoring(
     .npz of images (and labels) to compare instead of the log; ``params``: params.yaml's."""
     params = params or load_params()
     monitored = monitor_task(params, read_window, window, Path(batch) if batch else None)
-    retraining = retrain_on_drift_task(params, monitored)
+    retraining = emit_verdict_task(params, monitored)
     return MonitoringOutcome(monitored, retraining)

@@ -22,6 +22,7 @@ from tasks.core.slots import ensure_slot
 
 TRAINING_FLOW = "training-pipeline"
 TRAINING_DEPLOYMENT = f"{TRAINING_FLOW}/scheduled"
+DRIFT_EVENT = "mlcycle.monitor.drift"  # what the training deployment's trigger expects
 MONITORING_DEPLOYMENT = "monitoring/hourly"
 PREFECT_FILE = Path("prefect.yaml")
 
@@ -49,14 +50,17 @@ def server_url() -> str:
     return url
 
 
-def placeholder_values(schedule: ScheduleParams, checkout: Path) -> dict[str, str]:
+def placeholder_values(params: Params, checkout: Path) -> dict[str, str]:
     """The ``{{ MLCYCLE_* }}`` values of prefect.yaml."""
+    schedule = params.schedule
     return {
         "MLCYCLE_CHECKOUT": str(checkout.resolve()),
         "MLCYCLE_WORK_POOL": schedule.work_pool,
         "MLCYCLE_RETRAIN_CRON": schedule.retrain_cron,
         "MLCYCLE_MONITOR_CRON": schedule.monitor_cron,
         "MLCYCLE_TIMEZONE": schedule.timezone,
+        "MLCYCLE_RETRAIN_ON_DRIFT": str(params.monitor.retrain_on_drift).lower(),
+        "MLCYCLE_DRIFT_COOLDOWN_S": str(round(params.monitor.cooldown_hours * 3600)),
     }
 
 
@@ -128,7 +132,7 @@ def register_deployments(params: Params, checkout: Path = Path(".")) -> list[App
         "deploy",
         "--all",
         cwd=checkout,
-        env=placeholder_values(params.schedule, checkout),
+        env=placeholder_values(params, checkout),
     )
     # `prefect deploy` fills placeholders in the deployments but stores the pull step as
     # written (a worker would fill it from its own environment): point it at this checkout.
@@ -142,7 +146,42 @@ def register_deployments(params: Params, checkout: Path = Path(".")) -> list[App
                 update["parameters"] = {"params": params.model_dump(mode="json")}
             deployment = client.read_deployment_by_name(name)
             client.update_deployment(deployment.id, DeploymentUpdate(**update))
+    check_drift_trigger(params)
     return [describe_deployment(name) for name in (TRAINING_DEPLOYMENT, MONITORING_DEPLOYMENT)]
+
+
+def check_drift_trigger(params: Params) -> None:
+    """Read back the drift trigger ``prefect deploy`` made of prefect.yaml: an automation on the
+    training deployment expecting ``mlcycle.monitor.drift`` within ``monitor.cooldown_hours``,
+    enabled as ``monitor.retrain_on_drift`` says. DeploymentError naming what is wrong."""
+    found = drift_triggers()
+    wanted = round(params.monitor.cooldown_hours * 3600)
+    problem = None
+    if len(found) != 1:
+        problem = f"{len(found)} automations on it expect {DRIFT_EVENT}, expected 1"
+    elif found[0].enabled != params.monitor.retrain_on_drift:
+        problem = f"its automation '{found[0].name}' is enabled={found[0].enabled}"
+    elif round(found[0].trigger.within.total_seconds()) != wanted:
+        problem = f"its automation waits {found[0].trigger.within} between runs, not {wanted} s"
+    if problem:
+        raise DeploymentError(
+            f"the drift trigger of {TRAINING_DEPLOYMENT} (prefect.yaml `triggers:`) was not "
+            f"created as params.yaml says: {problem}; check prefect.yaml and run "
+            "`mlcycle deployments apply` again"
+        )
+
+
+def drift_triggers() -> list:
+    """The automations on the training deployment that expect the drift event
+    (ObjectNotFound when the deployment is not on the server)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(TRAINING_DEPLOYMENT)
+        automations = client.read_resource_related_automations(
+            f"prefect.deployment.{deployment.id}"
+        )
+    return [a for a in automations if DRIFT_EVENT in set(getattr(a.trigger, "expect", ()) or ())]
 
 
 def describe_deployment(name: str, upcoming: int = 3) -> AppliedDeployment:

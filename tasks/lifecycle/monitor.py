@@ -1,5 +1,6 @@
 """Monitoring's side effects: find the served version and its reference, read the live window,
-record the verdict (HTML report, MLflow run, Prefect artifact), and trigger retraining on drift.
+record the verdict (HTML report, MLflow run, Prefect artifact) and send it as a Prefect event
+(the training deployment's trigger retrains on drift).
 
 The statistics live in ``tasks.monitoring``; this module only gathers their inputs and publishes
 their outputs. The reference is the one the evaluate stage wrote for the served version and
@@ -13,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +30,7 @@ from tasks.core.images import prepare_images
 from tasks.core.lineage import TAG_DVC_PREFIX, TAG_FLOW_RUN, TAG_MODEL_MD5, TAG_MODEL_RUN
 from tasks.core.paths import MODEL_FILE, PREDICTION_LOG, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.tracking import ModelVersionNotFound, get_model_version
-from tasks.lifecycle.deployments import TRAINING_DEPLOYMENT
+from tasks.lifecycle.deployments import DRIFT_EVENT, TRAINING_DEPLOYMENT, drift_triggers
 from tasks.monitoring.drift import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, DriftResult, compare
 from tasks.monitoring.drift import write_report as write_drift_report
 from tasks.monitoring.features import image_features
@@ -45,7 +46,6 @@ from tasks.stages.evaluate import MONITORING_ARTIFACT_PATH
 MONITORING_EXPERIMENT = "mlcycle-monitoring"
 MONITORING_REPORTS = REPORTS_DIR / "monitoring"
 EXIT_CODES = {NO_DRIFT: 0, DRIFT: 3, NOT_ENOUGH_DATA: 4}
-DRIFT_TAG = "mlcycle-drift"  # on the training runs monitoring triggers (the cool-down reads it)
 TAG_MODEL_NAME = "mlcycle.model_name"
 TAG_MODEL_VERSION = "mlcycle.model_version"
 TAG_DECISION = "mlcycle.decision"
@@ -328,66 +328,101 @@ def monitor(
     return MonitorOutcome(served, result, report, run_id, current.source)
 
 
-def retrain_on_drift(params: Params, outcome: MonitorOutcome) -> str:
-    """On drift, a run of ``training-pipeline/scheduled`` through Prefect (the promotion gate
-    still decides what is served), unless one was triggered within ``monitor.cooldown_hours``.
-    Returns what happened, for people."""
-    if outcome.result.decision != DRIFT:
-        return f"no retraining: {outcome.result.decision}"
-    if not params.monitor.retrain_on_drift:
-        return "no retraining: monitor.retrain_on_drift is false"
-    how = (
-        "start a Prefect server (`make prefect-ui`), `export PREFECT_API_URL="
-        "http://127.0.0.1:4200/api`, `make deploy` and `make worker`"
+# One Prefect event per verdict: the training deployment's trigger (prefect.yaml) retrains on
+# the drift event, and the UI's Event Feed shows every verdict.
+VERDICT_EVENTS = {
+    NO_DRIFT: "mlcycle.monitor.ok",
+    DRIFT: DRIFT_EVENT,
+    NOT_ENOUGH_DATA: "mlcycle.monitor.not-enough-data",
+}
+RESOURCE_PREFIX = "mlcycle.model"  # a verdict's resource: mlcycle.model.<name>.v<version>
+HOW_TO_RETRAIN = (
+    "start a Prefect server (`make prefect-ui`), `export PREFECT_API_URL="
+    "http://127.0.0.1:4200/api`, `make deploy` and `make worker`"
+)
+
+
+@dataclass(frozen=True)
+class VerdictEvent:
+    """What :func:`emit_verdict` sends: the event name, its resource and its payload."""
+
+    name: str
+    resource: dict[str, str]
+    payload: dict[str, object]
+
+
+def verdict_event(outcome: MonitorOutcome) -> VerdictEvent:
+    """The verdict of ``outcome`` as a Prefect event: resource the served model version,
+    payload the summary (decision, a one-line text, rows, what drifted, the numbers)."""
+    served, result = outcome.served, outcome.result
+    drifted = [check.name for check in result.drifted]
+    summary = f"{served.name} v{served.version}: {result.decision} over {result.rows} rows" + (
+        f" (drifted: {', '.join(drifted)})" if drifted else ""
     )
+    return VerdictEvent(
+        name=VERDICT_EVENTS[result.decision],
+        resource={
+            "prefect.resource.id": f"{RESOURCE_PREFIX}.{served.name}.v{served.version}",
+            "prefect.resource.name": f"{served.name} v{served.version}",
+            "mlcycle.model.name": served.name,
+            "mlcycle.model.version": served.version,
+            "mlcycle.model.alias": served.alias,
+        },
+        payload={
+            "decision": result.decision,
+            "summary": summary,
+            "rows": result.rows,
+            "labelled": result.labelled,
+            "drifted": drifted,
+            "metrics": result.metrics(),
+            "source": outcome.source,
+            "report": str(outcome.report),
+            "mlflow_run_id": outcome.run_id,
+        },
+    )
+
+
+def emit_verdict(params: Params, outcome: MonitorOutcome) -> str:
+    """Send the verdict's event to the Prefect API and say, for people, what retrains: on
+    drift, the training deployment's drift trigger (an automation on the server), debounced
+    by ``monitor.cooldown_hours``; the promotion gate still decides what is served."""
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    event = verdict_event(outcome)
+    sent = emit_event(event=event.name, resource=event.resource, payload=event.payload)
+    EventsWorker.drain_all(timeout=5)  # delivered before the process may end
+    sent_line = f"event {event.name} sent ({sent.id})" if sent else f"event {event.name} not sent"
+    if outcome.result.decision != DRIFT:
+        return f"no retraining: {outcome.result.decision} ({sent_line})"
+    if not params.monitor.retrain_on_drift:
+        return f"no retraining: monitor.retrain_on_drift is false ({sent_line})"
     if not os.environ.get("PREFECT_API_URL"):
-        return f"drift, but no retraining: no Prefect server with deployments; {how}"
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
+        return f"drift, but no retraining: no Prefect server with deployments; {HOW_TO_RETRAIN}"
+    return f"drift: {sent_line}; {drift_trigger_line()}"
+
+
+def drift_trigger_line() -> str:
+    """What the server will do with a drift event: the training deployment's drift trigger,
+    or why nothing retrains."""
     from prefect.exceptions import ObjectNotFound
 
-    with get_client(sync_client=True) as client:
-        try:
-            deployment = client.read_deployment_by_name(TRAINING_DEPLOYMENT)
-        except ObjectNotFound:
-            return f"drift, but no retraining: {TRAINING_DEPLOYMENT} is not deployed; {how}"
-        recent = _recent_drift_runs(client, deployment.id, params.monitor.cooldown_hours)
-    if recent:
-        last = recent[0]
-        until = last.created + timedelta(hours=params.monitor.cooldown_hours)
+    try:
+        triggers = drift_triggers()
+    except ObjectNotFound:
+        return f"but {TRAINING_DEPLOYMENT} is not deployed, nothing retrains; {HOW_TO_RETRAIN}"
+    if not triggers:
         return (
-            f"drift, but no retraining: cool-down (monitor.cooldown_hours="
-            f"{params.monitor.cooldown_hours:g}): flow run '{last.name}' was triggered at "
-            f"{last.created:%Y-%m-%d %H:%M} UTC; the next can start after {until:%Y-%m-%d %H:%M}"
+            f"but {TRAINING_DEPLOYMENT} has no drift trigger, nothing retrains: "
+            "`mlcycle deployments apply` (make deploy) creates it"
         )
-    run = run_deployment(TRAINING_DEPLOYMENT, timeout=0, tags=[DRIFT_TAG])
-    return f"drift: triggered {TRAINING_DEPLOYMENT} flow run '{run.name}' ({run.id})"
-
-
-def _recent_drift_runs(client, deployment_id, hours: float) -> list:
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterTags,
-    )
-    from prefect.client.schemas.sorting import FlowRunSort
-
-    since = datetime.now(UTC) - timedelta(hours=hours)
-    runs = client.read_flow_runs(
-        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-        flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[DRIFT_TAG])),
-        sort=FlowRunSort.START_TIME_DESC,
-        limit=50,
-    )
-    return sorted(
-        (run for run in runs if run.created and run.created >= since),
-        key=lambda run: run.created,
-        reverse=True,
+    if not triggers[0].enabled:
+        return f"but its trigger '{triggers[0].name}' is disabled (monitor.retrain_on_drift)"
+    return (
+        f"the trigger '{triggers[0].name}' runs {TRAINING_DEPLOYMENT} unless it ran one within "
+        "monitor.cooldown_hours"
     )
 
 
 monitor_task = task(name="monitor", retries=0)(monitor)
-retrain_on_drift_task = task(name="retrain-on-drift", retries=1, retry_delay_seconds=5)(
-    retrain_on_drift
-)
+emit_verdict_task = task(name="emit-verdict", retries=1, retry_delay_seconds=5)(emit_verdict)

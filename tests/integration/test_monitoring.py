@@ -1,6 +1,7 @@
 """Closing the loop end to end: a project that ran the pipeline serves its champion, traffic is
-logged, `mlcycle monitor` judges it against the champion's reference, and drift creates a
-`training-pipeline/scheduled` flow run on a real `prefect server` (once: the cool-down holds)."""
+logged, `mlcycle monitor` judges it against the champion's reference and sends the verdict as
+an event to a real `prefect server`, where the drift trigger of `training-pipeline/scheduled`
+creates one flow run (once: its window debounces the episode's later drift events)."""
 
 from __future__ import annotations
 
@@ -80,15 +81,43 @@ def monitor(project: Path, server: PrefectServer, *args: str) -> subprocess.Comp
 
 
 def drift_runs(server: PrefectServer) -> list:
+    """The training deployment's runs that its schedule did not create: the drift trigger's."""
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     with SyncPrefectClient(server.url) as client:
         deployment = client.read_deployment_by_name("training-pipeline/scheduled")
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-        return client.read_flow_runs(
+        runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
         )
+    return [run for run in runs if not run.auto_scheduled]
+
+
+def wait_for_drift_runs(server: PrefectServer, count: int, timeout_s: float = 30) -> list:
+    """The training deployment's runs once ``count`` exist (the automation acts within
+    seconds of the event); a failure naming how many there were."""
+    deadline = time.monotonic() + timeout_s
+    while len(runs := drift_runs(server)) < count and time.monotonic() < deadline:
+        time.sleep(1)
+    assert len(runs) == count, f"{len(runs)} training runs, expected {count}"
+    return runs
+
+
+def verdict_events(server: PrefectServer, count: int, timeout_s: float = 30) -> list[dict]:
+    """The mlcycle.monitor.* events the server stored (it stores them within seconds), oldest
+    first, once ``count`` are there or ``timeout_s`` passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = httpx.post(
+            f"{server.url}/events/filter",
+            json={"filter": {"event": {"prefix": ["mlcycle.monitor."]}, "order": "ASC"}},
+            timeout=30,
+        )
+        response.raise_for_status()
+        events = response.json()["events"]
+        if len(events) >= count or time.monotonic() > deadline:
+            return events
+        time.sleep(1)
 
 
 def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project, server, app):
@@ -106,7 +135,6 @@ def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project,
     clean = monitor(project, server, "--window", "400")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "NO DRIFT" in clean.stdout and "retraining: no retraining: no drift" in clean.stdout
-    assert drift_runs(server) == []
     report = Path(clean.stdout.split("report: ")[1].split()[0])
     assert (project / report).is_file()
 
@@ -114,19 +142,34 @@ def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project,
     send(app, low_contrast)
     drifted = monitor(project, server, "--window", "400")
     assert drifted.returncode == 3, drifted.stdout + drifted.stderr
-    assert "DRIFT" in drifted.stdout and "triggered training-pipeline/scheduled" in drifted.stdout
-    [triggered] = drift_runs(server)
-    assert "mlcycle-drift" in triggered.tags
+    assert "event mlcycle.monitor.drift sent" in drifted.stdout, drifted.stdout
+    assert "the trigger 'retrain on drift' runs training-pipeline/scheduled" in drifted.stdout
+    [triggered] = wait_for_drift_runs(server, 1)  # the clean verdict triggered nothing
+    assert triggered.created_by and triggered.created_by.type == "AUTOMATION", triggered.created_by
+    assert triggered.parameters["reason"].startswith(
+        "drift: mlcycle-classifier v1: drift over 400 rows"
+    ), triggered.parameters
+    assert triggered.parameters["params"]["train"]  # the deployment's params, as deployed
     assert_published(project, server, decision="drift")
 
-    again = monitor(project, server, "--window", "400")
-    assert again.returncode == 3
-    assert "cool-down" in again.stdout, again.stdout
+    again = monitor(project, server, "--window", "400")  # the same episode: debounced
+    assert again.returncode == 3 and "event mlcycle.monitor.drift sent" in again.stdout
+    time.sleep(10)
     assert len(drift_runs(server)) == 1
 
     tiny = monitor(project, server, "--window", "10")
     assert tiny.returncode == 4, tiny.stdout + tiny.stderr
     assert "NOT ENOUGH DATA" in tiny.stdout
+    events = verdict_events(server, 4)
+    assert [event["event"] for event in events] == [
+        "mlcycle.monitor.ok",
+        "mlcycle.monitor.drift",
+        "mlcycle.monitor.drift",
+        "mlcycle.monitor.not-enough-data",
+    ]
+    resource = events[1]["resource"]
+    assert resource["prefect.resource.id"] == "mlcycle.model.mlcycle-classifier.v1"
+    assert events[1]["payload"]["decision"] == "drift" and events[1]["payload"]["drifted"]
 
 
 def test_a_batch_file_is_judged_and_a_bad_one_named(project, tmp_path):
