@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tasks.core.config import Params, ScheduleParams
@@ -23,6 +24,9 @@ from tasks.core.slots import ensure_slot
 TRAINING_FLOW = "training-pipeline"
 TRAINING_DEPLOYMENT = f"{TRAINING_FLOW}/scheduled"
 DRIFT_EVENT = "mlcycle.monitor.drift"  # what the training deployment's trigger expects
+# The server's scheduler creates each active schedule's next runs every 60 s
+# (PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS): after this long, none is a fault.
+SCHEDULER_GRACE_S = 90
 MONITORING_DEPLOYMENT = "monitoring/hourly"
 PREFECT_FILE = Path("prefect.yaml")
 
@@ -106,6 +110,8 @@ def apply_deployments(params: Params, checkout: Path = Path(".")) -> list[Applie
     url = server_url()
     try:
         httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
+        for problem in scheduler_problems():  # before the update resets what it reads
+            run_logger("mlcycle.deployments").warning("warning: %s", problem)
         return register_deployments(params, checkout)
     except (httpx.HTTPError, PrefectHTTPStatusError) as error:
         raise DeploymentError(
@@ -169,6 +175,43 @@ def check_drift_trigger(params: Params) -> None:
             f"created as params.yaml says: {problem}; check prefect.yaml and run "
             "`mlcycle deployments apply` again"
         )
+
+
+def scheduler_problems(now: datetime | None = None) -> list[str]:
+    """A line for each deployed mlcycle deployment whose active schedule the server's scheduler
+    has ignored: unchanged for over SCHEDULER_GRACE_S, yet no run created by the scheduler
+    since. A healthy scheduler fills each schedule's next runs every loop (60 s)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.exceptions import ObjectNotFound
+
+    now = now or datetime.now(UTC)
+    problems = []
+    with get_client(sync_client=True) as client:
+        for name in (TRAINING_DEPLOYMENT, MONITORING_DEPLOYMENT):
+            try:
+                deployment = client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue  # not deployed yet: nothing to judge
+            changed = deployment.updated or deployment.created
+            if not any(s.active for s in deployment.schedules) or deployment.paused:
+                continue
+            if changed is None or (now - changed).total_seconds() < SCHEDULER_GRACE_S:
+                continue
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,  # the upcoming ones first
+                limit=50,
+            )
+            if not any(run.auto_scheduled and run.created >= changed for run in runs):
+                problems.append(
+                    f"the Prefect server's scheduler has created no run of {name} since its "
+                    f"schedule was applied at {changed:%Y-%m-%d %H:%M:%S} UTC: its schedules "
+                    "never fire. Look for ERROR lines in the server's log (Prefect 3.8.8's "
+                    "scheduler needs SQLAlchemy < 2.1; the scheduler service may be disabled)"
+                )
+    return problems
 
 
 def drift_triggers() -> list:

@@ -247,11 +247,12 @@ class PrefectServer:
     """A real ``prefect server start`` on a loopback port with a database of its own, that a
     test can stop and start again (same port, same database)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **server_settings: str) -> None:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.process: subprocess.Popen | None = None
+        self.server_settings = server_settings  # PREFECT_SERVER_* of the server process only
 
     @property
     def env(self) -> dict[str, str]:
@@ -266,7 +267,7 @@ class PrefectServer:
 
     def start(self) -> PrefectServer:
         command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1"]
-        env = {**self.env, "PREFECT_UI_ENABLED": "false"}
+        env = {**self.env, "PREFECT_UI_ENABLED": "false", **self.server_settings}
         del env["PREFECT_API_URL"]
         with (self.root / "server.log").open("a") as log:
             self.process = subprocess.Popen(
@@ -283,3 +284,28 @@ class PrefectServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=30)
+
+
+class Worker:
+    """`mlcycle worker` in the background, in a session of its own; its output in a file."""
+
+    def __init__(self, checkout: Path, server: PrefectServer, log: Path) -> None:
+        self.log = log
+        with log.open("a") as output:
+            self.process = subprocess.Popen(
+                [str(BIN / "mlcycle"), "worker"],
+                cwd=checkout,
+                env={**server.env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()

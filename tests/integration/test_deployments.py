@@ -6,7 +6,6 @@ survive restarts of the server and the worker."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from tasks.core.config import load_params
-from tests.integration.helpers import BIN, PrefectServer, copy_project, mlcycle, run
+from tests.integration.helpers import BIN, PrefectServer, Worker, copy_project, mlcycle, run
 
 pytestmark = pytest.mark.slow
 
@@ -55,31 +54,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
 @pytest.fixture(scope="module")
 def checkout(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return copy_project(project_template, tmp_path_factory.mktemp("checkout"))
-
-
-class Worker:
-    """`mlcycle worker` in the background, in a session of its own; its output in a file."""
-
-    def __init__(self, checkout: Path, server: PrefectServer, log: Path) -> None:
-        self.log = log
-        with log.open("a") as output:
-            self.process = subprocess.Popen(
-                [str(BIN / "mlcycle"), "worker"],
-                cwd=checkout,
-                env={**server.env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
 
 
 def client_of(server: PrefectServer):
