@@ -100,7 +100,7 @@ def postgres_uri() -> Iterator[str]:
         connection.autocommit = True
         connection.cursor().execute("CREATE DATABASE mlflow")
         connection.close()
-        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/mlflow"
+        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"  # plain, as users write it
     finally:
         subprocess.run(
             [*as_user, tools["pg_ctl"], "-D", str(data), "-m", "fast", "-w", "stop"],
