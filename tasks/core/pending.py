@@ -67,9 +67,13 @@ def unregistered_cause(run: Any) -> str:
 
 
 def mark_unregistered(run_id: str, why: str) -> None:
+    """Mark ``run_id`` for the next registration; a mark already there (the first cause)
+    stays."""
     from mlflow.tracking import MlflowClient
 
-    MlflowClient().set_tag(run_id, TAG_UNREGISTERED, why[:500])
+    client = MlflowClient()
+    if TAG_UNREGISTERED not in client.get_run(run_id).data.tags:
+        client.set_tag(run_id, TAG_UNREGISTERED, why[:500])
 
 
 def clear_unregistered(run_id: str) -> None:

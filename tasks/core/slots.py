@@ -57,8 +57,8 @@ class SlotHolder:
     renewed: float
 
     def describe(self) -> str:
-        run = f"flow run {self.flow_run_id}, " if self.flow_run_id else ""
-        return f"{self.where} ({run}pid {self.pid} on {self.host})"
+        process = f"pid {self.pid} on {self.host}"
+        return f"flow run {self.flow_run_id} ({process})" if self.flow_run_id else process
 
 
 @dataclass(frozen=True)

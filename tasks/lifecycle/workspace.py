@@ -149,7 +149,7 @@ def training_slot(name: str, wait_s: float, say: Callable[[str], None]) -> Itera
         from tasks.lifecycle.pipeline import settle_flow_run
 
         holder = takeover.holder
-        why = f"{holder.describe()} died holding {where} ({takeover.why})"
+        why = f"{holder.describe()} died holding the training slot ({takeover.why})"
         settled = settle_flow_run(holder.flow_run_id, why) if holder.flow_run_id else None
         say(
             f"took over {where} from {holder.describe()}: {takeover.why}"
