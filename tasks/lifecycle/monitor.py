@@ -54,6 +54,7 @@ TAG_DECISION = "mlcycle.decision"
 class LoggedRows(Protocol):
     """What the serving room's prediction log reader returns (``read_window``)."""
 
+    logged_at: np.ndarray
     images: np.ndarray
     probabilities: np.ndarray
     labels: np.ndarray
@@ -87,6 +88,7 @@ class Window:
     probabilities: np.ndarray
     labels: np.ndarray
     source: str
+    logged: tuple[float, float] | None = None  # the oldest and newest row's time (the log's)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class MonitorOutcome:
     report: Path
     run_id: str
     source: str
+    logged: tuple[float, float] | None = None  # when the compared rows were logged, if they were
 
     @property
     def exit_code(self) -> int:
@@ -183,7 +186,8 @@ def logged_window(
     logged = read_log(log_path, served.name, served.version, window, since)
     images = fitted(logged.images, reference) if len(logged) else logged.images
     source = f"{log_path}: newest {len(logged)} predictions of version {served.version}"
-    return Window(images, logged.probabilities, logged.labels, source)
+    span = (float(logged.logged_at[0]), float(logged.logged_at[-1])) if len(logged) else None
+    return Window(images, logged.probabilities, logged.labels, source, span)
 
 
 def batch_window(served: Served, reference: Reference, path: Path) -> Window:
@@ -325,7 +329,7 @@ def monitor(
         f", drifted: {', '.join(c.name for c in result.drifted)}" if result.drifted else "",
         report,
     )
-    return MonitorOutcome(served, result, report, run_id, current.source)
+    return MonitorOutcome(served, result, report, run_id, current.source, current.logged)
 
 
 # One Prefect event per verdict: the training deployment's trigger (prefect.yaml) retrains on
@@ -376,6 +380,9 @@ def verdict_event(outcome: MonitorOutcome) -> VerdictEvent:
             "drifted": drifted,
             "metrics": result.metrics(),
             "source": outcome.source,
+            # when the compared rows were logged (seconds since the epoch): what the verdict covers
+            "logged_from": outcome.logged[0] if outcome.logged else None,
+            "logged_to": outcome.logged[1] if outcome.logged else None,
             "report": str(outcome.report),
             "mlflow_run_id": outcome.run_id,
         },
