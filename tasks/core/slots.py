@@ -38,6 +38,7 @@ SLOT_TAKEN_AFTER_S = 2.0  # a free slot is granted well within this
 POLL_S = 1.0  # how often a waiter asks again
 REQUEST_TIMEOUT_S = 10.0  # one call to the server: a hung server must not hang the holder
 LOCKED = 423  # the server's answer while the slot is taken
+TRANSIENT_S = 30.0  # a server failing this long while asked for the slot has failed
 
 
 class SlotUnavailable(MlcycleError):
@@ -141,52 +142,75 @@ def _client() -> Iterator[Any]:
 def _acquire(
     name: str, where: str, wait_s: float, on_wait: Callable[[], None] | None
 ) -> tuple[SlotHolder, Takeover | None]:
-    """Poll for the slot until ``wait_s``, taking it over from a holder that is gone."""
-    from prefect.runtime import flow_run
-
+    """Poll for the slot until ``wait_s``, taking it over from a holder that is gone. A busy
+    server answers 503 now and then (its database locked by another waiter): asked again on
+    the next poll, unless it keeps failing for TRANSIENT_S."""
     started = time.monotonic()
     waited = False
     stale: Takeover | None = None
+    failing_since: float | None = None
     with _client() as client:
         while True:
-            lease_id = _try_take(client, name)
-            if lease_id is not None:
-                previous = read_holder(client, name)
-                now = time.time()
-                holder = SlotHolder(
-                    lease_id=lease_id,
-                    flow_run_id=flow_run.get_id(),
-                    pid=os.getpid(),
-                    host=socket.gethostname(),
-                    where=where,
-                    since=now,
-                    renewed=now,
-                )
-                _write_holder(client, name, holder)
-                if stale is None and previous is not None and previous.lease_id != lease_id:
-                    # granted because its lease ran out: a holder that died, unless it was
-                    # just slow to clear its record after a release
-                    why = _gone(client, previous)
-                    stale = Takeover(previous, why) if why else None
-                if stale is not None:
-                    stale = replace(stale, crashed=_crash_flow_run(client, stale))
-                return holder, stale
-            holder = read_holder(client, name)
-            why = _gone(client, holder) if holder is not None else None
-            if holder is not None and why is not None:
-                stale = Takeover(holder, why)
-                _free(client, name, holder)
-                continue
-            if (
-                not waited
-                and on_wait is not None
-                and time.monotonic() - started >= SLOT_TAKEN_AFTER_S
-            ):
+            try:
+                lease_id = _try_take(client, name)
+                if lease_id is not None:
+                    return _took(client, name, where, lease_id, stale)
+                holder = read_holder(client, name)
+                why = _gone(client, holder) if holder is not None else None
+                if holder is not None and why is not None:
+                    stale = Takeover(holder, why)
+                    _free(client, name, holder)
+                    continue
+                failing_since = None
+            except Exception as error:
+                failing_since = failing_since or time.monotonic()
+                if not _transient(error) or time.monotonic() - failing_since > TRANSIENT_S:
+                    raise
+            if not waited and on_wait and time.monotonic() - started >= SLOT_TAKEN_AFTER_S:
                 waited = True
                 on_wait()
             if time.monotonic() - started >= wait_s:
                 raise TimeoutError
             time.sleep(POLL_S)
+
+
+def _took(
+    client: Any, name: str, where: str, lease_id: str, stale: Takeover | None
+) -> tuple[SlotHolder, Takeover | None]:
+    """The slot is ours: write our record; name a holder it was taken over from. Best effort
+    past the lease (the renewal writes the record again)."""
+    from prefect.runtime import flow_run
+
+    now = time.time()
+    holder = SlotHolder(
+        lease_id=lease_id,
+        flow_run_id=flow_run.get_id(),
+        pid=os.getpid(),
+        host=socket.gethostname(),
+        where=where,
+        since=now,
+        renewed=now,
+    )
+    with suppress(Exception):
+        previous = read_holder(client, name)
+        _write_holder(client, name, holder)
+        if stale is None and previous is not None and previous.lease_id != lease_id:
+            # granted because its lease ran out: a holder that died, unless it was just slow
+            # to clear its record after a release
+            why = _gone(client, previous)
+            stale = Takeover(previous, why) if why else None
+        if stale is not None:
+            stale = replace(stale, crashed=_crash_flow_run(client, stale))
+    return holder, stale
+
+
+def _transient(error: Exception) -> bool:
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    if isinstance(error, PrefectHTTPStatusError):
+        return error.response.status_code in (408, 429, 500, 502, 503, 504)
+    return isinstance(error, httpx.TransportError)
 
 
 def _try_take(client: Any, name: str) -> str | None:
