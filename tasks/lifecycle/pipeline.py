@@ -226,7 +226,10 @@ def settle_run(run_id: str, why: str) -> str:
     if run.info.status == "RUNNING":
         client.set_tag(run_id, TAG_STOPPED, why[:500])
         client.set_terminated(run_id, "KILLED")
-        return f"MLflow run {run_id} is marked KILLED and nothing was registered"
+        return (
+            f"MLflow run {run_id} is marked KILLED and nothing was registered; `mlcycle run` "
+            "starts again"
+        )
     if is_evaluated(run) and not model_is_registered(run):
         mark_unregistered(run_id, why)
         return (
@@ -253,7 +256,7 @@ def settle_runs_of_this_process(why: str, since_ms: int) -> str:
         [experiment_id], query, order_by=["attributes.start_time DESC"]
     )
     if not runs:
-        return "no MLflow run had started; nothing was registered"
+        return "no MLflow run had started; nothing was registered; `mlcycle run` starts again"
     return "; ".join(settle_run(run.info.run_id, why) for run in runs)
 
 

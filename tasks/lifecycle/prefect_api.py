@@ -210,7 +210,7 @@ class ApiWatch:
                 settled = self.settle(why)
             except Exception as error:  # the report must still come
                 settled = f"the MLflow run could not be marked ({error})"
-            ApiWatch.lost_message = f"{why}: {settled}; start it again and re-run"
+            ApiWatch.lost_message = f"{why}: {settled}"
             self.report(ApiWatch.lost_message)
 
 
