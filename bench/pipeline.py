@@ -195,11 +195,12 @@ class PrefectServer:
     """`prefect server start` on a free loopback port with a database of its own (as the
     integration tests start one): started, waited for (/health), stopped with its group."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, **settings: str) -> None:
         self.home = home
         self.url = f"http://127.0.0.1:{free_port()}/api"
         self.process: subprocess.Popen | None = None
         self.start_s = 0.0
+        self.settings = settings  # PREFECT_SERVER_* of the server process
 
     def start(self, timeout_s: float = 120.0) -> PrefectServer:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -208,6 +209,7 @@ class PrefectServer:
             "PREFECT_HOME": str(self.home),
             "PREFECT_UI_ENABLED": "false",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            **self.settings,
         }
         env.pop("PREFECT_API_URL", None)
         port = self.url.rsplit(":", 1)[1].split("/")[0]

@@ -18,6 +18,8 @@ does not stop the next; each exit code is recorded):
               bench/serving.py against `mlflow models serve` (needs wrk: `make bench` installs it)
   scaling     bench/scaling.py: collect (augment_to), the data stages and one training epoch at
               60,000 to 1,000,000 images (skipped when the script is not there)
+  soak        bench/soak.py: 24 minutes unattended (--quick: 12) with a real Prefect server,
+              schedules, the drift trigger, a worker, the serving app and drifting traffic
 Each script writes its own JSON (bench/results/<step>-<date>-<machine>.json); the suite adds
 them, with the machine (CPU model and cores, GPU, torch and CUDA versions), the exit codes and
 seconds, into bench/results/<date>-<machine>.json and prints one table: figure, measured,
@@ -87,6 +89,7 @@ STEPS = (
         before=((str(BIN / "mlcycle"), "run"),),
     ),
     Step("scaling", "scaling.py", "--out", quick=("--sizes", "60000"), takes_device=True),
+    Step("soak", "soak.py", "--json", quick=("--minutes", "12")),
 )
 STEP_NAMES = tuple(step.name for step in STEPS)
 
