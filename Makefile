@@ -76,7 +76,9 @@ mlflow-ui: install ## browse runs and models at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
 
 prefect-ui: install ## start a Prefect server with its UI at http://127.0.0.1:4200
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/prefect server start
+	PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem \
+	$(BIN)/prefect server start
 
 clean: ## remove pipeline outputs and local tracking stores (keeps .venv and the DVC cache)
 	rm -rf data/raw data/processed artifacts reports mlflow.db mlartifacts

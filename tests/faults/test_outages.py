@@ -155,3 +155,64 @@ def test_a_signal_ends_a_run_waiting_for_the_slot_within_5_s(project, server, si
         wait_until_no_process_in(project, timeout_s=3)
         assert slot_state(server, slot) == 1  # still ours: the stopped run took nothing
     assert slot_state(server, slot) == 0
+
+
+def test_a_worker_dying_mid_run_is_named_and_the_next_triggered_run_recovers(project, server):
+    """The machine under a worker dies mid-training (the worker and its flow run's process,
+    `kill -9`): the next triggered run takes over the slot, says whose it was, marks the dead
+    flow run and its MLflow run, and completes; nothing from the dead run is registered."""
+    import json
+
+    from tests.integration.helpers import Worker
+    from tests.integration.test_deployments import trigger, wait_for_final
+
+    env = server_env(server)
+    mlcycle("deployments", "apply", cwd=project, **env)
+    params = load_params(project / "params.yaml").model_dump(mode="json")
+    long_run = {
+        **params,
+        "train": {**params["train"], "epochs": 300, "early_stopping_patience": None},
+    }
+    worker = Worker(project, server, project.parent / "worker.log")
+    try:
+        dead = trigger(server, "training-pipeline/scheduled", {"params": long_run})
+        deadline = time.monotonic() + 240
+        while "stage 'train' is stale" not in run_logs(server, dead.id):
+            assert time.monotonic() < deadline, worker.log.read_text()[-3000:]
+            time.sleep(2)
+        holder = json.loads((project / ".mlcycle" / "workspace.lock").read_text())
+        os.killpg(worker.process.pid, signal.SIGKILL)  # the worker ...
+        os.kill(holder["pid"], signal.SIGKILL)  # ... and the flow run it started
+        worker.process.wait()
+        wait_until_no_process_in(project)
+        assert flow_run_state(server, dead.id) == "RUNNING"  # the server cannot know
+    finally:
+        worker.stop()
+    versions_before = registered_versions(project)
+
+    worker = Worker(project, server, project.parent / "worker-2.log")
+    try:
+        params["train"]["seed"] = 5  # retrains (a run of the same params would reuse the model)
+        recovery = trigger(server, "training-pipeline/scheduled", {"params": params})
+        [finished] = wait_for_final(server, [recovery.id], worker)
+    finally:
+        worker.stop()
+    log = run_logs(server, recovery.id)
+    assert finished.state.type.value == "COMPLETED", log[-3000:]
+    slot = params["schedule"]["training_slot"]
+    took_over = f"took over the training slot (Prefect global concurrency limit '{slot}')"
+    assert f"{took_over} from flow run {dead.id}" in log, log[-3000:]
+    assert "is marked KILLED and nothing was registered" in log, log[-3000:]
+    assert "died without finishing" in log, log[-3000:]  # the workspace lock noticed too
+    assert flow_run_state(server, dead.id) == "CRASHED"
+    assert any(run.info.status == "KILLED" for run in runs_of(project)), "the dead MLflow run"
+    assert len(registered_versions(project)) == len(versions_before) + 1  # the recovery's only
+
+
+def run_logs(server: PrefectServer, flow_run_id) -> str:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with SyncPrefectClient(server.url) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(entry.message for entry in logs)

@@ -157,12 +157,24 @@ def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project,
     time.sleep(10)
     assert len(drift_runs(server)) == 1
 
+    # a server restart between the drift and the retraining: the triggered run waits for a
+    # worker, and the trigger's window (in the server's database) still holds
+    server.stop()
+    server.start()
+    [waiting] = drift_runs(server)
+    assert (waiting.id, waiting.state_type.value) == (triggered.id, "SCHEDULED")
+    after_restart = monitor(project, server, "--window", "400")
+    assert after_restart.returncode == 3, after_restart.stdout + after_restart.stderr
+    time.sleep(10)
+    assert len(drift_runs(server)) == 1
+
     tiny = monitor(project, server, "--window", "10")
     assert tiny.returncode == 4, tiny.stdout + tiny.stderr
     assert "NOT ENOUGH DATA" in tiny.stdout
-    events = verdict_events(server, 4)
+    events = verdict_events(server, 5)
     assert [event["event"] for event in events] == [
         "mlcycle.monitor.ok",
+        "mlcycle.monitor.drift",
         "mlcycle.monitor.drift",
         "mlcycle.monitor.drift",
         "mlcycle.monitor.not-enough-data",

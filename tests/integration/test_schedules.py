@@ -98,3 +98,30 @@ def test_a_one_minute_schedule_fires_and_a_dead_scheduler_is_named(project, serv
     assert scheduled_runs(broken, "monitoring/hourly") == []
     for name in ("training-pipeline/scheduled", "monitoring/hourly"):
         assert f"scheduler has created no run of {name} since" in warned.stderr, warned.stderr
+
+
+def test_a_drift_trigger_that_is_not_created_is_named(project, servers, tmp_path):
+    """prefect.yaml's trigger expecting another event (a typo): apply fails, saying so."""
+    _, server = servers
+    broken = copy_project(project, tmp_path)
+    prefect_file = broken / "prefect.yaml"
+    prefect_file.write_text(
+        prefect_file.read_text().replace("- mlcycle.monitor.drift", "- mlcycle.monitor.drfit")
+    )
+    result = mlcycle(
+        "deployments",
+        "apply",
+        cwd=broken,
+        check=False,
+        PREFECT_API_URL=server.url,
+        PREFECT_HOME=str(server.root),
+    )
+    assert result.returncode == 1
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("mlcycle: error:")]
+    assert line == (
+        "mlcycle: error: the drift trigger of training-pipeline/scheduled (prefect.yaml "
+        "`triggers:`) was not created as params.yaml says: 0 automations on it expect "
+        "mlcycle.monitor.drift, expected 1; check prefect.yaml and run `mlcycle deployments "
+        "apply` again"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
