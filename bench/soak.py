@@ -442,7 +442,7 @@ def checks(figures: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def prefect_database(choice: str, root: Path) -> tuple[dict[str, str], Any]:
+def prefect_database(choice: str) -> tuple[dict[str, str], Any]:
     """The Prefect server's database settings, and the PostgreSQL cluster to stop (or None).
     ``auto``: PostgreSQL when its server binaries are here (Prefect's choice for a server
     under load: on SQLite, a busy 2-core machine logs "database is locked"), else SQLite."""
@@ -466,7 +466,7 @@ def prefect_database(choice: str, root: Path) -> tuple[dict[str, str], Any]:
 
 def soak(minutes: float, root: Path, database: str = "auto") -> dict[str, Any]:
     workspace = copy_workspace(root / "project")
-    settings, cluster = prefect_database(database, root)
+    settings, cluster = prefect_database(database)
     server = PrefectServer(root / "prefect", **settings).start()
     port = free_port()
     env = {
@@ -556,7 +556,7 @@ def soak(minutes: float, root: Path, database: str = "auto") -> dict[str, Any]:
                 "feedback_stored": labelled,
                 "feedback_accepted": traffic.feedback_stored,
                 "request_errors": traffic.errors[:20],
-                "trainings_total": len(runs),
+                "trainings_started": sum(1 for run in runs if run.start_time),
                 "overlapping_trainings": overlapping(runs),
                 "server_errors": len(server_errors(server.home / "server.log")),
                 "server_error_lines": server_errors(server.home / "server.log")[:10],

@@ -126,9 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the Prefect flow 'monitoring' once: the newest logged predictions of "
         "the served version (monitor.window, monitor.max_age_hours) or --batch, against what "
         "that version was trained on. Prints the decision and the HTML report's path. Exit "
-        "code: 0 no drift, 3 drift, 4 not enough data (monitor.min_rows). On drift with "
-        "monitor.retrain_on_drift, triggers training-pipeline/scheduled on PREFECT_API_URL's "
-        "server (after monitor.cooldown_hours).",
+        "code: 0 no drift, 3 drift, 4 not enough data (monitor.min_rows). The verdict goes to "
+        "the Prefect API as an event (mlcycle.monitor.ok/.drift/.not-enough-data); on "
+        "PREFECT_API_URL's server, the drift trigger of training-pipeline/scheduled retrains "
+        "(once per monitor.cooldown_hours).",
     )
     monitor.add_argument(
         "--window", type=positive_int, help="newest logged predictions compared (monitor.window)"
@@ -140,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         "deployments",
         help="register the Prefect deployments of prefect.yaml on PREFECT_API_URL's server",
         description="Create the process work pool (schedule.work_pool) and the training slot "
-        "when missing, then register training-pipeline/scheduled and monitoring/hourly with the "
-        "crons and time zone of params.yaml (schedule.*); re-run after editing params.yaml.",
+        "when missing, then register training-pipeline/scheduled (with its drift trigger) and "
+        "monitoring/hourly with the crons and time zone of params.yaml (schedule.*, monitor.*); "
+        "warns when the server's scheduler creates no runs; re-run after editing params.yaml.",
     )
     deployments.add_argument("action", choices=["apply"], help="apply: create or update them")
     commands.add_parser(

@@ -484,8 +484,12 @@ class MonitorParams(_Section):
         gt=0, le=1, description="Live accuracy (labelled feedback) below test accuracy by this."
     )
     min_labels: int = Field(ge=1, description="Labelled predictions needed to judge accuracy.")
-    retrain_on_drift: bool = Field(description="Trigger `training-pipeline/scheduled` on drift.")
-    cooldown_hours: float = Field(ge=0, description="No drift-triggered retrain within this.")
+    retrain_on_drift: bool = Field(
+        description="The drift event triggers `training-pipeline/scheduled` (make deploy)."
+    )
+    cooldown_hours: float = Field(
+        ge=0, description="The drift trigger's window: one retraining in this many hours."
+    )
 
 
 with warnings.catch_warnings():

@@ -26,17 +26,14 @@ class PostgresUnavailable(MlcycleError):
 
 def server_tools() -> dict[str, str] | None:
     """``initdb`` and ``pg_ctl``: on PATH, Debian's newest, or pgserver's; None if none."""
-    folders: list[str | None] = [
-        None,
-        *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True),
-    ]
-    try:
-        import pgserver
-
-        folders.append(str(Path(pgserver.__file__).parent / "pginstall" / "bin"))
-    except ImportError:
-        pass
-    for folder in folders:
+    folders = [None, *sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
+    for folder in [*folders, "pgserver"]:
+        if folder == "pgserver":  # imported last: it warns about the runtime folder
+            try:
+                import pgserver
+            except ImportError:
+                return None
+            folder = str(Path(pgserver.__file__).parent / "pginstall" / "bin")
         tools = {name: shutil.which(name, path=folder) for name in ("initdb", "pg_ctl")}
         if all(tools.values()):
             return tools  # type: ignore[return-value]
