@@ -108,6 +108,7 @@ def test_the_flow_registers_a_champion_that_carries_its_lineage(flow_project):
     assert json.loads(tags["mlcycle.params"]) == run.data.params
     assert tags["mlcycle.load_check"] == "passed"
     assert float(tags["mlcycle.test_accuracy"]) == run.data.metrics["test_accuracy"]
+    assert run.data.tags["mlcycle.reason"] == "by hand"  # `mlcycle run`: nobody said why
     assert set(version.aliases) == {"champion", "challenger"}
     assert version.description.startswith("Promoted to champion: first champion")
     lineage = {a.path for a in client.list_artifacts(run.info.run_id, "lineage")}
