@@ -226,21 +226,11 @@ class Background:
 
 
 def copy_workspace(target: Path) -> Path:
-    """This repository's files as git would ship them (untracked ones too), in a new repo."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if name == "dvc.lock" or name.startswith(("tests/", "bench/")) or not source.is_file():
-            continue
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target / name)
-    return target
+    """This repository's files as git would ship them (untracked ones too), as the tests'
+    project template takes them, without the tests and the benchmarks."""
+    from tests.helpers import copy_shipped_files
+
+    return copy_shipped_files(target, leave_out=("tests/", "bench/"))
 
 
 def command(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> str:

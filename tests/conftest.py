@@ -4,8 +4,6 @@ of the project as a fresh clone, and a real ``mlflow server``."""
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,14 @@ import pytest
 import tasks  # noqa: F401  (telemetry switches)
 from tasks.core.config import Params, apply_params, load_params
 from tasks.core.files import write_raw_dataset
-from tests.helpers import REPO_ROOT, TINY_OVERRIDES, free_port, make_places, synthetic_dataset
+from tests.helpers import (
+    REPO_ROOT,
+    TINY_OVERRIDES,
+    copy_shipped_files,
+    free_port,
+    make_places,
+    synthetic_dataset,
+)
 from tests.integration.helpers import MlflowService, copy_project, run
 
 
@@ -98,20 +103,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This repository's files (as git would ship them) in a fresh git repo, shrunk params."""
-    root = tmp_path_factory.mktemp("template") / "project"
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO_ROOT / name
-        if name == "dvc.lock" or name.startswith("tests/") or not source.is_file():
-            continue  # a run's lock file is an output, not part of the project
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, root / name)
+    root = copy_shipped_files(tmp_path_factory.mktemp("template") / "project")
     params_file = root / "params.yaml"
     # its own serving port: a deploy step must never talk to an app the developer runs
     overrides = [*TINY_OVERRIDES, f"serve.port={free_port()}"]

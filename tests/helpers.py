@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +65,23 @@ def make_places(root: Path):
 
     shutil.copytree(REPO_ROOT / "gx", root / "gx", ignore=shutil.ignore_patterns("uncommitted"))
     return ValidationPlaces(root / "gx", root / "reports", root / "quarantine")
+
+
+def copy_shipped_files(target: Path, leave_out: tuple[str, ...] = ("tests/",)) -> Path:
+    """This repository's files as git would ship them (untracked, not ignored ones too) into
+    ``target``, without ``dvc.lock`` (a run's lock file is an output, not part of the project)
+    and the folders in ``leave_out``."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO_ROOT / name
+        if name == "dvc.lock" or name.startswith(leave_out) or not source.is_file():
+            continue
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target / name)
+    return target

@@ -54,6 +54,11 @@ def server_url() -> str:
     return url
 
 
+def drift_window_s(params: Params) -> int:
+    """The drift trigger's window in whole seconds: ``monitor.cooldown_hours``."""
+    return round(params.monitor.cooldown_hours * 3600)
+
+
 def placeholder_values(params: Params, checkout: Path) -> dict[str, str]:
     """The ``{{ MLCYCLE_* }}`` values of prefect.yaml."""
     schedule = params.schedule
@@ -64,7 +69,7 @@ def placeholder_values(params: Params, checkout: Path) -> dict[str, str]:
         "MLCYCLE_MONITOR_CRON": schedule.monitor_cron,
         "MLCYCLE_TIMEZONE": schedule.timezone,
         "MLCYCLE_RETRAIN_ON_DRIFT": str(params.monitor.retrain_on_drift).lower(),
-        "MLCYCLE_DRIFT_COOLDOWN_S": str(round(params.monitor.cooldown_hours * 3600)),
+        "MLCYCLE_DRIFT_COOLDOWN_S": str(drift_window_s(params)),
     }
 
 
@@ -161,7 +166,7 @@ def check_drift_trigger(params: Params) -> None:
     training deployment expecting ``mlcycle.monitor.drift`` within ``monitor.cooldown_hours``,
     enabled as ``monitor.retrain_on_drift`` says. DeploymentError naming what is wrong."""
     found = drift_triggers()
-    wanted = round(params.monitor.cooldown_hours * 3600)
+    wanted = drift_window_s(params)
     problem = None
     if len(found) != 1:
         problem = f"{len(found)} automations on it expect {DRIFT_EVENT}, expected 1"
