@@ -364,6 +364,11 @@ class EvaluateParams(_Section):
     baseline_max_train_samples: int = Field(
         ge=1, description="Fit the baseline on at most this many train images (seeded sample)."
     )
+    reference_rows: int = Field(
+        ge=0,
+        description="With served feedback in the data: the monitoring reference is the train "
+        "and val images among its newest this-many (0: the whole split).",
+    )
 
 
 ScoreName = Literal["accuracy", "macro_f1"]
@@ -489,6 +494,11 @@ class MonitorParams(_Section):
     )
     cooldown_hours: float = Field(
         ge=0, description="The drift trigger's window: one retraining in this many hours."
+    )
+    retrain_delay_minutes: float = Field(
+        ge=0,
+        description="The drift trigger's training starts this long after the event, so that "
+        "labelled feedback of the new population accumulates first.",
     )
 
 

@@ -255,6 +255,12 @@ def write_split_files(
     (folder / "preprocess.json").write_text(json.dumps(dict(info), indent=2) + "\n")
 
 
+def split_indices(processed_dir: Path, split: str) -> np.ndarray:
+    """The raw row index of each image of one split of ``data/processed``."""
+    with np.load(processed_dir / f"{split}.npz") as arrays:
+        return arrays["indices"]
+
+
 def read_split(processed_dir: Path, split: str) -> tuple[ImageDataset, dict[str, Any]]:
     """One split of ``data/processed`` with the preprocessing info (stats, classes, shape)."""
     path = processed_dir / f"{split}.npz"

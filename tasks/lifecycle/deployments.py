@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tasks.core.config import Params, ScheduleParams
 from tasks.core.console import run_logger
@@ -59,6 +60,11 @@ def drift_window_s(params: Params) -> int:
     return round(params.monitor.cooldown_hours * 3600)
 
 
+def retrain_delay_s(params: Params) -> int:
+    """How long after the drift event its training starts, in whole seconds."""
+    return round(params.monitor.retrain_delay_minutes * 60)
+
+
 def placeholder_values(params: Params, checkout: Path) -> dict[str, str]:
     """The ``{{ MLCYCLE_* }}`` values of prefect.yaml."""
     schedule = params.schedule
@@ -70,6 +76,7 @@ def placeholder_values(params: Params, checkout: Path) -> dict[str, str]:
         "MLCYCLE_TIMEZONE": schedule.timezone,
         "MLCYCLE_RETRAIN_ON_DRIFT": str(params.monitor.retrain_on_drift).lower(),
         "MLCYCLE_DRIFT_COOLDOWN_S": str(drift_window_s(params)),
+        "MLCYCLE_RETRAIN_DELAY_S": str(retrain_delay_s(params)),
     }
 
 
@@ -164,7 +171,8 @@ def register_deployments(params: Params, checkout: Path = Path(".")) -> list[App
 def check_drift_trigger(params: Params) -> None:
     """Read back the drift trigger ``prefect deploy`` made of prefect.yaml: an automation on the
     training deployment expecting ``mlcycle.monitor.drift`` within ``monitor.cooldown_hours``,
-    enabled as ``monitor.retrain_on_drift`` says. DeploymentError naming what is wrong."""
+    enabled as ``monitor.retrain_on_drift`` says, starting the run ``monitor.retrain_delay_minutes``
+    after the event. DeploymentError naming what is wrong."""
     found = drift_triggers()
     wanted = drift_window_s(params)
     problem = None
@@ -174,6 +182,11 @@ def check_drift_trigger(params: Params) -> None:
         problem = f"its automation '{found[0].name}' is enabled={found[0].enabled}"
     elif round(found[0].trigger.within.total_seconds()) != wanted:
         problem = f"its automation waits {found[0].trigger.within} between runs, not {wanted} s"
+    elif (delay := scheduled_after_s(found[0])) != retrain_delay_s(params):
+        problem = (
+            f"its automation starts the training {delay} s after the event, not "
+            f"{retrain_delay_s(params)} s"
+        )
     if problem:
         raise DeploymentError(
             f"the drift trigger of {TRAINING_DEPLOYMENT} (prefect.yaml `triggers:`) was not "
@@ -217,6 +230,15 @@ def scheduler_problems(now: datetime | None = None) -> list[str]:
                     "scheduler needs SQLAlchemy < 2.1; the scheduler service may be disabled)"
                 )
     return problems
+
+
+def scheduled_after_s(automation: Any) -> int | None:
+    """Seconds after the event that an automation's run-deployment action schedules its run
+    (None: it has no such action)."""
+    for action in automation.actions:
+        if action.type == "run-deployment":
+            return round(action.schedule_after.total_seconds())
+    return None
 
 
 def drift_triggers() -> list:

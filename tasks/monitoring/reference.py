@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.errors import MlcycleError
-from tasks.core.files import atomic_path, read_split
+from tasks.core.files import ImageDataset, atomic_path, read_split, split_indices
 from tasks.monitoring.features import FEATURES, image_features
 
 FORMAT_VERSION = 1
@@ -86,21 +86,51 @@ def build_reference(
 
 
 def reference_from_split(
-    model_path: Path, processed_dir: Path, test_accuracy: float | None
+    model_path: Path, processed_dir: Path, test_accuracy: float | None, newest_rows: int = 0
 ) -> Reference:
     """The reference of the model in ``model_path``: features of ``processed_dir``'s train split,
-    its softmax on the validation split."""
+    its softmax on the validation split.
+
+    When the data holds served feedback (``feedback_rows`` in ``preprocess.json``: it comes
+    last, newest last) and ``newest_rows`` > 0, only the train and val images among the newest
+    ``newest_rows`` of the data count: after a retrain on a shifted population, live traffic is
+    compared with that population, not with a training set that is still mostly the old one
+    (against which the monitor would say drift for as long as the new world lasts)."""
     # Here, not at the top: the monitor loads references without paying for torch (~500 MB).
     import torch
 
     from tasks.core.model_file import load_model, predict_logits
 
     model, _ = load_model(model_path)
-    train, _ = read_split(processed_dir, "train")
+    train, info = read_split(processed_dir, "train")
     val, _ = read_split(processed_dir, "val")
+    train, val = newest_of(processed_dir, info, train, val, newest_rows)
     logits = predict_logits(model, torch.from_numpy(val.images))
     probabilities = torch.softmax(logits.float(), dim=1).numpy()
     return build_reference(train.images, probabilities, train.class_names, test_accuracy)
+
+
+def newest_of(
+    processed_dir: Path,
+    info: dict,
+    train: ImageDataset,
+    val: ImageDataset,
+    newest_rows: int,
+) -> tuple[ImageDataset, ImageDataset]:
+    """``train`` and ``val`` cut to their rows among the data's newest ``newest_rows`` (by the
+    raw row index each split keeps), when the data holds feedback; unchanged otherwise, or
+    when the cut would leave a split empty."""
+    feedback = info.get("feedback_rows")
+    if not newest_rows or not feedback:
+        return train, val
+    cut = max(0, int(feedback[1]) - newest_rows)
+    kept = []
+    for split, dataset in (("train", train), ("val", val)):
+        rows = np.flatnonzero(split_indices(processed_dir, split) >= cut)
+        if not len(rows):
+            return train, val
+        kept.append(ImageDataset(dataset.images[rows], dataset.labels[rows], dataset.class_names))
+    return kept[0], kept[1]
 
 
 def save_reference(reference: Reference, path: Path) -> Path:

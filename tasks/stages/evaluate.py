@@ -111,7 +111,7 @@ def run_evaluate(
         title=f"{spec['model']} on {len(test.labels)} test images",
     )
     save_reference(
-        reference_from_split(model_path, processed_dir, scores.accuracy),
+        reference_from_split(model_path, processed_dir, scores.accuracy, params.reference_rows),
         paths["monitoring_reference"],
     )
     log.info(

@@ -20,6 +20,7 @@ from tasks.core.errors import MlcycleError
 from tasks.core.files import (
     SPLITS,
     ImageDataset,
+    read_json,
     read_raw_dataset,
     read_raw_groups,
     write_splits,
@@ -92,6 +93,9 @@ def run_preprocess(
     }
     if siblings is not None:  # only then: data without groups.npy splits as it always did
         info["split_groups"] = len(np.unique(groups))
+    feedback = int(read_json(validated_dir / "meta.json").get("feedback_samples", 0))
+    if feedback:  # only then: the monitoring reference can be the newest rows (evaluate)
+        info["feedback_rows"] = [samples - feedback, samples]
     validate_splits(splits, hashes, info, places, tracker)
     write_splits(splits, processed_dir, info)
     log.info(

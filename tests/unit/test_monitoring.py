@@ -4,6 +4,7 @@ live traffic drifts (shifted, rotated, noisy, faded, unsure, mislabelled) and no
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tasks.monitoring.reference import (
     Reference,
     build_reference,
     load_reference,
+    newest_of,
     save_reference,
 )
 
@@ -290,6 +292,67 @@ def test_a_window_that_does_not_fit_is_named(digits, params, change, field):
 
 
 # --- the reference file ------------------------------------------------------------------------
+
+
+def test_a_reference_of_the_newest_rows_stops_the_alarm_once_retrained_on_the_new_world(
+    digits, params, tmp_path
+):
+    """A retrain on feedback of a faded population: against the whole training split (mostly
+    the old, bright digits) faded traffic stays input drift for as long as it lasts; against the
+    newest rows, the population the version was retrained on, it is what the model expects."""
+    from sklearn.datasets import load_digits
+
+    from tasks.core.files import read_split
+
+    images = np.rint(load_digits().images * (255.0 / 16.0)).astype(np.uint8)[..., np.newaxis]
+    labels = load_digits().target
+    faded = (images // 2).astype(np.uint8)
+    order = np.random.default_rng(1).permutation(len(images))
+    # Raw rows: 0..899 the source (train 0..799, val 800..899), 900..1499 the feedback, last.
+    parts = {
+        "train": (
+            np.concatenate([images[order[:800]], faded[order[800:1300]]]),
+            np.concatenate([order[:800], order[800:1300]]),
+            np.concatenate([np.arange(800), np.arange(900, 1400)]),
+        ),
+        "val": (
+            np.concatenate([images[order[1300:1400]], faded[order[1400:1500]]]),
+            np.concatenate([order[1300:1400], order[1400:1500]]),
+            np.concatenate([np.arange(800, 900), np.arange(1400, 1500)]),
+        ),
+    }
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    for split, (split_images, rows, indices) in parts.items():
+        np.savez(
+            processed / f"{split}.npz", images=split_images, labels=labels[rows], indices=indices
+        )
+    names = [str(k) for k in range(10)]
+    (processed / "preprocess.json").write_text(
+        json.dumps({"class_names": names, "feedback_rows": [900, 1500]})
+    )
+    train, info = read_split(processed, "train")
+    val, _ = read_split(processed, "val")
+    traffic = faded[order[1500:]]  # 297 faded digits neither split holds
+
+    def verdict(train_part, val_part) -> DriftResult:
+        reference = build_reference(
+            train_part.images, digits.probabilities(val_part.images), names, None
+        )
+        return compare(reference, traffic, digits.probabilities(traffic), params)
+
+    assert verdict(train, val).decision == DRIFT
+    assert check(verdict(train, val), "input").drifted
+    newest_train, newest_val = newest_of(processed, info, train, val, 600)
+    assert (len(newest_train.labels), len(newest_val.labels)) == (500, 100)
+    assert np.array_equal(newest_train.images, faded[order[800:1300]])
+    assert verdict(newest_train, newest_val).decision == NO_DRIFT
+    # 0, or data without feedback: the whole splits, as before
+    for kept in (
+        newest_of(processed, info, train, val, 0),
+        newest_of(processed, {"class_names": names}, train, val, 600),
+    ):
+        assert kept[0] is train and kept[1] is val
 
 
 def test_reference_round_trip(digits, tmp_path):

@@ -33,6 +33,23 @@ def test_splits_are_stratified_disjoint_and_complete(raw_dir, tmp_path, places):
     assert sorted(seen) == list(range(len(raw.labels)))
 
 
+def test_the_served_feedback_rows_are_recorded_for_the_monitoring_reference(
+    raw_dir, tmp_path, places
+):
+    """collect appends labelled feedback last and counts it in meta.json: preprocess records
+    which raw rows those are, so evaluate can build the reference from the newest rows."""
+    meta = json.loads((raw_dir / "meta.json").read_text())
+    samples = meta["num_samples"]
+    (raw_dir / "meta.json").write_text(json.dumps({**meta, "feedback_samples": 5}))
+    run_preprocess(params(), raw_dir, tmp_path / "processed", places)
+    info = json.loads((tmp_path / "processed" / "preprocess.json").read_text())
+    assert info["feedback_rows"] == [samples - 5, samples]
+
+    (raw_dir / "meta.json").write_text(json.dumps(meta))  # no feedback: no key, bytes as before
+    run_preprocess(params(), raw_dir, tmp_path / "plain", places)
+    assert "feedback_rows" not in json.loads((tmp_path / "plain" / "preprocess.json").read_text())
+
+
 def test_split_is_seeded(raw_dir, tmp_path, places):
     run_preprocess(params(seed=1), raw_dir, tmp_path / "a", places)
     run_preprocess(params(seed=1), raw_dir, tmp_path / "b", places)

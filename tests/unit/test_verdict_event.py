@@ -76,3 +76,33 @@ def test_the_training_deployments_trigger_expects_the_drift_event():
     assert trigger["match"]["prefect.resource.id"] == "mlcycle.model.*"
     assert "{{ event.payload.summary }}" in trigger["parameters"]["reason"]
     assert "MLCYCLE_DRIFT_COOLDOWN_S" in trigger["within"]
+
+
+def test_the_trigger_waits_the_cooldown_and_starts_the_training_after_the_delay(tmp_path):
+    """monitor.cooldown_hours and monitor.retrain_delay_minutes, as `deployments apply` fills
+    prefect.yaml's placeholders, give Prefect's trigger its window and its action's delay; the
+    read-back after `prefect deploy` reads the delay from that action."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    from tasks.core.config import load_params
+    from tasks.lifecycle.deployments import placeholder_values, scheduled_after_s
+
+    params = load_params(REPO_ROOT / "params.yaml")
+    params = params.model_copy(
+        update={
+            "monitor": params.monitor.model_copy(
+                update={"cooldown_hours": 0.5, "retrain_delay_minutes": 2.5}
+            )
+        }
+    )
+    text = (REPO_ROOT / "prefect.yaml").read_text()
+    for key, value in placeholder_values(params, tmp_path).items():
+        text = text.replace("{{ " + key + " }}", value)
+    deployments = yaml.safe_load(text)["deployments"]
+    [training] = [d for d in deployments if d["entrypoint"].endswith(":training_pipeline")]
+    [spec] = training["triggers"]
+    spec = {k: v for k, v in spec.items() if k != "type"}
+    trigger = DeploymentEventTrigger(**spec)
+    assert trigger.within.total_seconds() == 1800
+    trigger.set_deployment_id(__import__("uuid").uuid4())
+    assert scheduled_after_s(trigger.as_automation()) == 150
