@@ -1,0 +1,95 @@
+"""The one redaction: credentials in URLs and query strings become ``***``, the rest stays."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tasks.core.redaction import RedactingFilter, redact, redact_mapping, redact_value
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://user:secret@host:5000/x", "http://user:***@host:5000/x"),
+        (
+            "could not reach postgresql+psycopg://me:s3cr3t@127.0.0.1:1/x (refused)",
+            "could not reach postgresql+psycopg://me:***@127.0.0.1:1/x (refused)",
+        ),
+        ("https://ghp_token123@github.com/o/r", "https://***@github.com/o/r"),
+        ("http://u:p@ss@host/", "http://u:***@host/"),  # a raw "@" in the password
+        ("repr: 'http://a:b@h', 'c@d'", "repr: 'http://a:***@h', 'c@d'"),
+        ('{"uri":"http://a:b@h","mail":"c@d"}', '{"uri":"http://a:***@h","mail":"c@d"}'),
+        (
+            "postgresql://h/db?password=pw&sslmode=require",
+            "postgresql://h/db?password=***&sslmode=require",
+        ),
+        ("https://h/x?a=1&Token=abc#frag", "https://h/x?a=1&Token=***#frag"),
+        ("two: http://a:1@h and s3://k:2@b", "two: http://a:***@h and s3://k:***@b"),
+    ],
+)
+def test_redact_masks_credentials(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://127.0.0.1:5000/api/2.0",
+        "mail me at alice@example.com",
+        "sqlite:///mlflow.db",
+        "models:/mnist@champion",
+        "x=1 y=2",
+        "",
+    ],
+)
+def test_redact_leaves_plain_text_alone(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_redact_mapping_walks_nested_values_and_masks_secret_keys() -> None:
+    params = {
+        "select.storage": "postgresql://me:s3cr3t@h/x",
+        "nested": [{"uri": "http://a:b@h"}, ("http://c:d@h",)],
+        "password": "plain-secret",
+        "epochs": 3,
+        "empty_token": None,
+    }
+    assert redact_mapping(params) == {
+        "select.storage": "postgresql://me:***@h/x",
+        "nested": [{"uri": "http://a:***@h"}, ("http://c:***@h",)],
+        "password": "***",
+        "epochs": 3,
+        "empty_token": None,
+    }
+    assert params["password"] == "plain-secret"  # a copy: the caller's values are untouched
+    assert redact_value(7) == 7
+
+
+def test_filter_redacts_message_args_and_traceback() -> None:
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    handler = Collect()
+    handler.addFilter(RedactingFilter())
+    logger = logging.getLogger("mlcycle.test_redaction")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("tracking at http://a:s3cr3t@h")
+        logger.warning("tracking at %s (%r)", "http://a:s3cr3t@h", {"u": "http://b:s3cr3t@h"})
+        logger.warning("error: %s", ConnectionError("refused by http://a:s3cr3t@h"))
+        try:
+            raise RuntimeError("http://a:s3cr3t@h is down")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    assert len(records) == 4
+    assert not any("s3cr3t" in line for line in records), records
+    assert "http://a:***@h" in records[0]
+    assert "http://a:***@h is down" in records[3]
