@@ -37,10 +37,19 @@ def monitoring(
     window: Annotated[int, Field(ge=1)] | None = None,
     batch: str | None = None,
     params: Params | None = None,
+    prediction_log: str | None = None,
 ) -> MonitoringOutcome:
     """``window``: newest logged predictions compared (default monitor.window); ``batch``: an
-    .npz of images (and labels) to compare instead of the log; ``params``: params.yaml's."""
+    .npz of images (and labels) to compare instead of the log; ``params``: params.yaml's;
+    ``prediction_log``: the log `mlcycle serve --prediction-log` wrote (default
+    data/serving/predictions.sqlite)."""
     params = params or load_params()
-    monitored = monitor_task(params, read_window, window, Path(batch) if batch else None)
+    monitored = monitor_task(
+        params,
+        read_window,
+        window,
+        Path(batch) if batch else None,
+        Path(prediction_log) if prediction_log else None,
+    )
     retraining = emit_verdict_task(params, monitored)
     return MonitoringOutcome(monitored, retraining)

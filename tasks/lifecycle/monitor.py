@@ -172,6 +172,15 @@ def rebuilt_reference(served: Served, artifact: str) -> Reference:
     return reference
 
 
+def checked_log_path(log_path: Path | None) -> None:
+    """A log named on purpose must be there (the default may not be yet: nothing served)."""
+    if log_path is not None and not log_path.is_file():
+        raise MonitorError(
+            f"{log_path}: no such prediction log; pass the file `mlcycle serve "
+            "--prediction-log` writes to (default data/serving/predictions.sqlite)"
+        )
+
+
 def logged_window(
     params: Params,
     served: Served,
@@ -203,21 +212,56 @@ def batch_window(served: Served, reference: Reference, path: Path) -> Window:
             labels = np.asarray(arrays["labels"]) if "labels" in arrays.files else None
     except (OSError, ValueError) as error:
         raise MonitorError(f"{path}: not an .npz file with an 'images' array ({error})") from None
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise MonitorError(
-            f"{path}: 'images' must be uint8 (N, H, W, C) or (N, H, W), got {images.dtype} "
-            f"{images.shape}"
-        )
-    if labels is not None and labels.shape != (len(images),):
-        raise MonitorError(f"{path}: 'labels' must hold one class index per image")
+    images = checked_batch_images(path, images)
+    labels = (
+        checked_batch_labels(path, labels, len(images), served, reference)
+        if labels is not None
+        else np.full(len(images), -1)
+    )
     images = fitted(images, reference)
     model = mlflow.pyfunc.load_model(f"models:/{served.name}/{served.version}")
     logits = np.asarray(model.predict(images)) if len(images) else np.zeros((0, 0))
     probabilities = softmax(logits, axis=1) if len(images) else logits
-    labels = labels.astype(np.int64) if labels is not None else np.full(len(images), -1)
     return Window(images, probabilities.astype(np.float32), labels, f"{path}: {len(images)} images")
+
+
+BATCH_CHANNELS = (1, 3)  # grey or RGB: what the preprocessing converts between
+
+
+def checked_batch_images(path: Path, images: np.ndarray) -> np.ndarray:
+    """A batch's ``images`` as uint8 (N, H, W, C), C grey or RGB; else one error naming them."""
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] not in BATCH_CHANNELS:
+        raise MonitorError(
+            f"{path}: 'images' must be uint8 (N, H, W) or (N, H, W, C) with C 1 (grey) or 3 "
+            f"(RGB), got {images.dtype} {images.shape}"
+        )
+    return images
+
+
+def checked_batch_labels(
+    path: Path, labels: np.ndarray, count: int, served: Served, reference: Reference
+) -> np.ndarray:
+    """A batch's ``labels`` as class indices of the served version, one per image: a value
+    outside its classes is refused by name, never read as "no label" (as -1 is in the log)."""
+    classes = len(reference.class_names)
+    expected = f"one class index 0-{classes - 1} of {served.name} v{served.version} per image"
+    if labels.shape != (count,):
+        raise MonitorError(f"{path}: 'labels' must hold {expected}; got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        shown = ", ".join(repr(value) for value in labels[:3].tolist())
+        raise MonitorError(
+            f"{path}: 'labels' must hold {expected}; got {labels.dtype} values ({shown})"
+        )
+    outside = np.unique(labels[(labels < 0) | (labels >= classes)])
+    if len(outside):
+        shown = ", ".join(str(value) for value in outside[:10].tolist())
+        raise MonitorError(
+            f"{path}: 'labels' holds {shown}{' ...' if len(outside) > 10 else ''}, outside the "
+            f"classes; expected {expected}"
+        )
+    return labels.astype(np.int64)
 
 
 def fitted(images: np.ndarray, reference: Reference) -> np.ndarray:
@@ -306,17 +350,24 @@ def monitor(
     read_log: LogReader,
     window: int | None = None,
     batch: Path | None = None,
-    log_path: Path = PREDICTION_LOG,
+    log_path: Path | None = None,
 ) -> MonitorOutcome:
-    """Compare the served version's reference with the live window (or ``batch``); publish."""
+    """Compare the served version's reference with the live window of the prediction log at
+    ``log_path`` (default data/serving/predictions.sqlite), or with ``batch``; publish."""
     log = run_logger("mlcycle.monitor")
+    checked_log_path(log_path)
     served = served_version(params)
     reference = served_reference(served)
     if batch is not None:
         current = batch_window(served, reference, batch)
     else:
         current = logged_window(
-            params, served, reference, read_log, log_path, window or params.monitor.window
+            params,
+            served,
+            reference,
+            read_log,
+            log_path or PREDICTION_LOG,
+            window or params.monitor.window,
         )
     result = check_window(params, current, reference)
     report, run_id = publish(params, served, reference, current, result)

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.core.errors import MlcycleError
-from tasks.core.files import atomic_path
+from tasks.core.files import atomic_path, unwritable
 from tasks.monitoring.features import FEATURE_DESCRIPTIONS, FEATURES, image_features
 from tasks.monitoring.reference import Reference
 
@@ -379,7 +379,9 @@ def write_report(
         with _quiet_evidently():
             page = snapshot.get_html_str(as_iframe=False)
         page = page.replace("<body>", f"<body>{summary}", 1)
-    with atomic_path(path) as tmp:
+    # unwritable: a full disk or a read-only folder while the page is written is one line
+    # naming the report, not an OSError traceback from inside the write
+    with unwritable(path), atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path
 

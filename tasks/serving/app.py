@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,12 +91,18 @@ ERROR_RESPONSES = {
 FORBIDDEN_RESPONSE = {403: _error_response("Not from this machine")}
 FEEDBACK_RESPONSES = {
     400: ERROR_RESPONSES[400],
-    404: _error_response("Prediction not logged: unknown id, sampled out or past retention"),
+    404: _error_response(
+        "Prediction not logged: unknown id, sampled out, past retention, or in a log file "
+        "that was removed"
+    ),
     409: _error_response("Already labelled, or the same id twice in one batch"),
     413: ERROR_RESPONSES[413],
     415: ERROR_RESPONSES[415],
     422: _error_response("Invalid body, or a label that is not a class of the model"),
-    503: _error_response("The prediction log is not running or did not answer in time"),
+    503: _error_response(
+        "The prediction log is not running, did not answer in time, or failed to write "
+        "this prediction (a full disk)"
+    ),
 }
 FEEDBACK_DESCRIPTION = """Store the true class of served predictions, for training and for
 monitoring live accuracy.
@@ -107,7 +113,8 @@ One label: `{"prediction_id": "<id>", "label": "<class name>" | <class index>}`;
 classes of the model version that made that prediction. Refusals: 404 an id not in the
 prediction log (unknown, not logged because of `serve.log_sample_rate`, or past retention),
 409 an id already labelled or twice in the batch, 422 a malformed body or a label that is not
-one of the version's classes; `detail` names the field."""
+one of the version's classes, 503 a prediction that was answered but whose log write failed (a
+full disk: it never will be in the log); `detail` names the field."""
 # A body this small holding pixel lists only is parsed and predicted in well under a
 # millisecond or two (256 8x8 images); larger ones, and any image to decode, go to the pool.
 INLINE_BODY_BYTES = 64 * 1024
@@ -154,6 +161,8 @@ def create_app(
         lifespan=_lifespan(state, watch, load_on_start),
     )
     app.state.serving = state
+    if prediction_log is not None:
+        state.metrics.registry.register(PredictionLogCollector(prediction_log))
     app.add_middleware(LimitAndMeasure, max_bytes=params.max_body_bytes, metrics=state.metrics)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -206,6 +215,28 @@ def create_app(
         "/", page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False
     )
     return app
+
+
+class PredictionLogCollector:
+    """The log's losses as Prometheus counters, read at scrape time: a file removed or
+    replaced under it (each time a new one was started) and the rows that went with it."""
+
+    def __init__(self, prediction_log: PredictionLog) -> None:
+        self.prediction_log = prediction_log
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily(
+            "mlcycle_prediction_log_recreated",
+            "Times the prediction log's file was found removed or replaced and started anew",
+            value=self.prediction_log.recreated,
+        )
+        yield CounterMetricFamily(
+            "mlcycle_prediction_log_lost_rows",
+            "Logged rows that went with a removed or replaced prediction log file",
+            value=self.prediction_log.lost,
+        )
 
 
 def _lifespan(state: AppState, watch: bool, load_on_start: bool) -> Any:
@@ -427,10 +458,18 @@ async def ready(request: Request) -> Response:
 
 
 async def metadata(request: Request) -> Response:
-    """The served version: name, version, alias, data version, params, trained at."""
+    """The served version: name, version, alias, data version, params, trained at; and the
+    prediction log's counts (written, dropped, and a file removed under it: recreated, lost)."""
     state = _serving(request)
     model = current_model(state)
-    return JSONResponse({**model.metadata, "last_reload_error": state.holder.last_error})
+    log_status = state.prediction_log.status() if state.prediction_log is not None else None
+    return JSONResponse(
+        {
+            **model.metadata,
+            "last_reload_error": state.holder.last_error,
+            "prediction_log": log_status,
+        }
+    )
 
 
 async def prometheus_metrics(request: Request) -> Response:

@@ -8,6 +8,7 @@ two writers of ours at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -37,6 +39,9 @@ log = logging.getLogger("mlcycle.serve")
 # trainings still finds them, while a flood of labels cannot grow the file without bound.
 LABELLED_RETENTION = 10
 MAX_CLASSES_SHOWN = 20  # a refusal lists the valid classes, up to this many
+# Ids handed out whose rows a failed write (a full disk) never stored, remembered so their
+# feedback says so instead of "unknown"; past this many, the oldest are forgotten.
+UNWRITTEN_REMEMBERED = 100_000
 
 
 class PredictionLogError(MlcycleError):
@@ -145,6 +150,20 @@ def _connect(path: Path) -> Iterator[sqlite3.Connection]:
         connection.close()
 
 
+@contextmanager
+def _reading(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to read the log at ``path``; a file SQLite cannot read (corrupt,
+    truncated, not a database) or rows that do not decode are one error naming the file."""
+    try:
+        with _connect(path) as connection:
+            yield connection
+    except sqlite3.DatabaseError as error:
+        raise PredictionLogError(
+            f"{path}: not a readable prediction log ({error}); move it aside (serving starts "
+            "a new one) or point at another (mlcycle monitor --prediction-log)"
+        ) from None
+
+
 def _columns(connection: sqlite3.Connection) -> set[str]:
     return {row[1] for row in connection.execute("PRAGMA table_info(predictions)")}
 
@@ -209,11 +228,21 @@ class PredictionLog:
     dropped: int = 0
     written: int = 0
     labelled: int = 0
+    # The file at ``path`` was removed or replaced under the writer this many times; each time
+    # a new log was started there, and ``lost`` counts the rows the old file took with it.
+    recreated: int = 0
+    lost: int = 0
+    recreated_at: float | None = None
     _thread: threading.Thread | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
     # The writer's own state: rows up to these ids were pruned already (unlabelled, all).
     _pruned_to: tuple[int, int] = (0, 0)
     _classes: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+    # (device, inode) of the file the writer's connection holds open
+    _file: tuple[int, int] | None = None
+    _last_seen: float = 0.0  # when the writer last found that file at ``path``
+    _reopen_error: str | None = None  # why the last attempt to start a new file failed
+    _unwritten: OrderedDict[str, str] = field(default_factory=OrderedDict)  # id -> why
 
     def start(self) -> PredictionLog:
         prepare_log(self.path)
@@ -292,21 +321,96 @@ class PredictionLog:
             )
         ]
 
-    def _run(self) -> None:
+    def status(self) -> dict[str, Any]:
+        """What /metadata shows of the log: where it is, what it wrote, dropped and lost."""
+        return {
+            "path": str(self.path),
+            "written": self.written,
+            "dropped": self.dropped,
+            "labelled": self.labelled,
+            "recreated": self.recreated,
+            "lost": self.lost,
+            "recreated_at": self.recreated_at,
+        }
+
+    def _open(self) -> sqlite3.Connection:
+        """The writer's connection to the file at ``path``, whose identity it remembers."""
         connection = sqlite3.connect(self.path)
         # WAL with NORMAL: a commit is safe from a crash of this process, and waits for no
         # fsync (a label's answer took 5-500 ms on a busy disk with FULL); a power cut may lose
         # the last moments of log, which monitoring and training can spare.
         connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens the file
+        self._file = _identity(self.path)
+        self._last_seen = time.time()
+        return connection
+
+    def _run(self) -> None:
+        connection: sqlite3.Connection | None = self._open()
         try:
             while not (self._stop.is_set() and self.queue.empty()):
                 records, jobs = self._take_batch()
+                connection = self._same_file_or_new(connection)
                 if records:  # first: a label may be for one of these
                     self._write(connection, records)
                 if jobs:
                     self._label(connection, jobs)
         finally:
+            if connection is not None:
+                connection.close()
+
+    def _same_file_or_new(self, connection: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """``connection`` while its file is still the one at ``path``; else a new log there
+        (None while one cannot be made: the writes fail and are counted as dropped).
+
+        An open SQLite file that is removed (``rm predictions.sqlite*``) or replaced (a backup
+        moved over it) takes every later write with it, unseen by monitoring and training. One
+        stat per batch (at most every ``flush_s`` when idle) notices, and the log starts anew.
+        """
+        if connection is not None and _identity(self.path) == self._file:
+            self._last_seen = time.time()
+            return connection
+        if connection is not None:
+            self._leave_old_file(connection)
+        try:
+            prepare_log(self.path)
+            fresh = self._open()
+        except (OSError, sqlite3.Error, PredictionLogError) as error:
+            if str(error) != self._reopen_error:  # once per cause, not every half second
+                log.warning(
+                    "serve: prediction log %s cannot be started again (%s); predictions are "
+                    "dropped until it can, retrying every %g s",
+                    self.path,
+                    error,
+                    self.flush_s,
+                )
+            self._reopen_error = str(error)
+            return None
+        if self._reopen_error is not None:
+            log.warning("serve: prediction log %s started again", self.path)
+        self._reopen_error = None
+        return fresh
+
+    def _leave_old_file(self, connection: sqlite3.Connection) -> None:
+        """Count what the removed or replaced file took with it, and close it first: its last
+        close deletes ``-wal`` and ``-shm`` by name, which must not be the new file's."""
+        lost = _row_count(connection)
+        with contextlib.suppress(sqlite3.Error):
             connection.close()
+        self.recreated += 1
+        self.lost += lost or 0
+        self.recreated_at = time.time()
+        self._classes.clear()  # the new file holds no model_classes rows yet
+        self._pruned_to = (0, 0)
+        log.warning(
+            "serve: prediction log %s was removed or replaced while serving (last seen %s): "
+            "starting a new one there; the %s rows the old file held are not in it (gap %d; "
+            "GET /metadata shows prediction_log)",
+            self.path,
+            _clock(self._last_seen),
+            "?" if lost is None else lost,
+            self.recreated,
+        )
 
     def _take_batch(self) -> tuple[list[_Record], list[_LabelJob]]:
         """Up to ``batch_size`` requests, waiting at most ``flush_s`` for them; a label job
@@ -329,7 +433,7 @@ class PredictionLog:
                 records.append(item)
         return records, jobs
 
-    def _write(self, connection: sqlite3.Connection, records: list[_Record]) -> None:
+    def _write(self, connection: sqlite3.Connection | None, records: list[_Record]) -> None:
         rows = [row for record in records for row in self._rows(record)]
         versions = {
             (record.model_name, record.model_version): record.class_names
@@ -337,6 +441,7 @@ class PredictionLog:
             if (record.model_name, record.model_version) not in self._classes
         }
         try:
+            connection = _usable(connection, self._reopen_error)
             with connection:
                 connection.executemany(INSERT, rows)
                 connection.executemany(
@@ -350,10 +455,18 @@ class PredictionLog:
         except sqlite3.Error as error:  # a full disk must not take serving down
             self.dropped += len(rows)
             log.warning("serve: prediction log write failed, %d rows dropped: %s", len(rows), error)
+            why = f"writing it to {self.path} failed at {_clock(time.time())} ({error})"
+            self._remember_unwritten([i for record in records for i in record.prediction_ids], why)
             return
         self._classes.update(versions)
         self._pruned_to = pruned_to
         self.written += len(rows)
+
+    def _remember_unwritten(self, prediction_ids: list[str], why: str) -> None:
+        for prediction_id in prediction_ids:
+            self._unwritten[prediction_id] = why
+        while len(self._unwritten) > UNWRITTEN_REMEMBERED:
+            self._unwritten.popitem(last=False)
 
     def _prune(self, connection: sqlite3.Connection) -> tuple[int, int]:
         """Delete rows past retention; each pass walks only the ids it newly passed (the
@@ -371,12 +484,13 @@ class PredictionLog:
         )
         return unlabelled_to, labelled_to
 
-    def _label(self, connection: sqlite3.Connection, jobs: list[_LabelJob]) -> None:
+    def _label(self, connection: sqlite3.Connection | None, jobs: list[_LabelJob]) -> None:
         """Store the jobs' labels in one transaction; each job whole or not at all."""
         # a caller that gave up waiting (its timeout) is not labelled behind its back
         live = [job for job in jobs if job.done.set_running_or_notify_cancel()]
         outcomes: list[tuple[_LabelJob, list[StoredLabel] | InputError]] = []
         try:
+            connection = _usable(connection, self._reopen_error)
             with connection:
                 for job in live:
                     try:
@@ -406,12 +520,7 @@ class PredictionLog:
                 (label.prediction_id,),
             ).fetchone()
             if row is None:
-                raise InputError(
-                    f"{label.where}prediction_id",
-                    f"{label.prediction_id} is not in the prediction log: unknown, or older than "
-                    f"the newest {self.max_rows} predictions it keeps (serve.log_max_rows)",
-                    404,
-                )
+                raise self._not_found(label)
             row_id, name, version, labelled_as = row
             if labelled_as is not None:
                 raise InputError(
@@ -428,6 +537,30 @@ class PredictionLog:
             updates,
         )
         return stored
+
+    def _not_found(self, label: Label) -> InputError:
+        """Why a label's prediction is not in the log: never written (503, the server's
+        fault), or unknown / past retention / in a file that was replaced (404)."""
+        where = f"{label.where}prediction_id"
+        if (why := self._unwritten.get(label.prediction_id)) is not None:
+            return InputError(
+                where,
+                f"{label.prediction_id} was answered but never logged: {why}; it cannot be "
+                "labelled (the server's fault: free disk space for the prediction log)",
+                503,
+            )
+        replaced = (
+            f"; the log file was removed or replaced at {_clock(self.recreated_at)} and a new "
+            "one started, so predictions logged before that are gone"
+            if self.recreated_at is not None
+            else ""
+        )
+        return InputError(
+            where,
+            f"{label.prediction_id} is not in the prediction log: unknown, or older than the "
+            f"newest {self.max_rows} predictions it keeps (serve.log_max_rows){replaced}",
+            404,
+        )
 
     def _class_names(
         self, connection: sqlite3.Connection, name: str, version: str, label: Label
@@ -455,6 +588,37 @@ class PredictionLog:
             self._thread.join(timeout)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None when there is none."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _usable(connection: sqlite3.Connection | None, why: str | None) -> sqlite3.Connection:
+    """``connection``, or the sqlite3.Error a write meets while there is no log file."""
+    if connection is None:
+        raise sqlite3.OperationalError(f"no log file: {why}")
+    return connection
+
+
+def _row_count(connection: sqlite3.Connection) -> int | None:
+    """Rows of the (maybe removed) file ``connection`` holds open; None if unreadable."""
+    try:
+        return connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+    except sqlite3.Error:
+        return None
+
+
+def _clock(seconds: float | None) -> str:
+    """A time of this process's log as people read it (local time, to the second)."""
+    if seconds is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
 def class_index(label: Label, classes: Sequence[str], model: str) -> int:
     """The index of ``label`` (a class name, or an index) among ``classes`` of ``model``, or
     a 422 listing the classes."""
@@ -475,7 +639,7 @@ def class_index(label: Label, classes: Sequence[str], model: str) -> int:
 
 def read_prediction_log(path: Path = PREDICTION_LOG) -> list[dict[str, Any]]:
     """The logged rows, oldest first, inputs back as arrays (for monitoring and tests)."""
-    with _connect(path) as connection:
+    with _reading(path) as connection:
         cursor = connection.execute("SELECT * FROM predictions ORDER BY id")
         columns = [column[0] for column in cursor.description]
         rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
@@ -514,7 +678,7 @@ def read_window(
     images in well under a second: one query, then whole-column conversions."""
     if not path.is_file():
         return _empty_window()
-    with _connect(path) as connection:
+    with _reading(path) as connection:
         columns = _columns(connection)
         if not columns:
             return _empty_window()
@@ -535,15 +699,21 @@ def read_window(
             f"{path}: {model_name} v{version} logged images of shapes {', '.join(set(shapes))}; "
             "one version serves one shape, so this log was edited or mixed up"
         )
-    shape = tuple(json.loads(shapes[0]))
-    return Window(
-        row_ids=np.asarray(row_ids, dtype=np.int64),
-        logged_at=np.asarray(logged_at, dtype=np.float64),
-        images=np.frombuffer(b"".join(inputs), dtype=np.uint8).reshape(len(rows), *shape),
-        probabilities=np.asarray(json.loads(f"[{','.join(probabilities)}]"), dtype=np.float32),
-        predicted=np.asarray(predicted, dtype=np.int64),
-        labels=np.asarray(labels, dtype=np.int64),
-    )
+    try:
+        shape = tuple(json.loads(shapes[0]))
+        return Window(
+            row_ids=np.asarray(row_ids, dtype=np.int64),
+            logged_at=np.asarray(logged_at, dtype=np.float64),
+            images=np.frombuffer(b"".join(inputs), dtype=np.uint8).reshape(len(rows), *shape),
+            probabilities=np.asarray(json.loads(f"[{','.join(probabilities)}]"), dtype=np.float32),
+            predicted=np.asarray(predicted, dtype=np.int64),
+            labels=np.asarray(labels, dtype=np.int64),
+        )
+    except (TypeError, ValueError) as error:  # bytes that are not the rows this code writes
+        raise PredictionLogError(
+            f"{path}: rows of {model_name} v{version} do not decode ({error}); the log was "
+            "edited or damaged: move it aside (serving starts a new one)"
+        ) from None
 
 
 def _empty_window() -> Window:
@@ -575,7 +745,7 @@ def read_labelled(path: Path) -> list[LabelledRow]:
     labels)."""
     if not path.is_file():
         return []
-    with _connect(path) as connection:
+    with _reading(path) as connection:
         if "label_index" not in _columns(connection):
             return []
         rows = connection.execute(
@@ -597,7 +767,7 @@ def read_labelled(path: Path) -> list[LabelledRow]:
 
 def read_class_names(path: Path, model_name: str, version: str) -> tuple[str, ...] | None:
     """The classes the log recorded for a version (None when it recorded none)."""
-    with _connect(path) as connection:
+    with _reading(path) as connection:
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
         row = (
             connection.execute(
