@@ -1,5 +1,9 @@
 """Console and run-log output: plain message lines for stages, the Prefect run logger inside
 flows, one-line user errors for ``python -m`` entry points.
+
+Every log record of a process that imports this module has its credentials masked
+(``tasks.core.redaction``): a password in ``MLFLOW_TRACKING_URI`` or ``select.storage`` never
+reaches the console, a log file or the Prefect run log.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ from collections.abc import Callable
 
 from tasks.core.errors import MlcycleError
 from tasks.core.processes import die_with_parent
+from tasks.core.redaction import install_log_redaction, redact
+
+install_log_redaction()  # before any logger of ours, Prefect's or MLflow's says anything
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -18,6 +25,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     Our own ``mlcycle.*`` loggers speak at ``level``; libraries only when something is wrong,
     and Great Expectations (whose warnings are about its own plugin registry) only on errors.
     """
+    install_log_redaction()
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout, force=True)
     logging.getLogger("mlcycle").setLevel(level)
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
@@ -45,5 +53,5 @@ def stage_main(main: Callable[[], None]) -> None:
     try:
         main()
     except MlcycleError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {redact(str(error))}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -64,6 +64,12 @@ def redact(text: str) -> str:
     return _QUERY_SECRET.sub(lambda m: f"{m['key']}{MASK}", text)
 
 
+def without_credentials(url: str) -> str:
+    """``url`` with no user or password at all: a link for a browser, which would send a
+    masked password (``***``) as a login."""
+    return redact(_URL_USERINFO.sub(lambda m: m["scheme"], url))
+
+
 def _is_secret_key(key: object) -> bool:
     return isinstance(key, str) and key.lower() in SECRET_KEY_NAMES
 
@@ -89,27 +95,42 @@ def redact_mapping(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
     }
 
 
-class RedactingFilter(logging.Filter):
-    """Masks credentials in a log record's message and arguments before any handler sees it.
+def redact_record(record: logging.LogRecord) -> None:
+    """Mask credentials in a log record's message, arguments and traceback, in place.
 
-    Installed on handlers (a logger's filters do not run for records its children propagate),
-    so every record that reaches a console, a file or Prefect's API is redacted once."""
+    The traceback is formatted here, redacted, into ``exc_text``, which formatters print
+    instead of formatting the exception again."""
+    if isinstance(record.msg, str):
+        record.msg = redact(record.msg)
+    if record.args:
+        record.args = (
+            redact_mapping(record.args)
+            if isinstance(record.args, Mapping)
+            else tuple(_redact_arg(arg) for arg in record.args)
+        )
+    if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+    elif record.exc_text:
+        record.exc_text = redact(record.exc_text)
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        if record.args:
-            record.args = (
-                redact_mapping(record.args)
-                if isinstance(record.args, Mapping)
-                else tuple(_redact_arg(arg) for arg in record.args)
-            )
-        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
-            # The traceback's text is cached on the record; format it here, redacted.
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
-        elif record.exc_text:
-            record.exc_text = redact(record.exc_text)
-        return True
+
+def install_log_redaction() -> None:
+    """Redact every log record of this process as it is made (idempotent).
+
+    A record factory rather than a handler filter: it reaches every logger and handler,
+    including the ones Prefect and uvicorn configure (and reconfigure) after us, and a
+    logger's filters would not see the records its children propagate."""
+    make_record = logging.getLogRecordFactory()
+    if getattr(make_record, "redacts", False):
+        return
+
+    def make_redacted_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        redact_record(record)
+        return record
+
+    make_redacted_record.redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(make_redacted_record)
 
 
 def _redact_arg(arg: Any) -> Any:

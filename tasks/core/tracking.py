@@ -17,6 +17,7 @@ from typing import Any
 from tasks.core.config import Params
 from tasks.core.errors import MlcycleError
 from tasks.core.lineage import TAG_EVALUATED, TAG_FLOW_RUN, lineage_tags
+from tasks.core.redaction import install_log_redaction, redact, redact_mapping, without_credentials
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -33,11 +34,27 @@ MAX_PARAMS_PER_BATCH = 100  # MLflow refuses larger log_batch calls
 
 
 class TrackingError(MlcycleError):
-    """The tracking server or store cannot be used."""
+    """The tracking server or store cannot be used. Its message names the store, and MLflow's
+    own messages repeat the URI: any password in it is masked here, once for every exit (the
+    console, the run log, the Prefect state)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def as_logged(value: Any) -> str:
+    """A param value as MLflow holds it: text, any credential in it masked. Compare a logged
+    param with this, not with ``str(value)``: ``select.storage``'s password is not logged."""
+    return redact(str(value))
+
+
+def shown_tracking_uri() -> str:
+    """The tracking URI as it may be printed: its password masked."""
+    return redact(tracking_uri())
 
 
 def experiment_name() -> str:
@@ -59,6 +76,10 @@ def connect() -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    # MLflow prints "View run ... at: <the URI, password and all>" when a run ends; our own
+    # commands print the run's link without it.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    install_log_redaction()  # the URI's password is in this process from here on
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     mlflow.set_tracking_uri(uri)
@@ -125,16 +146,18 @@ class RunTracker:
         from mlflow.entities import RunTag
         from mlflow.tracking import MlflowClient
 
+        tags = redact_mapping({k: str(v) for k, v in tags.items()})
         with tracking_errors(f"tag run {self.run_id}"):
-            MlflowClient().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            MlflowClient().log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_values(self, values: Mapping[str, Any]) -> None:
-        """Log plain key -> value params (a trial's choice), each once."""
+        """Log plain key -> value params (a trial's choice), each once; a credential in a
+        value (``select.storage``'s password) is masked."""
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         with tracking_errors(f"log params to run {self.run_id}"):
-            batch = [Param(k, str(v)) for k, v in values.items()]
+            batch = [Param(k, as_logged(v)) for k, v in values.items()]
             for start in range(0, len(batch), MAX_PARAMS_PER_BATCH):
                 MlflowClient().log_batch(
                     self.run_id, params=batch[start : start + MAX_PARAMS_PER_BATCH]
@@ -166,7 +189,7 @@ def child_run(parent_run_id: str, run_name: str, tags: Mapping[str, str]) -> Run
         run = client.create_run(
             experiment_id,
             run_name=run_name,
-            tags={"mlflow.parentRunId": parent_run_id, **lineage_tags(), **tags},
+            tags=redact_mapping({"mlflow.parentRunId": parent_run_id, **lineage_tags(), **tags}),
         )
     return RunTracker(run.info.run_id)
 
@@ -183,7 +206,7 @@ def params_conflict(run_id: str, params: Params) -> list[str]:
     from mlflow.tracking import MlflowClient
 
     logged = MlflowClient().get_run(run_id).data.params
-    return [k for k, v in params.flat().items() if k in logged and logged[k] != str(v)]
+    return [k for k, v in params.flat().items() if k in logged and logged[k] != as_logged(v)]
 
 
 def flow_run_id() -> str | None:
@@ -273,7 +296,8 @@ def can_join(run_id: str, params: Params) -> bool:
 
 
 def run_url(run_id: str) -> str:
-    """Where to look at a run: the server's UI, or ``mlflow ui``'s default address."""
+    """Where to look at a run: the server's UI (without the URI's login: a browser asks for
+    it), or ``mlflow ui``'s default address."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -285,7 +309,7 @@ def run_url(run_id: str) -> str:
     )
     mlflow.set_tracking_uri(uri)
     experiment_id = MlflowClient().get_run(run_id).info.experiment_id
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{without_credentials(base).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 class ModelVersionNotFound(TrackingError):

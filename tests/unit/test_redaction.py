@@ -6,7 +6,13 @@ import logging
 
 import pytest
 
-from tasks.core.redaction import RedactingFilter, redact, redact_mapping, redact_value
+from tasks.core.redaction import (
+    install_log_redaction,
+    redact,
+    redact_mapping,
+    redact_value,
+    without_credentials,
+)
 
 
 @pytest.mark.parametrize(
@@ -67,29 +73,38 @@ def test_redact_mapping_walks_nested_values_and_masks_secret_keys() -> None:
     assert redact_value(7) == 7
 
 
-def test_filter_redacts_message_args_and_traceback() -> None:
-    records: list[str] = []
+def test_without_credentials_makes_a_clean_link() -> None:
+    assert without_credentials("http://a:b@h:5000/#/x?token=t") == "http://h:5000/#/x?token=***"
+    assert without_credentials("http://h:5000/#/x") == "http://h:5000/#/x"
 
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(self.format(record))
 
-    handler = Collect()
-    handler.addFilter(RedactingFilter())
+def test_every_log_record_is_redacted_whatever_handler_prints_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Installed once, it reaches loggers and handlers configured after it (as Prefect's are)."""
+    unredacted_factory = logging.getLogRecordFactory()
+    install_log_redaction()
+    install_log_redaction()  # idempotent: one factory, not two stacked
     logger = logging.getLogger("mlcycle.test_redaction")
+    handler = logging.StreamHandler()  # stderr: added after the factory was installed
     logger.addHandler(handler)
     logger.propagate = False
     try:
         logger.warning("tracking at http://a:s3cr3t@h")
         logger.warning("tracking at %s (%r)", "http://a:s3cr3t@h", {"u": "http://b:s3cr3t@h"})
         logger.warning("error: %s", ConnectionError("refused by http://a:s3cr3t@h"))
+        logger.warning("%(uri)s", {"uri": "http://a:s3cr3t@h"})
         try:
             raise RuntimeError("http://a:s3cr3t@h is down")
         except RuntimeError:
             logger.exception("failed")
     finally:
         logger.removeHandler(handler)
-    assert len(records) == 4
-    assert not any("s3cr3t" in line for line in records), records
-    assert "http://a:***@h" in records[0]
-    assert "http://a:***@h is down" in records[3]
+        logger.propagate = True
+        logging.setLogRecordFactory(unredacted_factory)
+    printed = capsys.readouterr().err
+    assert "s3cr3t" not in printed, printed
+    assert printed.count("tracking at http://a:***@h") == 2, printed
+    assert "{'u': 'http://b:***@h'}" in printed
+    assert "error: refused by http://a:***@h" in printed
+    assert "RuntimeError: http://a:***@h is down" in printed
