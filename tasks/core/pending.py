@@ -17,6 +17,7 @@ from tasks.core.lineage import (
     TAG_UNREGISTERED,
     TAG_WORKSPACE,
 )
+from tasks.core.redaction import redact
 from tasks.core.tracking import connect
 
 UNKNOWN_CAUSE = "its command ended before registering it"
@@ -73,7 +74,7 @@ def mark_unregistered(run_id: str, why: str) -> None:
 
     client = MlflowClient()
     if TAG_UNREGISTERED not in client.get_run(run_id).data.tags:
-        client.set_tag(run_id, TAG_UNREGISTERED, why[:500])
+        client.set_tag(run_id, TAG_UNREGISTERED, redact(why)[:500])
 
 
 def clear_unregistered(run_id: str) -> None:

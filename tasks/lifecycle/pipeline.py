@@ -44,6 +44,7 @@ from tasks.core.lineage import (
 from tasks.core.model_file import log_model
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.pending import is_evaluated, mark_unregistered, model_is_registered
+from tasks.core.redaction import redact, redact_mapping, redact_value
 from tasks.core.tracking import RunTracker, connect, find_run, run_url
 from tasks.stages.evaluate import METRICS_FILE, record_evaluation
 from tasks.stages.select import TAG_SELECTION, record_selection, selection_table
@@ -93,7 +94,9 @@ def publish_validation() -> None:
     """The data-validation verdicts as a Prefect artifact, with where the Data Docs are."""
     if (REPORTS_DIR / RAW_REPORT.name).is_file():
         create_markdown_artifact(
-            key="data-validation", markdown=validation_markdown(), description="Data validation"
+            key="data-validation",
+            markdown=redact(validation_markdown()),
+            description="Data validation",
         )
 
 
@@ -102,7 +105,9 @@ def publish_selection() -> None:
     rows = selection_table()
     if rows:
         create_table_artifact(
-            key="model-selection", table=rows, description="Model selection (validation split)"
+            key="model-selection",
+            table=redact_value(rows),
+            description="Model selection (validation split)",
         )
 
 
@@ -131,7 +136,7 @@ def reproduce_stage(stage: str, run_id: str | None = None) -> StageResult:
 
 def _reproduce(stage: str, run_id: str | None) -> StageResult:
     logger = _logger()
-    if not stage_is_stale(stage):
+    if not stage_is_stale(stage, verify_inputs=True):
         logger.info("stage '%s' is up to date: skipped (DVC found nothing changed)", stage)
         return StageResult(stage, ran=False, seconds=0.0)
     env = dict(os.environ)
@@ -155,12 +160,14 @@ def start_pipeline_run(params: Params, reason: str = MANUAL_REASON) -> str:
     run = MlflowClient().create_run(
         experiment_id,
         run_name=f"pipeline-{flow_run.get_name() or time.strftime('%Y%m%d-%H%M%S')}",
-        tags={
-            TAG_FLOW_RUN: flow_run_id or "none",
-            TAG_REASON: reason[:500],
-            **git_state(),
-            **process_tags(),
-        },
+        tags=redact_mapping(
+            {
+                TAG_FLOW_RUN: flow_run_id or "none",
+                TAG_REASON: reason[:500],
+                **git_state(),
+                **process_tags(),
+            }
+        ),
     )
     RunTracker(run.info.run_id).log_params(params)
     _logger().info("MLflow run %s (why: %s)", run_url(run.info.run_id), reason)
@@ -188,7 +195,7 @@ def fail_pipeline_run(flow: Any, prefect_flow_run: Any, state: Any) -> None:
         # failing does not unmake that, and a retry may still register it.
         if run_id and MlflowClient().get_run(run_id).info.status == "RUNNING":
             if status == "KILLED":
-                MlflowClient().set_tag(run_id, TAG_STOPPED, state.message or "stopped")
+                MlflowClient().set_tag(run_id, TAG_STOPPED, redact(state.message or "stopped"))
             MlflowClient().set_terminated(run_id, status)
     except Exception as error:  # a hook must not hide the flow's own failure
         _logger().warning("could not mark the MLflow run %s: %s", status, error)
@@ -224,7 +231,7 @@ def settle_run(run_id: str, why: str) -> str:
     client = MlflowClient()
     run = client.get_run(run_id)
     if run.info.status == "RUNNING":
-        client.set_tag(run_id, TAG_STOPPED, why[:500])
+        client.set_tag(run_id, TAG_STOPPED, redact(why)[:500])
         client.set_terminated(run_id, "KILLED")
         return (
             f"MLflow run {run_id} is marked KILLED and nothing was registered; `mlcycle run` "
@@ -288,7 +295,9 @@ def finish_pipeline_run(
         selection=selection_line(params),
     )
     create_markdown_artifact(
-        key="evaluation", markdown=summary_markdown(summary), description="Test-split evaluation"
+        key="evaluation",
+        markdown=redact(summary_markdown(summary)),
+        description="Test-split evaluation",
     )
     return summary
 

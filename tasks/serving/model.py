@@ -27,6 +27,7 @@ from tasks.core.lineage import (
     TAG_RAW_SHAPE,
     TAG_RUN,
 )
+from tasks.core.redaction import redact, redact_mapping
 from tasks.core.tracking import get_model_version
 
 log = logging.getLogger("mlcycle.serve")
@@ -93,25 +94,27 @@ def load_served_model(name: str, alias: str, version: str | None = None) -> Serv
         value = params.get(f"preprocess.{key}", "None")
         return None if value in ("None", "null") else int(value)
 
-    metadata = {
-        "model_name": name,
-        "version": version,
-        "alias": alias,
-        "class_names": list(class_names),
-        "raw_shape": list(raw_shape),
-        "input_shape": list(input_shape),
-        "data_version": {
-            key.removeprefix(TAG_DVC_PREFIX): value
-            for key, value in tags.items()
-            if key.startswith(TAG_DVC_PREFIX)
-        },
-        "git_commit": tags.get(TAG_GIT_COMMIT, "unknown"),
-        "mlflow_run_id": tags.get(TAG_RUN),
-        "trained_at": time.strftime(
-            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(details.creation_timestamp / 1000)
-        ),
-        "params": params,
-    }
+    metadata = redact_mapping(  # /metadata is unauthenticated: no password of select.storage
+        {
+            "model_name": name,
+            "version": version,
+            "alias": alias,
+            "class_names": list(class_names),
+            "raw_shape": list(raw_shape),
+            "input_shape": list(input_shape),
+            "data_version": {
+                key.removeprefix(TAG_DVC_PREFIX): value
+                for key, value in tags.items()
+                if key.startswith(TAG_DVC_PREFIX)
+            },
+            "git_commit": tags.get(TAG_GIT_COMMIT, "unknown"),
+            "mlflow_run_id": tags.get(TAG_RUN),
+            "trained_at": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(details.creation_timestamp / 1000)
+            ),
+            "params": params,
+        }
+    )
     return ServedModel(
         name=name,
         version=version,
@@ -154,11 +157,21 @@ class ModelHolder:
         self.name = name
         self.alias = alias
         self.current: ServedModel | None = None
-        self.last_error: str | None = None
+        self._last_error: str | None = None
         self.freeze_after_load = False  # the serving process sets it (see serve())
         self.failed_version: str | None = None  # the watcher retries it only after a while
         self.failed_at = 0.0
         self._reload_lock = threading.Lock()
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the newest load or alias lookup failed (None once it passes), as ``/ready`` and
+        ``/metadata`` show it to anyone: a password in the tracking URI is masked."""
+        return self._last_error
+
+    @last_error.setter
+    def last_error(self, message: str | None) -> None:
+        self._last_error = None if message is None else redact(message)
 
     def reload(self, version: str | None = None) -> bool:
         """Load the version holding the alias (or ``version``); True if it is now served."""
