@@ -19,7 +19,7 @@ import pytest
 from tasks.core.config import CollectParams
 from tasks.core.files import read_raw_dataset
 from tasks.serving.feedback import export_feedback, npz_bytes
-from tasks.serving.inputs import Label
+from tasks.serving.inputs import InputError, Label
 from tasks.serving.prediction_log import (
     LABELLED_RETENTION,
     PredictionLog,
@@ -388,6 +388,48 @@ def test_a_file_that_is_not_a_prediction_log_is_refused_by_name(tmp_path):
     connection.close()
     with pytest.raises(PredictionLogError, match=r"other\.sqlite: its predictions table lacks"):
         PredictionLog(other, max_rows=10).start()
+
+
+def test_a_log_file_removed_under_the_writer_is_started_again_and_counted(tmp_path, caplog):
+    """`rm predictions.sqlite*` while serving: the writer notices at its next batch (or
+    within flush_s, idle), starts a new file, and counts what the old one took."""
+    model = served_model()
+    path = tmp_path / "predictions.sqlite"
+    log = PredictionLog(path, max_rows=100, flush_s=0.05).start()
+    batch = np.stack([image(k) for k in range(3)])
+    before = log.record(model, "/predict", batch, model.predict(batch))
+    wait_for(lambda: log.written == 3)
+    for file in tmp_path.glob("predictions.sqlite*"):
+        file.unlink()
+    wait_for(path.is_file)  # no traffic needed
+    after = log.record(model, "/predict", batch, model.predict(batch))
+    stored = log.submit_labels([Label(after[0], "two")]).result(timeout=10)
+    with pytest.raises(InputError, match=r"removed or replaced at .* predictions logged before"):
+        log.submit_labels([Label(before[0], "two")]).result(timeout=10)
+    log.close()
+    assert stored[0].label_name == "two"  # the version's classes were written to the new file
+    assert [row["prediction_id"] for row in read_prediction_log(path)] == after
+    assert (log.recreated, log.lost, log.written) == (1, 3, 6)
+    assert "the 3 rows the old file held are not in it (gap 1" in caplog.text
+
+
+def wait_for(condition, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("reader", [read_window, read_prediction_log, "read_labelled"])
+def test_a_corrupt_log_is_named_by_its_readers(tmp_path, reader):
+    from tasks.serving.prediction_log import read_labelled
+
+    path = tmp_path / "predictions.sqlite"
+    path.write_bytes(b"not a database at all" * 100)
+    read = {"read_labelled": read_labelled}.get(reader, reader)
+    args = (path, "digits", "7", 10) if read is read_window else (path,)
+    with pytest.raises(PredictionLogError, match=r"predictions\.sqlite: not a readable pre"):
+        read(*args)
 
 
 def test_retention_spares_labelled_rows_for_longer(tmp_path):

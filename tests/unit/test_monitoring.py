@@ -470,3 +470,44 @@ def test_report_of_other_rows_than_decided_is_refused(digits, params, tmp_path):
     with pytest.raises(DriftInputError, match=r"decided on 400"):
         write_report(digits.reference, images[:10], probabilities[:10], result, tmp_path / "r.html")
     assert not list(tmp_path.iterdir())
+
+
+# --- a --batch file's labels and images, checked against the served version -----------------
+
+
+def batch_reference(classes: int = 3):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(class_names=tuple(f"c{k}" for k in range(classes)))
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason"),
+    [
+        (np.asarray([0, -7, 1, -7]), "'labels' holds -7, outside the classes; expected one "),
+        (np.asarray([0, 99, 1, -1]), "'labels' holds -1, 99, outside the classes"),
+        (np.asarray(["cat"] * 4), "'labels' must hold one class index 0-2 of digits v4 per "),
+        (np.asarray([0.0, 1.0, 2.0, 0.0]), "got float64 values (0.0, 1.0, 2.0)"),
+        (np.asarray([0, 1]), "got shape (2,)"),
+    ],
+)
+def test_batch_labels_outside_the_classes_are_refused_by_name(labels, reason, tmp_path):
+    from tasks.lifecycle.monitor import MonitorError, Served, checked_batch_labels
+
+    served = Served("digits", "champion", "4", "run")
+    with pytest.raises(MonitorError) as refused:
+        checked_batch_labels(tmp_path / "b.npz", labels, 4, served, batch_reference())
+    assert str(refused.value).startswith(f"{tmp_path / 'b.npz'}: ") and reason in str(refused.value)
+    good = checked_batch_labels(
+        Path("b.npz"), np.asarray([0, 2, 1, 0]), 4, served, batch_reference()
+    )
+    assert good.dtype == np.int64
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 8, 2), (4, 8, 8, 4), (4, 8), (4, 8, 8, 1, 1)])
+def test_batch_images_that_are_neither_grey_nor_rgb_are_refused(shape, tmp_path):
+    from tasks.lifecycle.monitor import MonitorError, checked_batch_images
+
+    with pytest.raises(MonitorError, match=r"b\.npz: 'images' must be uint8 .* with C 1 \(grey\)"):
+        checked_batch_images(tmp_path / "b.npz", np.zeros(shape, dtype=np.uint8))
+    assert checked_batch_images(tmp_path / "b.npz", np.zeros((4, 8, 8), np.uint8)).shape[-1] == 1
