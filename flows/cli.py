@@ -16,15 +16,17 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tasks.core.config import ServeParams, load_params
-from tasks.core.errors import MlcycleError
+from tasks.core.errors import MlcycleError, user_error
 from tasks.core.paths import PREDICTION_LOG
 from tasks.core.processes import Terminated, raise_terminated
+from tasks.core.redaction import redact
 from tasks.core.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri
 from tasks.lifecycle import workspace
 from tasks.lifecycle.prefect_api import PrefectApiLost, api_lost, prefect_api, watching_api
@@ -61,6 +63,12 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlcycle", description="Run the mlcycle ML lifecycle pipeline."
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="on an error, show the full traceback after its one line (also: MLCYCLE_DEBUG=1)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser(
@@ -177,9 +185,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {signum: signal.signal(signum, _stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         return _dispatch(args, _command_line(argv))
-    except MlcycleError as error:
-        print(f"mlcycle: error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return _stopped(args.command, "interrupted (Ctrl-C)", 130)
     except Terminated:
@@ -189,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `mlcycle models | head`: the reader has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as error:
+        return _report(error, args.verbose or _debugging())
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -230,6 +237,23 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
     return manage_registry(args, command)
 
 
+def _report(error: Exception, verbose: bool) -> int:
+    """The one error-translation point (see ``tasks.core.errors.user_error``): a failure a user
+    can fix is one line, exit 1; anything else is a bug and keeps its traceback. ``verbose``
+    adds the traceback under the line, for whoever debugs it."""
+    translated = user_error(error)
+    if translated is None:
+        raise error
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    _error_line(str(translated))
+    return 1
+
+
+def _debugging() -> bool:
+    return os.environ.get("MLCYCLE_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def _stop(signum: int, frame: object) -> None:
     """The first SIGINT/SIGTERM stops the command; later ones only say that it is stopping
     (the flow is recording how the run ended, and children get a few seconds each)."""
@@ -265,7 +289,9 @@ def _say(message: str) -> None:
 
 
 def _error_line(line: str) -> None:
-    print(f"mlcycle: error: {line}", file=sys.stderr, flush=True)
+    """``mlcycle: error: <line>``, on one line and without credentials (a URL's password)."""
+    one_line = " ".join(redact(line).split())
+    print(f"mlcycle: error: {one_line}", file=sys.stderr, flush=True)
 
 
 @contextmanager

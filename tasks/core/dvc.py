@@ -17,7 +17,8 @@ from typing import Any
 
 from tasks.core.config import flatten
 from tasks.core.console import run_logger
-from tasks.core.errors import MlcycleError
+from tasks.core.errors import MlcycleError, shown_path
+from tasks.core.files import file_md5
 from tasks.core.paths import DVC_LOCK
 from tasks.core.processes import start_group, stop_group
 
@@ -87,10 +88,73 @@ def locked_params(root: Path = Path()) -> dict[str, Any]:
     return values
 
 
-def stage_is_stale(stage: str) -> bool:
-    """Whether DVC would run this stage now (changed deps, params or missing outputs)."""
+class CorruptData(DvcError):
+    """A file DVC counts as up to date whose bytes are not what ``dvc.lock`` records."""
+
+
+def stage_is_stale(stage: str, verify_inputs: bool = False) -> bool:
+    """Whether DVC would run this stage now (changed deps, params or missing outputs).
+
+    ``verify_inputs``: a stage about to run first has the files it reads from other stages
+    (and ``.dvc`` files) hashed afresh against ``dvc.lock``: DVC trusts its own record of a
+    file it checked out, so a corrupt cache object brought by ``dvc checkout`` (or restored
+    from the run-cache) reads "up to date" until a stage fails deep inside a reader
+    (``BadZipFile: Bad CRC-32 for file 'images.npy'``). CorruptData names the file instead.
+    """
     with open_repo() as repo:
-        return bool(repo.status(targets=[stage]))
+        stale = bool(repo.status(targets=[stage]))
+        if stale and verify_inputs:
+            verify_stage_inputs(repo, stage)
+        return stale
+
+
+def verify_stage_inputs(repo: Any, stage: str) -> None:
+    """CorruptData for the first input of ``stage`` whose bytes differ from ``dvc.lock``."""
+    stages = list(repo.index.stages)
+    target = next((s for s in stages if s.addressing == stage), None)
+    if target is None:
+        return
+    read = [Path(dep.def_path) for dep in target.deps]
+    for out in (out for s in stages if s is not target for out in s.outs):
+        for path, md5 in recorded_files(out):
+            if any(path == dep or dep in path.parents for dep in read):
+                check_recorded_file(repo, out, path, md5)
+
+
+def recorded_files(out: Any) -> list[tuple[Path, str]]:
+    """(path, md5) of each file of a DVC output as its lock entry records it (a folder's
+    through its ``.dir`` listing in the cache); [] where it is not recorded in plain md5."""
+    if not out.hash_info or out.hash_info.name != "md5" or not out.use_cache:
+        return []
+    root = Path(out.def_path)
+    if not out.is_dir_checksum:
+        return [(root, out.hash_info.value)]
+    listing = out.get_obj()
+    if listing is None:  # the listing is not in the cache: DVC itself reports that
+        return []
+    return [(root.joinpath(*key), info.value) for key, (_, info) in listing.iteritems()]
+
+
+def check_recorded_file(repo: Any, out: Any, path: Path, md5: str) -> None:
+    if not path.is_file():
+        return  # missing: DVC reports it as a changed output (and reruns its stage)
+    if file_md5(path) == md5:
+        return
+    cached = Path(repo.cache.local.oid_to_path(md5))
+    differs = (
+        f"{path}: its bytes are not what dvc.lock records (md5 {md5}), though DVC counts it up "
+        "to date"
+    )
+    if cached.is_file() and file_md5(cached) != md5:
+        raise CorruptData(
+            f"{differs}; its DVC cache object {shown_path(cached)} is damaged: remove it, then "
+            f"`dvc pull {out.def_path}` (or `dvc repro --force {out.stage.addressing}`) and "
+            "run again"
+        )
+    raise CorruptData(
+        f"{differs}; `dvc checkout --relink --force {out.def_path}` restores it from the DVC "
+        "cache (`dvc fetch` first if the cache lacks it), then run again"
+    )
 
 
 def push_data() -> int:
@@ -144,6 +208,24 @@ def checkout_quietly(root: Path = Path()) -> None:
             repo.checkout(force=True)
 
 
+class CrashLine:
+    """The last exception line of a Python traceback in a stage's output (``zipfile.
+    BadZipFile: Bad CRC-32 for file 'images.npy'``), read line by line."""
+
+    def __init__(self) -> None:
+        self.line: str | None = None
+        self._in_traceback = False
+
+    def read(self, line: str) -> None:
+        if line.startswith("Traceback (most recent call last):"):
+            self._in_traceback = True
+        elif self._in_traceback and not line[:1].isspace():
+            if line.startswith(("During handling", "The above exception")):
+                return
+            self.line = line
+            self._in_traceback = False
+
+
 def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
     """``dvc repro --single-item <stage>``, yielding its output lines as they come (DVC's
     routine hints left out); DvcError naming the stage's ``error:`` line, else DVC's, if it
@@ -155,6 +237,7 @@ def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
     flow lives on to record how the run ended.
     """
     tail: deque[str] = deque(maxlen=5)
+    crash = CrashLine()
     process = start_group(
         # Not --quiet: it hides DVC's own errors too (a path it cannot write: exit 255, no
         # line); its routine hints are left out below instead.
@@ -175,6 +258,7 @@ def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
             line = line.rstrip()
             if line and not line.lstrip().startswith(DVC_HINTS):
                 tail.append(line)
+                crash.read(line)
                 yield line
         process.wait()
     finally:  # a stop (Ctrl-C, SIGTERM) or an error here: the stage must not run on
@@ -187,7 +271,11 @@ def reproduce_stage(stage: str, env: Mapping[str, str]) -> Iterator[str]:
         detail = next(
             (e for e in errors if e.startswith("error: ")), errors[-1] if errors else None
         )
-        if detail:
+        if detail and detail.startswith("error: "):
+            reason = detail.split(": ", 1)[1]
+        elif crash.line:  # a bug in the stage: its exception's line, not "exited with 1"
+            reason = f"{crash.line} (its traceback is in the log above)"
+        elif detail:
             reason = re.sub(r"^failed to reproduce '[^']*': ", "", detail.split(": ", 1)[1])
         else:
             reason = f"see the log above (last line: {tail[-1]})" if tail else "no output"

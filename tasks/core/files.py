@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from tasks.core.errors import MlcycleError
+from tasks.core.errors import WRITE_ERRNOS, MlcycleError, exception_chain, write_failure
 
 SPLITS = ("train", "val", "test")
 
@@ -46,17 +46,33 @@ class OutputError(MlcycleError):
 @contextmanager
 def unwritable(path: Path) -> Iterator[None]:
     """OSError from creating or renaming ``path`` (not from the code that fills it) as one line
-    naming the output and the folder to check."""
+    naming the output, why, and what to do."""
     try:
         yield
     except OSError as error:
-        reason = error.strerror or type(error).__name__
-        if isinstance(error, FileExistsError | NotADirectoryError):
-            reason = "a file stands where a folder of its path should be"
-        raise OutputError(
-            f"{path}: cannot be written ({reason}); {path.parent} must be a folder this user "
-            "can write to, with room left"
-        ) from None
+        raise OutputError(write_failure(path, error)) from None
+
+
+@contextmanager
+def filling(path: Path) -> Iterator[None]:
+    """A full disk (or quota, file-size limit, read-only file system) while the block fills
+    ``path``'s temporary file, as the same one line: the writer may mask the OSError (torch's
+    zip writer raises ``RuntimeError: ... unexpected pos`` over it), so the whole chain is
+    searched; other errors of the block are its own and pass through."""
+    try:
+        yield
+    except Exception as error:
+        full = next(
+            (
+                link
+                for link in exception_chain(error)
+                if isinstance(link, OSError) and link.errno in WRITE_ERRNOS
+            ),
+            None,
+        )
+        if full is None:
+            raise
+        raise OutputError(write_failure(path, full)) from error
 
 
 @contextmanager
@@ -68,7 +84,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(handle)
     tmp = Path(tmp_name)
     try:
-        yield tmp
+        with filling(path):
+            yield tmp
         with unwritable(path):
             tmp.chmod(FILE_MODE)
             os.replace(tmp, path)
@@ -87,7 +104,8 @@ def atomic_directory(path: Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        with filling(path):
+            yield tmp
         tmp.chmod(DIR_MODE)
         for child in tmp.iterdir():
             if child.is_file():

@@ -42,7 +42,7 @@ LOST_SIGNAL = signal.SIGUSR1  # how the watch interrupts the main thread
 
 
 class PrefectApiError(MlcycleError):
-    """The temporary Prefect server did not start."""
+    """The temporary Prefect server did not start, or PREFECT_API_URL's does not answer."""
 
 
 @dataclass
@@ -65,7 +65,9 @@ def prefect_api(log_path: Path = SERVER_LOG, *, wait: bool = True) -> Iterator[P
     """The API the flows in this block report to (see the module). ``wait=False``: the block
     starts while the temporary server is still coming up; call ``ready()`` before a flow."""
     if os.environ.get("PREFECT_API_URL"):
-        yield PrefectApi(os.environ["PREFECT_API_URL"])
+        url = os.environ["PREFECT_API_URL"]
+        check_answers(url)  # before the imports and the flow: Prefect retries for seconds
+        yield PrefectApi(url, answered=True)
         return
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -96,6 +98,18 @@ def prefect_api(log_path: Path = SERVER_LOG, *, wait: bool = True) -> Iterator[P
                     _send_queued_reports()
     finally:
         stop_group(server)
+
+
+def check_answers(url: str, timeout_s: float = API_CHECK_EVERY_S) -> None:
+    """PrefectApiError naming ``url`` (PREFECT_API_URL) unless its /health answers."""
+    try:
+        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+    except httpx.HTTPError as error:
+        raise PrefectApiError(
+            f"PREFECT_API_URL {url}: the Prefect API does not answer "
+            f"({str(error) or type(error).__name__}); start the server there (`prefect server "
+            "start`), or unset PREFECT_API_URL to run with a temporary one"
+        ) from None
 
 
 def _send_queued_reports(timeout_s: float = 5.0) -> None:

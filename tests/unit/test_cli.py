@@ -54,6 +54,7 @@ def test_a_run_this_machine_cannot_do_is_refused_before_params_yaml_changes(
     error = capsys.readouterr().err
     assert error.startswith("mlcycle: error: ")
     assert len(error.strip().splitlines()) == 1
+    assert (workspace / "params.yaml").read_bytes() == before  # refused before it wrote
     assert re.search(message, error), error
     assert (workspace / "params.yaml").read_bytes() == before  # nothing written
     # the temporary Prefect API, started before the checks so it comes up while they run, is gone
@@ -165,3 +166,62 @@ def test_monitor_refuses_a_window_below_one(capsys):
     with pytest.raises(SystemExit):
         main(["monitor", "--window", "0"])
     assert "'0' is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def truncated_sqlite_file(path: Path) -> int:
+    """A real SQLite file of many pages cut to its first 4 KiB; returns its full size."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute("CREATE TABLE rows (text TEXT)")
+        db.executemany("INSERT INTO rows VALUES (?)", [("x" * 500,)] * 200)
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[:4096])
+    return size
+
+
+def test_a_broken_mlflow_store_is_one_line_and_verbose_adds_the_traceback(workspace, capsys):
+    size = truncated_sqlite_file(workspace / "mlflow.db")
+    expected = (
+        f"mlcycle: error: mlflow.db: not a usable MLflow database (file is truncated: 4,096 of "
+        f"{size:,} bytes); restore it or point MLFLOW_TRACKING_URI elsewhere"
+    )
+    assert main(["models"]) == 1
+    assert capsys.readouterr().err.strip() == expected
+
+    assert main(["-v", "models"]) == 1
+    error = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in error and "sqlite3.DatabaseError" in error
+    assert error.strip().splitlines()[-1] == expected  # the line still ends it
+
+
+def test_mlcycle_debug_shows_the_traceback_too(workspace, capsys, monkeypatch):
+    truncated_sqlite_file(workspace / "mlflow.db")
+    monkeypatch.setenv("MLCYCLE_DEBUG", "1")
+    assert main(["models"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_a_failure_nobody_translated_keeps_its_traceback(workspace, monkeypatch):
+    """A bug is not a user error: the edge re-raises it (the interpreter prints it)."""
+    import flows.cli
+
+    def broken(args, command):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(flows.cli, "manage_registry", broken)
+    with pytest.raises(ZeroDivisionError):
+        main(["models"])
+
+
+def test_an_error_line_hides_a_password_in_a_url(workspace, capsys, monkeypatch):
+    url = f"http://alice:s3cr3t@127.0.0.1:{free_port()}/api"
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    before = (workspace / "params.yaml").read_bytes()
+    assert main(["run"]) == 1
+    error = capsys.readouterr().err
+    assert "s3cr3t" not in error, error
+    assert error.startswith("mlcycle: error: PREFECT_API_URL http://alice:***@127.0.0.1:"), error
+    assert len(error.strip().splitlines()) == 1
+    assert (workspace / "params.yaml").read_bytes() == before  # refused before it wrote
