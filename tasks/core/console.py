@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from tasks.core.errors import MlcycleError
 from tasks.core.processes import die_with_parent
-from tasks.core.redaction import install_log_redaction, redact
+from tasks.core.redaction import install_log_redaction, redact, redact_value
 
 install_log_redaction()  # before any logger of ours, Prefect's or MLflow's says anything
 
@@ -41,6 +42,24 @@ def run_logger(fallback: str) -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger(fallback)
+
+
+def flow_without_secrets(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``prefect.flow(**options)`` whose runs record their parameters with credentials masked.
+
+    Prefect stores a flow run's parameters (the whole of params.yaml for the pipeline) for its
+    UI and API: ``select.storage``'s password must not go with them. The flow itself still
+    gets the values as they are."""
+    from prefect.flows import Flow
+
+    class FlowWithoutSecrets(Flow):
+        def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+            return redact_value(super().serialize_parameters(parameters))
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        return FlowWithoutSecrets(fn=fn, **options)
+
+    return decorate
 
 
 def stage_main(main: Callable[[], None]) -> None:

@@ -108,3 +108,21 @@ def test_every_log_record_is_redacted_whatever_handler_prints_it(
     assert "{'u': 'http://b:***@h'}" in printed
     assert "error: refused by http://a:***@h" in printed
     assert "RuntimeError: http://a:***@h is down" in printed
+
+
+def test_a_flow_records_its_parameters_without_secrets() -> None:
+    from tasks.core.config import load_params
+    from tasks.core.console import flow_without_secrets
+    from tests.helpers import REPO_ROOT
+
+    params = load_params(
+        REPO_ROOT / "params.yaml", overrides=["select.storage=postgresql://me:s3cr3t@h/x"]
+    )
+
+    @flow_without_secrets(name="secrets-test")
+    def pipeline(params: object, uri: str) -> None: ...
+
+    recorded = pipeline.serialize_parameters({"params": params, "uri": "http://a:s3cr3t@h"})
+    assert recorded["params"]["select"]["storage"] == "postgresql://me:***@h/x"
+    assert recorded["uri"] == "http://a:***@h"
+    assert params.select.storage == "postgresql://me:s3cr3t@h/x"  # the flow gets it whole
