@@ -4,7 +4,8 @@
 
 In a fresh copy of this repository (its working tree, as the tests take it): `mlcycle run`
 trains the first champion on the embedded digits, then a real `prefect server`, `mlcycle
-deployments apply` (monitoring every minute, the drift trigger's window one episode long), a
+deployments apply` (monitoring every minute; the drift trigger's window most of an episode, its
+training RETRAIN_DELAY_S after the event so that labels of the new population accrue), a
 worker, `mlcycle serve`, and a traffic generator that changes the world over time: clean
 digits first, then one drifted population per episode (low-contrast, thick strokes,
 inverted), each image drawn with its own random strength, with ground-truth feedback for a
@@ -14,7 +15,8 @@ runs the training deployment, the deploy step and the alias move what is served.
 Written to bench/results/soak-<date>-<machine>.json (or --json), per episode: seconds from its
 onset to detection (the first drift verdict over rows all logged after the onset), to the
 training the trigger started, and to the retrained champion answering; live accuracy on the
-new population from feedback, before and after; trainings started (target 1). For the whole
+new population from feedback, before and after; trainings started (target 1); drift verdicts
+once the retrained model answers (its reference is the new population: none). For the whole
 run: predictions sent and logged, feedback sent and stored (nothing lost), overlapping
 trainings (0), server ERROR lines (0), the serving process's peak memory.
 
@@ -58,6 +60,13 @@ MONITOR_WINDOW = 400  # newest predictions the monitor compares (20 s of traffic
 POPULATIONS = ("low-contrast", "thick-strokes", "inverted")
 MAX_ACCURACY_GAP = 0.02
 MIN_AFTER_SAMPLES = 100  # labelled images of the new population answered by the new model
+# The drift trigger starts its training this long after the event, so that about 1,500
+# labelled images of the new population are in the training data (the episode's first 20 s
+# of traffic are on the monitor's window before the event) ...
+RETRAIN_DELAY_S = 150.0
+# ... and the monitoring reference of the retrained model is its newest this-many images:
+# the new population alone (monitor.window of it is 20 s of traffic).
+REFERENCE_ROWS = 1000
 
 
 def drifted(images: np.ndarray, population: str, rng: np.random.Generator) -> np.ndarray:
@@ -360,6 +369,15 @@ def episode_figures(
         "accuracy_after": accuracy(newer),
         "labelled_after": sum(a.labelled for a in newer),
         "trainings": len(triggered),
+        # Drift verdicts once the retrained model answered: none, when its monitoring reference
+        # is the population it was retrained on.
+        "drift_after_served": sum(
+            1
+            for event in events
+            if event["event"] == "mlcycle.monitor.drift"
+            and newer
+            and newer[0].at < timestamp(event["occurred"]) < end
+        ),
         "training_states": [run.state_type.value if run.state_type else None for run in triggered],
         "training_reasons": [run.parameters.get("reason") for run in triggered],
     }
@@ -483,7 +501,11 @@ def soak(minutes: float, root: Path, database: str = "auto") -> dict[str, Any]:
             "collect.feedback=true",
             "schedule.monitor_cron=* * * * *",
             f"monitor.window={MONITOR_WINDOW}",
-            f"monitor.cooldown_hours={episode_s / 3600:.6f}",
+            # One training per episode: the window outlasts the delay, the training and the
+            # alias's move, and ends before the next episode's onset.
+            f"monitor.cooldown_hours={(episode_s - 120) / 3600:.6f}",
+            f"monitor.retrain_delay_minutes={RETRAIN_DELAY_S / 60:g}",
+            f"evaluate.reference_rows={REFERENCE_ROWS}",
             f"serve.port={port}",
             "serve.poll_seconds=2",
         ],
@@ -597,14 +619,15 @@ def main() -> int:
     write_figures(figures, "soak", out)
     say(
         "\n| episode | population | detected s | training s | served s | accuracy before "
-        "| after | trainings |"
+        "| after | trainings | drift verdicts after |"
     )
-    say("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    say("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for index, episode in enumerate(figures["episodes"], 1):
         say(
             f"| {index} | {episode['population']} | {episode['detected_s']} | "
             f"{episode['training_started_s']} | {episode['served_s']} | "
-            f"{episode['accuracy_before']} | {episode['accuracy_after']} | {episode['trainings']} |"
+            f"{episode['accuracy_before']} | {episode['accuracy_after']} | "
+            f"{episode['trainings']} | {episode['drift_after_served']} |"
         )
     say(
         f"clean accuracy {figures['clean_accuracy']}; predictions {figures['predictions_logged']}"
