@@ -23,7 +23,7 @@ from tasks.core.lineage import (
 from tasks.core.paths import PROCESSED_DIR
 from tasks.core.tracking import tracking_errors
 from tasks.registry.candidate import Candidate
-from tasks.registry.check import load_registered, predict_raw
+from tasks.registry.check import NotTheRegisteredModel, load_registered, predict_raw
 from tasks.registry.lock import registry_lock
 from tasks.registry.store import CHALLENGER, CHAMPION, RegistryError, alias_map, client, log
 from tasks.registry.versions import RegisteredVersion
@@ -48,6 +48,7 @@ class Registration:
     candidate_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None  # the previous champion, on the same test split
     recovered: str | None = None  # why its run had been left unregistered, if it had
+    previous_champion: str | None = None  # the champion the gate found (under the lock)
 
 
 def decide(
@@ -128,6 +129,11 @@ def score_champion(name: str, champion: str, test: ImageDataset) -> dict[str, fl
             raise ChampionUnloadable(
                 f"champion v{champion} cannot be loaded (its artifacts are missing)"
             ) from None
+        except NotTheRegisteredModel as mismatch:  # it would serve another model: not scored
+            raise ChampionUnloadable(
+                f"champion v{champion} is not the model it was registered as "
+                f"({mismatch.problem.split(';')[0]})"
+            ) from None
         except Exception as error:  # torch or MLflow reading a damaged artifact
             raise ChampionUnloadable(
                 f"champion v{champion} cannot be loaded ({type(error).__name__})"
@@ -193,7 +199,16 @@ def promote_if_better(
         champion = alias_map(name).get(CHAMPION)
         if champion == version:
             reason = f"version {version} is already the champion"
-            return Registration(name, version, False, reason, champion, candidate.metrics, None)
+            return Registration(
+                name,
+                version,
+                False,
+                reason,
+                champion,
+                candidate.metrics,
+                None,
+                previous_champion=champion,
+            )
         api.set_registered_model_alias(name, CHALLENGER, version)
         decision, champion_metrics = judge(candidate, name, version, champion, test, policy)
         outcome = "promoted to champion" if decision.promote else "kept as challenger"
@@ -217,6 +232,7 @@ def promote_if_better(
         version if decision.promote else champion,
         candidate.metrics,
         champion_metrics,
+        previous_champion=champion,
     )
 
 

@@ -16,7 +16,7 @@ from tasks.core.files import atomic_path
 from tasks.core.lineage import LINEAGE_DIR, TAG_DVC_PREFIX, TAG_GIT_COMMIT, TAG_RUN, git_state
 from tasks.core.paths import DVC_LOCK, PARAMS_FILE
 from tasks.core.tracking import connect, get_model_version, tracking_errors
-from tasks.registry.store import RegistryError, client
+from tasks.registry.store import RegistryError, client, parse_version
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ def restore(name: str, version: str, root: Path = Path()) -> Restored:
     then ``dvc pull``; DVC re-hashes the pulled files, and each hash must be the version's."""
     from mlflow.exceptions import MlflowException
 
+    version = parse_version(version)  # before anything is read or written
     connect()
     api = client()
     with tracking_errors(f"read version {version} of '{name}'"):
