@@ -148,3 +148,32 @@ def test_a_run_whose_params_differ_from_dvc_lock_is_refused(tmp_path):
         "        train.seed: 34\n        train.cnn:\n          dropout: 1\n"
     )
     _check_lock_params(run(**{"train.seed": "34", "train.cnn.dropout": "1.0"}), tmp_path)
+
+
+@pytest.mark.parametrize("typed", ["1", "3", "10", "1234"])
+def test_canonical_version_numbers_are_taken_as_typed(typed):
+    from tasks.registry.store import parse_version
+
+    assert parse_version(typed) == typed
+
+
+@pytest.mark.parametrize(
+    "typed", ["01", " 1", "1 ", "1\n", "+1", "-1", "0", "1.0", "1e0", "", "v1", "\u0661"]
+)
+def test_loose_version_numbers_are_refused_naming_what_was_typed(typed):
+    from tasks.registry.store import RegistryError, parse_version
+
+    with pytest.raises(RegistryError) as refused:
+        parse_version(typed)
+    assert str(refused.value).startswith(f"version {typed!r} is not a version number: ")
+
+
+def test_load_check_compares_scores_with_the_recorded_ones():
+    from tasks.registry.check import _recorded_problem
+
+    recorded = np.array([[1.0, 2.0], [3.0, 0.5]], dtype=np.float32)
+    assert _recorded_problem(recorded.copy(), recorded) is None
+    assert "differently from its registration (by up to 0.5)" in _recorded_problem(
+        recorded + 0.5, recorded
+    )
+    assert "with shape (2, 3)" in _recorded_problem(np.ones((2, 3)), recorded)
