@@ -8,10 +8,10 @@ Wiring only; the logic is in ``tasks/registry/``. The training pipeline runs
 
 from __future__ import annotations
 
-from prefect import flow
 from prefect.transactions import transaction
 
 from tasks.core.config import Params, load_params
+from tasks.core.console import flow_without_secrets
 from tasks.core.errors import hide_user_error_tracebacks
 from tasks.lifecycle.pipeline import push_data_task
 from tasks.registry.gate import Registration
@@ -28,7 +28,9 @@ from tasks.registry.tasks import (
 hide_user_error_tracebacks()
 
 
-@flow(name="register-model", description="Register the evaluated model; promote it if better.")
+@flow_without_secrets(
+    name="register-model", description="Register the evaluated model; promote it if better."
+)
 def register_model(run_id: str | None = None, params: Params | None = None) -> Registration:
     """``run_id``: the pipeline run to register; left empty, the newest finished run that
     evaluated the workspace's model."""
@@ -44,14 +46,18 @@ def register_model(run_id: str | None = None, params: Params | None = None) -> R
     return registration
 
 
-@flow(name="promote-model", description="Move `champion` to a version by hand (load-checked).")
+@flow_without_secrets(
+    name="promote-model", description="Move `champion` to a version by hand (load-checked)."
+)
 def promote_model(name: str, version: str, force: bool = False) -> str | None:
     """Returns the version that was champion before. ``force``: even if its classes or input
     shape differ from the champion's."""
     return promote_task(name, version, force)
 
 
-@flow(name="rollback-model", description="Move `champion` back to the version it replaced.")
+@flow_without_secrets(
+    name="rollback-model", description="Move `champion` back to the version it replaced."
+)
 def rollback_model(name: str) -> tuple[str, str]:
     """Returns (the champion rolled back from, the champion now)."""
     return rollback_task(name)

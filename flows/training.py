@@ -10,11 +10,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from prefect import flow
-
 from flows.registry import register_model
 from tasks.core.config import Params, load_params
-from tasks.core.console import run_logger
+from tasks.core.console import flow_without_secrets, run_logger
 from tasks.core.errors import hide_user_error_tracebacks
 from tasks.lifecycle.deploy import Deployment, deploy_task
 from tasks.lifecycle.pipeline import (
@@ -49,7 +47,7 @@ class PipelineOutcome:
     recovered: Registration | None = None  # a run a lost command had left unregistered
 
 
-@flow(
+@flow_without_secrets(
     name="training-pipeline",
     description="Collect, validate, preprocess, train, evaluate, register and deploy a model.",
     on_failure=[fail_pipeline_run],

@@ -31,7 +31,7 @@ from tasks.core.lineage import (
 )
 from tasks.core.model_file import load_model
 from tasks.core.paths import MODEL_FILE, PARAMS_FILE, RAW_DIR
-from tasks.core.tracking import connect, tracking_errors
+from tasks.core.tracking import as_logged, connect, tracking_errors
 from tasks.registry.store import SCORES, RegistryError, client
 
 
@@ -142,7 +142,7 @@ def _check_params(run: Any, params_path: Path) -> None:
     params = load_params(params_path)
     inert = ("registry.", "serve.", *params.inert_prefixes())
     logged = run.data.params
-    current = {k: str(v) for k, v in params.flat().items()}
+    current = {k: as_logged(v) for k, v in params.flat().items()}
     differ = sorted(
         key
         for key, value in current.items()
@@ -158,7 +158,7 @@ def _check_params(run: Any, params_path: Path) -> None:
 
 def _same(logged: str, locked: Any) -> bool:
     """A logged param (text) against dvc.lock's value: ``600.0`` (a float field) is ``600``."""
-    if logged == str(locked):
+    if logged == as_logged(locked):
         return True
     if isinstance(locked, int | float) and not isinstance(locked, bool):
         try:
