@@ -145,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument(
         "--batch", type=Path, help="an .npz with `images` (and `labels`) to compare instead"
     )
+    monitor.add_argument(
+        "--prediction-log",
+        type=Path,
+        help="the SQLite file `mlcycle serve --prediction-log` logged to (default "
+        "data/serving/predictions.sqlite)",
+    )
     deployments = commands.add_parser(
         "deployments",
         help="register the Prefect deployments of prefect.yaml on PREFECT_API_URL's server",
@@ -227,7 +233,7 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
     if args.command == "serve":
         return run_serve(args.host, args.port, args.prediction_log)
     if args.command == "monitor":
-        return run_monitor(args.window, args.batch)
+        return run_monitor(args.window, args.batch, args.prediction_log)
     if args.command == "deployments":
         return apply_deployments()
     if args.command == "worker":
@@ -358,7 +364,7 @@ def run_register(run_id: str | None, command: str) -> int:
     return 0
 
 
-def run_monitor(window: int | None, batch: Path | None) -> int:
+def run_monitor(window: int | None, batch: Path | None, prediction_log: Path | None = None) -> int:
     params = load_params()
     if batch is not None and not batch.is_file():
         raise MlcycleError(f"{batch}: no such file (--batch wants an .npz with `images`)")
@@ -367,7 +373,12 @@ def run_monitor(window: int | None, batch: Path | None) -> int:
         from flows.monitoring import monitoring
 
         api.ready()
-        outcome = monitoring(window=window, batch=str(batch) if batch else None, params=params)
+        outcome = monitoring(
+            window=window,
+            batch=str(batch) if batch else None,
+            params=params,
+            prediction_log=str(prediction_log) if prediction_log else None,
+        )
     print(format_monitoring(outcome))
     return outcome.monitored.exit_code
 
@@ -462,14 +473,14 @@ def manage_registry(args: argparse.Namespace, command: str) -> int:
     if args.command == "models":
         print(format_versions(name, list_versions(name)))
     elif args.command == "promote":
-        connect()
-        with prefect_api():
+        with prefect_api():  # first: an unreachable PREFECT_API_URL fails before MLflow loads
+            connect()
             previous = promote_model(name, args.version, args.force)
         print(f"{name}: champion is now version {args.version} (was {previous or 'none'})")
         print(notify_serving_app(params.serve))
     elif args.command == "rollback":
-        connect()
         with prefect_api():
+            connect()
             current, previous = rollback_model(name)
         print(f"{name}: champion rolled back from version {current} to version {previous}")
         print(notify_serving_app(params.serve))

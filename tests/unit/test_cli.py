@@ -225,3 +225,12 @@ def test_an_error_line_hides_a_password_in_a_url(workspace, capsys, monkeypatch)
     assert error.startswith("mlcycle: error: PREFECT_API_URL http://alice:***@127.0.0.1:"), error
     assert len(error.strip().splitlines()) == 1
     assert (workspace / "params.yaml").read_bytes() == before  # refused before it wrote
+
+
+def test_monitor_reads_the_prediction_log_it_is_given(workspace, capsys):
+    """`mlcycle monitor --prediction-log PATH` hands PATH to the monitoring flow (which names
+    a file that is not there before it looks for a served model)."""
+    missing = workspace / "elsewhere.sqlite"
+    assert main(["monitor", "--prediction-log", str(missing)]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's first-use lines
+    assert error.startswith(f"mlcycle: error: {missing}: no such prediction log"), error
