@@ -126,3 +126,26 @@ def log_model(run_id: str, model_path: Path, examples: ImageDataset) -> None:
         ],
     )
     MlflowClient().set_tag(run_id, TAG_MODEL_MD5, file_md5(model_path))
+
+
+def model_file_problem(model_dir: Path, recorded_md5: str | None) -> str | None:
+    """Why the downloaded model's weights file is not the one the version recorded; None when
+    it is, or when there is nothing to compare: a version logged before mlcycle's pyfunc model
+    (an ``mlflow.pytorch`` program) holds no model file, one from another tool records no md5."""
+    from mlflow.models import Model
+
+    artifacts = Model.load(str(model_dir)).flavors.get("python_function", {}).get("artifacts", {})
+    relative = artifacts.get("model_file", {}).get("path")
+    if recorded_md5 is None or relative is None:
+        return None
+    model_file = model_dir / relative
+    if not model_file.is_file():
+        return f"its model file {relative} is missing from the artifact store"
+    actual = file_md5(model_file)
+    if actual != recorded_md5:
+        return (
+            f"its model file in the artifact store has md5 {actual}, but it was registered "
+            f"with md5 {recorded_md5} ({TAG_MODEL_MD5}); restore the artifact store from a "
+            "backup or promote another version"
+        )
+    return None

@@ -23,7 +23,7 @@ import numpy as np
 from tasks.core.config import RegistryParams
 from tasks.core.files import ImageDataset, file_md5, read_split
 from tasks.core.lineage import TAG_CHECK, TAG_INPUT_SHAPE, TAG_MODEL_MD5
-from tasks.core.model_file import load_model, predict_logits
+from tasks.core.model_file import load_model, model_file_problem, predict_logits
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR
 from tasks.core.tracking import get_model_version, tracking_errors
 from tasks.registry.store import (
@@ -85,29 +85,6 @@ def load_registered(name: str, version: str) -> Iterator[Any]:
         if problem:
             raise NotTheRegisteredModel(name, version, problem)
         yield mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
-
-
-def model_file_problem(model_dir: Path, recorded_md5: str | None) -> str | None:
-    """Why the downloaded model's weights file is not the one the version recorded; None when
-    it is, or when there is nothing to compare: a version logged before mlcycle's pyfunc model
-    (an ``mlflow.pytorch`` program) holds no model file, one from another tool records no md5."""
-    from mlflow.models import Model
-
-    artifacts = Model.load(str(model_dir)).flavors.get("python_function", {}).get("artifacts", {})
-    relative = artifacts.get("model_file", {}).get("path")
-    if recorded_md5 is None or relative is None:
-        return None
-    model_file = model_dir / relative
-    if not model_file.is_file():
-        return f"its model file {relative} is missing from the artifact store"
-    actual = file_md5(model_file)
-    if actual != recorded_md5:
-        return (
-            f"its model file in the artifact store has md5 {actual}, but it was registered "
-            f"with md5 {recorded_md5} ({TAG_MODEL_MD5}); restore the artifact store from a "
-            "backup or promote another version"
-        )
-    return None
 
 
 def predict_raw(loaded: Any, images: np.ndarray) -> np.ndarray:
@@ -188,22 +165,6 @@ def check_version(
         else "",
     )
     return scores
-
-
-def verify_identity(name: str, version: str) -> None:
-    """What serving calls before it serves ``version`` (at start and at every reload): the
-    version's model file must be the one registered (md5) and score its check record as it
-    did at registration. On a mismatch the version is tagged failed with the reason (best
-    effort: a read-only registry still refuses it) and LoadCheckFailed is raised."""
-    details = get_model_version(name, version)
-    _, problem = _check(name, details, None, None)
-    if problem is None:
-        return
-    try:
-        _record_outcome(name, version, problem, details.tags)
-    except RegistryError as error:  # the refusal stands even if it cannot be written down
-        log.warning("serve: could not tag version %s as failed: %s", version, error)
-    raise LoadCheckFailed(f"version {version} of '{name}' is refused: {problem}")
 
 
 def _check(

@@ -23,10 +23,12 @@ from tasks.core.lineage import (
     TAG_DVC_PREFIX,
     TAG_GIT_COMMIT,
     TAG_INPUT_SHAPE,
+    TAG_MODEL_MD5,
     TAG_PARAMS,
     TAG_RAW_SHAPE,
     TAG_RUN,
 )
+from tasks.core.model_file import model_file_problem
 from tasks.core.redaction import redact, redact_mapping
 from tasks.core.tracking import get_model_version
 
@@ -81,6 +83,9 @@ def load_served_model(name: str, alias: str, version: str | None = None) -> Serv
         # from the model file: faster per request than going through pyfunc's predict.
         with tempfile.TemporaryDirectory(prefix="mlcycle-serve-") as scratch:  # no leftovers
             module = _network(f"models:/{name}/{version}", Path(scratch))
+            # Identity, not just health: the weights must be the ones the version registered
+            # (a file swapped in the artifact store would otherwise be served as this version).
+            problem = model_file_problem(Path(scratch) / "pyfunc", tags.get(TAG_MODEL_MD5))
         class_names = tuple(json.loads(tags[TAG_CLASS_NAMES]))
         input_shape = tuple(json.loads(tags[TAG_INPUT_SHAPE]))
         raw_shape = tuple(json.loads(tags.get(TAG_RAW_SHAPE) or tags[TAG_INPUT_SHAPE]))
@@ -89,6 +94,8 @@ def load_served_model(name: str, alias: str, version: str | None = None) -> Serv
         raise NoModelError(
             f"version {version} of '{name}' cannot be served ({type(error).__name__}: {error})"
         ) from None
+    if problem:
+        raise NoModelError(f"version {version} of '{name}' is refused: {problem}")
 
     def setting(key: str) -> int | None:
         value = params.get(f"preprocess.{key}", "None")

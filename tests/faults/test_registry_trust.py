@@ -23,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tasks.core.lineage import TAG_CHECK, TAG_MODEL_MD5, TAG_PREVIOUS_CHAMPION
-from tasks.registry.check import LoadCheckFailed, verify_identity
+from tasks.registry.check import LoadCheckFailed
 from tasks.registry.gate import promote_if_better
 from tasks.registry.lock import registry_lock
 from tasks.registry.manual import promote, rollback
@@ -36,6 +36,7 @@ from tasks.registry.store import (
     alias_map,
 )
 from tasks.registry.versions import create_version
+from tasks.serving.model import NoModelError, load_served_model
 from tests.integration.helpers import BIN, GIT_IDENTITY, Workspace, make_workspace, run
 
 pytestmark = pytest.mark.slow
@@ -96,10 +97,10 @@ def test_a_model_file_swapped_in_the_artifact_store_is_refused(project: Workspac
     tags = version_tags()["3"]
     assert tags[TAG_CHECK] == "failed"
     assert "registered with md5" in tags[TAG_CHECK_REASON]
-    # What serving calls before it serves a version refuses it too; v2 is itself.
-    with pytest.raises(LoadCheckFailed, match="version 3 of 'trust' is refused: its model file"):
-        verify_identity(NAME, "3")
-    verify_identity(NAME, "2")
+    # Serving refuses it too (at start and at every reload); v2 is itself and serves.
+    with pytest.raises(NoModelError, match="version 3 of 'trust' is refused: its model file"):
+        load_served_model(NAME, "challenger", version="3")
+    assert load_served_model(NAME, "champion").version == "2"
 
 
 def test_the_gate_refuses_a_swapped_version_and_moves_no_alias(project: Workspace):
