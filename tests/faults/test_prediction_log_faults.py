@@ -296,17 +296,6 @@ def test_a_full_reports_folder_is_one_line_naming_the_report(project, test_image
 # --- item 9: `mlcycle monitor` reads the log `mlcycle serve --prediction-log PATH` wrote -------
 
 
-def _monitor_has_the_flag() -> bool:
-    from flows.cli import build_parser
-
-    parser = build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command")
-    return "--prediction-log" in commands.choices["monitor"].format_help()
-
-
-@pytest.mark.skipif(
-    not _monitor_has_the_flag(), reason="flows/cli.py has no `mlcycle monitor --prediction-log`"
-)
 def test_monitor_reads_the_log_serve_wrote_elsewhere(project, test_images, tmp_path):
     elsewhere = tmp_path / "elsewhere.sqlite"
     with serving(project, "--prediction-log", str(elsewhere)) as app:
