@@ -586,7 +586,7 @@ def format_outcome(outcome: PipelineOutcome) -> str:
     if uri == DEFAULT_TRACKING_URI:
         lines.append(f"  mlflow ui --backend-store-uri {uri}   # then open the run link above")
     else:
-        lines.append(f"  MLflow tracking server: {uri}")
+        lines.append(f"  MLflow tracking server: {redact(uri)}")
     lines += [
         "  prefect server start                          # flow runs, task logs, the evaluation "
         "artifact",

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from prefect import flow
 from pydantic import Field
 
 from tasks.core.config import Params, load_params
+from tasks.core.console import flow_without_secrets
 from tasks.core.errors import hide_user_error_tracebacks
 from tasks.lifecycle.monitor import MonitorOutcome, emit_verdict_task, monitor_task
 from tasks.serving.prediction_log import read_window
@@ -28,7 +28,7 @@ class MonitoringOutcome:
     retraining: str
 
 
-@flow(
+@flow_without_secrets(
     name="monitoring",
     description="Compare the served model's training data with its newest logged predictions "
     "(monitor.* in params.yaml); send the verdict as an event (mlcycle.monitor.drift retrains).",

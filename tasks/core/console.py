@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tasks.core.errors import MlcycleError
+from tasks.core.errors import user_error
 from tasks.core.processes import die_with_parent
 from tasks.core.redaction import install_log_redaction, redact, redact_value
 
@@ -71,6 +71,9 @@ def stage_main(main: Callable[[], None]) -> None:
     configure_logging()
     try:
         main()
-    except MlcycleError as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)
+    except Exception as error:
+        known = user_error(error)  # a user error, or a library failure a user can fix
+        if known is None:
+            raise  # a bug: its traceback
+        print(f"error: {redact(str(known))}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -25,6 +25,7 @@ from tasks.core.files import ImageDataset, file_md5, read_split
 from tasks.core.lineage import TAG_CHECK, TAG_INPUT_SHAPE, TAG_MODEL_MD5
 from tasks.core.model_file import load_model, model_file_problem, predict_logits
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR
+from tasks.core.redaction import redact
 from tasks.core.tracking import get_model_version, tracking_errors
 from tasks.registry.store import (
     CHECK_FAILED,
@@ -202,7 +203,9 @@ def _record_outcome(name: str, version: str, problem: str | None, tags: Mapping[
             name, version, TAG_CHECK, CHECK_FAILED if problem else CHECK_PASSED
         )
         if problem:
-            api.set_model_version_tag(name, version, TAG_CHECK_REASON, problem[:MAX_REASON_CHARS])
+            api.set_model_version_tag(
+                name, version, TAG_CHECK_REASON, redact(problem)[:MAX_REASON_CHARS]
+            )
         elif TAG_CHECK_REASON in tags:
             api.delete_model_version_tag(name, version, TAG_CHECK_REASON)
 

@@ -16,6 +16,7 @@ from tasks.core.pending import (
     unregistered_cause,
     unregistered_run,
 )
+from tasks.core.redaction import redact
 from tasks.registry.candidate import Candidate, find_candidate
 from tasks.registry.check import check_registered
 from tasks.registry.gate import Registration, promote_if_better
@@ -139,7 +140,7 @@ def publish_registration_task(registration: Registration, policy: RegistryParams
 
     create_markdown_artifact(
         key="model-registration",
-        markdown=registration_markdown(registration, policy),
+        markdown=redact(registration_markdown(registration, policy)),
         description=f"{registration.name} v{registration.version}",
     )
 

@@ -16,6 +16,7 @@ from tasks.core.lineage import (
     TAG_PREVIOUS_CHAMPION,
     record_lineage_files,
 )
+from tasks.core.redaction import redact
 from tasks.core.tracking import connect, tracking_errors
 from tasks.registry.candidate import Candidate
 from tasks.registry.lock import registry_lock
@@ -107,7 +108,7 @@ def retire_version(name: str, version: str, reason: str) -> None:
             else:
                 api.delete_registered_model_alias(name, alias)
         api.set_model_version_tag(name, version, TAG_CHECK, CHECK_FAILED)
-        api.update_model_version(name, version, description=f"Not served: {reason}")
+        api.update_model_version(name, version, description=f"Not served: {redact(reason)}")
     log.warning("register: version %s of '%s' retired: %s", version, name, reason)
 
 
