@@ -62,7 +62,13 @@ ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
 def user_error(error: BaseException) -> MlcycleError | None:
     """The one-line error for ``error``, judged by it and the exceptions behind it (its cause
     and context: torch masks a full disk's OSError with a RuntimeError); None when nothing in
-    the chain is a failure a user can fix (a bug, which keeps its traceback)."""
+    the chain is a failure a user can fix (a bug, which keeps its traceback).
+
+    A programming error on the outside is a bug whatever it was handling: a KeyError raised
+    in an ``except PermissionError`` block must keep its traceback, not borrow the
+    permission error's line."""
+    if isinstance(error, BUG_TYPES):
+        return None
     for link in exception_chain(error):
         if isinstance(link, MlcycleError):
             return link
@@ -71,6 +77,19 @@ def user_error(error: BaseException) -> MlcycleError | None:
             if translated is not None:
                 return translated
     return None
+
+
+# Raised by code, not by the world: never translated into a user's line.
+BUG_TYPES = (
+    AssertionError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    NameError,
+    NotImplementedError,
+    TypeError,
+    UnboundLocalError,
+)
 
 
 def exception_chain(error: BaseException) -> Iterator[BaseException]:
@@ -140,8 +159,8 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 def _sqlite_store(error: BaseException) -> MlcycleError | None:
     """A SQLite error is blamed on the MLflow store only when that file is indeed broken (the
     prediction log and Optuna's study are SQLite files too)."""
-    if not isinstance(error, sqlite3.DatabaseError):
-        return None
+    if not isinstance(error, sqlite3.DatabaseError) or _busy(str(error)):
+        return None  # a store busy with another writer is not a damaged one
     from tasks.core.tracking import tracking_uri
 
     path = sqlite_path(tracking_uri())
@@ -185,8 +204,13 @@ def sqlite_file_problem(path: Path) -> str | None:
         with closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as db:
             verdict = db.execute("PRAGMA quick_check").fetchone()[0]
     except sqlite3.DatabaseError as failure:
-        return str(failure)
+        return None if _busy(str(failure)) else str(failure)
     return None if verdict == "ok" else str(verdict)
+
+
+def _busy(message: str) -> bool:
+    """SQLITE_BUSY / SQLITE_LOCKED: another connection holds the file; try again later."""
+    return "database is locked" in message or "database table is locked" in message
 
 
 def _sqlite_expected_size(header: bytes) -> int | None:

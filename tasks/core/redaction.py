@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any
 
 MASK = "***"
@@ -82,8 +83,10 @@ def redact_value(value: Any) -> Any:
         return redact(value)
     if isinstance(value, Mapping):
         return redact_mapping(value)
-    if isinstance(value, list | tuple | set | frozenset):
+    if type(value) in (list, tuple, set, frozenset):  # exactly: a namedtuple takes no iterable
         return type(value)(redact_value(item) for item in value)
+    if isinstance(value, list | tuple | set | frozenset):  # a subclass: its redacted text
+        return redact(str(value))
     return value
 
 
@@ -102,6 +105,10 @@ def redact_record(record: logging.LogRecord) -> None:
     instead of formatting the exception again."""
     if isinstance(record.msg, str):
         record.msg = redact(record.msg)
+    elif record.msg is not None:  # log.warning(error): the object renders the message
+        text = str(record.msg)
+        if redact(text) != text:
+            record.msg = redact(text)
     if record.args:
         record.args = (
             redact_mapping(record.args)
@@ -126,7 +133,8 @@ def install_log_redaction() -> None:
 
     def make_redacted_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make_record(*args, **kwargs)
-        redact_record(record)
+        with suppress(Exception):  # logging must never raise; an odd argument stays as it is
+            redact_record(record)
         return record
 
     make_redacted_record.redacts = True  # type: ignore[attr-defined]

@@ -52,11 +52,6 @@ def as_logged(value: Any) -> str:
     return redact(str(value))
 
 
-def shown_tracking_uri() -> str:
-    """The tracking URI as it may be printed: its password masked."""
-    return redact(tracking_uri())
-
-
 def experiment_name() -> str:
     return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
 

@@ -101,15 +101,24 @@ def prefect_api(log_path: Path = SERVER_LOG, *, wait: bool = True) -> Iterator[P
 
 
 def check_answers(url: str, timeout_s: float = API_CHECK_EVERY_S) -> None:
-    """PrefectApiError naming ``url`` (PREFECT_API_URL) unless its /health answers."""
+    """PrefectApiError naming ``url`` (PREFECT_API_URL) unless a server answers at its /health.
+
+    Any answer but 404 counts: an API behind a login (Prefect Cloud, a proxy) answers 401
+    here, where this request carries no key, and Prefect's own client then sends one."""
     try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
-    except httpx.HTTPError as error:
+        answer = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout_s)
+    except httpx.TransportError as error:
         raise PrefectApiError(
             f"PREFECT_API_URL {url}: the Prefect API does not answer "
             f"({str(error) or type(error).__name__}); start the server there (`prefect server "
             "start`), or unset PREFECT_API_URL to run with a temporary one"
         ) from None
+    if answer.status_code == 404:
+        raise PrefectApiError(
+            f"PREFECT_API_URL {url}: a server answers, but no Prefect API is there (GET "
+            "/health: 404); a local server's API URL ends in /api, e.g. "
+            "http://127.0.0.1:4200/api"
+        )
 
 
 def _send_queued_reports(timeout_s: float = 5.0) -> None:

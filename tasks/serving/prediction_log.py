@@ -367,7 +367,11 @@ class PredictionLog:
         moved over it) takes every later write with it, unseen by monitoring and training. One
         stat per batch (at most every ``flush_s`` when idle) notices, and the log starts anew.
         """
-        if connection is not None and _identity(self.path) == self._file:
+        try:
+            current = _identity(self.path)
+        except OSError:  # cannot tell (e.g. EACCES on a parent folder): keep the file we have
+            current = self._file
+        if connection is not None and current == self._file:
             self._last_seen = time.time()
             return connection
         if connection is not None:
@@ -589,10 +593,11 @@ class PredictionLog:
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file at ``path``; None when there is none."""
+    """(device, inode) of the file at ``path``; None when there is none (a file this process
+    cannot stat for another reason, e.g. EACCES, is not taken for a removed one)."""
     try:
         stat = path.stat()
-    except OSError:
+    except FileNotFoundError:
         return None
     return stat.st_dev, stat.st_ino
 

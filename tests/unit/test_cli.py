@@ -234,3 +234,72 @@ def test_monitor_reads_the_prediction_log_it_is_given(workspace, capsys):
     assert main(["monitor", "--prediction-log", str(missing)]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after MLflow's first-use lines
     assert error.startswith(f"mlcycle: error: {missing}: no such prediction log"), error
+
+
+def test_a_bug_raised_while_handling_a_user_error_keeps_its_traceback():
+    """A KeyError raised in an `except PermissionError` block is a bug: it must not borrow the
+    permission error's one line."""
+    from tasks.core.errors import user_error
+
+    try:
+        try:
+            raise PermissionError(13, "Permission denied", "/etc/shadow")
+        except PermissionError:
+            {}["missing"]
+    except KeyError as bug:
+        assert user_error(bug) is None
+    try:
+        raise RuntimeError("unexpected pos") from PermissionError(13, "Permission denied", "x")
+    except RuntimeError as masked:  # torch's masking of an OSError is still translated
+        assert "x: permission denied" in str(user_error(masked))
+
+
+def test_a_busy_mlflow_store_is_not_called_damaged(tmp_path, monkeypatch):
+    """'database is locked' (another writer) is not a broken mlflow.db: no translation, so the
+    caller's own retry or error applies, not "restore it"."""
+    import sqlite3
+
+    from tasks.core.errors import user_error
+
+    store = tmp_path / "mlflow.db"
+    sqlite3.connect(store).execute("CREATE TABLE t (x)").connection.commit()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    writer = sqlite3.connect(store, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # another process writing: every reader is refused
+    assert user_error(sqlite3.OperationalError("database is locked")) is None
+    writer.execute("ROLLBACK")
+    writer.close()
+    store.write_bytes(store.read_bytes()[:50])  # now it is damaged
+    assert "not a usable MLflow database" in str(
+        user_error(sqlite3.DatabaseError("file is not a database"))
+    )
+
+
+@pytest.mark.parametrize(("status", "refused"), [(401, False), (200, False), (404, True)])
+def test_an_api_behind_a_login_answers_and_a_wrong_path_is_named(status, refused):
+    """PREFECT_API_URL's check: a 401 (Prefect Cloud, a proxy: this request has no key) is a
+    server that answers; a 404 is no Prefect API at that path."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tasks.lifecycle.prefect_api import PrefectApiError, check_answers
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        if refused:
+            with pytest.raises(PrefectApiError, match=r"no Prefect API is there .* ends in /api"):
+                check_answers(url)
+        else:
+            check_answers(url)
+    finally:
+        server.shutdown()

@@ -126,3 +126,18 @@ def test_a_flow_records_its_parameters_without_secrets() -> None:
     assert recorded["params"]["select"]["storage"] == "postgresql://me:***@h/x"
     assert recorded["uri"] == "http://a:***@h"
     assert params.select.storage == "postgresql://me:s3cr3t@h/x"  # the flow gets it whole
+
+
+def test_odd_log_arguments_are_logged_and_an_exception_message_is_redacted(caplog):
+    """A namedtuple argument (no constructor from an iterable) must not make logging raise; an
+    exception logged as the message itself is masked too."""
+    from collections import namedtuple
+
+    install_log_redaction()
+    Point = namedtuple("Point", "url port")
+    log = logging.getLogger("mlcycle.test-redaction")
+    with caplog.at_level(logging.WARNING, logger="mlcycle.test-redaction"):
+        log.warning("at %s", Point("http://u:hunter2@h/", 1))
+        log.warning(RuntimeError("cannot reach http://u:hunter2@h/"))
+    assert len(caplog.records) == 2
+    assert "hunter2" not in caplog.text and "http://u:***@h/" in caplog.text
