@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 from tasks.core.config import Params, ScheduleParams
 from tasks.core.console import run_logger
 from tasks.core.errors import MlcycleError
-from tasks.core.slots import ensure_slot
+from tasks.core.slots import SLOT_LEASE_S, ensure_slot, read_holder
 
 TRAINING_FLOW = "training-pipeline"
 TRAINING_DEPLOYMENT = f"{TRAINING_FLOW}/scheduled"
@@ -238,6 +239,54 @@ def scheduled_after_s(automation: Any) -> int | None:
     for action in automation.actions:
         if action.type == "run-deployment":
             return round(action.schedule_after.total_seconds())
+    return None
+
+
+# The verdict event's resource label that says whether a retraining is already on its way:
+# the drift trigger matches only events labelled "false".
+RETRAIN_PENDING_LABEL = "mlcycle.retrain-pending"
+
+
+def pending_retrain(training_slot: str) -> str | None:
+    """A training that will learn from the newest labels, in words: the holder of the
+    training slot while its lease is alive (a training that died stops counting within
+    SLOT_LEASE_S), or a run of the training deployment the drift trigger scheduled (its start
+    delayed by ``monitor.retrain_delay_minutes``); None when there is none.
+
+    Prefect's ``within`` debounces per fixed period of the trigger, not per episode: a drift
+    event just after a period's end fires again while the first retraining is still on its
+    way. The monitor labels such events, and the trigger ignores them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        holder = read_holder(client, training_slot)
+        if holder is not None and time.time() - holder.renewed < SLOT_LEASE_S:
+            return f"the training slot's holder, {holder.describe()}"
+        try:
+            deployment = client.read_deployment_by_name(TRAINING_DEPLOYMENT)
+        except ObjectNotFound:
+            return None
+        runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(
+                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
+                )
+            ),
+            limit=50,
+        )
+    for run in runs:  # the cron's next runs are Scheduled too: only the trigger's count
+        if run.created_by is not None and run.created_by.type == "AUTOMATION":
+            return f"flow run '{run.name}' of {TRAINING_DEPLOYMENT}, {run.state_name}"
     return None
 
 

@@ -30,7 +30,13 @@ from tasks.core.images import prepare_images
 from tasks.core.lineage import TAG_DVC_PREFIX, TAG_FLOW_RUN, TAG_MODEL_MD5, TAG_MODEL_RUN
 from tasks.core.paths import MODEL_FILE, PREDICTION_LOG, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.tracking import ModelVersionNotFound, get_model_version
-from tasks.lifecycle.deployments import DRIFT_EVENT, TRAINING_DEPLOYMENT, drift_triggers
+from tasks.lifecycle.deployments import (
+    DRIFT_EVENT,
+    RETRAIN_PENDING_LABEL,
+    TRAINING_DEPLOYMENT,
+    drift_triggers,
+    pending_retrain,
+)
 from tasks.monitoring.drift import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, DriftResult, compare
 from tasks.monitoring.drift import write_report as write_drift_report
 from tasks.monitoring.features import image_features
@@ -406,9 +412,11 @@ class VerdictEvent:
     payload: dict[str, object]
 
 
-def verdict_event(outcome: MonitorOutcome) -> VerdictEvent:
+def verdict_event(outcome: MonitorOutcome, retraining: str | None = None) -> VerdictEvent:
     """The verdict of ``outcome`` as a Prefect event: resource the served model version,
-    payload the summary (decision, a one-line text, rows, what drifted, the numbers)."""
+    payload the summary (decision, a one-line text, rows, what drifted, the numbers).
+    ``retraining``: the run already on its way to answer it (the resource's
+    ``mlcycle.retrain-pending`` label says "true", and the drift trigger ignores the event)."""
     served, result = outcome.served, outcome.result
     drifted = [check.name for check in result.drifted]
     summary = f"{served.name} v{served.version}: {result.decision} over {result.rows} rows" + (
@@ -422,6 +430,7 @@ def verdict_event(outcome: MonitorOutcome) -> VerdictEvent:
             "mlcycle.model.name": served.name,
             "mlcycle.model.version": served.version,
             "mlcycle.model.alias": served.alias,
+            RETRAIN_PENDING_LABEL: "true" if retraining else "false",
         },
         payload={
             "decision": result.decision,
@@ -436,6 +445,7 @@ def verdict_event(outcome: MonitorOutcome) -> VerdictEvent:
             "logged_to": outcome.logged[1] if outcome.logged else None,
             "report": str(outcome.report),
             "mlflow_run_id": outcome.run_id,
+            "retraining": retraining,
         },
     )
 
@@ -447,7 +457,9 @@ def emit_verdict(params: Params, outcome: MonitorOutcome) -> str:
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
 
-    event = verdict_event(outcome)
+    answering = outcome.result.decision == DRIFT and os.environ.get("PREFECT_API_URL")
+    retraining = pending_retrain(params.schedule.training_slot) if answering else None
+    event = verdict_event(outcome, retraining)
     sent = emit_event(event=event.name, resource=event.resource, payload=event.payload)
     EventsWorker.drain_all(timeout=5)  # delivered before the process may end
     sent_line = f"event {event.name} sent ({sent.id})" if sent else f"event {event.name} not sent"
@@ -457,6 +469,8 @@ def emit_verdict(params: Params, outcome: MonitorOutcome) -> str:
         return f"no retraining: monitor.retrain_on_drift is false ({sent_line})"
     if not os.environ.get("PREFECT_API_URL"):
         return f"drift, but no retraining: no Prefect server with deployments; {HOW_TO_RETRAIN}"
+    if retraining:
+        return f"drift: {sent_line}; a retraining is already on its way ({retraining})"
     return f"drift: {sent_line}; {drift_trigger_line()}"
 
 

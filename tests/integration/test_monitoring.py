@@ -154,6 +154,9 @@ def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project,
 
     again = monitor(project, server, "--window", "400")  # the same episode: debounced
     assert again.returncode == 3 and "event mlcycle.monitor.drift sent" in again.stdout
+    # labelled: a retraining is on its way (the triggered run, Scheduled), which the trigger
+    # ignores even after its `within` period has turned over
+    assert f"a retraining is already on its way (flow run '{triggered.name}'" in again.stdout
     time.sleep(10)
     assert len(drift_runs(server)) == 1
 
@@ -181,6 +184,8 @@ def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project,
     ]
     resource = events[1]["resource"]
     assert resource["prefect.resource.id"] == "mlcycle.model.mlcycle-classifier.v1"
+    pending = [event["resource"]["mlcycle.retrain-pending"] for event in events[1:4]]
+    assert pending == ["false", "true", "true"]
     assert events[1]["payload"]["decision"] == "drift" and events[1]["payload"]["drifted"]
 
 

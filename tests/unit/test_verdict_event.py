@@ -106,3 +106,23 @@ def test_the_trigger_waits_the_cooldown_and_starts_the_training_after_the_delay(
     assert trigger.within.total_seconds() == 1800
     trigger.set_deployment_id(__import__("uuid").uuid4())
     assert scheduled_after_s(trigger.as_automation()) == 150
+
+
+def test_the_trigger_ignores_drift_while_a_retraining_is_on_its_way():
+    """Prefect's `within` debounces per fixed period, not per episode: a drift event just after
+    a period's end would retrain again while the first retraining is still on its way. The
+    monitor labels such events, and prefect.yaml's trigger matches only the others."""
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+    from prefect.events.schemas.events import Resource
+
+    deployments = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]
+    [training] = [d for d in deployments if d["entrypoint"].endswith(":training_pipeline")]
+    [spec] = training["triggers"]
+    trigger = DeploymentEventTrigger(expect=set(spec["expect"]), match=spec["match"])
+    first = verdict_event(outcome(DRIFT))
+    again = verdict_event(outcome(DRIFT), retraining="flow run 'calm-fox', Scheduled")
+    assert first.resource["mlcycle.retrain-pending"] == "false"
+    assert again.resource["mlcycle.retrain-pending"] == "true"
+    assert again.payload["retraining"] == "flow run 'calm-fox', Scheduled"
+    assert trigger.match.includes([Resource(first.resource)])
+    assert not trigger.match.includes([Resource(again.resource)])
