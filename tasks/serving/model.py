@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.core.errors import MlcycleError
+from tasks.core.errors import MlcycleError, user_error
 from tasks.core.images import prepare_images
 from tasks.core.lineage import (
     TAG_CLASS_NAMES,
@@ -152,6 +152,13 @@ def _network(uri: str, scratch: Path) -> Any:
         return mlflow.pytorch.load_model(uri, dst_path=str(scratch / "pytorch"), map_location="cpu")
 
 
+def failure_line(error: BaseException) -> str:
+    """What ``/ready`` and ``/metadata`` say of a failed load: the one line a user can act on
+    where there is one (a damaged mlflow.db, not SQLAlchemy's SQL), else the error's text."""
+    known = user_error(error)
+    return str(known) if known is not None else str(error)
+
+
 class ModelHolder:
     """The model being served, swapped whole when a new version has loaded.
 
@@ -191,10 +198,12 @@ class ModelHolder:
                     return True
                 loaded = load_served_model(self.name, self.alias, version)
             except Exception as error:
-                self.last_error = str(error)
+                self.last_error = failure_line(error)
                 if version is not None:  # the alias resolved; loading that version failed
                     self.failed_version, self.failed_at = version, time.monotonic()
-                log.warning("serve: could not load %s@%s: %s", self.name, self.alias, error)
+                log.warning(
+                    "serve: could not load %s@%s: %s", self.name, self.alias, self.last_error
+                )
                 return False
             self.failed_version = None
             previous = self.current.version if self.current else None
@@ -215,7 +224,7 @@ class ModelHolder:
             try:
                 version = resolve_alias(self.name, self.alias)
             except Exception as error:  # the registry may be down for a while: keep serving
-                self.last_error = str(error)
+                self.last_error = failure_line(error)
                 continue
             if self.current is not None and self.current.version == version:
                 self.last_error = None  # whatever went wrong before has passed

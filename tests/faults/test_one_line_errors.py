@@ -96,6 +96,24 @@ def test_a_truncated_mlflow_db_is_named_with_what_to_do(project, command):
     )
 
 
+def test_serving_names_a_truncated_mlflow_db_not_its_sql(project, monkeypatch):
+    """`/ready` and `/metadata` show the load's last error: the same one line, not SQLAlchemy's
+    statement and its link."""
+    from tasks.serving.model import ModelHolder
+
+    database = project / "mlflow.db"
+    size = database.stat().st_size
+    database.write_bytes(database.read_bytes()[:4096])
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    holder = ModelHolder("mlcycle-classifier", "champion")
+    assert holder.reload() is False
+    assert holder.last_error == (
+        "mlflow.db: not a usable MLflow database (file is truncated: 4,096 of "
+        f"{size:,} bytes); restore it or point MLFLOW_TRACKING_URI elsewhere"
+    )
+
+
 # --- item 8: a corrupt object in the DVC cache ----------------------------------------------
 
 
