@@ -201,7 +201,6 @@ def scheduler_problems(now: datetime | None = None) -> list[str]:
     has ignored: unchanged for over SCHEDULER_GRACE_S, yet no run created by the scheduler
     since. A healthy scheduler fills each schedule's next runs every loop (60 s)."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.exceptions import ObjectNotFound
 
@@ -218,8 +217,9 @@ def scheduler_problems(now: datetime | None = None) -> list[str]:
                 continue
             if changed is None or (now - changed).total_seconds() < SCHEDULER_GRACE_S:
                 continue
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            runs = _runs_of(
+                client,
+                deployment.id,
                 sort=FlowRunSort.EXPECTED_START_TIME_DESC,  # the upcoming ones first
                 limit=50,
             )
@@ -257,13 +257,6 @@ def pending_retrain(training_slot: str) -> str | None:
     event just after a period's end fires again while the first retraining is still on its
     way. The monitor labels such events, and the trigger ignores them."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
     from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectNotFound
 
@@ -275,19 +268,31 @@ def pending_retrain(training_slot: str) -> str | None:
             deployment = client.read_deployment_by_name(TRAINING_DEPLOYMENT)
         except ObjectNotFound:
             return None
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
-                )
-            ),
-            limit=50,
-        )
+        runs = _runs_of(client, deployment.id, [StateType.SCHEDULED, StateType.PENDING], limit=50)
     for run in runs:  # the cron's next runs are Scheduled too: only the trigger's count
         if run.created_by is not None and run.created_by.type == "AUTOMATION":
             return f"flow run '{run.name}' of {TRAINING_DEPLOYMENT}, {run.state_name}"
     return None
+
+
+def _runs_of(client: Any, deployment_id: Any, states: list | None = None, **options: Any) -> list:
+    """Flow runs of one deployment, in ``states`` (state types) when given; ``options`` go to
+    ``read_flow_runs`` (sort, limit)."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+
+    return client.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+        flow_run_filter=None
+        if states is None
+        else FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=states))),
+        **options,
+    )
 
 
 def drift_triggers() -> list:
@@ -306,24 +311,16 @@ def drift_triggers() -> list:
 def describe_deployment(name: str, upcoming: int = 3) -> AppliedDeployment:
     """A deployment's schedule as the server holds it, with its next scheduled runs."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(name)
         schedule = deployment.schedules[0].schedule if deployment.schedules else None
-        runs = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-            flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
-            ),
+        runs = _runs_of(
+            client,
+            deployment.id,
+            [StateType.SCHEDULED],
             sort=FlowRunSort.EXPECTED_START_TIME_ASC,
             limit=upcoming,
         )
