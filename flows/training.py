@@ -27,7 +27,7 @@ from tasks.lifecycle.pipeline import (
 )
 from tasks.lifecycle.workspace import training_turn
 from tasks.registry.gate import Registration
-from tasks.registry.tasks import find_unregistered_task
+from tasks.registry.tasks import find_unregistered_task, publish_registration_task
 from tasks.serving.feedback import export_feedback_task
 
 # The stages of dvc.yaml, in order. validate gates data/raw; preprocess gates the split;
@@ -45,6 +45,16 @@ class PipelineOutcome:
     registration: Registration
     deployment: Deployment
     recovered: Registration | None = None  # a run a lost command had left unregistered
+
+
+def registered(run_id: str, params: Params | None) -> Registration:
+    """The ``register-model`` subflow's registration, read from the subflow's final state.
+
+    A subflow's plain return value is recorded as a ``flow_run`` input of every task it is
+    passed to (deploy), and Prefect 3.8's UI cannot read such an input: the run's Task Runs tab
+    then lists nothing ("Invalid TaskInputResponse" in the browser's console). Read from the
+    state, the same values reach the tasks unrecorded; a failed registration still raises."""
+    return register_model(run_id=run_id, params=params, return_state=True).result()
 
 
 @flow_without_secrets(
@@ -65,7 +75,7 @@ def training_pipeline(params: Params | None = None, reason: str = MANUAL_REASON)
         # first, the model of a run whose command was lost after its evaluation: this run
         # may change what the workspace holds
         unregistered = find_unregistered_task()
-        recovered = register_model(run_id=unregistered, params=params) if unregistered else None
+        recovered = registered(unregistered, params) if unregistered else None
         params = apply_params_task(params)
         if params.collect.feedback:  # before collect, so DVC sees the labelled images change
             export_feedback_task()
@@ -73,7 +83,8 @@ def training_pipeline(params: Params | None = None, reason: str = MANUAL_REASON)
         stages = [reproduce_stage_task(stage, run_id) for stage in DATA_STAGES]
         push_data_task()
         summary = finish_pipeline_run_task(run_id, params, stages)
-        registration = register_model(run_id=run_id, params=params)
+        registration = registered(run_id, params)
+        publish_registration_task(registration, params.registry)  # on this run's page too
         deployment = deploy_task(
             registration.version, registration.promoted, registration.champion, params.serve
         )

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,11 +112,11 @@ def publish_selection() -> None:
 
 
 # Stages whose reports the flow publishes as Prefect artifacts, whether they pass or fail.
-STAGE_PUBLISHERS = {
-    "validate": publish_validation,
-    "preprocess": publish_validation,
-    "select": publish_selection,
-}
+# Both validation stages write the data-validation report; preprocess publishes it once, with
+# the split's verdict beside the raw data's, and validate only when it failed (preprocess
+# never runs then): one artifact per run, ran or skipped.
+STAGE_PUBLISHERS = {"preprocess": publish_validation, "select": publish_selection}
+FAILURE_PUBLISHERS = {"validate": publish_validation}
 
 
 def reproduce_stage(stage: str, run_id: str | None = None) -> StageResult:
@@ -125,13 +125,22 @@ def reproduce_stage(stage: str, run_id: str | None = None) -> StageResult:
     ``run_id`` is handed to the stage as ``MLFLOW_RUN_ID`` so it logs into the pipeline's run.
     """
     try:
-        return _reproduce(stage, run_id)
-    finally:
-        if stage in STAGE_PUBLISHERS and flow_run.get_id():
-            try:
-                STAGE_PUBLISHERS[stage]()
-            except Exception as error:  # a report must never hide the stage's own outcome
-                _logger().warning("could not publish the %s report: %s", stage, error)
+        result = _reproduce(stage, run_id)
+    except BaseException:
+        publish_report(stage, {**STAGE_PUBLISHERS, **FAILURE_PUBLISHERS})
+        raise
+    publish_report(stage, STAGE_PUBLISHERS)
+    return result
+
+
+def publish_report(stage: str, publishers: dict[str, Callable[[], None]]) -> None:
+    """The stage's report as a Prefect artifact, if ``publishers`` has one for it and a flow
+    runs; a report that cannot be published is a warning, never the stage's outcome."""
+    if stage in publishers and flow_run.get_id():
+        try:
+            publishers[stage]()
+        except Exception as error:
+            _logger().warning("could not publish the %s report: %s", stage, error)
 
 
 def _reproduce(stage: str, run_id: str | None) -> StageResult:

@@ -300,7 +300,11 @@ def validation_markdown(places: ValidationPlaces = REPOSITORY_PLACES) -> str:
     lines = ["## Data validation", ""]
     for path in current_reports(places.reports_dir):
         report = read_json(path)
-        verdict = "passed" if report["success"] else f"FAILED {report['failed']}"
+        verdict = (
+            f"passed {report['expectations']}"
+            if report["success"]
+            else f"FAILED {report['failed']}"
+        )
         lines.append(
             f"- **{report['suite']}**: {verdict} of {report['expectations']} expectations on "
             f"{report['rows']} rows"
@@ -308,5 +312,8 @@ def validation_markdown(places: ValidationPlaces = REPOSITORY_PLACES) -> str:
         for outcome in report["results"]:
             if not outcome["success"]:
                 lines.append(f"  - {Outcome(**outcome).line()}")
-    lines += ["", f"Data Docs: `{places.data_docs.resolve()}`"]
+    docs = places.data_docs.resolve()
+    # A file:// link: the Data Docs are local files; the path shown can be pasted as well
+    # (browsers may refuse to follow a file:// link from a page served over http).
+    lines += ["", f"Data Docs: [{docs}]({docs.as_uri()})"]
     return "\n".join(lines)

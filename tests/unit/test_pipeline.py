@@ -3,7 +3,8 @@ import shutil
 import pytest
 
 from tasks.core.config import ConfigError, apply_params, load_params
-from tasks.lifecycle.pipeline import PipelineSummary, summary_markdown
+from tasks.lifecycle import pipeline
+from tasks.lifecycle.pipeline import PipelineSummary, StageResult, summary_markdown
 from tests.helpers import REPO_ROOT
 
 
@@ -55,6 +56,40 @@ def test_summary_markdown_is_a_table_with_the_run_link():
     assert "| accuracy | 0.9800 | 0.9000 |" in text
     assert "[abc](http://mlflow/#/runs/abc)" in text
     assert "`data/raw` 0123456789ab" in text
+
+
+@pytest.fixture
+def published(monkeypatch) -> list[str]:
+    """The stages after which a data-validation artifact is published, in a faked flow run
+    whose stages are skipped (or fail, when named in ``failing``)."""
+    calls: list[str] = []
+    monkeypatch.setattr(pipeline.flow_run, "get_id", lambda: "a-flow-run")
+    monkeypatch.setitem(pipeline.STAGE_PUBLISHERS, "preprocess", lambda: calls.append("report"))
+    monkeypatch.setitem(pipeline.FAILURE_PUBLISHERS, "validate", lambda: calls.append("report"))
+    return calls
+
+
+def run_stages(monkeypatch, failing: str | None = None) -> None:
+    def reproduce(stage: str, run_id: str | None) -> StageResult:
+        if stage == failing:
+            raise RuntimeError(f"{stage} failed")
+        return StageResult(stage, ran=False, seconds=0.0)
+
+    monkeypatch.setattr(pipeline, "_reproduce", reproduce)
+    for stage in ("collect", "validate", "preprocess"):
+        pipeline.reproduce_stage(stage)
+
+
+def test_skipped_validation_stages_publish_one_data_validation_artifact(monkeypatch, published):
+    run_stages(monkeypatch)
+    assert published == ["report"]
+
+
+@pytest.mark.parametrize("failing", ["validate", "preprocess"])
+def test_a_failed_validation_stage_publishes_its_artifact_once(monkeypatch, published, failing):
+    with pytest.raises(RuntimeError, match=f"{failing} failed"):
+        run_stages(monkeypatch, failing)
+    assert published == ["report"]
 
 
 @pytest.fixture

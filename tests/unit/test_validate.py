@@ -536,8 +536,12 @@ def test_records_reach_mlflow_and_prefect_markdown(
     text = validation_markdown(places)
     assert "**raw_samples**: FAILED 1 of 2 expectations" in text
     assert "expect_x(label): labels are fine; observed 1 of 36 rows; expected value_set [0]" in text
-    assert "**processed_splits**: passed" in text
-    assert str(places.data_docs.resolve()) in text
+    split = json.loads(split_report.read_text())
+    assert (
+        f"**processed_splits**: passed {split['expectations']} of {split['expectations']} " in text
+    )
+    docs = places.data_docs.resolve()
+    assert f"Data Docs: [{docs}]({docs.as_uri()})" in text  # a link, not code to copy
 
 
 def test_a_split_report_older_than_the_raw_one_is_stale(places, processed_dir):
