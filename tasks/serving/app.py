@@ -6,7 +6,8 @@
 - ``POST /feedback``: the true class of a served prediction, by the ``prediction_ids`` every
   predict answer carries (one per image); stored beside the logged prediction for training.
 - ``GET /health`` (alive), ``/ready`` (model loaded), ``/metadata``, ``/metrics`` (Prometheus),
-  ``/`` (a page to draw or upload a digit), ``POST /admin/reload`` (loopback clients only).
+  ``/`` (a page to draw or upload a digit), ``/docs`` (the API's docs, served offline),
+  ``POST /admin/reload`` (loopback clients only).
 
 Every input goes through the training code's own preprocessing (``tasks.core.images``), with
 the settings recorded on the model version, and the normalisation statistics live inside the
@@ -29,7 +30,7 @@ import anyio
 import numpy as np
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -45,12 +46,12 @@ from tasks.serving.inputs import (
     parse_batch,
     parse_feedback,
     predict_body,
+    upload_name,
 )
 from tasks.serving.metrics import LimitAndMeasure, ServingMetrics
 from tasks.serving.model import ModelHolder, ServedModel, log
+from tasks.serving.pages import add_pages
 from tasks.serving.prediction_log import PredictionLog, StoredLabel, new_ids
-
-PAGE = Path(__file__).with_name("page.html")
 
 
 def predictions(model: ServedModel, probabilities: np.ndarray) -> list[dict[str, Any]]:
@@ -159,6 +160,8 @@ def create_app(
         title="mlcycle serving",
         description=f"Predictions from `models:/{name}@{params.alias}`.",
         lifespan=_lifespan(state, watch, load_on_start),
+        docs_url=None,  # pages.add_pages serves /docs from local assets
+        redoc_url=None,  # ReDoc's bundle always fetches its logo from the internet
     )
     app.state.serving = state
     if prediction_log is not None:
@@ -211,9 +214,7 @@ def create_app(
         status_code=202,
         responses=FORBIDDEN_RESPONSE,
     )
-    app.add_api_route(
-        "/", page, methods=["GET"], response_class=HTMLResponse, include_in_schema=False
-    )
+    add_pages(app)
     return app
 
 
@@ -373,11 +374,13 @@ async def predict_image(request: Request, file: UploadFile) -> Response:
     """Predict one uploaded PNG or JPEG image."""
     state = _serving(request)
     model = current_model(state)
-    return await off_the_loop(state, predict_upload, state, model, await file.read())
+    data = await file.read()
+    return await off_the_loop(state, predict_upload, state, model, data, upload_name(file.filename))
 
 
-def predict_upload(state: AppState, model: ServedModel, data: bytes) -> Response:
-    pixels = decode_image(data, "file", state.params.max_image_side)
+def predict_upload(state: AppState, model: ServedModel, data: bytes, name: str) -> Response:
+    """Decode, fit and predict one upload; a refusal names the file (``digit.txt: ...``)."""
+    pixels = decode_image(data, name, state.params.max_image_side)
     images = fit_to_raw(pixels, model.raw_shape)[np.newaxis]
     return serve_batch(state, model, "/predict/image", images)
 
@@ -492,10 +495,6 @@ async def reload(request: Request) -> dict[str, Any]:
         raise InputError("client", "reload is accepted from this machine only", 403)
     threading.Thread(target=holder.reload, name="model-reload", daemon=True).start()
     return {"reloading": True, "serving": holder.current.version if holder.current else None}
-
-
-async def page() -> str:
-    return PAGE.read_text()
 
 
 def check_bind(host: str) -> None:

@@ -31,8 +31,15 @@ class InputError(MlcycleError):
         self.status = status
 
 
+# What PIL puts in some messages: "cannot identify image file <_io.BytesIO object at 0x7f...>".
+_OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
+NOT_AN_IMAGE = "not an image PIL can read; expected a PNG or JPEG file"
+
+
 def decode_image(data: bytes, field: str, max_side: int) -> np.ndarray:
-    """PNG/JPEG bytes -> uint8 H x W x C pixels, as the folder source reads images."""
+    """PNG/JPEG bytes -> uint8 H x W x C pixels, as the folder source reads images.
+
+    ``field`` names the input in every refusal: an upload's file name, or ``images[3]``."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -47,8 +54,21 @@ def decode_image(data: bytes, field: str, max_side: int) -> np.ndarray:
             return np.array(pixels_from_image(image, field))  # writable: torch reads it
     except Image.DecompressionBombError as error:
         raise InputError(field, f"image too large to decode safely ({error})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImageFormatError) as error:
-        raise InputError(field, f"not a decodable PNG or JPEG image ({error})") from None
+    except UnidentifiedImageError:
+        raise InputError(field, NOT_AN_IMAGE) from None
+    except ImageFormatError as error:
+        raise InputError(field, str(error).removeprefix(f"{field}: ")) from None
+    except (OSError, SyntaxError, ValueError) as error:  # a truncated or damaged PNG/JPEG
+        reason = _OBJECT_REPR.sub("", str(error)).strip() or type(error).__name__
+        raise InputError(field, f"a damaged PNG or JPEG image ({reason[:120]})") from None
+
+
+def upload_name(filename: str | None) -> str:
+    """How refusals name an uploaded file: its base name as the client sent it, or ``file``
+    (the form field) when it came without one."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    name = "".join(char for char in name if char.isprintable())
+    return name[:100] or "file"
 
 
 def fit_to_raw(pixels: np.ndarray, raw_shape: Sequence[int]) -> np.ndarray:

@@ -24,6 +24,7 @@ from PIL import Image
 from models import build_classifier
 from tasks.core.config import load_params
 from tasks.serving.app import create_app
+from tasks.serving.inputs import upload_name
 from tasks.serving.model import ModelHolder, ServedModel
 from tasks.serving.prediction_log import PredictionLog, read_prediction_log
 from tests.helpers import REPO_ROOT
@@ -246,7 +247,7 @@ BAD_REQUESTS = [
         "undecodable base64 image",
         {"json": {"images": [base64.b64encode(b"not an image").decode()]}},
         422,
-        "images[0]: not a decodable PNG or JPEG image",
+        "images[0]: not an image PIL can read; expected a PNG or JPEG file",
     ),
     ("not base64", {"json": {"images": ["%%%"]}}, 422, "images[0]: not valid base64"),
     (
@@ -311,18 +312,75 @@ def test_a_body_streamed_without_a_length_is_cut_off_at_the_limit(client):
 
 def test_bad_uploads_get_a_4xx(client):
     garbage = client.post("/predict/image", files={"file": ("x.png", b"garbage", "image/png")})
-    assert garbage.status_code == 422 and garbage.json()["detail"].startswith(
-        "file: not a decodable"
+    assert garbage.status_code == 422
+    assert (
+        garbage.json()["detail"] == "x.png: not an image PIL can read; expected a PNG or JPEG file"
     )
     huge = np.zeros((600, 10, 1), dtype=np.uint8)
     too_big = client.post("/predict/image", files={"file": ("x.png", png(huge), "image/png")})
-    assert too_big.status_code == 422 and "at most 512 a side" in too_big.json()["detail"]
+    assert too_big.status_code == 422
+    assert too_big.json()["detail"] == "x.png: image is 10x600, at most 512 a side"
     gif = io.BytesIO()
     Image.new("L", (8, 8)).save(gif, "GIF")
     wrong = client.post("/predict/image", files={"file": ("x.gif", gif.getvalue(), "image/gif")})
-    assert wrong.status_code == 422 and "expected a PNG or JPEG image, got GIF" in wrong.text
+    assert wrong.status_code == 422
+    assert wrong.json()["detail"] == "x.gif: expected a PNG or JPEG image, got GIF"
     missing = client.post("/predict/image")
     assert missing.status_code == 422 and missing.json()["detail"].startswith("file:")
+
+
+UNREADABLE_UPLOADS = [
+    # (file name as the browser sends it, bytes, the refusal in full or its start)
+    ("digit.txt", b"seven", "digit.txt: not an image PIL can read; expected a PNG or JPEG file"),
+    ("C:\\Users\\me\\scan.png", b"", "scan.png: not an image PIL can read; expected a PNG"),
+    ("half.png", png(image())[:40], "half.png: not an image PIL can read; expected a PNG"),
+    (
+        "cut.png",
+        png(np.random.default_rng(0).integers(0, 256, (64, 64, 1), dtype=np.uint8))[:600],
+        "cut.png: a damaged PNG or JPEG image (image file is truncated)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "detail"), UNREADABLE_UPLOADS, ids=[case[0] for case in UNREADABLE_UPLOADS]
+)
+def test_an_unreadable_upload_is_refused_by_its_file_name(client, name, data, detail):
+    """The page shows this text as is: the file's name and what was expected, and never PIL's
+    "cannot identify image file <_io.BytesIO object at 0x...>"."""
+    response = client.post("/predict/image", files={"file": (name, data, "text/plain")})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(detail)
+    assert "0x" not in response.text and "BytesIO" not in response.text
+
+
+def test_an_upload_is_named_by_its_base_name_or_the_form_field():
+    assert upload_name("digit.png") == "digit.png"
+    assert upload_name("/home/me/digit.png") == "digit.png"
+    assert upload_name("C:\\me\\digit.png") == "digit.png"
+    assert upload_name("bad\x00\nname.png") == "badname.png"
+    assert upload_name("x" * 300) == "x" * 100
+    assert upload_name(None) == upload_name("") == upload_name(" ") == "file"
+
+
+def test_the_page_its_icon_and_the_docs_are_served_from_this_app(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for link in ('href="/docs"', 'href="/metadata"', 'rel="icon" href="/favicon.ico"'):
+        assert link in page.text
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # every asset of the docs page comes from this app: a CDN is a white page offline
+    assert "http" not in docs.text
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        assert f'"{asset}"' in docs.text
+        served = client.get(asset)
+        assert served.status_code == 200 and len(served.content) > 100_000
+    assert client.get("/redoc").status_code == 404  # its bundle fetches a logo from outside
+    paths = client.get("/openapi.json").json()["paths"]
+    assert not {"/", "/docs", "/favicon.ico"} & set(paths)
 
 
 @settings(
