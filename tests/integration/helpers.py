@@ -10,6 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,3 +312,62 @@ class Worker:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+@contextmanager
+def serving_champion(mlflow_uri: str, root: Path, name: str = "served") -> Iterator[tuple]:
+    """A workspace under ``root`` with champion v1 of ``name`` (a tiny CNN trained on
+    synthetic 8x8 digits of 3 classes) and ``mlcycle serve`` running on it: yields
+    ``(workspace, url, registration)``. The working directory and the MLflow settings are the
+    workspace's until the block ends (the serve process and the registry read them)."""
+    import mlflow
+
+    from tasks.core.config import load_params
+    from tasks.core.files import write_raw_dataset
+    from tasks.lifecycle.deploy import wait_until_serving
+    from tasks.stages.preprocess import run_preprocess
+    from tests.helpers import REPO_ROOT, TINY_OVERRIDES, make_places, synthetic_dataset
+
+    params = load_params(REPO_ROOT / "params.yaml", overrides=TINY_OVERRIDES)
+    write_raw_dataset(synthetic_dataset(per_class=20), root / "data" / "raw", source="synthetic")
+    run_preprocess(
+        params.preprocess.model_copy(update={"val_fraction": 0.25, "test_fraction": 0.25}),
+        root / "data" / "raw",
+        root / "data" / "processed",
+        make_places(root / "gx-work"),
+    )
+    saved = os.getcwd()
+    os.chdir(root)
+    experiment = f"{name}-{uuid.uuid4().hex[:8]}"
+    env = {"MLFLOW_TRACKING_URI": mlflow_uri, "MLFLOW_EXPERIMENT_NAME": experiment}
+    os.environ.update(env)
+    mlflow.set_tracking_uri(mlflow_uri)
+    try:
+        workspace = make_workspace(root / "ws", root / "data" / "processed", params, name)
+        port = free_port()
+        # The watcher stays out of the way (an hour): reloads come from /admin/reload.
+        workspace.update("serve", port=port, poll_seconds=3600.0, deploy_timeout_s=60.0)
+        first = workspace.register(workspace.train(seed=1, epochs=3))
+        assert first.promoted
+        log = (root / "serve.log").open("w")
+        process = subprocess.Popen(
+            [str(BIN / "mlcycle"), "serve"],
+            cwd=workspace.root,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_serving(url, first.version, 60)
+            yield workspace, url, first
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+            log.close()
+    finally:
+        os.chdir(saved)
+        for key in env:
+            os.environ.pop(key, None)
+        mlflow.set_tracking_uri(None)

@@ -1,6 +1,6 @@
 """`mlcycle serve` as a real process over a real registry: the champion served, hot reload
-when the alias moves (through the deploy step), a broken version never replacing a good one,
-and the drawing page in headless Chromium."""
+when the alias moves (through the deploy step), a broken version never replacing a good one.
+The drawing page in Chromium is in tests/browser/test_serving_page.py."""
 
 from __future__ import annotations
 
@@ -8,13 +8,10 @@ import base64
 import io
 import json
 import os
-import shutil
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from dataclasses import replace
 
 import mlflow
@@ -29,7 +26,7 @@ from tasks.registry.store import CHAMPION
 from tasks.registry.versions import create_version
 from tasks.serving.prediction_log import read_prediction_log
 from tests.helpers import free_port
-from tests.integration.helpers import BIN, corrupt_logged_model, make_workspace
+from tests.integration.helpers import corrupt_logged_model, serving_champion
 
 pytestmark = pytest.mark.slow
 
@@ -47,55 +44,8 @@ def call(url: str, payload: object | None = None, timeout: float = 10) -> tuple[
 @pytest.fixture(scope="module")
 def served(mlflow_server, tmp_path_factory):
     """A workspace with champion v1 and `mlcycle serve` running on it."""
-    from tasks.core.config import load_params
-    from tasks.core.files import write_raw_dataset
-    from tasks.stages.preprocess import run_preprocess
-    from tests.helpers import REPO_ROOT, TINY_OVERRIDES, make_places, synthetic_dataset
-
-    root = tmp_path_factory.mktemp("serving")
-    params = load_params(REPO_ROOT / "params.yaml", overrides=TINY_OVERRIDES)
-    write_raw_dataset(synthetic_dataset(per_class=20), root / "data" / "raw", source="synthetic")
-    run_preprocess(
-        params.preprocess.model_copy(update={"val_fraction": 0.25, "test_fraction": 0.25}),
-        root / "data" / "raw",
-        root / "data" / "processed",
-        make_places(root / "gx-work"),
-    )
-    saved = os.getcwd()
-    os.chdir(root)
-    experiment = f"serving-{uuid.uuid4().hex[:8]}"
-    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": experiment}
-    os.environ.update(env)
-    mlflow.set_tracking_uri(mlflow_server)
-    try:
-        workspace = make_workspace(root / "ws", root / "data" / "processed", params, "served")
-        port = free_port()
-        # The watcher stays out of the way (an hour): reloads below come from /admin/reload.
-        workspace.update("serve", port=port, poll_seconds=3600.0, deploy_timeout_s=60.0)
-        first = workspace.register(workspace.train(seed=1, epochs=3))
-        assert first.promoted
-        log = (root / "serve.log").open("w")
-        process = subprocess.Popen(
-            [str(BIN / "mlcycle"), "serve"],
-            cwd=workspace.root,
-            env={**os.environ, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_serving(url, first.version, 60)
-            yield workspace, url, first
-        finally:
-            os.killpg(process.pid, 15)
-            process.wait(timeout=30)
-            log.close()
-    finally:
-        os.chdir(saved)
-        for name in env:
-            os.environ.pop(name, None)
-        mlflow.set_tracking_uri(None)
+    with serving_champion(mlflow_server, tmp_path_factory.mktemp("serving")) as served:
+        yield served
 
 
 def test_the_champion_answers_like_the_registered_model(served):
@@ -217,53 +167,6 @@ def test_predictions_are_logged_for_monitoring(served):
             break
         time.sleep(0.2)
     assert rows and rows[-1]["endpoint"] == "/predict"
-
-
-def test_the_page_draws_and_uploads_a_digit_in_chromium(served, tmp_path):
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (make test installs it as root)")
-    from playwright.sync_api import sync_playwright
-
-    _, url, _ = served
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        try:
-            page = browser.new_page()
-            page.goto(url)
-            page.wait_for_function(
-                "document.getElementById('model').textContent.includes('served v')"
-            )
-            pad = page.locator("#pad").bounding_box()
-            page.mouse.move(pad["x"] + 140, pad["y"] + 40)
-            page.mouse.down()
-            page.mouse.move(pad["x"] + 140, pad["y"] + 240, steps=10)
-            page.mouse.up()
-            page.click("#predict")
-            page.wait_for_selector("#bars .bar")
-            assert page.locator("#bars .bar").count() == 3
-            assert page.text_content("#answer") in ("class_0", "class_1", "class_2")
-            page.screenshot(path=str(tmp_path / "page.png"))
-
-            page.click("#clear")
-            image = tmp_path / "digit.png"
-            Image.fromarray(np.full((32, 32), 200, dtype=np.uint8)).save(image)
-            page.set_input_files("#upload", str(image))
-            page.wait_for_selector("#bars .bar")
-            assert page.locator("#bars .bar").count() == 3
-            assert page.text_content("#error") == ""
-        finally:
-            browser.close()
 
 
 def test_deploy_starts_the_app_when_configured_to(served, tmp_path, monkeypatch):
