@@ -10,6 +10,9 @@ for _name, _value in {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",  # also Evidently's usage reports
     "EVIDENTLY_DISABLE_TELEMETRY": "1",  # Evidently's legacy switch
+    # MLflow's tqdm "Downloading artifacts" bars: carriage-return lines that fill a log (one
+    # line of 1,600 characters per registration) and say nothing of a few small files.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }.items():
     os.environ.setdefault(_name, _value)
 
