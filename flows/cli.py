@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import atexit
 import os
 import shlex
@@ -18,7 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +27,16 @@ from tasks.core.config import ServeParams, load_params
 from tasks.core.errors import MlcycleError, user_error
 from tasks.core.paths import PREDICTION_LOG
 from tasks.core.processes import Terminated, raise_terminated
-from tasks.core.redaction import redact
+from tasks.core.redaction import redact, without_credentials
 from tasks.core.tracking import DEFAULT_TRACKING_URI, connect, tracking_uri
 from tasks.lifecycle import workspace
-from tasks.lifecycle.prefect_api import PrefectApiLost, api_lost, prefect_api, watching_api
+from tasks.lifecycle.prefect_api import (
+    PrefectApi,
+    PrefectApiLost,
+    api_lost,
+    prefect_api,
+    watching_api,
+)
 
 if TYPE_CHECKING:
     from flows.monitoring import MonitoringOutcome
@@ -60,6 +67,20 @@ def positive_int(text: str) -> int:
     return value
 
 
+def pipeline_stages() -> tuple[str, ...]:
+    """The DVC stages ``mlcycle run`` runs, in order: ``DATA_STAGES`` of flows/training.py, read
+    from its source because importing the flow (Prefect, MLflow, torch) takes seconds, too long
+    for ``--help``."""
+    source = Path(__file__).with_name("training.py")
+    for statement in ast.parse(source.read_text(), str(source)).body:
+        if isinstance(statement, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "DATA_STAGES"
+            for target in statement.targets
+        ):
+            return tuple(ast.literal_eval(statement.value))
+    raise RuntimeError(f"{source}: no DATA_STAGES = (...) assignment")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlcycle", description="Run the mlcycle ML lifecycle pipeline."
@@ -71,11 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="on an error, show the full traceback after its one line (also: MLCYCLE_DEBUG=1)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stages = ", ".join(pipeline_stages())
     run = commands.add_parser(
         "run",
-        help="run the training pipeline: collect, preprocess, train, evaluate",
-        description="Run the Prefect flow 'training-pipeline' over the DVC stages. Overrides "
-        "are written into params.yaml (as `dvc exp run -S` does) so DVC agrees with what ran.",
+        help=f"run the training pipeline: {stages}; register, deploy",
+        description=f"Run the Prefect flow 'training-pipeline': the DVC stages {stages} (each "
+        "skipped when unchanged), then register the model and deploy it. Overrides are written "
+        "into params.yaml (as `dvc exp run -S` does) so DVC agrees with what ran.",
     )
     run.add_argument(
         "--set",
@@ -328,6 +351,36 @@ def holding_workspace(command: str) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def flow_api(*, wait: bool = True) -> Iterator[PrefectApi]:
+    """``prefect_api``: the API this command's flows report to. With the temporary one (no
+    PREFECT_API_URL), Prefect's "View at http://127.0.0.1:<port>/..." lines are left out: that
+    server stops with the command. The summary says where to browse the run afterwards."""
+    with prefect_api(wait=wait) as api, ExitStack() as links:
+        if temporary_api():
+            from tasks.core.console import without_flow_run_links
+
+            links.enter_context(without_flow_run_links())
+        yield api
+
+
+def temporary_api() -> bool:
+    """Whether flows report to a temporary Prefect server (``prefect_api``'s own test)."""
+    return not os.environ.get("PREFECT_API_URL")
+
+
+def flow_run_link(flow_run_id: str | None, temporary: bool) -> str:
+    """Where a flow run can be browsed: on PREFECT_API_URL's server, its UI; after a temporary
+    server, the UI of `make prefect-ui`, which reads the same database (PREFECT_HOME)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    from tasks.core.console import later_prefect_ui
+
+    base = later_prefect_ui() if temporary else PREFECT_UI_URL.value() or ""
+    runs = f"{without_credentials(base).rstrip('/')}/runs"
+    return f"{runs}/flow-run/{flow_run_id}" if flow_run_id else runs
+
+
 # The flow commands start the temporary Prefect API first and make their checks and heavy
 # imports while it comes up (see tasks.lifecycle.prefect_api): its start-up is most of a short
 # run's overhead. Params are read before it: a bad override is refused at once.
@@ -337,7 +390,7 @@ def run_pipeline(overrides: Sequence[str], command: str) -> int:
     # Bad overrides, params this machine cannot run and an unreachable tracking server fail
     # here, before anything is written.
     params = load_params(overrides=overrides)
-    with prefect_api(wait=False) as api:
+    with flow_api(wait=False) as api:
         from tasks.lifecycle.preflight import check_run
 
         check_run(params)
@@ -348,13 +401,15 @@ def run_pipeline(overrides: Sequence[str], command: str) -> int:
             started_ms = int(time.time() * 1000)
             with watching(api.ready(), _settle_pipeline(started_ms)):
                 outcome = training_pipeline(params=params)
-    print(format_outcome(outcome))
+    temporary = temporary_api()
+    flow_run = flow_run_link(getattr(outcome, "flow_run_id", None), temporary)
+    print(format_outcome(outcome, flow_run, temporary))
     return 0
 
 
 def run_register(run_id: str | None, command: str) -> int:
     params = load_params()
-    with prefect_api(wait=False) as api:
+    with flow_api(wait=False) as api:
         connect()
         from flows.registry import register_model
 
@@ -368,7 +423,7 @@ def run_monitor(window: int | None, batch: Path | None, prediction_log: Path | N
     params = load_params()
     if batch is not None and not batch.is_file():
         raise MlcycleError(f"{batch}: no such file (--batch wants an .npz with `images`)")
-    with prefect_api(wait=False) as api:
+    with flow_api(wait=False) as api:
         connect()
         from flows.monitoring import monitoring
 
@@ -473,13 +528,13 @@ def manage_registry(args: argparse.Namespace, command: str) -> int:
     if args.command == "models":
         print(format_versions(name, list_versions(name)))
     elif args.command == "promote":
-        with prefect_api():  # first: an unreachable PREFECT_API_URL fails before MLflow loads
+        with flow_api():  # first: an unreachable PREFECT_API_URL fails before MLflow loads
             connect()
             previous = promote_model(name, args.version, args.force)
         print(f"{name}: champion is now version {args.version} (was {previous or 'none'})")
         print(notify_serving_app(params.serve))
     elif args.command == "rollback":
-        with prefect_api():
+        with flow_api():
             connect()
             current, previous = rollback_model(name)
         print(f"{name}: champion rolled back from version {current} to version {previous}")
@@ -519,14 +574,15 @@ def format_versions(name: str, rows: list[VersionRow]) -> str:
 
     lines = [
         f"{name}:",
-        f"  {'version':>7}  {'aliases':<20} {'accuracy':>8} {'macro-F1':>8}  {'check':<7} "
-        f"{'data':<12} {'commit':<12} {'created':<16} decision",
+        f"  {'version':>7}  {'aliases':<20} {'model':<12} {'accuracy':>8} {'macro-F1':>8}  "
+        f"{'check':<7} {'data':<12} {'commit':<12} {'created':<16} decision",
     ]
     for row in rows:
+        family = getattr(row, "family", "-")
         lines.append(
-            f"  {row.version:>7}  {','.join(row.aliases) or '-':<20} {score(row.accuracy):>8} "
-            f"{score(row.macro_f1):>8}  {row.check:<7} {row.data[:12]:<12} {row.commit[:12]:<12} "
-            f"{row.created:<16} {row.decision}"
+            f"  {row.version:>7}  {','.join(row.aliases) or '-':<20} {family:<12} "
+            f"{score(row.accuracy):>8} {score(row.macro_f1):>8}  {row.check:<7} "
+            f"{row.data[:12]:<12} {row.commit[:12]:<12} {row.created:<16} {row.decision}"
         )
     return "\n".join(lines)
 
@@ -551,7 +607,9 @@ def format_recovered(registration: Registration) -> str:
     )
 
 
-def format_outcome(outcome: PipelineOutcome) -> str:
+def format_outcome(outcome: PipelineOutcome, flow_run: str, temporary_prefect: bool) -> str:
+    """The run's summary. ``flow_run``: its Prefect flow run's page; ``temporary_prefect``: on
+    a server that stopped with the command, so `make prefect-ui` serves that page."""
     summary = outcome.summary
     baseline = summary.baseline
     lines = [
@@ -572,6 +630,7 @@ def format_outcome(outcome: PipelineOutcome) -> str:
         f"  stages run: {', '.join(summary.stages_run) or 'none'}; "
         f"unchanged, skipped: {', '.join(summary.stages_skipped) or 'none'}",
         f"  MLflow run: {summary.run_url}",
+        f"  Prefect flow run: {flow_run}",
     ]
     if outcome.recovered is not None:
         lines.append(format_recovered(outcome.recovered))
@@ -587,9 +646,11 @@ def format_outcome(outcome: PipelineOutcome) -> str:
         lines.append(f"  mlflow ui --backend-store-uri {uri}   # then open the run link above")
     else:
         lines.append(f"  MLflow tracking server: {redact(uri)}")
+    if temporary_prefect:
+        lines.append(
+            "  make prefect-ui                               # then open the flow run link above"
+        )
     lines += [
-        "  prefect server start                          # flow runs, task logs, the evaluation "
-        "artifact",
         "  dvc metrics show                              # accuracy, macro-F1, baseline",
         "  dvc plots show                                # loss curves, confusion matrix "
         "(dvc_plots/index.html)",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tasks.core.errors import user_error
@@ -42,6 +43,29 @@ def run_logger(fallback: str) -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger(fallback)
+
+
+@contextmanager
+def without_flow_run_links() -> Iterator[None]:
+    """Flow runs in this block log no "View at <Prefect UI>/runs/flow-run/<id>" line.
+
+    For a temporary Prefect server, stopped when the command ends: its link (a random port)
+    would be dead by the time anyone follows it. Prefect builds the link from PREFECT_UI_URL,
+    and an empty one means "no UI" (``prefect.utilities.urls.url_for`` returns None)."""
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_UI_URL: ""}):
+        yield
+
+
+def later_prefect_ui() -> str:
+    """The UI ``prefect server start`` (``make prefect-ui``) serves, from Prefect's settings:
+    it reads the database a temporary server wrote to (PREFECT_HOME), so its runs are there."""
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().server.api
+    host = "127.0.0.1" if api.host in ("0.0.0.0", "::") else api.host
+    return f"http://{host}:{api.port}"
 
 
 def flow_without_secrets(**options: Any) -> Callable[[Callable[..., Any]], Any]:

@@ -8,6 +8,8 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -303,3 +305,102 @@ def test_an_api_behind_a_login_answers_and_a_wrong_path_is_named(status, refused
             check_answers(url)
     finally:
         server.shutdown()
+
+
+def test_run_help_lists_the_stages_of_dvc_yaml_in_order(capsys):
+    """`mlcycle run --help` names what the flow runs (flows/training.py's DATA_STAGES, the
+    stages of dvc.yaml), read without importing the flow: help stays instant."""
+    import yaml
+
+    from flows.cli import pipeline_stages
+
+    dvc_stages = tuple(yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"])
+    assert pipeline_stages() == dvc_stages
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"the DVC stages {', '.join(dvc_stages)} (each skipped when unchanged)" in help_text
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert f"{', '.join(dvc_stages)}; register, deploy" in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_temporary_prefect_api_gets_no_view_at_link_and_a_real_server_keeps_it(monkeypatch):
+    """Prefect builds its "View at ..." line with url_for: under the temporary server (stopped
+    with the command) there is none; with PREFECT_API_URL its UI's link stays."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.utilities.urls import url_for
+
+    from flows.cli import flow_api
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with flow_api(wait=False) as api:
+        assert api.url.startswith("http://127.0.0.1:")
+        assert url_for("flow-run", obj_id="abc") is None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AnswerOk)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}), flow_api():
+            assert url_for("flow-run", obj_id="abc") == f"{url[:-4]}/runs/flow-run/abc"
+    finally:
+        server.shutdown()
+
+
+class AnswerOk(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_flow_run_link_points_where_the_run_can_be_browsed_later(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.cli import flow_run_link
+
+    # after a temporary server: the UI `make prefect-ui` (`prefect server start`) will serve
+    assert flow_run_link("abc", temporary=True) == "http://127.0.0.1:4200/runs/flow-run/abc"
+    assert flow_run_link(None, temporary=True) == "http://127.0.0.1:4200/runs"
+    # on PREFECT_API_URL's server: its UI, without the URL's password
+    with temporary_settings(updates={PREFECT_API_URL: "http://alice:s3cr3t@prefect.lan/api"}):
+        assert flow_run_link("abc", temporary=False) == "http://prefect.lan/runs/flow-run/abc"
+
+
+def pipeline_outcome():
+    from flows.training import PipelineOutcome
+    from tasks.lifecycle.deploy import Deployment
+    from tasks.lifecycle.pipeline import PipelineSummary
+    from tasks.registry.gate import Registration
+
+    summary = PipelineSummary(
+        run_id="r1",
+        run_url="http://127.0.0.1:5000/#/experiments/1/runs/r1",
+        model="cnn",
+        accuracy=0.98,
+        macro_f1=0.97,
+        baseline=None,
+        stages_run=("train", "evaluate"),
+        stages_skipped=("collect",),
+        data_versions={},
+    )
+    registration = Registration("m", "2", True, "better", "2", {"accuracy": 0.98}, None)
+    deployment = Deployment("none", "2", "http://127.0.0.1:8000", "no serving app")
+    return PipelineOutcome(summary, registration, deployment)
+
+
+def test_the_summary_links_the_flow_run_and_says_how_to_open_it(workspace):
+    from flows.cli import format_outcome
+
+    link = "http://127.0.0.1:4200/runs/flow-run/abc"
+    after_temporary = format_outcome(pipeline_outcome(), link, temporary_prefect=True)
+    assert f"  Prefect flow run: {link}\n" in after_temporary
+    assert re.search(r"\n  make prefect-ui +# then open the flow run link above\n", after_temporary)
+    assert "prefect server start" not in after_temporary  # telemetry errors without the switch
+    on_a_server = format_outcome(pipeline_outcome(), link, temporary_prefect=False)
+    assert f"  Prefect flow run: {link}\n" in on_a_server
+    assert "make prefect-ui" not in on_a_server
