@@ -6,14 +6,19 @@ Unknown keys and wrong types fail with a message naming the dotted key at fault.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from ruamel.yaml import YAML, YAMLError
 
@@ -34,8 +39,38 @@ PositiveInts = Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(strict=F
 Seed = Annotated[int, Field(ge=0)]
 
 
+def _form_schema(schema: dict[str, Any]) -> None:
+    """Shape a section's JSON schema for Prefect's Custom run form (the flow's parameters).
+
+    The form renders ``anyOf [T, null]`` as tabs whose null tab only reads 'Property is type
+    "None"'. A nullable field becomes plain ``T``, optional and without a default: its input
+    left empty (or its "Omit value") is null, which Prefect's server accepts for an optional
+    field (``preprocess_schema`` turns it back into ``anyOf [T, null]`` when validating)
+    and the model reads as its default, None.
+    """
+    required = schema.get("required", [])
+    for name, prop in schema.get("properties", {}).items():
+        branches = prop.get("anyOf", [])
+        if len(branches) != 2 or NULL_SCHEMA not in branches:
+            continue
+        (value,) = [branch for branch in branches if branch != NULL_SCHEMA]
+        del prop["anyOf"]
+        prop.pop("default", None)
+        prop.update(value)
+        if "enum" in prop:  # the form then shows a number box, not a select: null must pass
+            prop["enum"] = [*prop["enum"], None]
+        prop["description"] = f"{prop.get('description', '')} Empty: null.".lstrip()
+        if name in required:
+            required.remove(name)
+
+
+NULL_SCHEMA = {"type": "null"}
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", strict=True, json_schema_extra=_form_schema
+    )
 
 
 SOURCE_PATTERN = re.compile(r"^(sklearn-digits|torchvision:[A-Za-z0-9_]+|folder:.+|npz:.+)$")
@@ -51,6 +86,7 @@ class CollectParams(_Section):
         description="Add the served images people labelled (data/external/feedback.npz)."
     )
     augment_to: int | None = Field(
+        None,
         ge=1,
         description="sklearn-digits only: grow the 1,797 digits to this many 28x28 images "
         "(upscaled, random affine copies); null keeps the 8x8 originals.",
@@ -94,8 +130,12 @@ class PreprocessParams(_Section):
     seed: Seed
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
-    image_size: int | None = Field(ge=1, description="Resize to a square of this side; null keeps.")
-    channels: Literal[1, 3] | None = Field(description="Convert to 1 or 3 channels; null keeps.")
+    image_size: int | None = Field(
+        None, ge=1, description="Resize to a square of this side; null keeps."
+    )
+    channels: Literal[1, 3] | None = Field(
+        None, description="Convert to 1 or 3 channels; null keeps."
+    )
 
     @model_validator(mode="after")
     def _room_for_training(self) -> PreprocessParams:
@@ -130,7 +170,7 @@ class RecurrentParams(_Section):
     bidirectional: bool
     dropout: float = Field(ge=0, lt=1, description="Between stacked layers and before the head.")
     grad_clip: float | None = Field(
-        gt=0, description="Clip the gradient norm to this in the train stage; null does not."
+        None, gt=0, description="Clip the gradient norm to this in the train stage; null does not."
     )
 
 
@@ -185,10 +225,16 @@ FAMILY_OPTIONS: dict[str, type[_Section]] = {
 }
 MODEL_NAMES: tuple[str, ...] = tuple(FAMILY_OPTIONS)
 AUTO = "auto"  # train.model: auto -> the select stage picks the family and its options
+# train.device's choices in the Custom run form; params.yaml and overrides take any cuda:N
+DEVICE_CHOICES = ("auto", "cpu", "cuda", *(f"cuda:{index}" for index in range(8)))
 
 
 class TrainParams(_Section):
-    model: str = Field(description="A family of models/, or auto (the select stage chooses).")
+    # str + a validator, not a Literal: the error lists the families; the form gets the enum
+    model: str = Field(
+        description="A family of models/, or auto (the select stage chooses).",
+        json_schema_extra={"enum": [AUTO, *MODEL_NAMES]},
+    )
     optimizer: Literal["adam", "adamw", "sgd"]
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
@@ -197,7 +243,7 @@ class TrainParams(_Section):
     epochs: int = Field(ge=1)
     seed: Seed
     early_stopping_patience: int | None = Field(
-        ge=1, description="Stop after this many epochs without a better validation loss."
+        None, ge=1, description="Stop after this many epochs without a better validation loss."
     )
     lr_schedule: Literal["constant", "cosine", "onecycle"] = Field(
         description="cosine: decay train.lr to 0 over train.epochs, epoch by epoch; onecycle: "
@@ -227,7 +273,10 @@ class TrainParams(_Section):
     processes: int = Field(
         ge=1, description="Data-parallel processes; above 1 the stage runs under torchrun (DDP)."
     )
-    device: str = Field(description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    device: str = Field(
+        description="auto (CUDA when present, else CPU), cpu, cuda or cuda:N",
+        json_schema_extra={"enum": list(DEVICE_CHOICES)},
+    )
     resume: bool = Field(description="Continue from artifacts/checkpoints/last.pt if present.")
     mlp: MLPParams
     cnn: CNNParams
@@ -269,19 +318,127 @@ class TrainParams(_Section):
 OPTIMIZER_OPTIONS = ("optimizer", "lr", "weight_decay", "momentum")
 
 
+def _option_fields(family: str) -> dict[str, FieldInfo]:
+    """What ``select.candidates.<family>`` may vary: the family's options, then the optimiser's."""
+    optimizer = {option: TrainParams.model_fields[option] for option in OPTIMIZER_OPTIONS}
+    return {**FAMILY_OPTIONS[family].model_fields, **optimizer}
+
+
+@cache
+def _option_schemas(family: str) -> dict[str, dict[str, Any]]:
+    """Each option's JSON schema (constraints only), as its own section declares it."""
+    schemas = {
+        **TrainParams.model_json_schema()["properties"],
+        **FAMILY_OPTIONS[family].model_json_schema()["properties"],
+    }
+    return {
+        option: {k: v for k, v in schemas[option].items() if k not in ("title", "description")}
+        for option in _option_fields(family)
+    }
+
+
+NUMBER_LIMITS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _option_form(option: str, value: dict[str, Any], nullable: bool) -> dict[str, Any]:
+    """One option of a family in the form: tabs for a range, a list of choices, a fixed value."""
+    item = {**value, "enum": [False, True]} if value.get("type") == "boolean" else value
+    choices = {
+        "title": "choices",
+        "type": "object",
+        "properties": {"choices": {"type": "array", "items": item, "minItems": 1}},
+        "required": ["choices"],
+        "additionalProperties": False,
+    }
+    fixed = {"title": "fixed", **value}
+    if nullable:
+        fixed["type"] = [value["type"], "null"]
+    branches = [choices, fixed]
+    if value.get("type") in ("integer", "number") and "enum" not in value:
+        bound = {"type": value["type"], **{k: value[k] for k in NUMBER_LIMITS if k in value}}
+        low_high = {
+            "low": bound,
+            "high": bound,
+            "log": {"type": "boolean", "description": "A log scale (low above 0)."},
+            "step": {"type": value["type"], "description": "A grid of this step."},
+        }
+        range_ = {
+            "title": "range",
+            "type": "object",
+            "properties": low_high,
+            "required": ["low", "high"],
+            "additionalProperties": False,
+        }
+        branches.insert(0, range_)
+    return {"title": option, "anyOf": branches}
+
+
+def _candidates_form(schema: dict[str, Any]) -> None:
+    """``select.candidates`` in Prefect's Custom run form: a group of fields per family, each
+    option a range, choices or a fixed value, rather than one raw JSON editor. The server
+    validates Custom runs against it, so it accepts every space :func:`search_space` accepts
+    (bar a family written as null); the families' names, and the messages, stay pydantic's."""
+    families = {}
+    for family in MODEL_NAMES:
+        schemas = _option_schemas(family)
+        options = {
+            option: _option_form(option, schemas[option], _is_nullable(declared))
+            for option, declared in _option_fields(family).items()
+        }
+        families[family] = {
+            "title": family,
+            "type": "object",
+            "description": f"Options left out come from train.{family} (the optimiser's from "
+            "train); a family left empty is not searched.",
+            "properties": options,
+        }
+    schema.pop("additionalProperties", None)
+    schema.update(type="object", properties=families, minProperties=1)
+
+
+def _is_nullable(field: FieldInfo) -> bool:
+    return type(None) in get_args(field.annotation)
+
+
+def _is_float(field: FieldInfo) -> bool:
+    return field.annotation is float or float in get_args(field.annotation)
+
+
+def _as_declared(field: FieldInfo, spec: Any) -> Any:
+    """A float option's numbers as floats: ``{low: 0, high: 1}`` from a browser's JSON (which
+    writes 0.0 as 0) stays the float range it was, not an integer one."""
+    if not _is_float(field):
+        return spec
+    if not isinstance(spec, Mapping):
+        return _float(spec)
+    if set(spec) == {"choices"}:
+        return {"choices": [_float(choice) for choice in spec["choices"]]}
+    return {
+        key: _float(value) if key in ("low", "high", "step") else value
+        for key, value in spec.items()
+    }
+
+
+def _float(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 class SelectParams(_Section):
     candidates: dict[str, dict[str, Any]] = Field(
-        description="family -> {option: value | {low, high[, log][, step]} | {choices: [...]}}"
+        description="The families searched, each with its options' ranges: "
+        "{low, high[, log][, step]}, {choices: [...]} or a fixed value.",
+        json_schema_extra=_candidates_form,
     )
     max_trials: int = Field(ge=1, description="Finished trials (all workers together), at most.")
     timeout_s: float = Field(gt=0, description="No trial starts after this many seconds.")
     epochs: int = Field(ge=1, description="Epochs per trial, at most (pruning stops bad ones).")
-    early_stopping_patience: int | None = Field(ge=1, description="Per trial, as in train.")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Per trial, as in train.")
     pruning_warmup_epochs: int = Field(ge=0, description="No pruning before this epoch.")
     seed: Seed = Field(description="The sampler's seed.")
     storage: str | None = Field(
+        None,
         description="Optuna storage URL; null keeps the study in artifacts/selection/optuna.db. "
-        "postgresql://... lets several workers run trials of one study."
+        "postgresql://... lets several workers run trials of one study.",
     )
 
     @field_validator("candidates", mode="before")
@@ -290,12 +447,11 @@ class SelectParams(_Section):
         if not isinstance(value, Mapping) or not value:
             raise ValueError("expected a mapping of model families to their search ranges")
         try:
-            search_space(value)
+            return search_space(value)
         except SpaceError as error:  # named select.candidates.<family>.<option>, not the lot
             raise PydanticCustomError(
                 "sub_key", "{problem}", {"sub_key": error.key, "problem": error.problem}
             ) from None
-        return value
 
 
 class SpaceError(ValueError):
@@ -309,7 +465,8 @@ class SpaceError(ValueError):
 def search_space(candidates: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Check ``select.candidates``: known families, known options, non-empty ranges.
 
-    Returns it as plain dicts; a SpaceError names the first bad ``<family>.<option>``.
+    Returns it as plain dicts, a float option's numbers as floats; a SpaceError names the
+    first bad ``<family>.<option>``.
     """
     checked: dict[str, dict[str, Any]] = {}
     for family, space in candidates.items():
@@ -318,14 +475,16 @@ def search_space(candidates: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         space = {} if space is None else space
         if not isinstance(space, Mapping):
             raise SpaceError(family, "expected a mapping of options to ranges, or {}")
-        allowed = (*FAMILY_OPTIONS[family].model_fields, *OPTIMIZER_OPTIONS)
+        fields = _option_fields(family)
         for option, spec in space.items():
-            if option not in allowed:
+            if option not in fields:
                 raise SpaceError(
-                    f"{family}.{option}", f"unknown option; expected one of {', '.join(allowed)}"
+                    f"{family}.{option}", f"unknown option; expected one of {', '.join(fields)}"
                 )
             _check_range(f"{family}.{option}", spec)
-        checked[family] = dict(space)
+        checked[family] = {
+            option: _as_declared(fields[option], spec) for option, spec in space.items()
+        }
     return checked
 
 
@@ -639,36 +798,330 @@ def _parent_of(tree: dict[str, Any], dotted: str) -> tuple[dict[str, Any], str]:
 def apply_params(params: Params | None, path: Path = PARAMS_FILE) -> Params:
     """Make ``params.yaml`` hold ``params`` (None: keep the file), changing only what differs.
 
-    Comments and layout survive; the changed keys are logged. Overrides land in the file (as
-    ``dvc exp run --set-param`` does) so that ``dvc status`` agrees with what ran.
+    Only the lines of keys whose values really changed are edited, in place; every other byte
+    (comments, alignment, key order, ``0.0``) stays. Values compare as values: ``0`` is
+    ``0.0`` in a float field, a mapping in another key order is the same mapping, so a full
+    params object from Prefect's Custom run form changes just what the person changed. The
+    changed keys are logged. Overrides land in the file (as ``dvc exp run --set-param`` does)
+    so that ``dvc status`` agrees with what ran.
     """
     current = load_params(path)
     if params is None or params == current:
         return current
-    old, new = current.flat(), params.flat()
-    changed = {key: new[key] for key in new if new[key] != old[key]}
-    yaml = YAML()  # round-trip mode: keeps comments and key order ...
-    yaml.preserve_quotes = True  # ... and quotes: the crons stay "0 3 * * 1"
-    yaml.representer.add_representer(  # write None as `null`, as the file spells it
-        type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", "null")
-    )
-    tree = yaml.load(path.read_text())
-    for key, value in changed.items():
-        node, leaf = _parent_of(tree, key)
-        node[leaf] = json.loads(value) if key in MAPPING_VALUES else _flow_style(value)
-    with atomic_path(path) as tmp, tmp.open("w") as handle:
-        yaml.dump(tree, handle)
-    for key, value in changed.items():
-        run_logger("mlcycle.config").info("params.yaml: %s %r -> %r", key, old[key], value)
+    text = path.read_text()
+    wanted = params.model_dump(mode="json")
+    edited, changes = edit_params_text(text, wanted)
+    if parse_params(_yaml().load(edited), origin=str(path)) != params:
+        # a layout the line editor does not know (a block scalar, say): write it all
+        run_logger("mlcycle.config").warning(
+            "params.yaml: could not edit in place; rewrote the file (comments kept)"
+        )
+        edited = _rewrite(text, wanted)
+    if edited != text:
+        with atomic_path(path) as tmp:
+            tmp.write_text(edited)
+    for key, old, new in changes:
+        run_logger("mlcycle.config").info("params.yaml: %s %s -> %s", key, old, new)
     return load_params(path)
 
 
-def _flow_style(value: Any) -> Any:
-    """Lists as ``[8, 16]`` on one line, as params.yaml writes them."""
-    if not isinstance(value, list):
-        return value
-    from ruamel.yaml.comments import CommentedSeq
+@dataclass(frozen=True)
+class _Edit:
+    """Lines ``first`` to ``last`` (inclusive; ``last = first - 1`` inserts) become ``lines``."""
 
-    sequence = CommentedSeq(value)
-    sequence.fa.set_flow_style()
-    return sequence
+    first: int
+    last: int
+    lines: list[str]
+
+
+class _CannotEdit(Exception):
+    """A value's text the line editor cannot delimit."""
+
+
+Change = tuple[str, str, str]  # dotted key, old and new value as params.yaml writes them
+ABSENT = "(absent)"
+
+
+@dataclass
+class _Plan:
+    lines: list[str]  # the file's lines, as read
+    edits: list[_Edit] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
+    editable: bool = True  # False: some value's text could not be delimited
+
+
+def edit_params_text(text: str, wanted: Mapping[str, Any]) -> tuple[str, list[Change]]:
+    """``text`` (params.yaml) edited to hold ``wanted``, and the changes.
+
+    Each key whose value differs gets its value's text replaced on its own line (a comment
+    after it keeps its column); a block mapping (``select.candidates``) is edited key by key,
+    keys added or removed there get or lose their lines. Everything else stays byte for byte.
+    A layout this cannot edit (a block scalar, say) is dumped whole by ruamel instead.
+    """
+    newline = text.endswith("\n")
+    plan = _Plan((text if newline or not text else f"{text}\n").splitlines(keepends=True))
+    _edit_mapping(_round_trip().load(text), wanted, "", plan)
+    if not plan.editable:
+        return _rewrite(text, wanted), plan.changes
+    lines = plan.lines
+    for edit in sorted(plan.edits, key=lambda e: e.first, reverse=True):
+        lines[edit.first : edit.last + 1] = edit.lines
+    edited = "".join(lines)
+    return edited if newline else edited.removesuffix("\n"), plan.changes
+
+
+def _edit_mapping(node: Any, wanted: Mapping[str, Any], prefix: str, plan: _Plan) -> None:
+    added = []
+    for key, value in wanted.items():
+        dotted = f"{prefix}{key}"
+        if key not in node:
+            if value is not None:  # an absent nullable key already is null
+                added.append((key, value))
+                plan.changes.append((dotted, ABSENT, _flow_text(value)))
+            continue
+        old = node[key]
+        if same_value(old, value):
+            continue
+        if _is_block_mapping(old) and isinstance(value, Mapping) and value:
+            _edit_mapping(old, value, f"{dotted}.", plan)
+            continue
+        plan.changes.append((dotted, _flow_text(old), _flow_text(_ordered_like(old, value))))
+        try:
+            plan.edits.append(_replace_value(plan.lines, node, key, value))
+        except _CannotEdit:
+            plan.editable = False
+    for key in node:
+        if key not in wanted:
+            line, col = node.lc.key(key)
+            plan.edits.append(_Edit(line, _extent_end(plan.lines, line, col), []))
+            plan.changes.append((f"{prefix}{key}", _flow_text(node[key]), ABSENT))
+    if added and not node:
+        plan.editable = False
+    elif added:
+        line, col = node.lc.key(list(node)[-1])
+        end = _extent_end(plan.lines, line, col)
+        plan.edits.append(_Edit(end + 1, end, _block_lines(added, " " * col)))
+
+
+def _replace_value(lines: list[str], node: Any, key: str, value: Any) -> _Edit:
+    """The edit that writes ``value`` as the text of ``node[key]``, on the key's own line."""
+    key_line, key_col = node.lc.key(key)
+    old = node[key]
+    value = _ordered_like(old, value)
+    if _is_block_mapping(old) or (isinstance(old, list) and not old.fa.flow_style()):
+        # a block collection becomes one line: its lines go (its own comments with them)
+        indent = " " * key_col
+        return _Edit(
+            key_line,
+            _extent_end(lines, key_line, key_col),
+            [f"{indent}{key}: {_flow_text(value)}\n"],
+        )
+    if old is None:
+        start_line, start_col = key_line, _after_colon(lines[key_line], key_col, key)
+    else:
+        start_line, start_col = node.lc.value(key)
+    end_line, end_col = _value_end(lines, start_line, start_col)
+    text = _flow_text(value, quote=lines[start_line][start_col : start_col + 1])
+    head = lines[start_line][:start_col]
+    if head.endswith(":"):
+        text = f" {text}"
+    grown = len(text) - (end_col - start_col) if start_line == end_line else 0
+    tail = _realign(lines[end_line][end_col:], grown)
+    return _Edit(start_line, end_line, [f"{head}{text}{tail}"])
+
+
+def _after_colon(line: str, key_col: int, key: str) -> int:
+    """Where an empty value (``key:`` meaning null) would start: just after the colon."""
+    colon = line.find(":", key_col + len(key))
+    if colon < 0:
+        raise _CannotEdit(key)
+    rest = line[colon + 1 :]
+    value = rest.lstrip(" ")
+    if value.strip() and not value.startswith("#"):  # `key: null` or `key: ~`
+        return colon + 1 + len(rest) - len(value)
+    return colon + 1
+
+
+def _value_end(lines: list[str], line: int, col: int) -> tuple[int, int]:
+    """Where the value text starting at ``(line, col)`` ends (exclusive)."""
+    text = lines[line]
+    first = text[col : col + 1]
+    if first in ("[", "{"):
+        return _flow_end(lines, line, col)
+    if first in ('"', "'"):
+        end = col + 1
+        while end < len(text):
+            if text[end] == "\\" and first == '"':
+                end += 2
+                continue
+            if text[end] == first:
+                if first == "'" and text[end + 1 : end + 2] == "'":
+                    end += 2
+                    continue
+                return line, end + 1
+            end += 1
+        raise _CannotEdit(text)  # a quoted scalar over several lines
+    if first in ("|", ">", "&", "*", "!"):
+        raise _CannotEdit(text)  # block scalars, anchors, aliases, tags
+    comment = re.search(r"\s#", text[col:])
+    end = col + comment.start() if comment else len(text.rstrip("\r\n"))
+    return line, len(text[:end].rstrip())
+
+
+def _flow_end(lines: list[str], line: int, col: int) -> tuple[int, int]:
+    """The end of a flow collection (``[...]`` or ``{...}``), over as many lines as it takes."""
+    depth, quote = 0, ""
+    for number in range(line, len(lines)):
+        text = lines[number]
+        for index in range(col if number == line else 0, len(text)):
+            char = text[index]
+            if quote:
+                quote = "" if char == quote else quote
+            elif char in ("'", '"'):
+                quote = char
+            elif char == "#" and text[index - 1 : index].isspace():
+                break  # a comment runs to the end of the line
+            elif char in "[{":
+                depth += 1
+            elif char in "]}":
+                depth -= 1
+                if depth == 0:
+                    return number, index + 1
+    raise _CannotEdit(lines[line])
+
+
+def _realign(tail: str, grown: int) -> str:
+    """The rest of a line after a value that grew by ``grown`` characters: a comment keeps its
+    column while there is room (one space at least)."""
+    match = re.fullmatch(r"([ \t]*)(#[^\r\n]*)?(\r?\n)?", tail)
+    if match is None or match.group(2) is None:
+        return tail.lstrip(" \t") if match else tail
+    spaces, comment, newline = match.group(1), match.group(2), match.group(3) or ""
+    return " " * max(1, len(spaces) - grown) + comment + newline
+
+
+def _extent_end(lines: list[str], line: int, col: int) -> int:
+    """The last line of the key at ``(line, col)``: its own and the deeper-indented ones after
+    it (children, continued comments), trailing blank lines left out."""
+    end = line
+    for number in range(line + 1, len(lines)):
+        text = lines[number]
+        if not text.strip():
+            continue
+        if len(text) - len(text.lstrip(" ")) <= col:
+            break
+        end = number
+    return end
+
+
+def _block_lines(items: list[tuple[str, Any]], indent: str) -> list[str]:
+    """New keys in params.yaml's style: a mapping as a block of one-line values (as
+    select.candidates' families are), anything else on the key's line."""
+    lines = []
+    for key, value in items:
+        if isinstance(value, Mapping) and value:
+            lines.append(f"{indent}{key}:\n")
+            lines.extend(f"{indent}  {k}: {_flow_text(v)}\n" for k, v in value.items())
+        else:
+            lines.append(f"{indent}{key}: {_flow_text(value)}\n")
+    return lines
+
+
+def _ordered_like(old: Any, new: Any) -> Any:
+    """``new`` with the keys its mappings share with ``old`` in ``old``'s order (a browser's
+    JSON may sort them): ``{low: 0.1, high: 0.5}`` stays in that order."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        keys = [k for k in old if k in new] + [k for k in new if k not in old]
+        return {k: _ordered_like(old.get(k), new[k]) for k in keys}
+    if isinstance(old, list | tuple) and isinstance(new, list | tuple) and len(old) == len(new):
+        return [_ordered_like(o, n) for o, n in zip(old, new, strict=True)]
+    return new
+
+
+def _is_block_mapping(value: Any) -> bool:
+    return isinstance(value, Mapping) and hasattr(value, "fa") and not value.fa.flow_style()
+
+
+def same_value(old: Any, new: Any) -> bool:
+    """Equal as params: ``0 == 0.0`` (a float field read from JSON), mappings in any key order,
+    lists and tuples alike; but ``true`` is not ``1`` and ``null`` is nothing else."""
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool) and old == new
+    if isinstance(old, int | float) and isinstance(new, int | float):
+        return old == new
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        return old.keys() == new.keys() and all(same_value(old[k], new[k]) for k in old)
+    if isinstance(old, list | tuple) and isinstance(new, list | tuple):
+        return len(old) == len(new) and all(map(same_value, old, new))
+    if isinstance(old, str) or isinstance(new, str):
+        return isinstance(old, str) and isinstance(new, str) and old == new
+    return type(old) is type(new) and old == new
+
+
+def _flow_text(value: Any, quote: str = "") -> str:
+    """``value`` as params.yaml writes it on one line: ``[8, 16]``, ``{low: 0.0, high: 0.5}``,
+    ``null``; a string quoted only when it must be (or when it was: ``quote``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _float_text(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_flow_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_flow_text(item) for item in value) + "]"
+    text = str(value)
+    if quote == "'":
+        return "'" + text.replace("'", "''") + "'"
+    if quote != '"' and PLAIN_STRING.fullmatch(text) and _yaml().load(text) == text:
+        return text
+    return json.dumps(text)  # a JSON string is a YAML double-quoted scalar
+
+
+PLAIN_STRING = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./:@+-]*")
+
+
+def _float_text(value: float) -> str:
+    """A float YAML 1.2 and 1.1 both read as one: ``0.000001``, not ``1e-06`` (a string to
+    PyYAML); whole numbers keep their ``.0``."""
+    if value != value:
+        return ".nan"
+    if value in (float("inf"), float("-inf")):
+        return ".inf" if value > 0 else "-.inf"
+    text = repr(value)
+    if "e" in text or "E" in text:
+        text = format(Decimal(text), "f")
+    return text if "." in text else f"{text}.0"
+
+
+def _round_trip() -> YAML:
+    return YAML()  # round-trip mode: line and column of every key and value
+
+
+def _rewrite(text: str, wanted: Mapping[str, Any]) -> str:
+    """The whole file dumped by ruamel's round trip (comments and key order kept, layout
+    not): the fallback for a layout :func:`edit_params_text` cannot edit."""
+    yaml = _round_trip()
+    yaml.preserve_quotes = True
+    yaml.representer.add_representer(
+        type(None), lambda dumper, _: dumper.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    tree = yaml.load(text)
+    _merge(tree, wanted)
+    stream = io.StringIO()
+    yaml.dump(tree, stream)
+    return stream.getvalue()
+
+
+def _merge(node: Any, wanted: Mapping[str, Any]) -> None:
+    for key, value in wanted.items():
+        old = node.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            _merge(old, value)
+            for gone in [k for k in old if k not in value]:
+                del old[gone]
+        elif key not in node or not same_value(old, value):
+            node[key] = value
