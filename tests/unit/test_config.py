@@ -1,9 +1,22 @@
+import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tasks.core.config import ConfigError, Params, apply_override, load_params
+from tasks.core.config import (
+    AUTO,
+    MODEL_NAMES,
+    OPTIMIZER_OPTIONS,
+    ConfigError,
+    Params,
+    apply_override,
+    apply_params,
+    load_params,
+    same_value,
+)
 from tests.helpers import REPO_ROOT
 
 
@@ -226,3 +239,240 @@ def test_a_bad_search_space_fails_in_one_line_naming_the_key(tmp_path, edit, mes
     with pytest.raises(ConfigError, match=message) as error:
         load_params(write_params(tmp_path, edit))
     assert "\n" not in str(error.value)
+
+
+# --- a run's params written back: only what changed, in place ---------------------------------
+
+
+def browser_json(value):
+    """What a browser's JSON makes of a value: whole floats lose their .0 (JavaScript has one
+    number type) and, for good measure, every mapping comes back with its keys sorted."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: browser_json(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [browser_json(item) for item in value]
+    return value
+
+
+def form_params(params: Params, edit=lambda tree: None, browser: bool = False) -> Params:
+    """The full params object a Prefect Custom run sends: the form's JSON, validated."""
+    tree = json.loads(params.model_dump_json())
+    edit(tree)
+    return Params.model_validate(browser_json(tree) if browser else tree)
+
+
+def changed_lines(before: str, after: str) -> list[tuple[str, str]]:
+    return [
+        (old, new)
+        for old, new in zip(before.splitlines(), after.splitlines(), strict=True)
+        if old != new
+    ]
+
+
+@pytest.fixture
+def params_copy(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    shutil.copy(REPO_ROOT / "params.yaml", path)
+    return path
+
+
+@pytest.mark.parametrize("browser", [False, True], ids=["pydantic-json", "browser-json"])
+def test_a_ui_run_with_the_full_params_changes_exactly_the_changed_lines(
+    params_copy, browser, caplog
+):
+    """A Custom run sends every section; params.yaml gets the two changed values on their own
+    lines, comments kept, and select.candidates (never touched) stays as written."""
+    before = params_copy.read_text()
+
+    def edit(tree):
+        tree["train"].update(model="mlp", epochs=5)
+
+    wanted = form_params(load_params(params_copy), edit, browser)
+    with caplog.at_level(logging.INFO, logger="mlcycle.config"):
+        assert apply_params(wanted, params_copy) == wanted
+    after = params_copy.read_text()
+    model_comment = "# a family from models/ (mlp | cnn | resnet | lstm | gru | vit |"
+    assert changed_lines(before, after) == [
+        (f"  model: cnn            {model_comment}", f"  model: mlp            {model_comment}"),
+        ("  epochs: 30", "  epochs: 5"),
+    ]
+    logged = [r.getMessage() for r in caplog.records if r.name == "mlcycle.config"]
+    assert logged == ["params.yaml: train.model cnn -> mlp", "params.yaml: train.epochs 30 -> 5"]
+
+
+@pytest.mark.parametrize("browser", [False, True], ids=["pydantic-json", "browser-json"])
+def test_a_ui_run_that_changed_nothing_leaves_the_file_byte_for_byte(params_copy, browser, caplog):
+    before = params_copy.read_bytes()
+    with caplog.at_level(logging.INFO, logger="mlcycle.config"):
+        apply_params(form_params(load_params(params_copy), browser=browser), params_copy)
+    assert params_copy.read_bytes() == before
+    assert not [r for r in caplog.records if r.name == "mlcycle.config"]
+
+
+def test_a_changed_leaf_of_the_search_space_changes_its_line_only(params_copy):
+    before = params_copy.read_text()
+
+    def edit(tree):
+        tree["select"]["candidates"]["cnn"]["dropout"]["high"] = 0.6
+
+    apply_params(form_params(load_params(params_copy), edit, browser=True), params_copy)
+    assert changed_lines(before, params_copy.read_text()) == [
+        ("      dropout: {low: 0.0, high: 0.5}", "      dropout: {low: 0.0, high: 0.6}")
+    ]
+    assert load_params(params_copy).select.candidates["cnn"]["dropout"] == {"low": 0.0, "high": 0.6}
+
+
+def test_a_family_added_to_and_one_dropped_from_the_search_space_touch_their_lines_only(
+    params_copy,
+):
+    before = params_copy.read_text()
+
+    def edit(tree):
+        candidates = tree["select"]["candidates"]
+        del candidates["gru"]
+        candidates["vit"] = {"depth": {"choices": [2, 3]}, "pooling": {"choices": ["cls", "mean"]}}
+
+    wanted = form_params(load_params(params_copy), edit)
+    apply_params(wanted, params_copy)
+    after = params_copy.read_text()
+    assert load_params(params_copy) == wanted
+    gru = (
+        "    gru:\n      hidden_size: {choices: [64, 128]}\n"
+        "      bidirectional: {choices: [false, true]}\n"
+        "      lr: {low: 0.0003, high: 0.01, log: true}\n"
+    )
+    vit = "    vit:\n      depth: {choices: [2, 3]}\n      pooling: {choices: [cls, mean]}\n"
+    assert gru in before and after == before.replace(gru, vit)
+
+
+def test_a_value_that_grows_keeps_its_comment_in_its_column(params_copy):
+    before = params_copy.read_text()
+    wanted = load_params(params_copy, overrides=["select.storage=postgresql://u@db/optuna"])
+    apply_params(wanted, params_copy)
+    ((old, new),) = changed_lines(before, params_copy.read_text())
+    assert old.startswith("  storage: null           # null: artifacts/selection/optuna.db")
+    assert new.startswith("  storage: postgresql://u@db/optuna # null: artifacts/selection")
+
+
+def test_a_quoted_value_stays_quoted_and_a_null_is_written_null(params_copy):
+    before = params_copy.read_text()
+    wanted = load_params(
+        params_copy,
+        overrides=["schedule.retrain_cron=0 4 * * 1", "train.early_stopping_patience=null"],
+    )
+    apply_params(wanted, params_copy)
+    assert [new for _, new in changed_lines(before, params_copy.read_text())] == [
+        "  early_stopping_patience: null # epochs without a better val loss; null trains all "
+        "epochs",
+        '  retrain_cron: "0 4 * * 1"     # training-pipeline/scheduled: Mondays at 03:00 ...',
+    ]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "same"),
+    [
+        (0.0, 0, True),
+        (600, 600.0, True),
+        ({"low": 0.0, "high": 0.5}, {"high": 0.5, "low": 0}, True),
+        ([16, 32], (16, 32), True),
+        (True, 1, False),
+        (None, 0, False),
+        ("1", 1, False),
+        ({"low": 0.0}, {"low": 0.0, "log": True}, False),
+    ],
+)
+def test_values_compare_as_params(old, new, same):
+    assert same_value(old, new) is same
+
+
+def test_a_float_options_range_from_a_browser_stays_a_float_range():
+    """JSON from a browser writes {low: 0.0, high: 1.0} as {low: 0, high: 1}: the search must
+    still draw floats (integer bounds mean an integer range to Optuna)."""
+    params = load_params(
+        REPO_ROOT / "params.yaml",
+        overrides=["select.candidates={mlp: {dropout: {low: 0, high: 1}, hidden_sizes: [64]}}"],
+    )
+    spec = params.select.candidates["mlp"]
+    assert spec["dropout"] == {"low": 0.0, "high": 1.0}
+    assert all(type(bound) is float for bound in spec["dropout"].values())
+    assert spec["hidden_sizes"] == [64]
+
+
+# --- the Custom run form: the schema Prefect builds from the params models --------------------
+
+
+@pytest.fixture(scope="module")
+def form_schema() -> dict:
+    """The parameter schema Prefect makes of a flow taking ``params: Params | None`` (as
+    training-pipeline does), the one its UI renders as the Custom run form."""
+    from prefect.utilities.callables import parameter_schema
+
+    def training_pipeline(params: Params | None = None) -> None:
+        """A stand-in with the flow's signature."""
+
+    return parameter_schema(training_pipeline).model_dump()
+
+
+def subschemas(schema):
+    if isinstance(schema, dict):
+        yield schema
+        for value in schema.values():
+            yield from subschemas(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            yield from subschemas(value)
+
+
+def test_the_form_offers_the_model_families_and_devices_as_choices(form_schema):
+    train = form_schema["definitions"]["TrainParams"]["properties"]
+    assert train["model"]["enum"] == [AUTO, *MODEL_NAMES]
+    assert train["device"]["enum"][:4] == ["auto", "cpu", "cuda", "cuda:0"]
+    # cuda:N beyond the form's choices still loads from params.yaml and overrides
+    assert (
+        load_params(REPO_ROOT / "params.yaml", ["train.device=cuda:12"]).train.device == "cuda:12"
+    )
+    with pytest.raises(ConfigError, match=r"train\.device: unknown device 'gpu'"):
+        load_params(REPO_ROOT / "params.yaml", ["train.device=gpu"])
+
+
+def test_no_field_of_the_form_is_a_choice_with_null(form_schema):
+    """The form shows an anyOf with null as tabs whose null tab reads 'Property is type
+    "None"': nullable fields are plain optional inputs instead (the flow's own `params`
+    parameter, null meaning params.yaml as it is, aside)."""
+    sections = form_schema["definitions"]
+    assert not [
+        s
+        for s in subschemas(sections)
+        if {"type": "null"} in s.get("anyOf", []) or s.get("type") == "null"
+    ]
+    preprocess = sections["PreprocessParams"]
+    assert preprocess["properties"]["image_size"]["type"] == "integer"
+    assert "image_size" not in preprocess["required"]
+
+
+def test_the_search_space_is_fields_per_family_not_one_json_value(form_schema):
+    candidates = form_schema["definitions"]["SelectParams"]["properties"]["candidates"]
+    assert list(candidates["properties"]) == list(MODEL_NAMES)
+    cnn = candidates["properties"]["cnn"]["properties"]
+    assert list(cnn) == ["channels", "hidden_size", "dropout", *OPTIMIZER_OPTIONS]
+    assert [branch["title"] for branch in cnn["dropout"]["anyOf"]] == ["range", "choices", "fixed"]
+    assert [branch["title"] for branch in cnn["channels"]["anyOf"]] == ["choices", "fixed"]
+
+
+def test_prefect_accepts_what_the_form_sends(form_schema):
+    """Prefect's server validates a Custom run's parameters against the schema: the repository's
+    params, a nullable field left out (the form's empty input) or null, and a changed search
+    space pass; the flow's model reads a left-out nullable field as null."""
+    from prefect.utilities.schema_tools.validation import validate
+
+    tree = load_params(REPO_ROOT / "params.yaml").model_dump(mode="json")
+    assert validate({"params": tree}, form_schema) == []
+    del tree["preprocess"]["image_size"]
+    tree["select"]["candidates"]["lstm"] = {"grad_clip": None, "bidirectional": {"choices": [True]}}
+    tree = browser_json(tree)
+    assert validate({"params": tree}, form_schema) == []
+    assert Params.model_validate(tree).preprocess.image_size is None
+    tree["train"]["model"] = "transformer"
+    assert validate({"params": tree}, form_schema) != []
