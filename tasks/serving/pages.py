@@ -22,7 +22,7 @@ DOCS_ASSETS = "/docs-assets"
 FAVICON_URL = "/favicon.ico"
 # A white 7 on the page's blue: small enough to keep inline, so no asset file to ship.
 FAVICON_SVG = (
-    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+    '<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32" viewBox="0 0 32 32">'
     '<rect width="32" height="32" rx="6" fill="#3a7bd5"/>'
     '<path d="M9 8h14l-8 17" fill="none" stroke="#fff" stroke-width="4" '
     'stroke-linecap="round" stroke-linejoin="round"/></svg>'
