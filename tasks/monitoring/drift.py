@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +48,7 @@ __all__ = [
     "DriftResult",
     "compare",
     "image_features",
+    "report_title",
     "write_report",
 ]
 
@@ -354,19 +356,27 @@ def write_report(
     probabilities: np.ndarray,
     result: DriftResult,
     path: Path,
+    *,
+    model: str | None = None,
+    written: datetime | None = None,
 ) -> Path:
     """Write an HTML report to ``path`` atomically: the decision and every check, then
     Evidently's reference-vs-window distribution of each feature, of the predicted classes and
     of the confidence. ``images`` may be their ``image_features`` (saves computing them twice).
+    ``model`` (``"digits-classifier v3"``) and ``written`` (default: now) go into the page's
+    title and heading, so a browser tab or a folder of reports says which is which.
 
     The page is self-contained (Evidently embeds its JavaScript and font): it opens offline.
     Every row is drawn: Evidently plots binned distributions, so the page stays ~4 MB and the
     p-values on it are the ones ``compare`` decided with.
     """
-    summary = _summary_html(result)
+    written = written or datetime.now(UTC)
+    summary = _summary_html(result, model, written)
+    title_tag = f"<title>{html.escape(report_title(result, model, written))}</title>"
     if result.decision == NOT_ENOUGH_DATA:
         page = (
-            f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{summary}</body></html>"
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'>{title_tag}</head>"
+            f"<body>{summary}</body></html>"
         )
     else:
         if not len(images) == len(probabilities) == result.rows:
@@ -378,6 +388,8 @@ def write_report(
         snapshot = _run_report(reference, window, _thresholds_of(result), rendered=True)
         with _quiet_evidently():
             page = snapshot.get_html_str(as_iframe=False)
+        # Evidently's page has no <title>: a browser tab read "file:///.../2026...-v3.html"
+        page = page.replace("<head>", f"<head>{title_tag}", 1)
         page = page.replace("<body>", f"<body>{summary}", 1)
     # unwritable: a full disk or a read-only folder while the page is written is one line
     # naming the report, not an OSError traceback from inside the write
@@ -402,7 +414,17 @@ def _thresholds_of(result: DriftResult) -> _Thresholds:
     return _Thresholds(p_value=p_value, drift_share=drift_share)
 
 
-def _summary_html(result: DriftResult) -> str:
+def report_title(result: DriftResult, model: str | None, written: datetime) -> str:
+    """``Drift report: digits-classifier v3, drift (2026-12-07 14:05 UTC)``."""
+    subject = f"{model}, " if model else ""
+    return f"Drift report: {subject}{result.decision} ({_utc_minute(written)})"
+
+
+def _utc_minute(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _summary_html(result: DriftResult, model: str | None, written: datetime) -> str:
     colour = {DRIFT: "#c62828", NO_DRIFT: "#2e7d32"}.get(result.decision, "#6d6d6d")
     header = "".join(
         f"<th style='text-align:left;padding:2px 8px'>{name}</th>"
@@ -428,7 +450,8 @@ def _summary_html(result: DriftResult) -> str:
     return (
         "<section style='font-family:sans-serif;margin:16px'>"
         f"<h1 style='color:{colour}'>Drift monitoring: {html.escape(result.decision)}</h1>"
-        f"<p>{result.rows} rows in the window, {result.labelled} with feedback labels.</p>"
+        f"<p>{html.escape(f'{model}: ' if model else '')}{result.rows} rows in the window, "
+        f"{result.labelled} with feedback labels; written {_utc_minute(written)}.</p>"
         f"<table style='border-collapse:collapse;font-size:13px'><tr>{header}</tr>{body}</table>"
         "</section>"
     )

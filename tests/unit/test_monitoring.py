@@ -5,7 +5,9 @@ live traffic drifts (shifted, rotated, noisy, faded, unsure, mislabelled) and no
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -436,10 +438,17 @@ def test_report_is_one_readable_offline_page(digits, params, tmp_path):
     probabilities = digits.probabilities(images)
     result = compare(digits.reference, images, probabilities, params)
     target = tmp_path / "reports" / "monitoring" / "drift.html"
-    path = write_report(digits.reference, images, probabilities, result, target)
+    written = datetime(2026, 12, 7, 14, 5, 30, tzinfo=UTC)
+    path = write_report(
+        digits.reference, images, probabilities, result, target, model="digits v3", written=written
+    )
     assert path == target and [p.name for p in target.parent.iterdir()] == ["drift.html"]
     page = target.read_text()
     assert "Drift monitoring: drift" in page
+    # the tab and a list of reports say what it is: Evidently's own page has no <title>
+    titles = re.findall(r"<title>([^<]*)</title>", page.split("</head>", 1)[0])
+    assert titles == ["Drift report: digits v3, drift (2026-12-07 14:05 UTC)"]
+    assert "digits v3: 400 rows in the window" in page
     for name in (*FEATURES, "predicted_class", "confidence"):
         assert name in page
     assert '<script src="' not in page  # Evidently's JavaScript is inside: opens offline
@@ -452,6 +461,10 @@ def test_report_of_too_little_data_says_so(digits, params, tmp_path):
     result = compare(digits.reference, images, probabilities, params)
     path = write_report(digits.reference, images, probabilities, result, tmp_path / "r.html")
     assert "Drift monitoring: not enough data" in path.read_text()
+    assert re.search(
+        r"<title>Drift report: not enough data \(\d{4}-\d\d-\d\d \d\d:\d\d UTC\)</title>",
+        path.read_text(),
+    )
 
 
 def test_report_takes_features_computed_once(digits, params, tmp_path):

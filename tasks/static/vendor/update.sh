@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Re-vendor the browser assets of the reports from the npm registry (`npm pack`): the files the
 # pages load, byte for byte as published, each package's folder with its licence. Run from the
-# repository root after changing a version here and in tasks/core/web_assets.py; review the diff.
+# repository root after changing a version here, in tasks/core/web_assets.py and in the CDN table
+# of tasks/validation/data_docs.py; review the diff.
 # Two packages publish no licence file: vega (LICENSE copied from github.com/vega/vega) and
 # popper.js 1.12.9 (MIT, named in its README and file header): their LICENSE files stay as they are.
 set -euo pipefail
