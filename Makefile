@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run repro serve monitor deploy worker test test-fast lint format mlflow-ui prefect-ui clean bench
+.PHONY: help install browser run repro serve monitor deploy worker test test-fast lint format mlflow-ui prefect-ui docs docs-serve clean bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,8 +33,10 @@ serve: install ## serve the champion model at http://127.0.0.1:8000 (follows the
 monitor: install ## compare live traffic (the prediction log) with the champion's training data
 	$(BIN)/mlcycle monitor
 
-# Deployments live on a Prefect server: `make prefect-ui` starts one at this address.
-PREFECT_SERVER ?= http://127.0.0.1:4200/api
+# Deployments live on a Prefect server: `make prefect-ui` starts one at this address
+# (`make prefect-ui PREFECT_PORT=4300`, then the same PREFECT_PORT for deploy and worker).
+PREFECT_PORT ?= 4200
+PREFECT_SERVER ?= http://127.0.0.1:$(PREFECT_PORT)/api
 
 deploy: install ## register the Prefect deployments (prefect.yaml) on the server of make prefect-ui
 	PREFECT_API_URL=$${PREFECT_API_URL:-$(PREFECT_SERVER)} $(BIN)/mlcycle deployments apply
@@ -75,10 +77,27 @@ format: install ## apply formatting and safe lint fixes
 mlflow-ui: install ## browse runs and models at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
 
-prefect-ui: install ## start a Prefect server with its UI at http://127.0.0.1:4200
+# Telemetry off (no network: the server would log an error per try); leases on disk, so a
+# restarted server forgets no training slot. The API URLs are the server's own: its UI asks
+# PREFECT_UI_API_URL, which otherwise follows a PREFECT_API_URL exported here or says port 4200.
+prefect-ui: install ## start a Prefect server with its UI at http://127.0.0.1:4200 (or PREFECT_PORT=...)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem \
-	$(BIN)/prefect server start
+	PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
+	PREFECT_API_URL=$(PREFECT_SERVER) \
+	PREFECT_UI_API_URL=$(PREFECT_SERVER) \
+	$(BIN)/prefect server start --port $(PREFECT_PORT)
+
+# The documentation site (mkdocs.yml, docs/): strict, so a broken link or a page missing from
+# the nav fails the build. NO_MKDOCS_2_WARNING quiets mkdocs-material's notice about its future.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+DOCS_PORT ?= 8001
+
+docs: install ## build the documentation site into site/ (open site/index.html)
+	$(MKDOCS) build --strict --site-dir site
+
+docs-serve: install ## serve the documentation at http://127.0.0.1:8001, rebuilt on every edit
+	$(MKDOCS) serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 clean: ## remove pipeline outputs and local tracking stores (keeps .venv and the DVC cache)
 	rm -rf data/raw data/processed artifacts reports mlflow.db mlartifacts
