@@ -89,6 +89,43 @@ ERROR_RESPONSES = {
     422: _error_response("Invalid input; `detail` names the field"),
     503: _error_response("No model loaded yet"),
 }
+PREDICT_RESPONSES = {
+    200: {
+        "description": "One prediction and one prediction id per image, in the order sent",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "model_name": {"type": "string"},
+                        "model_version": {"type": "string"},
+                        "predictions": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "class_index": {"type": "integer"},
+                                    "class_name": {"type": "string"},
+                                    "probabilities": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "number"},
+                                        "description": "Each class name's probability.",
+                                    },
+                                },
+                            },
+                        },
+                        "prediction_ids": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "For POST /feedback, one per image.",
+                        },
+                    },
+                }
+            }
+        },
+    },
+    **ERROR_RESPONSES,
+}
 FORBIDDEN_RESPONSE = {403: _error_response("Not from this machine")}
 FEEDBACK_RESPONSES = {
     400: ERROR_RESPONSES[400],
@@ -175,7 +212,7 @@ def create_app(
         "/predict",
         predict,
         methods=["POST"],
-        responses=ERROR_RESPONSES,
+        responses=PREDICT_RESPONSES,
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -183,7 +220,9 @@ def create_app(
             }
         },
     )
-    app.add_api_route("/predict/image", predict_image, methods=["POST"], responses=ERROR_RESPONSES)
+    app.add_api_route(
+        "/predict/image", predict_image, methods=["POST"], responses=PREDICT_RESPONSES
+    )
     app.add_api_route(
         "/feedback",
         feedback,

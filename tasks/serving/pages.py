@@ -19,7 +19,8 @@ from fastapi.staticfiles import StaticFiles
 
 PAGE = Path(__file__).with_name("page.html")
 DOCS_ASSETS = "/docs-assets"
-FAVICON_URL = "/favicon.ico"
+# The page links the .svg; /favicon.ico answers browsers that ask for it unbidden (a JSON view).
+FAVICON_URL = "/favicon.svg"
 # A white 7 on the page's blue: small enough to keep inline, so no asset file to ship.
 FAVICON_SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32" viewBox="0 0 32 32">'
@@ -43,6 +44,7 @@ def add_pages(app: FastAPI) -> None:
     for path, handler in (
         ("/", page),
         (FAVICON_URL, favicon),
+        ("/favicon.ico", favicon),
         ("/docs", swagger_ui),
     ):
         app.add_api_route(path, handler, methods=["GET"], include_in_schema=False)

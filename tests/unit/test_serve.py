@@ -128,6 +128,24 @@ def test_nested_lists_and_base64_png_give_the_same_prediction(client):
     assert as_lists.json()["model_version"] == "7"
 
 
+def test_a_prediction_answer_matches_its_documented_schema(client):
+    """/docs shows this schema for the 200 answer of both predict endpoints."""
+    import jsonschema
+
+    paths = client.get("/openapi.json").json()["paths"]
+    answers = {
+        "/predict": client.post("/predict", json={"images": [image().tolist()] * 2}),
+        "/predict/image": client.post(
+            "/predict/image", files={"file": ("d.png", png(image()), "image/png")}
+        ),
+    }
+    for path, answer in answers.items():
+        documented = paths[path]["post"]["responses"]["200"]["content"]["application/json"]
+        assert answer.status_code == 200
+        jsonschema.validate(answer.json(), documented["schema"])
+        assert set(documented["schema"]["properties"]) == set(answer.json())
+
+
 def test_an_uploaded_image_of_any_size_is_fitted_like_training_data(client):
     big = np.kron(image(), np.ones((4, 4, 1), dtype=np.uint8))  # 32x32, same picture
     response = client.post("/predict/image", files={"file": ("d.png", png(big), "image/png")})
@@ -366,10 +384,12 @@ def test_an_upload_is_named_by_its_base_name_or_the_form_field():
 def test_the_page_its_icon_and_the_docs_are_served_from_this_app(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    for link in ('href="/docs"', 'href="/metadata"', 'rel="icon" href="/favicon.ico"'):
+    for link in ('href="/docs"', 'href="/metadata"', 'rel="icon" href="/favicon.svg"'):
         assert link in page.text
-    icon = client.get("/favicon.ico")
-    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+    for icon_url in ("/favicon.svg", "/favicon.ico"):  # .ico: asked for by browsers unbidden
+        icon = client.get(icon_url)
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml"
+        assert icon.text.startswith("<svg")
     docs = client.get("/docs")
     assert docs.status_code == 200
     # every asset of the docs page comes from this app: a CDN is a white page offline
@@ -380,7 +400,7 @@ def test_the_page_its_icon_and_the_docs_are_served_from_this_app(client):
         assert served.status_code == 200 and len(served.content) > 100_000
     assert client.get("/redoc").status_code == 404  # its bundle fetches a logo from outside
     paths = client.get("/openapi.json").json()["paths"]
-    assert not {"/", "/docs", "/favicon.ico"} & set(paths)
+    assert not {"/", "/docs", "/favicon.svg", "/favicon.ico"} & set(paths)
 
 
 @settings(
@@ -404,11 +424,15 @@ def test_no_json_payload_gets_a_server_error(client, payload):
 
 
 def test_openapi_spec_holds_under_schemathesis(serve_params):
-    """Generated requests from the app's own OpenAPI spec: never a 5xx, documented statuses
-    and content types."""
+    """Generated requests from the app's own OpenAPI spec: never a 5xx, documented statuses,
+    content types and bodies (the 200 of /predict as much as the errors)."""
     import schemathesis
     from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
 
     holder = ModelHolder("digits", "champion")
     holder.current = served_model()
@@ -423,7 +447,12 @@ def test_openapi_spec_holds_under_schemathesis(serve_params):
         @given(case=operation.as_strategy())
         def check(case):
             case.call_and_validate(
-                checks=[not_a_server_error, status_code_conformance, content_type_conformance]
+                checks=[
+                    not_a_server_error,
+                    status_code_conformance,
+                    content_type_conformance,
+                    response_schema_conformance,
+                ]
             )
 
         check()
