@@ -292,7 +292,14 @@ def publish(
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")  # two monitors at once: two files
     report = MONITORING_REPORTS / f"{stamp}-{served.name}-v{served.version}.html"
     features = image_features(window.images) if len(window.images) else window.images
-    write_drift_report(reference, features, window.probabilities, result, report)
+    write_drift_report(
+        reference,
+        features,
+        window.probabilities,
+        result,
+        report,
+        model=f"{served.name} v{served.version}",
+    )
 
     client = MlflowClient()
     experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
