@@ -77,8 +77,8 @@ def test_a_drawn_digit_gets_an_answer_and_a_bar_per_class(page, tmp_path):
     assert answer in CLASSES
     widths = bar_widths(page)
     assert set(widths) == set(CLASSES)
-    assert max(widths, key=widths.get) == answer  # the longest bar is the answer's
-    assert widths[answer] > 60  # over a third of the 200-pixel scale: a visible bar
+    assert widths[answer] == max(widths.values())  # the longest bar is the answer's
+    assert widths[answer] >= 66  # the best of 3 classes has 1/3 or more of the 200-pixel scale
     assert page.page.locator(f'#bars .bar.best[data-class="{answer}"]').count() == 1
     assert "prediction id (for POST /feedback): " in page.page.text_content("#pid")
     assert page.page.text_content("#error") == page.page.text_content("#warning") == ""
