@@ -27,7 +27,7 @@ from tasks.lifecycle.pipeline import (
 )
 from tasks.lifecycle.workspace import training_turn
 from tasks.registry.gate import Registration
-from tasks.registry.tasks import find_unregistered_task, publish_registration_task
+from tasks.registry.tasks import find_unregistered_task, publish_registration
 from tasks.serving.feedback import export_feedback_task
 
 # The stages of dvc.yaml, in order. validate gates data/raw; preprocess gates the split;
@@ -84,7 +84,8 @@ def training_pipeline(params: Params | None = None, reason: str = MANUAL_REASON)
         push_data_task()
         summary = finish_pipeline_run_task(run_id, params, stages)
         registration = registered(run_id, params)
-        publish_registration_task(registration, params.registry)  # on this run's page too
+        # the pipeline run's own artifact too, not only its register-model subflow's
+        publish_registration(registration, params.registry)
         deployment = deploy_task(
             registration.version, registration.promoted, registration.champion, params.serve
         )

@@ -134,8 +134,9 @@ def promote_if_better_task(
     return registration
 
 
-@task(name="publish-registration")
-def publish_registration_task(registration: Registration, policy: RegistryParams) -> None:
+def publish_registration(registration: Registration, policy: RegistryParams) -> None:
+    """The ``model-registration`` artifact, on the run this is called in: a task's (and so its
+    flow run's) inside a task, the flow run's own when a flow calls it."""
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(
@@ -143,6 +144,9 @@ def publish_registration_task(registration: Registration, policy: RegistryParams
         markdown=redact(registration_markdown(registration, policy)),
         description=f"{registration.name} v{registration.version}",
     )
+
+
+publish_registration_task = task(name="publish-registration")(publish_registration)
 
 
 @task(name="promote")
