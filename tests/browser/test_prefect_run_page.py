@@ -53,17 +53,31 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     server.stop()
 
 
+def run_pipeline(server: PrefectServer, project: Path) -> PipelineRun:
+    """`mlcycle run` in ``project``, tracked by ``server``; its flow run's page."""
+    env = {"PREFECT_API_URL": server.url, "PREFECT_HOME": str(server.root)}
+    run([str(BIN / "mlcycle"), "run"], cwd=project, timeout=900, **env)
+    query = {
+        "flows": {"name": {"any_": ["training-pipeline"]}},
+        "sort": "START_TIME_DESC",
+        "limit": 1,
+    }
+    (newest,) = httpx.post(f"{server.url}/flow_runs/filter", json=query).json()
+    return PipelineRun(f"http://127.0.0.1:{server.port}/runs/flow-run/{newest['id']}", project)
+
+
 @pytest.fixture(scope="module")
 def pipeline_run(
     server: PrefectServer, project_template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> PipelineRun:
-    """One `mlcycle run` of a fresh copy of the project, tracked by ``server``."""
-    project = copy_project(project_template, tmp_path_factory.mktemp("run-page-project"))
-    env = {"PREFECT_API_URL": server.url, "PREFECT_HOME": str(server.root)}
-    run([str(BIN / "mlcycle"), "run"], cwd=project, timeout=900, **env)
-    query = {"flows": {"name": {"any_": ["training-pipeline"]}}, "limit": 1}
-    (flow_run,) = httpx.post(f"{server.url}/flow_runs/filter", json=query).json()
-    return PipelineRun(f"http://127.0.0.1:{server.port}/runs/flow-run/{flow_run['id']}", project)
+    """The first run of a fresh copy of the project: every stage runs."""
+    return run_pipeline(server, copy_project(project_template, tmp_path_factory.mktemp("run")))
+
+
+@pytest.fixture(scope="module")
+def unchanged_run(server: PrefectServer, pipeline_run: PipelineRun) -> PipelineRun:
+    """The same project run again: DVC skips every stage, both validation stages included."""
+    return run_pipeline(server, pipeline_run.project)
 
 
 def open_tab(offline_page, url: str, tab: str, shows: str) -> str:
@@ -154,4 +168,12 @@ def test_the_runs_artifacts_tab_shows_validation_counts_and_the_registration(
     page.get_by_text("promoted to champion").first.wait_for(timeout=30_000)
     screenshot(offline_page, "prefect_run_page_model_registration")
     assert "Model registry: mlcycle-classifier v1" in page.locator("body").inner_text()
+    assert_clean(offline_page)
+
+
+def test_a_run_that_skipped_validation_shows_its_artifact_once(offline_page, unchanged_run):
+    text = open_tab(offline_page, unchanged_run.page_url, "Artifacts", "data-validation")
+    screenshot(offline_page, "prefect_run_page_artifacts_unchanged")
+    cards = [line.strip() for line in text.splitlines()]
+    assert cards.count("data-validation") == 1, text
     assert_clean(offline_page)
