@@ -78,11 +78,13 @@ mlflow-ui: install ## browse runs and models at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts
 
 # Telemetry off (no network: the server would log an error per try); leases on disk, so a
-# restarted server forgets no training slot. The API URLs are the server's own: its UI asks
+# restarted server forgets no training slot; the classic UI at the root (the V2 UI fetches a
+# config from amplitude.com, analytics or not). The API URLs are the server's own: its UI asks
 # PREFECT_UI_API_URL, which otherwise follows a PREFECT_API_URL exported here or says port 4200.
 prefect-ui: install ## start a Prefect server with its UI at http://127.0.0.1:4200 (or PREFECT_PORT=...)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false \
 	PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem \
+	PREFECT_SERVER_UI_V2_ENABLED=false \
 	PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
 	PREFECT_API_URL=$(PREFECT_SERVER) \
 	PREFECT_UI_API_URL=$(PREFECT_SERVER) \
