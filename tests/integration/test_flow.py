@@ -85,7 +85,11 @@ def test_flow_prints_progress_and_a_summary(flow_project):
         "stages run: collect, validate, preprocess, select, train, evaluate; unchanged, "
         "skipped: none" in output
     )
-    assert "dvc metrics show" in output and "prefect server start" in output
+    assert "dvc metrics show" in output and "make prefect-ui" in output
+    # the temporary Prefect server stops with the command: no dead link to it, one to the
+    # flow run's page in the UI of make prefect-ui (same database) instead
+    assert "View at http://127.0.0.1" not in output
+    assert "Prefect flow run: http://127.0.0.1:4200/runs" in output
     assert REGISTERED.search(output), output[-3000:]
     # no serving app runs here: the deploy step says where one would pick the model up
     assert re.search(r"deploy: no serving app at http://127.0.0.1:\d+; `mlcycle serve`", output)
