@@ -69,7 +69,11 @@ NULL_SCHEMA = {"type": "null"}
 
 class _Section(BaseModel):
     model_config = ConfigDict(
-        frozen=True, extra="forbid", strict=True, json_schema_extra=_form_schema
+        frozen=True,
+        extra="forbid",
+        strict=True,
+        json_schema_extra=_form_schema,
+        field_title_generator=lambda name, _: name,  # the form's labels: params.yaml's keys
     )
 
 
@@ -78,7 +82,9 @@ SOURCE_PATTERN = re.compile(r"^(sklearn-digits|torchvision:[A-Za-z0-9_]+|folder:
 
 class CollectParams(_Section):
     source: str = Field(
-        description="sklearn-digits | torchvision:<Name> | folder:<path> | npz:<path>"
+        # no <Name>: Prefect's V1 UI reads a description as HTML and drops the "tag"
+        description="sklearn-digits, torchvision:NAME (MNIST, CIFAR10 ...), folder:PATH (a "
+        "sub-folder of images per class) or npz:PATH (arrays images, labels)."
     )
     root: str = Field(description="Folder holding (or receiving) torchvision datasets.")
     download: bool = Field(description="Let torchvision download missing files.")
@@ -340,27 +346,30 @@ def _option_schemas(family: str) -> dict[str, dict[str, Any]]:
 NUMBER_LIMITS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
-def _option_form(option: str, value: dict[str, Any], nullable: bool) -> dict[str, Any]:
+def _option_form(option: str, value: dict[str, Any]) -> dict[str, Any]:
     """One option of a family in the form: tabs for a range, a list of choices, a fixed value."""
+    # "fixed" first: an option left out shows one empty input (it comes from train.<family>).
+    # Not nullable (V1 fails on a type list): a space fixing grad_clip to null, valid in
+    # params.yaml, is refused by the server, naming the key
+    fixed = {**value, "title": "fixed"}
     item = {**value, "enum": [False, True]} if value.get("type") == "boolean" else value
     choices = {
         "title": "choices",
         "type": "object",
-        "properties": {"choices": {"type": "array", "items": item, "minItems": 1}},
+        "properties": {
+            "choices": {"title": "choices", "type": "array", "items": item, "minItems": 1}
+        },
         "required": ["choices"],
         "additionalProperties": False,
     }
-    fixed = {"title": "fixed", **value}
-    if nullable:
-        fixed["type"] = [value["type"], "null"]
-    branches = [choices, fixed]
+    branches = [fixed, choices]
     if value.get("type") in ("integer", "number") and "enum" not in value:
         bound = {"type": value["type"], **{k: value[k] for k in NUMBER_LIMITS if k in value}}
         low_high = {
-            "low": bound,
-            "high": bound,
-            "log": {"type": "boolean", "description": "A log scale (low above 0)."},
-            "step": {"type": value["type"], "description": "A grid of this step."},
+            "low": {**bound, "title": "low"},
+            "high": {**bound, "title": "high"},
+            "log": {"title": "log", "type": "boolean", "description": "A log scale (low > 0)."},
+            "step": {"title": "step", "type": value["type"], "description": "A grid's step."},
         }
         range_ = {
             "title": "range",
@@ -369,7 +378,7 @@ def _option_form(option: str, value: dict[str, Any], nullable: bool) -> dict[str
             "required": ["low", "high"],
             "additionalProperties": False,
         }
-        branches.insert(0, range_)
+        branches.insert(1, range_)
     return {"title": option, "anyOf": branches}
 
 
@@ -377,13 +386,13 @@ def _candidates_form(schema: dict[str, Any]) -> None:
     """``select.candidates`` in Prefect's Custom run form: a group of fields per family, each
     option a range, choices or a fixed value, rather than one raw JSON editor. The server
     validates Custom runs against it, so it accepts every space :func:`search_space` accepts
-    (bar a family written as null); the families' names, and the messages, stay pydantic's."""
+    but a family or an option fixed to null; unknown names, and their messages, stay
+    pydantic's."""
     families = {}
     for family in MODEL_NAMES:
         schemas = _option_schemas(family)
         options = {
-            option: _option_form(option, schemas[option], _is_nullable(declared))
-            for option, declared in _option_fields(family).items()
+            option: _option_form(option, schemas[option]) for option in _option_fields(family)
         }
         families[family] = {
             "title": family,
@@ -394,10 +403,6 @@ def _candidates_form(schema: dict[str, Any]) -> None:
         }
     schema.pop("additionalProperties", None)
     schema.update(type="object", properties=families, minProperties=1)
-
-
-def _is_nullable(field: FieldInfo) -> bool:
-    return type(None) in get_args(field.annotation)
 
 
 def _is_float(field: FieldInfo) -> bool:

@@ -457,8 +457,9 @@ def test_the_search_space_is_fields_per_family_not_one_json_value(form_schema):
     assert list(candidates["properties"]) == list(MODEL_NAMES)
     cnn = candidates["properties"]["cnn"]["properties"]
     assert list(cnn) == ["channels", "hidden_size", "dropout", *OPTIMIZER_OPTIONS]
-    assert [branch["title"] for branch in cnn["dropout"]["anyOf"]] == ["range", "choices", "fixed"]
-    assert [branch["title"] for branch in cnn["channels"]["anyOf"]] == ["choices", "fixed"]
+    # fixed first: an option left out shows one empty input, not a range's four
+    assert [branch["title"] for branch in cnn["dropout"]["anyOf"]] == ["fixed", "range", "choices"]
+    assert [branch["title"] for branch in cnn["channels"]["anyOf"]] == ["fixed", "choices"]
 
 
 def test_prefect_accepts_what_the_form_sends(form_schema):
@@ -470,7 +471,7 @@ def test_prefect_accepts_what_the_form_sends(form_schema):
     tree = load_params(REPO_ROOT / "params.yaml").model_dump(mode="json")
     assert validate({"params": tree}, form_schema) == []
     del tree["preprocess"]["image_size"]
-    tree["select"]["candidates"]["lstm"] = {"grad_clip": None, "bidirectional": {"choices": [True]}}
+    tree["select"]["candidates"]["lstm"] = {"grad_clip": 2, "bidirectional": {"choices": [True]}}
     tree = browser_json(tree)
     assert validate({"params": tree}, form_schema) == []
     assert Params.model_validate(tree).preprocess.image_size is None
