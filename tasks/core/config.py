@@ -816,8 +816,7 @@ def apply_params(params: Params | None, path: Path = PARAMS_FILE) -> Params:
     text = path.read_text()
     wanted = params.model_dump(mode="json")
     edited, changes = edit_params_text(text, wanted)
-    if parse_params(_yaml().load(edited), origin=str(path)) != params:
-        # a layout the line editor does not know (a block scalar, say): write it all
+    if not _holds(edited, params):  # a layout the line editor misread: write it all
         run_logger("mlcycle.config").warning(
             "params.yaml: could not edit in place; rewrote the file (comments kept)"
         )
@@ -828,6 +827,14 @@ def apply_params(params: Params | None, path: Path = PARAMS_FILE) -> Params:
     for key, old, new in changes:
         run_logger("mlcycle.config").info("params.yaml: %s %s -> %s", key, old, new)
     return load_params(path)
+
+
+def _holds(text: str, params: Params) -> bool:
+    """Whether ``text``, read as params.yaml, is ``params``."""
+    try:
+        return parse_params(_yaml().load(text)) == params
+    except (YAMLError, ConfigError):
+        return False
 
 
 @dataclass(frozen=True)

@@ -477,3 +477,15 @@ def test_prefect_accepts_what_the_form_sends(form_schema):
     assert Params.model_validate(tree).preprocess.image_size is None
     tree["train"]["model"] = "transformer"
     assert validate({"params": tree}, form_schema) != []
+
+
+def test_layouts_the_line_editor_does_not_write_still_get_the_values(params_copy):
+    """A block list becomes a one-line list; a block scalar it cannot delimit makes it dump
+    the file whole (comments kept): the values are right either way."""
+    text = params_copy.read_text()
+    text = text.replace("    channels: [32, 64]\n", "    channels:\n      - 32\n      - 64\n")
+    text = text.replace("  source: sklearn-digits\n", "  source: >-\n    sklearn-digits\n")
+    params_copy.write_text(text)
+    wanted = load_params(params_copy, ["train.cnn.channels=[8, 16]", "collect.source=npz:a.npz"])
+    assert apply_params(wanted, params_copy) == wanted
+    assert "# where torchvision datasets are" in params_copy.read_text()
