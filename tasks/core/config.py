@@ -825,7 +825,7 @@ def apply_params(params: Params | None, path: Path = PARAMS_FILE) -> Params:
         with atomic_path(path) as tmp:
             tmp.write_text(edited)
     for key, old, new in changes:
-        run_logger("mlcycle.config").info("params.yaml: %s %s -> %s", key, old, new)
+        run_logger("mlcycle.config").info("params.yaml: %s %r -> %r", key, old, new)
     return load_params(path)
 
 
@@ -850,8 +850,13 @@ class _CannotEdit(Exception):
     """A value's text the line editor cannot delimit."""
 
 
-Change = tuple[str, str, str]  # dotted key, old and new value as params.yaml writes them
-ABSENT = "(absent)"
+class _Absent:
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = _Absent()  # a key's "value" before it was added or after it was removed
+Change = tuple[str, Any, Any]  # dotted key, old and new value (plain Python, or ABSENT)
 
 
 @dataclass
@@ -889,7 +894,7 @@ def _edit_mapping(node: Any, wanted: Mapping[str, Any], prefix: str, plan: _Plan
         if key not in node:
             if value is not None:  # an absent nullable key already is null
                 added.append((key, value))
-                plan.changes.append((dotted, ABSENT, _flow_text(value)))
+                plan.changes.append((dotted, ABSENT, value))
             continue
         old = node[key]
         if same_value(old, value):
@@ -897,7 +902,7 @@ def _edit_mapping(node: Any, wanted: Mapping[str, Any], prefix: str, plan: _Plan
         if _is_block_mapping(old) and isinstance(value, Mapping) and value:
             _edit_mapping(old, value, f"{dotted}.", plan)
             continue
-        plan.changes.append((dotted, _flow_text(old), _flow_text(_ordered_like(old, value))))
+        plan.changes.append((dotted, _plain(old), _ordered_like(old, value)))
         try:
             plan.edits.append(_replace_value(plan.lines, node, key, value))
         except _CannotEdit:
@@ -906,7 +911,7 @@ def _edit_mapping(node: Any, wanted: Mapping[str, Any], prefix: str, plan: _Plan
         if key not in wanted:
             line, col = node.lc.key(key)
             plan.edits.append(_Edit(line, _extent_end(plan.lines, line, col), []))
-            plan.changes.append((f"{prefix}{key}", _flow_text(node[key]), ABSENT))
+            plan.changes.append((f"{prefix}{key}", _plain(node[key]), ABSENT))
     if added and not node:
         plan.editable = False
     elif added:
@@ -1037,6 +1042,11 @@ def _block_lines(items: list[tuple[str, Any]], indent: str) -> list[str]:
         else:
             lines.append(f"{indent}{key}: {_flow_text(value)}\n")
     return lines
+
+
+def _plain(value: Any) -> Any:
+    """A value read by ruamel's round trip as plain dicts, lists and scalars (for the log)."""
+    return json.loads(json.dumps(value))
 
 
 def _ordered_like(old: Any, new: Any) -> Any:

@@ -299,7 +299,10 @@ def test_a_ui_run_with_the_full_params_changes_exactly_the_changed_lines(
         ("  epochs: 30", "  epochs: 5"),
     ]
     logged = [r.getMessage() for r in caplog.records if r.name == "mlcycle.config"]
-    assert logged == ["params.yaml: train.model cnn -> mlp", "params.yaml: train.epochs 30 -> 5"]
+    assert logged == [
+        "params.yaml: train.model 'cnn' -> 'mlp'",
+        "params.yaml: train.epochs 30 -> 5",
+    ]
 
 
 @pytest.mark.parametrize("browser", [False, True], ids=["pydantic-json", "browser-json"])
