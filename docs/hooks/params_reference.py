@@ -152,7 +152,10 @@ def _accepts(field: Any) -> str:
     parts = _constraints(field.annotation, field.metadata)
     if "enum" in extra and not parts:  # a str field with a validator offers these in forms
         parts = [", ".join(f"`{_inline(choice)}`" for choice in extra["enum"])]
-    return _cell(", or ".join(parts))
+    accepted = ", or ".join(parts)
+    if not field.is_required():
+        accepted += f" (may be left out: `{_inline(field.default)}`)"
+    return _cell(accepted)
 
 
 def _constraints(annotation: Any, metadata: list[Any]) -> list[str]:
