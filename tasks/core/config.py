@@ -121,7 +121,9 @@ class CollectParams(_Section):
 
 class ValidateParams(_Section):
     min_rows: int = Field(ge=1, description="Fewer samples cannot train and test a model.")
-    max_rows: int = Field(ge=1)
+    max_rows: int = Field(
+        ge=1, description="More samples than this are refused (a runaway export)."
+    )
     min_class_share: float = Field(ge=0, le=1, description="The rarest class's share at least.")
     max_blank_share: float = Field(ge=0, le=1, description="All-constant images' share at most.")
 
@@ -133,9 +135,11 @@ class ValidateParams(_Section):
 
 
 class PreprocessParams(_Section):
-    seed: Seed
-    val_fraction: float = Field(gt=0, lt=1)
-    test_fraction: float = Field(gt=0, lt=1)
+    seed: Seed = Field(description="Seed of the stratified split.")
+    val_fraction: float = Field(
+        gt=0, lt=1, description="Share of the samples in the validation split."
+    )
+    test_fraction: float = Field(gt=0, lt=1, description="Share of the samples in the test split.")
     image_size: int | None = Field(
         None, ge=1, description="Resize to a square of this side; null keeps."
     )
@@ -154,26 +158,26 @@ class PreprocessParams(_Section):
 
 
 class MLPParams(_Section):
-    hidden_sizes: PositiveInts
-    dropout: float = Field(ge=0, lt=1)
+    hidden_sizes: PositiveInts = Field(description="Widths of the hidden layers.")
+    dropout: float = Field(ge=0, lt=1, description="Dropout before the head.")
 
 
 class CNNParams(_Section):
-    channels: PositiveInts
-    hidden_size: int = Field(ge=1)
-    dropout: float = Field(ge=0, lt=1)
+    channels: PositiveInts = Field(description="Conv block widths, one block per entry.")
+    hidden_size: int = Field(ge=1, description="Width of the dense layer before the head.")
+    dropout: float = Field(ge=0, lt=1, description="Dropout before the head.")
 
 
 class ResNetParams(_Section):
     channels: PositiveInts = Field(description="One residual stage per entry (its width).")
-    blocks_per_stage: int = Field(ge=1)
-    dropout: float = Field(ge=0, lt=1)
+    blocks_per_stage: int = Field(ge=1, description="Residual blocks in each stage.")
+    dropout: float = Field(ge=0, lt=1, description="Dropout before the head.")
 
 
 class RecurrentParams(_Section):
-    hidden_size: int = Field(ge=1)
-    num_layers: int = Field(ge=1)
-    bidirectional: bool
+    hidden_size: int = Field(ge=1, description="Width of the recurrent layer.")
+    num_layers: int = Field(ge=1, description="Stacked recurrent layers.")
+    bidirectional: bool = Field(description="Read the image rows both ways.")
     dropout: float = Field(ge=0, lt=1, description="Between stacked layers and before the head.")
     grad_clip: float | None = Field(
         None, gt=0, description="Clip the gradient norm to this in the train stage; null does not."
@@ -184,9 +188,9 @@ class ViTParams(_Section):
     patch_size: int = Field(ge=1, description="Square patches; the image is padded to fit.")
     dim: int = Field(ge=1, description="Embedding width; a multiple of heads.")
     depth: int = Field(ge=1, description="Transformer encoder layers.")
-    heads: int = Field(ge=1)
+    heads: int = Field(ge=1, description="Attention heads; they divide dim.")
     mlp_ratio: float = Field(gt=0, description="Feed-forward width as a multiple of dim.")
-    dropout: float = Field(ge=0, lt=1)
+    dropout: float = Field(ge=0, lt=1, description="Dropout in the encoder and before the head.")
     pooling: Literal["cls", "mean"] = Field(description="Class token or mean of the patches.")
 
     @model_validator(mode="after")
@@ -199,12 +203,12 @@ class ViTParams(_Section):
 class AutoencoderParams(_Section):
     channels: PositiveInts = Field(description="Encoder conv widths (the decoder mirrors them).")
     code_size: int = Field(ge=1, description="The code the classifier head reads.")
-    dropout: float = Field(ge=0, lt=1)
+    dropout: float = Field(ge=0, lt=1, description="Dropout before the head.")
     reconstruction_weight: float = Field(ge=0, description="Reconstruction loss's weight.")
     denoising: bool = Field(description="Reconstruct clean inputs from noised ones.")
     noise_std: float = Field(ge=0, description="Gaussian noise, in standardised pixel units.")
     sparse: bool = Field(description="L1 penalty on the code.")
-    sparsity_weight: float = Field(ge=0)
+    sparsity_weight: float = Field(ge=0, description="Weight of the L1 penalty on the code.")
 
 
 class SAEParams(_Section):
@@ -213,7 +217,7 @@ class SAEParams(_Section):
     pretrain_epochs: int = Field(
         ge=0, description="Greedy pretraining epochs per layer; 0 trains from scratch."
     )
-    pretrain_lr: float = Field(gt=0)
+    pretrain_lr: float = Field(gt=0, description="Learning rate of the greedy pretraining.")
     noise_std: float = Field(ge=0, description="Denoising noise while pretraining; 0 is none.")
 
 
@@ -241,13 +245,13 @@ class TrainParams(_Section):
         description="A family of models/, or auto (the select stage chooses).",
         json_schema_extra={"enum": [AUTO, *MODEL_NAMES]},
     )
-    optimizer: Literal["adam", "adamw", "sgd"]
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(description="The optimiser.")
+    lr: float = Field(gt=0, description="Learning rate (the peak under onecycle).")
+    weight_decay: float = Field(ge=0, description="L2 penalty (decoupled for adamw).")
     momentum: float = Field(ge=0, lt=1, description="Used by sgd only.")
-    batch_size: int = Field(ge=1)
-    epochs: int = Field(ge=1)
-    seed: Seed
+    batch_size: int = Field(ge=1, description="Images per step (split over train.processes).")
+    epochs: int = Field(ge=1, description="Epochs at most (early stopping may end sooner).")
+    seed: Seed = Field(description="Seed of the weights, the epoch order and the augmentation.")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many epochs without a better validation loss."
     )
@@ -524,7 +528,9 @@ class EvaluateParams(_Section):
     baseline: Literal["logistic_regression", "svm", "none"] = Field(
         description="A scikit-learn model scored beside ours; svm is SVC(C=10), RBF kernel."
     )
-    baseline_max_iter: int = Field(ge=1)
+    baseline_max_iter: int = Field(
+        ge=1, description="Iterations of the baseline's solver (logistic regression), at most."
+    )
     baseline_max_train_samples: int = Field(
         ge=1, description="Fit the baseline on at most this many train images (seeded sample)."
     )
@@ -562,7 +568,7 @@ class RegistryParams(_Section):
 
 class ServeParams(_Section):
     host: str = Field(min_length=1, description="Bind address; 127.0.0.1 keeps it on this machine.")
-    port: int = Field(ge=1, le=65535)
+    port: int = Field(ge=1, le=65535, description="TCP port of mlcycle serve.")
     alias: str = Field(min_length=1, description="The registry alias served (champion).")
     max_batch: int = Field(ge=1, description="Images per /predict request, at most.")
     max_body_bytes: int = Field(ge=1024, description="Request body size limit.")
