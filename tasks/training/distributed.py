@@ -93,7 +93,7 @@ def check_processes(processes: int, batch_size: int, device: torch.device) -> No
         raise DistributedError(
             f"train.processes is {processes} but this machine has {torch.cuda.device_count()} "
             "GPU(s); each process trains on a GPU of its own (several machines: run torchrun "
-            "with --nnodes on each, see the README)"
+            "with --nnodes on each, see docs/guide/training.md)"
         )
     Shard(world=processes).per_process_batch(batch_size)
 
