@@ -12,12 +12,12 @@ from tasks.core.paths import DVC_LOCK, PARAMS_FILE
 
 LINEAGE_DIR = "lineage"  # run artifacts: the dvc.lock and params.yaml a run ended with
 
-# Run tags (model versions copy the lineage ones).
+# Run tags (a model version reads the lineage ones through its run: LINEAGE_TAGS below).
 TAG_GIT_COMMIT = "mlcycle.git_commit"
 TAG_GIT_DIRTY = "mlcycle.git_dirty"
 TAG_DVC_PREFIX = "mlcycle.dvc."
 TAG_FLOW_RUN = "mlcycle.prefect_flow_run_id"
-TAG_MODEL_MD5 = "mlcycle.model_md5"  # only on the run that logged that model file
+TAG_MODEL_MD5 = "mlcycle.model_md5"  # on the run that logged that model file, and its versions
 TAG_MODEL_RUN = "mlcycle.model_run_id"  # on runs that use a model logged by another run
 TAG_EVALUATED = "mlcycle.evaluated"
 # The process that runs a pipeline run: if it dies, the next command in the workspace closes it.
@@ -30,16 +30,36 @@ TAG_REASON = "mlcycle.reason"  # why the pipeline ran: by hand, its schedule, a 
 # the next `mlcycle run` or `mlcycle register` registers it.
 TAG_UNREGISTERED = "mlcycle.unregistered"
 
-# Model version tags, beside the lineage tags copied from the run (git, DVC hashes, flow run).
+# Model version tags a person reads in the MLflow UI. Plain names: its version page lists tags
+# by name in a box about five rows high, so these come before every mlcycle.* tag; the test
+# scores are tagged under their own names (accuracy, macro_f1: SCORES in tasks/registry/store).
+TAG_FAMILY = "family"  # the model family trained (cnn, resnet ...)
+TAG_CHECK = "load_check"  # pending | passed | failed
+TAG_DECISION = "decision"  # what the promotion gate (or a person) decided
+
+# Model version tags the machinery reads: the run it was registered from, the md5 of its model
+# file (its identity: see tasks/registry/check.py) and the champion it replaced.
 TAG_RUN = "mlcycle.mlflow_run_id"
-TAG_PARAMS = "mlcycle.params"
+TAG_PREVIOUS_CHAMPION = "mlcycle.previous_champion"
+
+# The version's lineage, kept on the run it was registered from (TAG_RUN), where registration
+# adds the model's classes and shapes; tasks.core.tracking.get_model_version reads it back
+# with the version. Versions registered before mlcycle moved it hold it as their own tags.
+TAG_PARAMS = "mlcycle.params"  # the run's params as JSON (built from the run's params)
 TAG_CLASS_NAMES = "mlcycle.class_names"
 TAG_INPUT_SHAPE = "mlcycle.input_shape"  # what the network takes (after preprocess)
 TAG_RAW_SHAPE = "mlcycle.raw_shape"  # one image as data/raw stores it (what clients send)
-TAG_METRIC_PREFIX = "mlcycle.test_"
-TAG_CHECK = "mlcycle.load_check"  # pending | passed | failed
-TAG_PREVIOUS_CHAMPION = "mlcycle.previous_champion"
-TAG_DECISION = "mlcycle.promotion"
+MODEL_SPEC_TAGS = (TAG_CLASS_NAMES, TAG_INPUT_SHAPE, TAG_RAW_SHAPE)  # set at registration
+# the run's lineage tags a version reads as its own (with every TAG_DVC_PREFIX one)
+LINEAGE_TAGS = (*MODEL_SPEC_TAGS, TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_FLOW_RUN)
+
+# What earlier mlcycle releases named the version tags a person reads.
+LEGACY_VERSION_TAGS = {
+    TAG_CHECK: "mlcycle.load_check",
+    TAG_DECISION: "mlcycle.promotion",
+    "accuracy": "mlcycle.test_accuracy",
+    "macro_f1": "mlcycle.test_macro_f1",
+}
 
 
 def git_state(repo: Path = Path()) -> dict[str, str]:

@@ -2,10 +2,11 @@
 this file ("models from code") with ``models/`` on the path, and the model file
 (``artifacts/model.pt``) as an artifact.
 
-Why not ``mlflow.pytorch``: it saves a ``torch.export`` program whose signature fixes one input
-dtype, so either the canonical uint8 images (as ``data/raw`` and the prediction log hold them)
-or float32 were refused. This file takes both: the network casts pixels itself. Nothing is
-unpickled: the weights load with ``weights_only=True``.
+Its signature (``tasks.core.tracking.classifier_signature``) declares what the MLflow UI
+shows under Schema and MLflow enforces before ``predict`` runs: a batch of uint8 images
+(N, H, W, C), as ``data/raw`` and the prediction log hold them. ``predict`` still checks the
+shape and takes floats too, for callers that run this class without MLflow's checks. Nothing
+is unpickled: the weights load with ``weights_only=True``.
 
 mlcycle never imports this module; it imports nothing of mlcycle's but ``models``.
 """

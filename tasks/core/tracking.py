@@ -6,18 +6,31 @@ One MLflow run per pipeline run: the flow opens it and hands its id to the stage
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.core.config import Params
 from tasks.core.errors import MlcycleError
-from tasks.core.lineage import TAG_EVALUATED, TAG_FLOW_RUN, lineage_tags
+from tasks.core.lineage import (
+    LINEAGE_TAGS,
+    TAG_DVC_PREFIX,
+    TAG_EVALUATED,
+    TAG_FLOW_RUN,
+    TAG_PARAMS,
+    TAG_RUN,
+    lineage_tags,
+)
 from tasks.core.redaction import install_log_redaction, redact, redact_mapping, without_credentials
+
+if TYPE_CHECKING:
+    import numpy as np
+    from mlflow.models import ModelSignature
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -26,6 +39,11 @@ DEFAULT_ARTIFACT_ROOT = Path("mlartifacts")
 
 
 DEFAULT_EXPERIMENT = "mlcycle"
+
+# The MLflow UI opens an experiment in its GenAI view (traces) unless this tag names another
+# kind; its bundle knows "custom_model_development" as the one for training models.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 
 
 SERVER_CHECK_TIMEOUT_S = 5.0
@@ -83,10 +101,19 @@ def connect() -> str:
     try:
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before mlcycle set it; a
+                # kind someone chose in the UI stays
+                client.set_experiment_tag(
+                    experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+                )
             return experiment.experiment_id
         location = None if uri.startswith("http") else DEFAULT_ARTIFACT_ROOT.resolve().as_uri()
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(
+                name,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+            )
         except MlflowException:  # created by a concurrent run in the meantime
             return client.get_experiment_by_name(name).experiment_id
     except MlflowException as error:
@@ -189,11 +216,15 @@ def child_run(parent_run_id: str, run_name: str, tags: Mapping[str, str]) -> Run
     return RunTracker(run.info.run_id)
 
 
-def end_run(run_id: str, status: str = "FINISHED") -> None:
+def end_run(run_id: str, status: str = "FINISHED", name: str | None = None) -> None:
+    """End a run with ``status``, renamed to ``name`` when given (how it ended, in the run
+    table of the MLflow UI)."""
     from mlflow.tracking import MlflowClient
 
     with tracking_errors(f"end run {run_id}"):
         MlflowClient().set_terminated(run_id, status)
+        if name is not None:
+            MlflowClient().update_run(run_id, name=name)
 
 
 def params_conflict(run_id: str, params: Params) -> list[str]:
@@ -312,14 +343,15 @@ class ModelVersionNotFound(TrackingError):
 
 
 def get_model_version(name: str, version: str | None = None, alias: str | None = None) -> Any:
-    """The registry's record of ``version`` of ``name``, or of the one ``alias`` points at."""
+    """The registry's record of ``version`` of ``name``, or of the one ``alias`` points at, its
+    tags completed with the lineage its run keeps (:func:`with_lineage`)."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     try:
         if version is not None:
-            return MlflowClient().get_model_version(name, version)
-        return MlflowClient().get_model_version_by_alias(name, alias)
+            return with_lineage(MlflowClient().get_model_version(name, version))
+        return with_lineage(MlflowClient().get_model_version_by_alias(name, alias))
     except MlflowException as error:
         if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise TrackingError(
@@ -327,3 +359,57 @@ def get_model_version(name: str, version: str | None = None, alias: str | None =
             ) from None
         wanted = f"version {version}" if version is not None else f"alias '{alias}'"
         raise ModelVersionNotFound(f"'{name}' has no {wanted}; see `mlcycle models`") from None
+
+
+def with_lineage(details: Any) -> Any:
+    """A model version whose tags also hold the lineage that the run it was registered from
+    keeps (``LINEAGE_TAGS``, the DVC hashes, and the run's params as ``TAG_PARAMS`` JSON): what
+    a version registered before mlcycle moved it off the version holds itself. The version's
+    own tags win. TrackingError when that run cannot be read."""
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.model_registry_pb2 import ModelVersionTag
+    from mlflow.tracking import MlflowClient
+
+    tags = details.tags
+    if TAG_PARAMS in tags or TAG_RUN not in tags:  # an older version, or not mlcycle's
+        return details
+    try:
+        run = MlflowClient().get_run(tags[TAG_RUN])
+    except MlflowException as error:
+        raise TrackingError(
+            f"version {details.version} of '{details.name}' keeps its lineage (classes, "
+            f"shapes, params) on MLflow run {tags[TAG_RUN]}, which cannot be read: "
+            f"{error.message}"
+        ) from None
+    lineage = run_lineage(run)
+    proto = details.to_proto()
+    proto.tags.extend(
+        ModelVersionTag(key=key, value=value) for key, value in lineage.items() if key not in tags
+    )
+    return ModelVersion.from_proto(proto)
+
+
+def run_lineage(run: Any) -> dict[str, str]:
+    """The lineage a pipeline run records for the versions registered from it."""
+    tags = run.data.tags
+    lineage = {k: v for k, v in tags.items() if k in LINEAGE_TAGS or k.startswith(TAG_DVC_PREFIX)}
+    lineage[TAG_PARAMS] = json.dumps(dict(sorted(run.data.params.items())))
+    return lineage
+
+
+def classifier_signature(
+    image_shape: Sequence[int], dtype: np.dtype, class_count: int
+) -> ModelSignature:
+    """What the registered model takes and gives, as the MLflow UI shows it under Schema: a
+    batch of images (N, H, W, C) of ``dtype`` (uint8 pixels 0-255, as ``data/raw`` holds them)
+    and a float32 score (logit) per class. MLflow enforces the input: other dtypes and shapes
+    are refused before the model runs; ``mlflow models serve`` reads JSON pixels as ``dtype``."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(dtype), (-1, *image_shape))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, class_count), "logits")]),
+    )

@@ -17,11 +17,11 @@ from tasks.core.lineage import (
     TAG_CLASS_NAMES,
     TAG_DVC_PREFIX,
     TAG_EVALUATED,
+    TAG_FAMILY,
     TAG_FLOW_RUN,
     TAG_GIT_COMMIT,
     TAG_GIT_DIRTY,
     TAG_INPUT_SHAPE,
-    TAG_METRIC_PREFIX,
     TAG_MODEL_MD5,
     TAG_MODEL_RUN,
     TAG_PARAMS,
@@ -44,7 +44,9 @@ class Candidate:
     model_id: str  # MLflow logged model, loadable as models:/<model_id>
     model_md5: str
     metrics: dict[str, float]  # accuracy and macro_f1 on the test split
-    tags: dict[str, str]  # lineage for the model version
+    # what its model version records: its own tags and the lineage its run keeps (the tags
+    # tasks.core.tracking.get_model_version gives back), as registration splits them
+    tags: dict[str, str]
     unregistered: str | None = None  # why the run was left unregistered (a lost command)
 
 
@@ -109,18 +111,21 @@ def find_candidate(
     except KeyError as missing:
         raise RegistryError(f"run {run.info.run_id} has no {missing.args[0]} metric") from None
     _, spec = load_model(model_file)
-    version_tags = {
+    record = {
+        # the version's own tags (create_version), in the order the MLflow UI lists them
+        TAG_FAMILY: str(spec["model"]),
+        **{name: f"{value:.4f}" for name, value in metrics.items()},
+        TAG_RUN: run.info.run_id,
+        TAG_MODEL_MD5: model_md5,
+        # lineage: kept on the run (create_version adds the model's classes and shapes there)
         **{k: v for k, v in tags.items() if k.startswith(TAG_DVC_PREFIX)},
         TAG_GIT_COMMIT: tags.get(TAG_GIT_COMMIT, "unknown"),
         TAG_GIT_DIRTY: tags.get(TAG_GIT_DIRTY, "unknown"),
         TAG_FLOW_RUN: tags.get(TAG_FLOW_RUN, "none"),
-        TAG_RUN: run.info.run_id,
-        TAG_MODEL_MD5: model_md5,
         TAG_PARAMS: json.dumps(dict(sorted(run.data.params.items()))),
         TAG_CLASS_NAMES: json.dumps(list(spec["class_names"])),
         TAG_INPUT_SHAPE: json.dumps(list(spec["input_shape"])),
         TAG_RAW_SHAPE: json.dumps(_raw_shape(raw_dir, spec)),
-        **{f"{TAG_METRIC_PREFIX}{k}": repr(v) for k, v in metrics.items()},
     }
     return Candidate(
         run.info.run_id,
@@ -128,7 +133,7 @@ def find_candidate(
         model_id,
         model_md5,
         metrics,
-        version_tags,
+        record,
         tags.get(TAG_UNREGISTERED),
     )
 

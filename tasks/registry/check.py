@@ -22,7 +22,7 @@ import numpy as np
 
 from tasks.core.config import RegistryParams
 from tasks.core.files import ImageDataset, file_md5, read_split
-from tasks.core.lineage import TAG_CHECK, TAG_INPUT_SHAPE, TAG_MODEL_MD5
+from tasks.core.lineage import LEGACY_VERSION_TAGS, TAG_CHECK, TAG_INPUT_SHAPE, TAG_MODEL_MD5
 from tasks.core.model_file import load_model, model_file_problem, predict_logits
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR
 from tasks.core.redaction import redact
@@ -202,6 +202,8 @@ def _record_outcome(name: str, version: str, problem: str | None, tags: Mapping[
         api.set_model_version_tag(
             name, version, TAG_CHECK, CHECK_FAILED if problem else CHECK_PASSED
         )
+        if LEGACY_VERSION_TAGS[TAG_CHECK] in tags:  # an earlier mlcycle's, now out of date
+            api.delete_model_version_tag(name, version, LEGACY_VERSION_TAGS[TAG_CHECK])
         if problem:
             api.set_model_version_tag(
                 name, version, TAG_CHECK_REASON, redact(problem)[:MAX_REASON_CHARS]

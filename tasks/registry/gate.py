@@ -21,7 +21,7 @@ from tasks.core.lineage import (
     TAG_PREVIOUS_CHAMPION,
 )
 from tasks.core.paths import PROCESSED_DIR
-from tasks.core.tracking import tracking_errors
+from tasks.core.tracking import get_model_version, tracking_errors
 from tasks.registry.candidate import Candidate
 from tasks.registry.check import NotTheRegisteredModel, load_registered, predict_raw
 from tasks.registry.lock import registry_lock
@@ -166,7 +166,7 @@ def judge(
     scores on the same test split when it could be scored."""
     if champion is None:
         return decide(candidate.metrics, None, policy), None
-    champion_tags = client().get_model_version(name, champion).tags
+    champion_tags = get_model_version(name, champion).tags  # with its run's lineage
     mismatch = why_not_comparable(candidate.tags, champion_tags)
     if mismatch:
         return Decision(

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from tasks.core.lineage import (
+    LEGACY_VERSION_TAGS,
+    LINEAGE_TAGS,
+    MODEL_SPEC_TAGS,
     TAG_CHECK,
     TAG_DECISION,
     TAG_DVC_PREFIX,
+    TAG_FAMILY,
     TAG_GIT_COMMIT,
     TAG_GIT_DIRTY,
-    TAG_METRIC_PREFIX,
     TAG_MODEL_MD5,
+    TAG_PARAMS,
     TAG_PREVIOUS_CHAMPION,
     record_lineage_files,
 )
 from tasks.core.redaction import redact
-from tasks.core.tracking import connect, tracking_errors
+from tasks.core.tracking import (
+    RunTracker,
+    TrackingError,
+    connect,
+    tracking_errors,
+    with_lineage,
+)
 from tasks.registry.candidate import Candidate
 from tasks.registry.lock import registry_lock
 from tasks.registry.store import (
@@ -44,6 +55,7 @@ class VersionRow:
     version: str
     aliases: tuple[str, ...]
     created: str
+    family: str  # the model family (cnn, resnet ...); "" for a version that did not record it
     accuracy: float | None
     macro_f1: float | None
     check: str
@@ -56,7 +68,9 @@ def create_version(candidate: Candidate, name: str) -> RegisteredVersion:
     """Register the candidate's model under ``name``, or find the version that already holds it.
 
     A retry of the same pipeline run, or a run that reused the same model file, gets the
-    existing version back; its load check runs again.
+    existing version back; its load check runs again. The version holds the few tags a person
+    reads and the ones that prove its identity; its lineage stays on its run
+    (:func:`version_tags`).
     """
     from mlflow.exceptions import MlflowException
 
@@ -81,16 +95,32 @@ def create_version(candidate: Candidate, name: str) -> RegisteredVersion:
         except MlflowException as error:
             if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
                 raise
+        RunTracker(candidate.run_id).set_tags(
+            {key: candidate.tags[key] for key in MODEL_SPEC_TAGS if key in candidate.tags}
+        )
         created = api.create_model_version(
             name,
             source=f"models:/{candidate.model_id}",
             run_id=candidate.model_run_id,
-            tags={**candidate.tags, TAG_CHECK: CHECK_PENDING},
+            tags=version_tags(candidate.tags),
             description=f"Registered from MLflow run {candidate.run_id}; load-back check pending.",
             model_id=candidate.model_id,
         )
     log.info("register: created version %s of '%s'", created.version, name)
     return RegisteredVersion(name, str(created.version), created=True)
+
+
+def version_tags(record: dict[str, str]) -> dict[str, str]:
+    """The tags a new version carries itself: a candidate's record less the lineage its run
+    keeps (params, data hashes, commit, classes and shapes: long values nobody reads in the
+    registry's version list), its load check pending."""
+    own = {
+        key: value
+        for key, value in record.items()
+        if key not in (*LINEAGE_TAGS, TAG_PARAMS) and not key.startswith(TAG_DVC_PREFIX)
+    }
+    family = {TAG_FAMILY: own.pop(TAG_FAMILY)} if TAG_FAMILY in own else {}
+    return {**family, TAG_CHECK: CHECK_PENDING, **own}
 
 
 def retire_version(name: str, version: str, reason: str) -> None:
@@ -132,12 +162,8 @@ def list_versions(name: str) -> list[VersionRow]:
         versions = api.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"])
     rows = []
     for v in versions:
-        tags = v.tags
-        metrics = {
-            key: float(tags[f"{TAG_METRIC_PREFIX}{key}"])
-            for key in SCORES
-            if f"{TAG_METRIC_PREFIX}{key}" in tags
-        }
+        tags = _readable(v)
+        scores = {key: float(tags[key]) for key in SCORES if key in tags}
         dirty = "+dirty" if tags.get(TAG_GIT_DIRTY) == "true" else ""
         rows.append(
             VersionRow(
@@ -146,8 +172,9 @@ def list_versions(name: str) -> list[VersionRow]:
                 created=time.strftime(
                     "%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)
                 ),
-                accuracy=metrics.get("accuracy"),
-                macro_f1=metrics.get("macro_f1"),
+                family=tags.get(TAG_FAMILY, ""),
+                accuracy=scores.get("accuracy"),
+                macro_f1=scores.get("macro_f1"),
                 check=tags.get(TAG_CHECK, "unknown"),
                 data=tags.get(f"{TAG_DVC_PREFIX}data/processed", "unknown"),
                 commit=tags.get(TAG_GIT_COMMIT, "unknown") + dirty,
@@ -155,3 +182,17 @@ def list_versions(name: str) -> list[VersionRow]:
             )
         )
     return rows
+
+
+def _readable(version: Any) -> dict[str, str]:
+    """A version's tags with its run's lineage, under today's names (a version registered by
+    an earlier mlcycle used other names for the tags a person reads)."""
+    try:
+        tags = dict(with_lineage(version).tags)
+    except TrackingError as error:  # its run is gone: list what the version holds itself
+        log.warning("models: %s", error)
+        tags = dict(version.tags)
+    for name, legacy in LEGACY_VERSION_TAGS.items():
+        if name not in tags and legacy in tags:
+            tags[name] = tags[legacy]
+    return tags

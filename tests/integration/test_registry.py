@@ -301,7 +301,7 @@ def test_concurrent_registrations_leave_one_champion_the_best(
         versions = client.search_model_versions(f"name = '{name}'")
         assert sorted(v.version for v in versions) == ["1", "2"]
         assert all(v.tags[TAG_CHECK] == "passed" for v in versions)
-        accuracy = {v.version: float(v.tags["mlcycle.test_accuracy"]) for v in versions}
+        accuracy = {v.version: float(v.tags["accuracy"]) for v in versions}
         champion = alias_map(name)[CHAMPION]
         assert accuracy[champion] == max(accuracy.values())
         # a version that says it was promoted either is the champion or was replaced by it

@@ -1,4 +1,5 @@
 import http.server
+import json
 import subprocess
 import threading
 import time
@@ -11,14 +12,27 @@ from mlflow.tracking import MlflowClient
 from tasks.core.dvc import data_versions
 from tasks.core.files import file_md5
 from tasks.core.lineage import (
+    TAG_CLASS_NAMES,
+    TAG_DVC_PREFIX,
     TAG_EVALUATED,
     TAG_FLOW_RUN,
     TAG_GIT_COMMIT,
     TAG_GIT_DIRTY,
     TAG_MODEL_MD5,
+    TAG_PARAMS,
+    TAG_RUN,
     git_state,
 )
-from tasks.core.tracking import TrackingError, can_join, check_server, connect, tracked_run
+from tasks.core.tracking import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
+    TrackingError,
+    can_join,
+    check_server,
+    connect,
+    get_model_version,
+    tracked_run,
+)
 from tasks.stages.train import run_train
 from tests.helpers import free_port
 
@@ -46,6 +60,47 @@ def test_server_answering_errors_is_reported():
             check_server(f"http://127.0.0.1:{server.server_port}")
     finally:
         server.shutdown()
+
+
+def test_the_experiment_opens_in_the_ui_as_model_training(tracking_store):
+    """Without mlflow.experimentKind, the MLflow UI (3.17) opens an experiment in its GenAI
+    view, an empty traces overview; a kind set by someone (in the UI) is kept."""
+    experiment = MlflowClient().get_experiment(connect())
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND == "custom_model_development"
+    MlflowClient().delete_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG)
+    connect()  # an experiment made by an earlier mlcycle gets the tag
+    assert MlflowClient().get_experiment(experiment.experiment_id).tags[EXPERIMENT_KIND_TAG] == (
+        MODEL_TRAINING_KIND
+    )
+    MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, "genai")
+    connect()
+    assert MlflowClient().get_experiment(experiment.experiment_id).tags[EXPERIMENT_KIND_TAG] == (
+        "genai"
+    )
+
+
+def test_a_version_reads_its_lineage_from_its_run(tracking_store, tiny_params):
+    """Versions keep a few short tags; params, classes, shapes and data hashes stay on the run
+    they were registered from, and read back with the version. An earlier mlcycle's version
+    holds them itself."""
+    with tracked_run(tiny_params, run_name="registered") as tracker:
+        tracker.set_tags({TAG_CLASS_NAMES: '["a", "b"]', f"{TAG_DVC_PREFIX}data/raw": "d1.dir"})
+    client = MlflowClient()
+    client.create_registered_model("m")
+    new = client.create_model_version("m", "s", tags={TAG_RUN: tracker.run_id, "family": "cnn"})
+    record = get_model_version("m", str(new.version)).tags
+    assert record["family"] == "cnn"
+    assert record[TAG_CLASS_NAMES] == '["a", "b"]'
+    assert record[f"{TAG_DVC_PREFIX}data/raw"] == "d1.dir"
+    assert json.loads(record[TAG_PARAMS])["train.epochs"] == "2"
+    assert record[TAG_GIT_COMMIT] == client.get_run(tracker.run_id).data.tags[TAG_GIT_COMMIT]
+    assert TAG_PARAMS not in client.get_model_version("m", str(new.version)).tags  # not stored
+    old_tags = {TAG_RUN: tracker.run_id, TAG_PARAMS: "{}", TAG_CLASS_NAMES: '["x"]'}
+    old = client.create_model_version("m", "s", tags=old_tags)
+    assert get_model_version("m", str(old.version)).tags == old_tags
+    gone = client.create_model_version("m", "s", tags={TAG_RUN: "0" * 32})
+    with pytest.raises(TrackingError, match=f"keeps its lineage .* on MLflow run {'0' * 32}"):
+        get_model_version("m", str(gone.version))
 
 
 def test_tracked_run_records_params_lineage_and_failure(tracking_store, tiny_params, tmp_path):
@@ -92,12 +147,17 @@ def test_training_logs_each_epoch_and_a_loadable_model(
 
     test, _ = read_split(processed_dir, "test")
     local = predict_logits(load_model(tmp_path / "model.pt")[0], torch.from_numpy(test.images))
-    # the canonical uint8 pixels and float32 ones, through MLflow's own predict
-    for images in (test.images, test.images.astype(np.float32)):
-        assert np.allclose(pyfunc.predict(images), local.numpy(), atol=1e-5)
-    assert pyfunc.metadata.get_output_schema() is not None
-    with pytest.raises(Exception, match=r"expected images of shape \(N, 8, 8, 1\)"):
+    # the canonical uint8 pixels, through MLflow's own predict
+    assert np.allclose(pyfunc.predict(test.images), local.numpy(), atol=1e-5)
+    # the signature the MLflow UI shows ("Inputs (1)"), which MLflow enforces
+    (images,) = pyfunc.metadata.get_input_schema().inputs
+    assert (images.type, images.shape) == (np.dtype(np.uint8), (-1, 8, 8, 1))
+    (scores,) = pyfunc.metadata.get_output_schema().inputs
+    assert (scores.type, scores.shape) == (np.dtype(np.float32), (-1, 3))
+    with pytest.raises(Exception, match=r"does not match expected shape \(-1, 8, 8, 1\)"):
         pyfunc.predict(np.zeros((2, 28, 28, 1), np.uint8))
+    with pytest.raises(Exception, match="dtype of input float32 does not match expected dtype"):
+        pyfunc.predict(test.images.astype(np.float32))
 
 
 def test_a_stage_leaves_the_flows_run_open_and_reopens_a_finished_one(
