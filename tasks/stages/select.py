@@ -107,7 +107,13 @@ def trial_data(processed_dir: Path) -> Any:
 
 
 def summarise(study: Any, params: Params) -> dict[str, Any]:
-    from tasks.training.search import SelectionError, finished_trials, shown_url, storage_url
+    from tasks.training.search import (
+        SelectionError,
+        finished_trials,
+        shown_url,
+        storage_url,
+        winning_order,
+    )
 
     trials = sorted(finished_trials(study), key=lambda t: t.number)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
@@ -131,13 +137,6 @@ def summarise(study: Any, params: Params) -> dict[str, Any]:
     }
 
 
-def winning_order(trial: Any) -> tuple[float, float, int]:
-    """The winner: the best validation accuracy (what the registry's gate compares, on test),
-    then the lower validation loss, then the earlier trial. The sampler and the pruner follow
-    the loss, the smoother signal; accuracy alone ties often on a few hundred images."""
-    return (-trial.user_attrs["val_accuracy"], trial.value, trial.number)
-
-
 def trial_row(trial: Any) -> dict[str, Any]:
     choice = trial.user_attrs.get("choice", {})
     options = {**choice.get("options", {}), **choice.get("optimizer", {})}
@@ -151,6 +150,7 @@ def trial_row(trial: Any) -> dict[str, Any]:
         "train_seconds": trial.user_attrs.get("train_seconds"),
         "parameters": trial.user_attrs.get("parameters"),
         "epochs": trial.user_attrs.get("epochs"),
+        "best_epoch": trial.user_attrs.get("best_epoch"),  # whose scores these are
         "worker": trial.user_attrs.get("worker"),  # host:pid of the process that ran it
     }
 

@@ -51,6 +51,7 @@ HEARTBEAT_S = 10  # a trial whose worker stopped beating for GRACE_S is failed b
 GRACE_S = 30
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+QUIET_S = 30  # a long trial says how far it got when nothing was printed for this long
 
 
 class SelectionError(MlcycleError):
@@ -184,7 +185,7 @@ def trial_params(params: Params, choice: ModelChoice) -> TrainParams:
 
 
 def make_objective(
-    params: Params, data: TrialData, parent_run_id: str | None
+    params: Params, data: TrialData, parent_run_id: str | None, progress: SearchProgress
 ) -> Callable[[optuna.Trial], float]:
     candidates = search_space(params.select.candidates)
 
@@ -193,13 +194,25 @@ def make_objective(
         # The whole choice, not just the ranged part: what train trains is this file alone.
         trial.set_user_attr("choice", fixed_choice(train).to_json())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        return run_trial(trial, train, data, parent_run_id)
+        progress.started(trial, train)
+        return run_trial(trial, train, data, parent_run_id, progress)
 
     return objective
 
 
+# A trial's MLflow run: how it ended (the tag, and the run's status in the MLflow UI).
+TAG_TRIAL_STATE = "mlcycle.trial_state"
+RUN_STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+EPOCH_CURVE = "epoch/"  # per-epoch metrics; the bare names hold the trial's result
+
+
 def run_trial(
-    trial: optuna.Trial, train: TrainParams, data: TrialData, parent_run_id: str | None
+    trial: optuna.Trial,
+    train: TrainParams,
+    data: TrialData,
+    parent_run_id: str | None,
+    progress: SearchProgress | None = None,
 ) -> float:
     spec = {"model": train.model, "options": train.model_options(), **data.spec}
     model, optimizer, _ = start_training(spec, train)
@@ -207,6 +220,7 @@ def run_trial(
     trial.set_user_attr("parameters", parameters)
     tracker = _trial_run(trial, train, parent_run_id, parameters)
     started = time.perf_counter()
+    state = TrainingState()
 
     def after_epoch(state: TrainingState, report: EpochReport) -> None:
         row = report.row
@@ -217,38 +231,37 @@ def run_trial(
         epoch = int(row["epoch"])
         _record(trial, state, started)
         if tracker:
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            curves = {f"{EPOCH_CURVE}{k}": v for k, v in row.items() if k != "epoch"}
+            tracker.log_metrics(curves, step=epoch)
+        if progress:
+            progress.epoch(trial, row, train.epochs)
         trial.report(row["val_loss"], epoch)
         if trial.should_prune():
+            trial.set_user_attr("pruned_at_epoch", epoch)
             raise optuna.TrialPruned()
 
-    status = "FAILED"
+    outcome, problem = "failed", None
     try:
-        state = fit(
-            model, optimizer, train, data.train_set, data.val_set, TrainingState(), after_epoch
-        )
-        status = "FINISHED"
+        fit(model, optimizer, train, data.train_set, data.val_set, state, after_epoch)
+        outcome = "complete"
     except optuna.TrialPruned:
-        status = "FINISHED"
+        outcome = "pruned"
+        raise
+    except Exception as error:
+        problem = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
         raise
     finally:
+        _record(trial, state, started)
         if tracker:
-            tracker.log_metrics(
-                {
-                    "val_accuracy": trial.user_attrs.get("val_accuracy", math.nan),
-                    "val_loss": trial.user_attrs.get("val_loss", math.nan),
-                    "train_seconds": round(time.perf_counter() - started, 3),
-                    "parameters": parameters,
-                }
-            )
-            end_run(tracker.run_id, status)
-    _record(trial, state, started)
+            _close_trial_run(tracker, trial, state, train, outcome, problem)
     return state.best_val_loss
 
 
 def _record(trial: optuna.Trial, state: TrainingState, started: float) -> None:
+    """The trial's result as selection.json and its MLflow run report it: its best epoch's."""
     trial.set_user_attr("val_accuracy", state.best_val_accuracy)
     trial.set_user_attr("val_loss", state.best_val_loss)
+    trial.set_user_attr("best_epoch", state.best_epoch)
     trial.set_user_attr("epochs", state.epoch)
     trial.set_user_attr("train_seconds", round(time.perf_counter() - started, 3))
 
@@ -260,15 +273,86 @@ def _trial_run(
         return None
     tracker = child_run(
         parent_run_id,
-        f"trial-{trial.number:03d}-{train.model}",
+        trial_run_name(trial.number, train.model),
         {"mlcycle.study": trial.study.study_name, "mlcycle.trial": str(trial.number)},
     )
     tracker.log_values({**fixed_choice(train).flat(), "parameters": parameters})
     return tracker
 
 
+def trial_run_name(number: int, family: str, outcome: str | None = None) -> str:
+    """``trial-003-cnn``, and how it ended once it did (``trial-003-cnn-pruned``)."""
+    name = f"trial-{number:03d}-{family}"
+    return f"{name}-{outcome}" if outcome and outcome != "complete" else name
+
+
+def _close_trial_run(
+    tracker: RunTracker,
+    trial: optuna.Trial,
+    state: TrainingState,
+    train: TrainParams,
+    outcome: str,
+    problem: str | None,
+) -> None:
+    """End the trial's run with its result under the bare metric names (what selection.json
+    compares: the best epoch's), its state as a tag, its status and name, and a line saying
+    how it ended."""
+    attrs = trial.user_attrs
+    result = {"val_accuracy": state.best_val_accuracy, "val_loss": state.best_val_loss}
+    tracker.log_metrics(
+        {
+            **(result if state.best_epoch else {}),  # none before a first epoch ended
+            "best_epoch": state.best_epoch,
+            "epochs": state.epoch,
+            "train_seconds": attrs.get("train_seconds", math.nan),
+            "parameters": attrs.get("parameters", math.nan),
+        }
+    )
+    tracker.set_tags(
+        {TAG_TRIAL_STATE: outcome, NOTE_TAG: trial_note(trial, state, train, outcome, problem)}
+    )
+    end_run(tracker.run_id, RUN_STATUS[outcome], trial_run_name(trial.number, train.model, outcome))
+
+
+def trial_note(
+    trial: optuna.Trial,
+    state: TrainingState,
+    train: TrainParams,
+    outcome: str,
+    problem: str | None = None,
+) -> str:
+    """How a trial ended, in a sentence for its run's description."""
+    best = (
+        f"val_accuracy {state.best_val_accuracy:.4f} and val_loss {state.best_val_loss:.4f} "
+        f"are its best epoch's ({state.best_epoch})"
+    )
+    if outcome == "pruned":
+        pruner = type(trial.study.pruner).__name__
+        return (
+            f"Pruned: Optuna's {pruner} stopped trial {trial.number} after epoch "
+            f"{state.epoch} of {train.epochs}, its validation loss being worse than earlier "
+            f"trials' at that epoch; {best}."
+        )
+    if outcome == "failed":
+        return (
+            f"Failed in epoch {state.epoch + 1} of {train.epochs}: "
+            f"{problem or 'the search was stopped'}."
+        )
+    return (
+        f"Trial {trial.number} of {trial.study.study_name}: trained {state.epoch} of "
+        f"{train.epochs} epochs; {best}, what the selection compares."
+    )
+
+
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def winning_order(trial: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
+    """The winner: the best validation accuracy (what the registry's gate compares, on test),
+    then the lower validation loss, then the earlier trial. The sampler and the pruner follow
+    the loss, the smoother signal; accuracy alone ties often on a few hundred images."""
+    return (-trial.user_attrs["val_accuracy"], trial.value, trial.number)
 
 
 def run_search(
@@ -291,8 +375,9 @@ def run_search(
         study.study_name,
         params.select.timeout_s,
     )
+    progress = SearchProgress(budget)
     study.optimize(
-        make_objective(params, data, parent_run_id),
+        make_objective(params, data, parent_run_id, progress),
         n_trials=remaining,
         timeout=params.select.timeout_s,
         catch=(TrainingDiverged,),
@@ -302,29 +387,96 @@ def run_search(
             optuna.study.MaxTrialsCallback(
                 budget, states=(*FINISHED, optuna.trial.TrialState.RUNNING)
             ),
-            _progress(budget),
+            progress.finished,
         ],
         gc_after_trial=False,
     )
 
 
-def _progress(budget: int) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
-    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        choice = trial.user_attrs.get("choice", {})
-        log.info(
-            "select: [%d/%d] trial %d %-8s %-11s val acc %.4f  val loss %.4f  %5.1fs  %s",
-            len(finished_trials(study)),
-            budget,
+class SearchProgress:
+    """The search's lines on the console (and so in the Prefect run log): a line as each
+    trial starts and ends, with the best so far and the time the search has taken, and one
+    per epoch only when a trial has been quiet for ``quiet_s``."""
+
+    def __init__(self, budget: int, quiet_s: float = QUIET_S) -> None:
+        self.budget = budget
+        self.quiet_s = quiet_s
+        self.began = time.monotonic()
+        self.last_line = self.began
+
+    def say(self, message: str, *args: Any) -> None:
+        log.info(message, *args)
+        self.last_line = time.monotonic()
+
+    def elapsed(self) -> str:
+        return duration(time.monotonic() - self.began)
+
+    def started(self, trial: optuna.Trial, train: TrainParams) -> None:
+        done = len(finished_trials(trial.study))
+        choice = fixed_choice(train).to_json()
+        self.say(
+            "select: trial %d starts (%d/%d): %s %s, up to %d epochs",
             trial.number,
-            trial.state.name.lower(),
-            choice.get("model", "?"),
-            trial.user_attrs.get("val_accuracy", math.nan),
-            trial.user_attrs.get("val_loss", math.nan),
-            trial.user_attrs.get("train_seconds", math.nan),
+            min(done + 1, self.budget),
+            self.budget,
+            train.model,
             _options_text(choice),
+            train.epochs,
         )
 
-    return report
+    def epoch(self, trial: optuna.Trial, row: Mapping[str, float], epochs: int) -> None:
+        if time.monotonic() - self.last_line < self.quiet_s:
+            return
+        self.say(
+            "select:   trial %d epoch %d/%d  val loss %.4f acc %.4f  (%s elapsed)",
+            trial.number,
+            int(row["epoch"]),
+            epochs,
+            row["val_loss"],
+            row["val_accuracy"],
+            self.elapsed(),
+        )
+
+    def finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        attrs = trial.user_attrs
+        choice = attrs.get("choice", {})
+        if trial.state == optuna.trial.TrialState.PRUNED:
+            how = f"pruned at epoch {attrs.get('pruned_at_epoch', attrs.get('epochs', '?'))}"
+        elif trial.state == optuna.trial.TrialState.FAIL:
+            how = "failed"
+        else:
+            how = f"complete, best epoch {attrs.get('best_epoch', '?')}/{attrs.get('epochs', '?')}"
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        best = min(complete, key=winning_order, default=None)
+        self.say(
+            "select: [%d/%d] trial %d %s %s: val acc %.4f, val loss %.4f in %s | best so far: "
+            "%s | %s elapsed",
+            len(finished_trials(study)),
+            self.budget,
+            trial.number,
+            choice.get("model", "?"),
+            how,
+            attrs.get("val_accuracy", math.nan),
+            attrs.get("val_loss", math.nan),
+            duration(attrs.get("train_seconds", math.nan)),
+            f"trial {best.number} ({best.user_attrs['choice']['model']}) val acc "
+            f"{best.user_attrs['val_accuracy']:.4f}"
+            if best
+            else "none complete yet",
+            self.elapsed(),
+        )
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    if not math.isfinite(seconds):
+        return "?"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _options_text(choice: Mapping[str, Any]) -> str:

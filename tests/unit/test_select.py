@@ -160,6 +160,7 @@ def test_trials_are_nested_runs_under_the_parent(tracking_store, processed_dir, 
     from mlflow.tracking import MlflowClient
 
     from tasks.core.tracking import tracked_run
+    from tasks.training.search import RUN_STATUS, TAG_TRIAL_STATE
 
     params = search_params(tmp_path)
     with tracked_run(params, run_name="pipeline") as parent:
@@ -172,20 +173,130 @@ def test_trials_are_nested_runs_under_the_parent(tracking_store, processed_dir, 
         [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'"
     )
     assert len(children) == len(result["trials"]) == 3
+    rows = {str(row["trial"]): row for row in result["trials"]}
     for child in children:
-        assert child.info.status == "FINISHED"
+        row = rows[child.data.tags["mlcycle.trial"]]
+        assert child.info.status == RUN_STATUS[row["state"]]
+        assert child.data.tags[TAG_TRIAL_STATE] == row["state"]
         assert child.data.params["model"] in {"mlp", "cnn"}
-        assert {"val_accuracy", "val_loss", "train_seconds", "parameters"} <= set(
-            child.data.metrics
-        )
-        history = client.get_metric_history(child.info.run_id, "val_loss")
+        # the run's result is the trial's, as selection.json has it: its best epoch's
+        assert child.data.metrics["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-6)
+        assert child.data.metrics["val_loss"] == pytest.approx(row["val_loss"], abs=1e-6)
+        assert child.data.metrics["best_epoch"] == row["best_epoch"]
+        assert {"train_seconds", "parameters"} <= set(child.data.metrics)
+        history = client.get_metric_history(child.info.run_id, "epoch/val_loss")
         assert [m.step for m in history][:1] == [1]  # per-epoch curves
+        assert child.data.tags["mlflow.note.content"]  # its description says how it ended
     artifacts = {a.path for a in client.list_artifacts(parent.run_id, "selection")}
     assert artifacts == {
         "selection/selection.json",
         "selection/selection_trials.csv",
         "selection/selection.png",
     }
+
+
+def test_a_trial_reports_its_best_epoch_not_its_last(
+    tracking_store, processed_dir, tmp_path, monkeypatch
+):
+    """Trial 0 of a real search showed 0.9889 (its last epoch) in MLflow and 0.9926 (its best)
+    in selection.json: the run's val_accuracy must be the trial's result."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from tasks.core.tracking import tracked_run
+    from tasks.stages.select import trial_data
+    from tasks.training import search
+    from tasks.training.loop import EpochReport, advance
+
+    # the accuracy peaks in epoch 2, with the lowest validation loss; epoch 3 is worse
+    scores = [(0.9, 0.6), (0.5, 0.9), (0.6, 0.8)]
+
+    def scripted_fit(model, optimizer, train, train_set, val_set, state, on_epoch):
+        for epoch, (loss, accuracy) in enumerate(scores, start=1):
+            row = {"epoch": epoch, "train_loss": 1.0, "train_accuracy": 0.5}
+            row |= {"val_loss": loss, "val_accuracy": accuracy}
+            advance(state, row, model, None)
+            on_epoch(state, EpochReport(row, 0.01))
+        return state
+
+    monkeypatch.setattr(search, "fit", scripted_fit)
+    params = search_params(tmp_path, "select.max_trials=1", "select.epochs=3")
+    study = optuna.create_study(pruner=optuna.pruners.NopPruner())
+    with tracked_run(params, run_name="pipeline") as parent:
+        search.run_search(study, params, trial_data(processed_dir), parent.run_id)
+    (child,) = MlflowClient().search_runs(
+        [MlflowClient().get_run(parent.run_id).info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+    )
+    assert child.data.metrics["val_accuracy"] == 0.9  # epoch 2's, not the last epoch's 0.8
+    assert child.data.metrics["val_loss"] == 0.5
+    assert child.data.metrics["best_epoch"] == 2 and child.data.metrics["epochs"] == 3
+    assert study.trials[0].user_attrs["val_accuracy"] == 0.9  # what selection.json reports
+    assert "best epoch's (2)" in child.data.tags["mlflow.note.content"]
+
+
+def test_a_pruned_trial_reads_pruned_in_mlflow(tracking_store, processed_dir, tmp_path, caplog):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from tasks.core.tracking import tracked_run
+    from tasks.stages.select import trial_data
+    from tasks.training.search import TAG_TRIAL_STATE, run_search
+
+    params = search_params(tmp_path, "select.max_trials=1", "select.epochs=3")
+    # a pruner that stops every trial after its first epoch (any validation loss is above 0)
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    with (
+        tracked_run(params, run_name="pipeline") as parent,
+        caplog.at_level("INFO", logger="mlcycle.select"),
+    ):
+        run_search(study, params, trial_data(processed_dir), parent.run_id)
+    (child,) = MlflowClient().search_runs(
+        [MlflowClient().get_run(parent.run_id).info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'",
+    )
+    assert child.info.status == "KILLED"  # what the MLflow UI shows, not "Finished"
+    assert child.data.tags[TAG_TRIAL_STATE] == "pruned"
+    assert child.info.run_name.endswith("-pruned")
+    note = child.data.tags["mlflow.note.content"]
+    assert note.startswith("Pruned: Optuna's ThresholdPruner stopped trial 0 after epoch 1 of 3")
+    assert child.data.metrics["val_accuracy"] == pytest.approx(
+        study.trials[0].user_attrs["val_accuracy"]
+    )
+    assert "trial 0 " in caplog.text and "pruned at epoch 1" in caplog.text
+
+
+def test_the_search_says_how_each_trial_went_as_it_goes(processed_dir, tmp_path, caplog):
+    params = search_params(tmp_path)
+    with caplog.at_level("INFO", logger="mlcycle.select"):
+        run_select(params, processed_dir=processed_dir, reports_dir=tmp_path)
+    lines = [r.getMessage() for r in caplog.records]
+    starts = [line for line in lines if " starts (" in line]
+    ends = [line for line in lines if line.startswith("select: [")]
+    assert len(starts) == len(ends) == 3
+    assert starts[0].startswith("select: trial 0 starts (1/3): ")
+    assert "up to 2 epochs" in starts[0]
+    assert ends[0].startswith("select: [1/3] trial 0 ")
+    for line in ends:
+        assert "val acc" in line and "best so far: " in line and line.endswith(" elapsed")
+        assert ("complete, best epoch" in line) or ("pruned at epoch" in line)
+    assert "best so far: trial " in ends[-1]
+
+
+def test_a_quiet_trial_says_how_far_it_got(caplog):
+    from tasks.training.search import SearchProgress, duration
+
+    class Trial:
+        number = 4
+
+    progress = SearchProgress(budget=10, quiet_s=30.0)
+    progress.last_line -= 31  # quiet for 31 s: one epoch line
+    with caplog.at_level("INFO", logger="mlcycle.select"):
+        progress.epoch(Trial(), {"epoch": 3, "val_loss": 0.25, "val_accuracy": 0.9}, 10)
+        progress.epoch(Trial(), {"epoch": 4, "val_loss": 0.2, "val_accuracy": 0.91}, 10)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("select:   trial 4 epoch 3/10  val loss 0.2500 acc 0.9000  (")
+    assert [duration(s) for s in (4.4, 185, 3725, float("nan"))] == ["4s", "3m05s", "1h02m", "?"]
 
 
 @pytest.mark.parametrize(
