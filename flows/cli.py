@@ -369,6 +369,16 @@ def temporary_api() -> bool:
     return not os.environ.get("PREFECT_API_URL")
 
 
+def flow_run_of(mlflow_run_id: str) -> str | None:
+    """The Prefect flow run behind a pipeline's MLflow run, from its lineage tag."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.core.lineage import TAG_FLOW_RUN
+
+    flow_run = MlflowClient().get_run(mlflow_run_id).data.tags.get(TAG_FLOW_RUN, "none")
+    return None if flow_run == "none" else flow_run
+
+
 def flow_run_link(flow_run_id: str | None, temporary: bool) -> str:
     """Where a flow run can be browsed: on PREFECT_API_URL's server, its UI; after a temporary
     server, the UI of `make prefect-ui`, which reads the same database (PREFECT_HOME)."""
@@ -402,7 +412,7 @@ def run_pipeline(overrides: Sequence[str], command: str) -> int:
             with watching(api.ready(), _settle_pipeline(started_ms)):
                 outcome = training_pipeline(params=params)
     temporary = temporary_api()
-    flow_run = flow_run_link(getattr(outcome, "flow_run_id", None), temporary)
+    flow_run = flow_run_link(flow_run_of(outcome.summary.run_id), temporary)
     print(format_outcome(outcome, flow_run, temporary))
     return 0
 
@@ -578,9 +588,8 @@ def format_versions(name: str, rows: list[VersionRow]) -> str:
         f"{'check':<7} {'data':<12} {'commit':<12} {'created':<16} decision",
     ]
     for row in rows:
-        family = getattr(row, "family", "-")
         lines.append(
-            f"  {row.version:>7}  {','.join(row.aliases) or '-':<20} {family:<12} "
+            f"  {row.version:>7}  {','.join(row.aliases) or '-':<20} {row.family or '-':<12} "
             f"{score(row.accuracy):>8} {score(row.macro_f1):>8}  {row.check:<7} "
             f"{row.data[:12]:<12} {row.commit[:12]:<12} {row.created:<16} {row.decision}"
         )

@@ -404,3 +404,46 @@ def test_the_summary_links_the_flow_run_and_says_how_to_open_it(workspace):
     on_a_server = format_outcome(pipeline_outcome(), link, temporary_prefect=False)
     assert f"  Prefect flow run: {link}\n" in on_a_server
     assert "make prefect-ui" not in on_a_server
+
+
+def test_the_flow_run_of_a_pipeline_run_is_read_from_its_lineage_tag(tracking_store):
+    from mlflow.tracking import MlflowClient
+
+    from flows.cli import flow_run_of
+    from tasks.core.lineage import TAG_FLOW_RUN
+    from tasks.core.tracking import connect
+
+    experiment_id = connect()
+    by_flow = MlflowClient().create_run(experiment_id, tags={TAG_FLOW_RUN: "8e16-flow"})
+    by_hand = MlflowClient().create_run(experiment_id, tags={TAG_FLOW_RUN: "none"})
+    assert flow_run_of(by_flow.info.run_id) == "8e16-flow"
+    assert flow_run_of(by_hand.info.run_id) is None  # a run no flow started
+
+
+def test_models_shows_each_versions_model_family():
+    from flows.cli import format_versions
+    from tasks.registry.versions import VersionRow
+
+    def row(version: str, family: str) -> VersionRow:
+        return VersionRow(
+            version=version,
+            aliases=("champion",) if version == "2" else (),
+            created="2026-12-07 02:24",
+            family=family,
+            accuracy=0.98,
+            macro_f1=None,
+            check="passed",
+            data="475df03336ca00",
+            commit="7c932bd0ee1f00",
+            decision="promoted to champion",
+        )
+
+    listing = format_versions("m", [row("2", "resnet"), row("1", "")])
+    header, resnet, older = listing.splitlines()[1:]
+    assert header.split() == [
+        "version", "aliases", "model", "accuracy", "macro-F1", "check", "data", "commit",
+        "created", "decision",
+    ]  # fmt: skip
+    assert resnet.split()[:5] == ["2", "champion", "resnet", "0.9800", "-"]
+    assert older.split()[:3] == ["1", "-", "-"]  # registered before versions recorded it
+    assert header.index("model") == resnet.index("resnet")  # the column lines up
