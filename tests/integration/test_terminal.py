@@ -49,7 +49,8 @@ def test_a_pipeline_run_shows_no_progress_bar_and_no_dead_link(ran):
     assert_no_progress_bar(output)
     assert not DEAD_LINK.search(output), DEAD_LINK.search(output).group(0)
     # instead: where the run can be browsed once `make prefect-ui` serves the same database
-    assert re.search(r"\n  Prefect flow run: http://127\.0\.0\.1:\d+/runs\S*\n", output), output
+    flow_run = r"http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}"
+    assert re.search(rf"\n  Prefect flow run: {flow_run}\n", output), output
     assert re.search(r"\n  make prefect-ui +# then open the flow run link above\n", output)
 
 
