@@ -369,16 +369,6 @@ def temporary_api() -> bool:
     return not os.environ.get("PREFECT_API_URL")
 
 
-def flow_run_of(mlflow_run_id: str) -> str | None:
-    """The Prefect flow run behind a pipeline's MLflow run, from its lineage tag."""
-    from mlflow.tracking import MlflowClient
-
-    from tasks.core.lineage import TAG_FLOW_RUN
-
-    flow_run = MlflowClient().get_run(mlflow_run_id).data.tags.get(TAG_FLOW_RUN, "none")
-    return None if flow_run == "none" else flow_run
-
-
 def flow_run_link(flow_run_id: str | None, temporary: bool) -> str:
     """Where a flow run can be browsed: on PREFECT_API_URL's server, its UI; after a temporary
     server, the UI of `make prefect-ui`, which reads the same database (PREFECT_HOME)."""
@@ -412,7 +402,7 @@ def run_pipeline(overrides: Sequence[str], command: str) -> int:
             with watching(api.ready(), _settle_pipeline(started_ms)):
                 outcome = training_pipeline(params=params)
     temporary = temporary_api()
-    flow_run = flow_run_link(flow_run_of(outcome.summary.run_id), temporary)
+    flow_run = flow_run_link(outcome.flow_run_id, temporary)
     print(format_outcome(outcome, flow_run, temporary))
     return 0
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from prefect.runtime import flow_run as prefect_flow_run
+
 from flows.registry import register_model
 from tasks.core.config import Params, load_params
 from tasks.core.console import flow_without_secrets, run_logger
@@ -45,6 +47,7 @@ class PipelineOutcome:
     registration: Registration
     deployment: Deployment
     recovered: Registration | None = None  # a run a lost command had left unregistered
+    flow_run_id: str | None = None  # where the run can be browsed in the Prefect UI
 
 
 def registered(run_id: str, params: Params | None) -> Registration:
@@ -89,7 +92,7 @@ def training_pipeline(params: Params | None = None, reason: str = MANUAL_REASON)
         deployment = deploy_task(
             registration.version, registration.promoted, registration.champion, params.serve
         )
-    return PipelineOutcome(summary, registration, deployment, recovered)
+    return PipelineOutcome(summary, registration, deployment, recovered, prefect_flow_run.id)
 
 
 if __name__ == "__main__":

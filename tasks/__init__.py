@@ -1,4 +1,6 @@
-"""mlcycle's logic, in rooms by role (see the README's Layout); importing it sets quiet defaults."""
+"""mlcycle's logic, in rooms by role (see docs/reference/development.md).
+
+Importing it sets quiet defaults."""
 
 import os
 

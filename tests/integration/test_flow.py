@@ -91,7 +91,9 @@ def test_flow_prints_progress_and_a_summary(flow_project):
     # the temporary Prefect server stops with the command: no dead link to it, one to the
     # flow run's page in the UI of make prefect-ui (same database) instead
     assert "View at http://127.0.0.1" not in output
-    assert "Prefect flow run: http://127.0.0.1:4200/runs" in output
+    assert re.search(
+        r"Prefect flow run: http://127.0.0.1:4200/runs/flow-run/[0-9a-f-]{36}\n", output
+    )
     assert REGISTERED.search(output), output[-3000:]
     # no serving app runs here: the deploy step says where one would pick the model up
     assert re.search(r"deploy: no serving app at http://127.0.0.1:\d+; `mlcycle serve`", output)

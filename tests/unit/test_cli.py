@@ -406,20 +406,6 @@ def test_the_summary_links_the_flow_run_and_says_how_to_open_it(workspace):
     assert "make prefect-ui" not in on_a_server
 
 
-def test_the_flow_run_of_a_pipeline_run_is_read_from_its_lineage_tag(tracking_store):
-    from mlflow.tracking import MlflowClient
-
-    from flows.cli import flow_run_of
-    from tasks.core.lineage import TAG_FLOW_RUN
-    from tasks.core.tracking import connect
-
-    experiment_id = connect()
-    by_flow = MlflowClient().create_run(experiment_id, tags={TAG_FLOW_RUN: "8e16-flow"})
-    by_hand = MlflowClient().create_run(experiment_id, tags={TAG_FLOW_RUN: "none"})
-    assert flow_run_of(by_flow.info.run_id) == "8e16-flow"
-    assert flow_run_of(by_hand.info.run_id) is None  # a run no flow started
-
-
 def test_models_shows_each_versions_model_family():
     from flows.cli import format_versions
     from tasks.registry.versions import VersionRow
