@@ -767,11 +767,29 @@ def read_params_tree(path: Path = PARAMS_FILE) -> dict[str, Any]:
 def load_params(path: Path = PARAMS_FILE, overrides: Iterable[str] = ()) -> Params:
     """Load ``params.yaml`` and apply ``section.key=value`` overrides (values parsed as YAML)."""
     tree = read_params_tree(path)
+    missing = missing_keys(tree, Params)
+    if missing:  # the form may leave a nullable key out; the file names every key
+        named = "; ".join(f"{key}: missing" for key in missing)
+        raise ConfigError(f"{path}: {named} (write null where a key may be null)")
     overrides = list(overrides)
     for override in overrides:
         apply_override(tree, override)
     origin = f"{path} with overrides {' '.join(overrides)}" if overrides else str(path)
     return parse_params(tree, origin=origin)
+
+
+def missing_keys(tree: Any, model: type[BaseModel], prefix: str = "") -> list[str]:
+    """The dotted keys ``model`` defines that ``tree`` leaves out, nullable ones included
+    (their default None serves the Prefect form, not a params.yaml that forgot them)."""
+    if not isinstance(tree, Mapping):
+        return []  # the model's own validation names a section that is not a mapping
+    missing = []
+    for name, info in model.model_fields.items():
+        if name not in tree:
+            missing.append(f"{prefix}{name}")
+        elif isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            missing += missing_keys(tree[name], info.annotation, f"{prefix}{name}.")
+    return missing
 
 
 def apply_override(tree: dict[str, Any], override: str) -> None:

@@ -492,3 +492,13 @@ def test_layouts_the_line_editor_does_not_write_still_get_the_values(params_copy
     wanted = load_params(params_copy, ["train.cnn.channels=[8, 16]", "collect.source=npz:a.npz"])
     assert apply_params(wanted, params_copy) == wanted
     assert "# where torchvision datasets are" in params_copy.read_text()
+
+
+def test_a_params_file_that_leaves_out_a_nullable_key_names_it(tmp_path):
+    # the Prefect form may omit a nullable key (it reads as None); a params.yaml may not
+    text = (REPO_ROOT / "params.yaml").read_text()
+    line = next(line for line in text.splitlines() if line.startswith("  image_size: null"))
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(line + "\n", "", 1))
+    with pytest.raises(ConfigError, match=r"preprocess\.image_size: missing \(write null"):
+        load_params(path)
