@@ -93,18 +93,18 @@ PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_classifier.py")
 
 def log_model(run_id: str, model_path: Path, examples: ImageDataset) -> None:
     """Log the model file to an MLflow run as a pyfunc model (``tasks/core/pyfunc_classifier.py``)
-    that takes uint8 or float images, with an input example; tag the run with the file's hash."""
+    with its signature (uint8 images in, a score per class out) and an input example; tag the
+    run with the file's hash."""
     import mlflow
     import mlflow.pyfunc
-    from mlflow.models import Model, ModelSignature
+    from mlflow.models import Model
     from mlflow.tracking import MlflowClient
-    from mlflow.types.schema import Schema, TensorSpec
 
     import models
+    from tasks.core.tracking import classifier_signature
 
     # A logged model lands in the active experiment, which must be the run's own.
     mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
-    scores = TensorSpec(np.dtype(np.float32), (-1, len(examples.class_names)), "logits")
     # Model.log (what pyfunc.log_model calls) takes the run to log into: the flow's run stays
     # open, where `with mlflow.start_run(run_id)` would end it.
     Model.log(
@@ -114,9 +114,11 @@ def log_model(run_id: str, model_path: Path, examples: ImageDataset) -> None:
         run_id=run_id,
         python_model=str(PYFUNC_ENTRY),
         artifacts={"model_file": str(model_path)},
-        # No input schema: MLflow would enforce one dtype, and uint8 and float32 images are
-        # both valid; the model checks the shape itself and names what it expected.
-        signature=ModelSignature(inputs=None, outputs=Schema([scores])),
+        # What the MLflow UI shows under Schema, and MLflow enforces: uint8 images (N, H, W, C)
+        # as data/raw holds them (the registry's check casts to it; serving runs the network).
+        signature=classifier_signature(
+            examples.images.shape[1:], examples.images.dtype, len(examples.class_names)
+        ),
         input_example=examples.images[:5],
         code_paths=[str(Path(models.__file__).parent)],
         # Naming them skips MLflow's slow requirement inference (it re-imports the model).
