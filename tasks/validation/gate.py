@@ -137,8 +137,14 @@ def run_suite(
         checkpoint = context.checkpoints.get(suite)
     except Exception as error:  # GX raises its own DataContextError family
         raise MlcycleError(f"{gx_dir}: no checkpoint {suite!r} ({error})") from None
+    from great_expectations.core.run_identifier import RunIdentifier
+
     result = checkpoint.run(
-        batch_parameters={"dataframe": frame}, expectation_parameters=dict(parameters)
+        batch_parameters={"dataframe": frame},
+        expectation_parameters=dict(parameters),
+        # the Data Docs index's "Run Name" column (GX writes __none__ without one); it is
+        # also a folder name in GX's store: no spaces or colons
+        run_id=RunIdentifier(run_name=f"{suite}-{len(frame)}-rows"),
     )
     outcomes = []
     for validation in result.run_results.values():

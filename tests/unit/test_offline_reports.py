@@ -126,6 +126,8 @@ def test_data_docs_of_a_real_validation_load_everything_from_the_site(tmp_path, 
     site = places.data_docs.parent
     pages = sorted(site.rglob("*.html"))
     assert len(pages) >= 3  # the index, the suite, the validation result
+    index = (site / "index.html").read_text(encoding="utf-8")
+    assert f"raw_samples-{len(images)}-rows" in index and "__none__" not in index  # Run Name
     for page in pages:
         text = page.read_text(encoding="utf-8")
         assert not list(fetched_from_outside(text)), page
