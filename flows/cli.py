@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import atexit
 import os
 import shlex
@@ -37,6 +36,7 @@ from tasks.lifecycle.prefect_api import (
     prefect_api,
     watching_api,
 )
+from tasks.stages import DATA_STAGES
 
 if TYPE_CHECKING:
     from flows.monitoring import MonitoringOutcome
@@ -67,20 +67,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def pipeline_stages() -> tuple[str, ...]:
-    """The DVC stages ``mlcycle run`` runs, in order: ``DATA_STAGES`` of flows/training.py, read
-    from its source because importing the flow (Prefect, MLflow, torch) takes seconds, too long
-    for ``--help``."""
-    source = Path(__file__).with_name("training.py")
-    for statement in ast.parse(source.read_text(), str(source)).body:
-        if isinstance(statement, ast.Assign) and any(
-            isinstance(target, ast.Name) and target.id == "DATA_STAGES"
-            for target in statement.targets
-        ):
-            return tuple(ast.literal_eval(statement.value))
-    raise RuntimeError(f"{source}: no DATA_STAGES = (...) assignment")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlcycle", description="Run the mlcycle ML lifecycle pipeline."
@@ -92,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="on an error, show the full traceback after its one line (also: MLCYCLE_DEBUG=1)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    stages = ", ".join(pipeline_stages())
+    stages = ", ".join(DATA_STAGES)
     run = commands.add_parser(
         "run",
         help=f"run the training pipeline: {stages}; register, deploy",

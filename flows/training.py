@@ -31,10 +31,7 @@ from tasks.lifecycle.workspace import training_turn
 from tasks.registry.gate import Registration
 from tasks.registry.tasks import find_unregistered_task, publish_registration
 from tasks.serving.feedback import export_feedback_task
-
-# The stages of dvc.yaml, in order. validate gates data/raw; preprocess gates the split;
-# select chooses the model (a search when train.model is auto).
-DATA_STAGES = ("collect", "validate", "preprocess", "select", "train", "evaluate")
+from tasks.stages import DATA_STAGES
 
 hide_user_error_tracebacks()  # bad input reads as one line in the flow log, as on the console
 

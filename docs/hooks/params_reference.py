@@ -153,8 +153,8 @@ def _accepts(field: Any) -> str:
     if "enum" in extra and not parts:  # a str field with a validator offers these in forms
         parts = [", ".join(f"`{_inline(choice)}`" for choice in extra["enum"])]
     accepted = ", or ".join(parts)
-    if not field.is_required():
-        accepted += f" (may be left out: `{_inline(field.default)}`)"
+    if not field.is_required():  # params.yaml still names the key; the Prefect form may not
+        accepted += f" (empty in the Prefect form: `{_inline(field.default)}`)"
     return _cell(accepted)
 
 

@@ -136,14 +136,20 @@ def promote_if_better_task(
 
 def publish_registration(registration: Registration, policy: RegistryParams) -> None:
     """The ``model-registration`` artifact, on the run this is called in: a task's (and so its
-    flow run's) inside a task, the flow run's own when a flow calls it."""
+    flow run's) inside a task, the flow run's own when a flow calls it. The version is already
+    registered: an artifact that cannot be written (the Prefect API lost) is a warning, never
+    a failed run before its deploy step."""
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(
-        key="model-registration",
-        markdown=redact(registration_markdown(registration, policy)),
-        description=f"{registration.name} v{registration.version}",
-    )
+    markdown = redact(registration_markdown(registration, policy))
+    try:
+        create_markdown_artifact(
+            key="model-registration",
+            markdown=markdown,
+            description=f"{registration.name} v{registration.version}",
+        )
+    except Exception as error:
+        run_logger(log.name).warning("could not publish the model-registration report: %s", error)
 
 
 publish_registration_task = task(name="publish-registration")(publish_registration)

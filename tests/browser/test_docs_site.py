@@ -11,6 +11,8 @@ import pytest
 from tests.browser.conftest import OfflinePage
 from tests.unit.test_docs import build_site
 
+pytestmark = pytest.mark.slow  # a browser, like every test of tests/browser
+
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:

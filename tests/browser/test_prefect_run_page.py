@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.training import DATA_STAGES
+from tasks.stages import DATA_STAGES
 from tests.browser.conftest import SCREENSHOTS
 from tests.integration.helpers import BIN, PrefectServer, copy_project, run
 

@@ -162,7 +162,8 @@ def test_the_parameters_page_shows_types_bounds_and_values(site: Path):
     text = html.unescape(re.sub(r"<[^>]+>", "", page))
     # a nullable bounded integer, a choice, a list, a bounded float: as the schema declares them
     assert re.search(
-        r"collect\.augment_to\s+integer or null\s+≥ 1, or null \(may be left out: null\)\s+null",
+        r"collect\.augment_to\s+integer or null\s+≥ 1, or null "
+        r"\(empty in the Prefect form: null\)\s+null",
         text,
     )
     assert re.search(r"train\.optimizer\s+choice\s+adam, adamw, sgd\s+adam", text)

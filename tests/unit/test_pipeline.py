@@ -204,3 +204,23 @@ def test_failure_hook_leaves_a_finished_run_finished(tracking_store, tiny_params
         run.set_tags({TAG_FLOW_RUN: "5678"})
     fail_pipeline_run(None, types.SimpleNamespace(id="5678"), Failed())
     assert MlflowClient().get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_a_registration_report_that_cannot_be_published_is_a_warning(monkeypatch, caplog):
+    # the version is registered by then: losing the Prefect API must not fail the run
+    import prefect.artifacts
+
+    from tasks.core.config import load_params
+    from tasks.registry.gate import Registration
+    from tasks.registry.tasks import publish_registration
+
+    def lost(**_: object) -> None:
+        raise ConnectionError("the Prefect API is gone")
+
+    monkeypatch.setattr(prefect.artifacts, "create_markdown_artifact", lost)
+    metrics = {"accuracy": 0.98, "macro_f1": 0.97}
+    registration = Registration("m", "2", True, "better", "2", metrics, None)
+    publish_registration(registration, load_params(REPO_ROOT / "params.yaml").registry)
+    assert "could not publish the model-registration report: the Prefect API is gone" in (
+        caplog.text
+    )
