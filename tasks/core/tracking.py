@@ -40,10 +40,13 @@ DEFAULT_ARTIFACT_ROOT = Path("mlartifacts")
 
 DEFAULT_EXPERIMENT = "mlcycle"
 
-# The MLflow UI opens an experiment in its GenAI view (traces) unless this tag names another
-# kind; its bundle knows "custom_model_development" as the one for training models.
+# What an experiment is for, as the MLflow UI names it ("Machine learning"; its bundle knows
+# "custom_model_development" and "genai_development"). The UI of MLflow 3.17 opens every
+# experiment in the view its switch (GenAI | Model training) holds, GenAI in a new browser,
+# whatever the tag says: the links mlcycle prints name the view (UI_VIEW).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
+UI_VIEW = "workflowType=machine_learning"
 
 
 SERVER_CHECK_TIMEOUT_S = 5.0
@@ -323,7 +326,7 @@ def can_join(run_id: str, params: Params) -> bool:
 
 def run_url(run_id: str) -> str:
     """Where to look at a run: the server's UI (without the URI's login: a browser asks for
-    it), or ``mlflow ui``'s default address."""
+    it), or ``mlflow ui``'s default address, in the UI's model-training view (``UI_VIEW``)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -335,7 +338,8 @@ def run_url(run_id: str) -> str:
     )
     mlflow.set_tracking_uri(uri)
     experiment_id = MlflowClient().get_run(run_id).info.experiment_id
-    return f"{without_credentials(base).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    root = without_credentials(base).rstrip("/")
+    return f"{root}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
 
 
 class ModelVersionNotFound(TrackingError):

@@ -13,6 +13,8 @@ log = logging.getLogger("mlcycle.registry")
 CHAMPION = "champion"  # the served version
 CHALLENGER = "challenger"  # the newest registered candidate
 CHECK_PENDING, CHECK_PASSED, CHECK_FAILED = "pending", "passed", "failed"  # TAG_CHECK values
+DECISION_PENDING = "pending"  # TAG_DECISION until the promotion gate decides
+NOT_SERVED = "not served"  # TAG_DECISION of a version retired by a failed registration
 SCORES = ("accuracy", "macro_f1")  # the test metrics a version records and the gate compares
 # Version tags of the load-back check (beside TAG_CHECK in tasks/core/lineage.py): why it
 # failed, and the md5 of the check record (test images and the scores the version gave them at

@@ -35,6 +35,8 @@ from tasks.registry.store import (
     CHAMPION,
     CHECK_FAILED,
     CHECK_PENDING,
+    DECISION_PENDING,
+    NOT_SERVED,
     SCORES,
     RegistryError,
     alias_map,
@@ -113,14 +115,15 @@ def create_version(candidate: Candidate, name: str) -> RegisteredVersion:
 def version_tags(record: dict[str, str]) -> dict[str, str]:
     """The tags a new version carries itself: a candidate's record less the lineage its run
     keeps (params, data hashes, commit, classes and shapes: long values nobody reads in the
-    registry's version list), its load check pending."""
+    registry's version list), its load check and the gate's decision pending. The MLflow UI
+    lists them in this order in its version list: the ones a person reads first."""
     own = {
         key: value
         for key, value in record.items()
         if key not in (*LINEAGE_TAGS, TAG_PARAMS) and not key.startswith(TAG_DVC_PREFIX)
     }
     family = {TAG_FAMILY: own.pop(TAG_FAMILY)} if TAG_FAMILY in own else {}
-    return {**family, TAG_CHECK: CHECK_PENDING, **own}
+    return {**family, TAG_CHECK: CHECK_PENDING, TAG_DECISION: DECISION_PENDING, **own}
 
 
 def retire_version(name: str, version: str, reason: str) -> None:
@@ -138,6 +141,7 @@ def retire_version(name: str, version: str, reason: str) -> None:
             else:
                 api.delete_registered_model_alias(name, alias)
         api.set_model_version_tag(name, version, TAG_CHECK, CHECK_FAILED)
+        api.set_model_version_tag(name, version, TAG_DECISION, NOT_SERVED)
         api.update_model_version(name, version, description=f"Not served: {redact(reason)}")
     log.warning("register: version %s of '%s' retired: %s", version, name, reason)
 

@@ -327,11 +327,15 @@ def trial_note(
         f"are its best epoch's ({state.best_epoch})"
     )
     if outcome == "pruned":
-        pruner = type(trial.study.pruner).__name__
+        pruner = trial.study.pruner
+        why = (
+            "its validation loss was worse than the median of earlier trials at that epoch"
+            if isinstance(pruner, optuna.pruners.MedianPruner)
+            else "its validation loss did not pass the pruner's rule"
+        )
         return (
-            f"Pruned: Optuna's {pruner} stopped trial {trial.number} after epoch "
-            f"{state.epoch} of {train.epochs}, its validation loss being worse than earlier "
-            f"trials' at that epoch; {best}."
+            f"Pruned: Optuna's {type(pruner).__name__} stopped trial {trial.number} after "
+            f"epoch {state.epoch} of {train.epochs} ({why}); {best}."
         )
     if outcome == "failed":
         return (
