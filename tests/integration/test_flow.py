@@ -188,7 +188,7 @@ def test_mlflow_run_holds_params_epochs_metrics_lineage_and_model(flow_project):
         output_format="list",
     )[0]
     pyfunc = mlflow.pyfunc.load_model(model.model_uri)
-    predictions = np.asarray(pyfunc.predict(np.zeros((3, 8, 8, 1), np.float32)))
+    predictions = np.asarray(pyfunc.predict(np.zeros((3, 8, 8, 1), np.uint8)))  # its signature
     assert predictions.shape == (3, 10)
 
 
