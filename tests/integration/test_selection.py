@@ -117,3 +117,8 @@ def test_two_processes_run_trials_of_one_study_on_postgresql(workspace: Path):
         filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'",
     )
     assert len(children) == len(trials)
+    # each process marks how its trials ended (a pruned one reads "Killed" in the MLflow UI)
+    states = {str(t["trial"]): t["state"] for t in trials}
+    assert {c.data.tags["mlcycle.trial"]: c.data.tags["mlcycle.trial_state"] for c in children} == (
+        states
+    )
