@@ -1122,12 +1122,20 @@ def _flow_text(value: Any, quote: str = "") -> str:
     text = str(value)
     if quote == "'":
         return "'" + text.replace("'", "''") + "'"
-    if quote != '"' and PLAIN_STRING.fullmatch(text) and _yaml().load(text) == text:
+    if (
+        quote != '"'
+        and PLAIN_STRING.fullmatch(text)
+        and _yaml().load(text) == text
+        and text.lower() not in YAML_11_BOOLEANS
+    ):
         return text
     return json.dumps(text)  # a JSON string is a YAML double-quoted scalar
 
 
 PLAIN_STRING = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_./:@+-]*")
+# strings YAML 1.2 reads as strings but YAML 1.1 (PyYAML, as other tools read params.yaml) as
+# booleans: quoted, like the floats of _float_text
+YAML_11_BOOLEANS = frozenset({"y", "n", "yes", "no", "on", "off"})
 
 
 def _float_text(value: float) -> str:

@@ -115,7 +115,7 @@ def log_model(run_id: str, model_path: Path, examples: ImageDataset) -> None:
         python_model=str(PYFUNC_ENTRY),
         artifacts={"model_file": str(model_path)},
         # What the MLflow UI shows under Schema, and MLflow enforces: uint8 images (N, H, W, C)
-        # as data/raw holds them (the registry's check casts to it; serving runs the network).
+        # as the processed splits hold them: the network's input (the check casts to it).
         signature=classifier_signature(
             examples.images.shape[1:], examples.images.dtype, len(examples.class_names)
         ),

@@ -406,7 +406,7 @@ def classifier_signature(
     image_shape: Sequence[int], dtype: np.dtype, class_count: int
 ) -> ModelSignature:
     """What the registered model takes and gives, as the MLflow UI shows it under Schema: a
-    batch of images (N, H, W, C) of ``dtype`` (uint8 pixels 0-255, as ``data/raw`` holds them)
+    batch of images (N, H, W, C) of ``dtype`` (uint8 pixels 0-255, as the splits hold them)
     and a float32 score (logit) per class. MLflow enforces the input: other dtypes and shapes
     are refused before the model runs; ``mlflow models serve`` reads JSON pixels as ``dtype``."""
     import numpy as np

@@ -373,6 +373,14 @@ def test_a_quoted_value_stays_quoted_and_a_null_is_written_null(params_copy):
     ]
 
 
+def test_a_string_yaml_1_1_reads_as_a_boolean_is_written_quoted(params_copy):
+    # DVC reads YAML 1.2 (`yes` is a string); PyYAML and other YAML 1.1 tools read a boolean
+    wanted = load_params(params_copy, overrides=['serve.alias="yes"'])
+    apply_params(wanted, params_copy)
+    assert load_params(params_copy).serve.alias == "yes"
+    assert yaml.safe_load(params_copy.read_text())["serve"]["alias"] == "yes"
+
+
 @pytest.mark.parametrize(
     ("old", "new", "same"),
     [
