@@ -70,8 +70,9 @@ class ServedModel:
 
 
 def resolve_alias(name: str, alias: str) -> str:
-    """The version number holding ``alias``; ModelVersionNotFound if none does."""
-    return str(get_model_version(name, alias=alias).version)
+    """The version number holding ``alias``; ModelVersionNotFound if none does. One request:
+    the app asks this every poll, and the number needs no lineage."""
+    return str(get_model_version(name, alias=alias, lineage=False).version)
 
 
 def load_served_model(name: str, alias: str, version: str | None = None) -> ServedModel:
