@@ -360,7 +360,12 @@ def serving_champion(mlflow_uri: str, root: Path, name: str = "served") -> Itera
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_until_serving(url, first.version, 60)
+            try:  # a deadline, not a speed check: a busy CI machine may take minutes
+                wait_until_serving(url, first.version, 240)
+            except Exception as error:
+                log.flush()
+                tail = (root / "serve.log").read_text()[-3000:]
+                raise RuntimeError(f"mlcycle serve did not serve: {error}\n{tail}") from None
             yield workspace, url, first
         finally:
             os.killpg(process.pid, signal.SIGTERM)
