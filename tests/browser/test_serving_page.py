@@ -27,7 +27,9 @@ NOT_AN_IMAGE = "digit.txt: not an image PIL can read; expected a PNG or JPEG fil
 @pytest.fixture(scope="module")
 def served(mlflow_server, tmp_path_factory):
     """A workspace with champion v1 and `mlcycle serve` running on it."""
-    with serving_champion(mlflow_server, tmp_path_factory.mktemp("serving-page")) as served:
+    # a model of its own: the serving tests register "served" on the same session server
+    root = tmp_path_factory.mktemp("serving-page")
+    with serving_champion(mlflow_server, root, name="served-page") as served:
         yield served
 
 
@@ -190,7 +192,7 @@ def test_the_page_has_an_icon_and_links_to_the_docs_and_the_metadata(page, serve
     page.page.click("text=Model metadata (/metadata)")
     page.page.wait_for_url(f"{url}/metadata")
     metadata = json.loads(page.page.inner_text("body"))
-    assert metadata["model_name"] == "served" and metadata["version"] == first.version
+    assert metadata["model_name"] == "served-page" and metadata["version"] == first.version
 
     page.page.go_back()
     page.page.click("text=API docs (/docs)")

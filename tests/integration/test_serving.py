@@ -44,7 +44,7 @@ def call(url: str, payload: object | None = None, timeout: float = 10) -> tuple[
 @pytest.fixture(scope="module")
 def served(mlflow_server, tmp_path_factory):
     """A workspace with champion v1 and `mlcycle serve` running on it."""
-    with serving_champion(mlflow_server, tmp_path_factory.mktemp("serving")) as served:
+    with serving_champion(mlflow_server, tmp_path_factory.mktemp("serving"), "served") as served:
         yield served
 
 
