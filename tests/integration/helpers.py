@@ -319,8 +319,8 @@ def serving_champion(mlflow_uri: str, root: Path, name: str) -> Iterator[tuple]:
     """A workspace under ``root`` with champion v1 of ``name`` (a tiny CNN trained on
     synthetic 8x8 digits of 3 classes) and ``mlcycle serve`` running on it: yields
     ``(workspace, url, registration)``. The working directory and the MLflow settings are the
-    workspace's until the block ends (the serve process and the registry read them). ``name``: a model of its
-    own per caller, since callers share the session's MLflow server."""
+    workspace's until the block ends (the serve process and the registry read them).
+    ``name``: a model of its own per caller, since callers share the session's MLflow server."""
     import mlflow
 
     from tasks.core.config import load_params
