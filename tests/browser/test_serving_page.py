@@ -44,9 +44,9 @@ def page(offline_page: OfflinePage, served) -> OfflinePage:
     )
     offline_page.goto(url)
     offline_page.page.wait_for_function(
-        "document.getElementById('model').textContent.includes('served v')"
+        "document.getElementById('model').textContent.includes('served-page v')"
     )
-    assert f"served v{first.version} (@champion)" in offline_page.page.text_content("#model")
+    assert f"served-page v{first.version} (@champion)" in offline_page.page.text_content("#model")
     return offline_page
 
 
