@@ -4,6 +4,7 @@ of the project as a fresh clone, and a real ``mlflow server``."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,3 +143,25 @@ def mlflow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowS
 @pytest.fixture(scope="session")
 def mlflow_server(mlflow_service: MlflowService) -> str:
     return mlflow_service.uri
+
+
+def build_site(out: Path) -> subprocess.CompletedProcess[str]:
+    """``mkdocs build --strict`` of this repository's site into ``out``, as `make docs` does."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "mkdocs"), "build", "--strict", "--site-dir", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="session")
+def docs_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The documentation site as `make docs` builds it, once per session (the docs tests and
+    the browser tests read the same build)."""
+    out = tmp_path_factory.mktemp("site")
+    result = build_site(out)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out

@@ -9,21 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.browser.conftest import OfflinePage
-from tests.unit.test_docs import build_site
 
 pytestmark = pytest.mark.slow  # a browser, like every test of tests/browser
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("site")
-    result = build_site(out)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return out
-
-
-def test_the_front_page_renders_offline_with_its_diagram(offline_page: OfflinePage, site: Path):
-    offline_page.goto((site / "index.html").as_uri())
+def test_the_front_page_renders_offline_with_its_diagram(
+    offline_page: OfflinePage, docs_site: Path
+):
+    offline_page.goto((docs_site / "index.html").as_uri())
     page = offline_page.page
     assert page.locator("h1").first.inner_text().startswith("mlcycle")
     diagram = page.locator('img[src$="pipeline.svg"]')
@@ -37,8 +30,8 @@ def test_the_front_page_renders_offline_with_its_diagram(offline_page: OfflinePa
     assert offline_page.console_errors == []
 
 
-def test_search_answers_from_disk_without_the_network(offline_page: OfflinePage, site: Path):
-    offline_page.goto((site / "guide" / "pipeline.html").as_uri())
+def test_search_answers_from_disk_without_the_network(offline_page: OfflinePage, docs_site: Path):
+    offline_page.goto((docs_site / "guide" / "pipeline.html").as_uri())
     page = offline_page.page
     search = page.locator("input.md-search__input")  # in the header on a wide screen
     search.click()

@@ -8,15 +8,10 @@ loads a script, a style or an image from elsewhere would need the network: that 
 from __future__ import annotations
 
 import html
-import os
 import re
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
-
-import pytest
 
 from tasks.core.config import Params, flatten, read_params_tree
 from tests.helpers import REPO_ROOT
@@ -40,26 +35,6 @@ ALLOWED_HOSTS = frozenset(
 )
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost"})
 README_MAX_LINES = 220
-
-
-def build_site(out: Path) -> subprocess.CompletedProcess[str]:
-    """``mkdocs build --strict`` of this repository's site into ``out``, as `make docs` does."""
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "mkdocs"), "build", "--strict", "--site-dir", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-        timeout=300,
-    )
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("site")
-    result = build_site(out)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return out
 
 
 class _Links(HTMLParser):
@@ -115,7 +90,7 @@ def _site_problems(site: Path) -> list[str]:
     return problems
 
 
-def test_the_site_builds_strictly_with_every_page(site: Path):
+def test_the_site_builds_strictly_with_every_page(docs_site: Path):
     for page in (
         "index.html",
         "guide/pipeline.html",
@@ -125,17 +100,17 @@ def test_the_site_builds_strictly_with_every_page(site: Path):
         "reference/cli.html",
         "benchmarks.html",
     ):
-        assert (site / page).is_file(), page
+        assert (docs_site / page).is_file(), page
 
 
-def test_every_link_in_the_site_resolves_inside_it_or_to_the_tools_docs(site: Path):
-    assert _site_problems(site) == []
+def test_every_link_in_the_site_resolves_inside_it_or_to_the_tools_docs(docs_site: Path):
+    assert _site_problems(docs_site) == []
 
 
-def test_no_page_of_the_site_loads_anything_from_the_network(site: Path):
+def test_no_page_of_the_site_loads_anything_from_the_network(docs_site: Path):
     loaded_from_outside = [
-        f"{page.relative_to(site)}: {url}"
-        for page in site.rglob("*.html")
+        f"{page.relative_to(docs_site)}: {url}"
+        for page in docs_site.rglob("*.html")
         for tag, _, url in _parse(page).links
         if tag in ("link", "script", "img", "iframe", "source")
         and urlsplit(url).scheme in ("http", "https")
@@ -143,12 +118,12 @@ def test_no_page_of_the_site_loads_anything_from_the_network(site: Path):
     assert loaded_from_outside == []
     # mkdocs-material fetches mermaid from a CDN for a mermaid block, and a repository's facts
     # from GitHub's API when repo_url is set: neither may creep in
-    assert not any('class="mermaid"' in page.read_text() for page in site.rglob("*.html"))
+    assert not any('class="mermaid"' in page.read_text() for page in docs_site.rglob("*.html"))
     assert "repo_url" not in (REPO_ROOT / "mkdocs.yml").read_text()
 
 
-def test_the_parameters_page_lists_every_key_of_params_yaml(site: Path):
-    page = (site / "reference" / "parameters.html").read_text(encoding="utf-8")
+def test_the_parameters_page_lists_every_key_of_params_yaml(docs_site: Path):
+    page = (docs_site / "reference" / "parameters.html").read_text(encoding="utf-8")
     keys = [key for key, _ in flatten(read_params_tree(REPO_ROOT / "params.yaml"))]
     assert len(keys) > 100  # every section, every family's options
     missing = [key for key in keys if f"<code>{key}</code>" not in page]
@@ -157,8 +132,8 @@ def test_the_parameters_page_lists_every_key_of_params_yaml(site: Path):
         assert f'id="{section}"' in page, section
 
 
-def test_the_parameters_page_shows_types_bounds_and_values(site: Path):
-    page = (site / "reference" / "parameters.html").read_text(encoding="utf-8")
+def test_the_parameters_page_shows_types_bounds_and_values(docs_site: Path):
+    page = (docs_site / "reference" / "parameters.html").read_text(encoding="utf-8")
     text = html.unescape(re.sub(r"<[^>]+>", "", page))
     # a nullable bounded integer, a choice, a list, a bounded float: as the schema declares them
     assert re.search(
@@ -173,10 +148,10 @@ def test_the_parameters_page_shows_types_bounds_and_values(site: Path):
     assert re.search(r"monitor\.p_value\s+number\s+> 0; < 1\s+0\.01", text)
 
 
-def test_the_command_line_page_lists_every_command(site: Path):
+def test_the_command_line_page_lists_every_command(docs_site: Path):
     from flows.cli import build_parser
 
-    page = (site / "reference" / "cli.html").read_text(encoding="utf-8")
+    page = (docs_site / "reference" / "cli.html").read_text(encoding="utf-8")
     commands = next(a for a in build_parser()._actions if hasattr(a, "choices") and a.choices)
     for name in commands.choices:
         assert f"<code>mlcycle {name}</code>" in page, name
