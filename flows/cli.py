@@ -343,16 +343,11 @@ def flow_api(*, wait: bool = True) -> Iterator[PrefectApi]:
     PREFECT_API_URL), Prefect's "View at http://127.0.0.1:<port>/..." lines are left out: that
     server stops with the command. The summary says where to browse the run afterwards."""
     with prefect_api(wait=wait) as api, ExitStack() as links:
-        if temporary_api():
+        if api.temporary:
             from tasks.core.console import without_flow_run_links
 
             links.enter_context(without_flow_run_links())
         yield api
-
-
-def temporary_api() -> bool:
-    """Whether flows report to a temporary Prefect server (``prefect_api``'s own test)."""
-    return not os.environ.get("PREFECT_API_URL")
 
 
 def flow_run_link(flow_run_id: str | None, temporary: bool) -> str:
@@ -387,9 +382,8 @@ def run_pipeline(overrides: Sequence[str], command: str) -> int:
             started_ms = int(time.time() * 1000)
             with watching(api.ready(), _settle_pipeline(started_ms)):
                 outcome = training_pipeline(params=params)
-    temporary = temporary_api()
-    flow_run = flow_run_link(outcome.flow_run_id, temporary)
-    print(format_outcome(outcome, flow_run, temporary))
+    flow_run = flow_run_link(outcome.flow_run_id, api.temporary)
+    print(format_outcome(outcome, flow_run, api.temporary))
     return 0
 
 

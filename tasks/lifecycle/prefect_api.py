@@ -47,11 +47,13 @@ class PrefectApiError(MlcycleError):
 
 @dataclass
 class PrefectApi:
-    """The API URL flows report to; ``ready()`` returns once it answers."""
+    """The API URL flows report to; ``ready()`` returns once it answers. ``temporary``: a
+    server this command started, which stops with it (no PREFECT_API_URL)."""
 
     url: str
     _wait: Callable[[], None] = field(default=lambda: None, repr=False)
     answered: bool = False
+    temporary: bool = True
 
     def ready(self) -> str:
         if not self.answered:
@@ -67,7 +69,7 @@ def prefect_api(log_path: Path = SERVER_LOG, *, wait: bool = True) -> Iterator[P
     if os.environ.get("PREFECT_API_URL"):
         url = os.environ["PREFECT_API_URL"]
         check_answers(url)  # before the imports and the flow: Prefect retries for seconds
-        yield PrefectApi(url, answered=True)
+        yield PrefectApi(url, answered=True, temporary=False)
         return
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
