@@ -238,8 +238,9 @@ def params_conflict(run_id: str, params: Params) -> list[str]:
     return [k for k, v in params.flat().items() if k in logged and logged[k] != as_logged(v)]
 
 
-def flow_run_id() -> str | None:
-    """The pipeline run a flow hands its stages through ``MLFLOW_RUN_ID``; None outside a flow."""
+def flow_mlflow_run_id() -> str | None:
+    """The MLflow run id of the pipeline run a flow hands its stages through ``MLFLOW_RUN_ID``;
+    None outside a flow. (Not Prefect's flow-run id: that one is ``TAG_FLOW_RUN``.)"""
     return os.environ.get("MLFLOW_RUN_ID") or None
 
 
@@ -247,7 +248,7 @@ def flow_run_id() -> str | None:
 def joined_flow_run(params: Params) -> Iterator[RunTracker | None]:
     """Under the flow, its MLflow run (left open for the flow to end); otherwise None: a stage
     run by a plain ``dvc repro`` that has no run of its own to open logs nothing."""
-    if flow_run_id() is None:
+    if flow_mlflow_run_id() is None:
         yield None
         return
     with tracked_run(params) as tracker:
@@ -270,7 +271,7 @@ def tracked_run(
 
     experiment_id = connect()
     client = MlflowClient()
-    flows_run = flow_run_id()
+    flows_run = flow_mlflow_run_id()
     run_id = run_id or flows_run
     try:
         if run_id is None:

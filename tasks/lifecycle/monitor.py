@@ -312,7 +312,7 @@ def publish(
         TAG_DECISION: result.decision,
         "mlflow.runName": f"monitor v{served.version}: {result.decision}",
     }
-    if flow_run := _flow_run_id():
+    if flow_run := _prefect_flow_run_id():
         tags[TAG_FLOW_RUN] = flow_run
     run = client.create_run(experiment_id, tags=tags)
     now = int(time.time() * 1000)
@@ -332,14 +332,15 @@ def publish(
     return report, run.info.run_id
 
 
-def _flow_run_id() -> str | None:
+def _prefect_flow_run_id() -> str | None:
+    """The Prefect flow run this runs in (None outside one); not an MLflow run id."""
     from prefect.runtime import flow_run
 
     return flow_run.get_id()
 
 
 def _table_artifact(served: Served, result: DriftResult, report: Path) -> None:
-    if _flow_run_id() is None:
+    if _prefect_flow_run_id() is None:
         return
     from prefect.artifacts import create_table_artifact
 

@@ -25,7 +25,7 @@ from tasks.core.files import ImageDataset, atomic_path, file_md5, read_json, rea
 from tasks.core.lineage import TAG_EVALUATED, TAG_MODEL_MD5, TAG_MODEL_RUN
 from tasks.core.model_file import load_model, predict_logits
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
-from tasks.core.tracking import RunTracker, can_join, find_run, flow_run_id, tracked_run
+from tasks.core.tracking import RunTracker, can_join, find_run, flow_mlflow_run_id, tracked_run
 from tasks.monitoring.reference import REFERENCE_FILE_NAME, reference_from_split, save_reference
 
 log = logging.getLogger("mlcycle.evaluate")
@@ -309,7 +309,7 @@ def main() -> None:
     params = load_params()
     # Under the flow MLFLOW_RUN_ID names the pipeline run; under plain `dvc repro` the
     # evaluation joins the run that trained this very model file, found by its hash.
-    run_id = flow_run_id()
+    run_id = flow_mlflow_run_id()
     model_run_id = None
     if run_id is None and MODEL_FILE.is_file():
         model_run_id = find_run(TAG_MODEL_MD5, file_md5(MODEL_FILE))

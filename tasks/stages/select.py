@@ -30,7 +30,7 @@ from tasks.core.config import AUTO, Params, load_params
 from tasks.core.console import stage_main
 from tasks.core.files import atomic_path, read_json, write_json
 from tasks.core.paths import PROCESSED_DIR, REPORTS_DIR
-from tasks.core.tracking import RunTracker, flow_run_id, tracked_run
+from tasks.core.tracking import RunTracker, flow_mlflow_run_id, tracked_run
 from tasks.training.choice import FIXED, SEARCHED, SELECTION_FILE, fixed_choice
 
 log = logging.getLogger("mlcycle.select")
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         run_select(params)
         return
     with tracked_run(params, run_name="select") as tracker:
-        if flow_run_id() is None:
+        if flow_mlflow_run_id() is None:
             tracker.set_tags({"mlcycle.stage": "select"})
         run_select(params, tracker=tracker)
 

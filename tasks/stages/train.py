@@ -23,7 +23,7 @@ from tasks.core.console import stage_main
 from tasks.core.files import atomic_path, read_split, write_json
 from tasks.core.model_file import log_model, save_model
 from tasks.core.paths import CHECKPOINT_DIR, MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
-from tasks.core.tracking import RunTracker, flow_run_id, tracked_run
+from tasks.core.tracking import RunTracker, flow_mlflow_run_id, tracked_run
 from tasks.training.checkpoint import (
     TrainingState,
     fingerprint,
@@ -221,7 +221,7 @@ def main() -> None:
             run_train(train)
             return
         with tracked_run(params, run_name=f"train-{train.model}") as tracker:
-            if flow_run_id() is None:  # under the flow, validation logged itself
+            if flow_mlflow_run_id() is None:  # under the flow, validation logged itself
                 record_validations(tracker)  # what was checked of the data this model learns from
             if params.train.model == AUTO:  # what was trained, on the run the version records
                 tracker.log_values(selected_values(train))
