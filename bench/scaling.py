@@ -88,7 +88,8 @@ def run_step(step: str, root: Path, size: int, device: str) -> dict[str, Any]:
     places = ValidationPlaces(root / "gx", root / "reports", root / "data" / "quarantine")
     data = root / "data"
     if step == "collect":
-        from tasks.stages.collect import load_sklearn_digits, run_collect
+        from tasks.stages.collect import run_collect
+        from tasks.stages.collecting.digits import load_sklearn_digits
 
         load_sklearn_digits()  # sklearn's loader and its data: imports, not the step's cost
     elif step == "validate":

@@ -22,6 +22,9 @@ class ImageFormatError(MlcycleError):
 
 CHUNK = 8192  # images per resize/statistics chunk: bounds memory on large datasets
 
+COLOUR_CHANNELS = (1, 3)  # grey or RGB: the channel counts the pipeline converts between
+PIXEL_MAX = 255  # the canonical pixel type is uint8: 0..255
+
 
 def prepare_images(images: np.ndarray, image_size: int | None, channels: int | None) -> np.ndarray:
     """Resize to ``image_size`` squared and convert to ``channels``; ``None`` keeps either.
@@ -74,6 +77,24 @@ def pixels_from_image(image: object, path: Path | str) -> np.ndarray:
         raise ImageFormatError(f"{path}: unsupported pixel mode {mode} (expected 8-bit L or RGB)")
     pixels = np.asarray(image, dtype=np.uint8)
     return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+
+
+def uint8_pixels(images: np.ndarray, what: str) -> np.ndarray:
+    """``images`` as the canonical uint8: integers in 0..255 are cast, anything else refused
+    (floats have no one scale to guess: 0..1 and 0..255 are both common)."""
+    if images.dtype == np.uint8:
+        return images
+    if images.dtype.kind in "iu":
+        low, high = int(images.min()), int(images.max())
+        if low < 0 or high > PIXEL_MAX:
+            raise ImageFormatError(
+                f"{what}: integer pixels range {low}..{high}; expected 0..{PIXEL_MAX}"
+            )
+        return images.astype(np.uint8)
+    raise ImageFormatError(
+        f"{what}: pixels are {images.dtype}; expected uint8 (or integers in 0..{PIXEL_MAX}). "
+        f"Scale float images to 0..{PIXEL_MAX} and cast them to uint8 first"
+    )
 
 
 def mean_and_std(

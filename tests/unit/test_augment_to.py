@@ -11,8 +11,10 @@ import torch.nn.functional as F
 
 from tasks.core.config import CollectParams, PreprocessParams
 from tasks.core.files import ImageDataset, read_raw_dataset, write_raw_dataset
-from tasks.stages import collect
-from tasks.stages.collect import DataSourceError, load_sklearn_digits, run_collect
+from tasks.stages.collect import run_collect
+from tasks.stages.collecting import augment
+from tasks.stages.collecting.checks import DataSourceError
+from tasks.stages.collecting.digits import load_sklearn_digits
 from tasks.stages.preprocess import linked_groups, run_preprocess, stratified_split
 from tasks.stages.validate import run_validate
 from tasks.validation.gate import DataValidationFailed
@@ -104,7 +106,7 @@ def test_copies_are_transformed_copies_of_their_original(tmp_path):
 
 def test_same_seed_same_bytes_other_seed_other_copies(tmp_path, monkeypatch):
     run_collect(augmented(2500, seed=7), tmp_path / "a")
-    monkeypatch.setattr(collect, "AUGMENT_CHUNK", 333)  # chunking and threads change nothing
+    monkeypatch.setattr(augment, "AUGMENT_CHUNK", 333)  # chunking and threads change nothing
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

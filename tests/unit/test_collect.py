@@ -8,7 +8,8 @@ from PIL import Image
 
 from tasks.core.config import CollectParams
 from tasks.core.files import read_raw_dataset, write_raw_dataset
-from tasks.stages.collect import DataSourceError, load_source, regular_file, run_collect
+from tasks.stages.collect import load_source, run_collect
+from tasks.stages.collecting.checks import DataSourceError, regular_file
 from tests.helpers import synthetic_dataset
 
 
@@ -302,7 +303,7 @@ def npz_source(external: Path, shape=(4, 4, 1)) -> Path:
 
 
 def write_feedback(external: Path, class_names, labels, shape=(4, 4, 1)) -> Path:
-    """data/external/feedback.npz as tasks.serving.feedback exports it."""
+    """data/external/feedback.npz as tasks.core.prediction_log.export exports it."""
     path = external / "feedback.npz"
     np.savez(
         path,
