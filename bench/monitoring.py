@@ -59,9 +59,9 @@ def write_log(root: Path, rows: int, model_name: str) -> dict[str, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
+    from tasks.core.prediction_log.labels import Label
+    from tasks.core.prediction_log.writer import PredictionLog
     from tasks.monitoring.reference import build_reference, save_reference
-    from tasks.serving.inputs import Label
-    from tasks.serving.prediction_log import PredictionLog
 
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., np.newaxis]
@@ -109,11 +109,11 @@ def measure(root: Path, window: int) -> dict[str, float | str | bool]:
     steps["import_config_s"] = time.perf_counter() - started
     rss_after_config = peak_mb()
     torch_loaded = "torch" in sys.modules
+    from tasks.core.prediction_log.readers import read_window
     from tasks.lifecycle.monitor import Window, check_window, fitted
     from tasks.monitoring.drift import write_report
     from tasks.monitoring.features import image_features
     from tasks.monitoring.reference import load_reference
-    from tasks.serving.prediction_log import read_window
 
     steps["import_rest_s"] = time.perf_counter() - started - steps["import_config_s"]
     rss_after_imports = peak_mb()

@@ -16,8 +16,8 @@ from pydantic import Field
 from tasks.core.config import Params, load_params
 from tasks.core.console import flow_without_secrets
 from tasks.core.errors import hide_user_error_tracebacks
+from tasks.core.prediction_log.readers import read_window
 from tasks.lifecycle.monitor import MonitorOutcome, emit_verdict_task, monitor_task
-from tasks.serving.prediction_log import read_window
 
 hide_user_error_tracebacks()
 

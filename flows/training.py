@@ -16,6 +16,7 @@ from flows.registry import register_model
 from tasks.core.config import Params, load_params
 from tasks.core.console import flow_without_secrets, run_logger
 from tasks.core.errors import hide_user_error_tracebacks
+from tasks.core.prediction_log.export import export_feedback_task
 from tasks.lifecycle.deploy import Deployment, deploy_task
 from tasks.lifecycle.pipeline import (
     MANUAL_REASON,
@@ -30,7 +31,6 @@ from tasks.lifecycle.pipeline import (
 from tasks.lifecycle.workspace import training_turn
 from tasks.registry.gate import Registration
 from tasks.registry.tasks import find_unregistered_task, publish_registration
-from tasks.serving.feedback import export_feedback_task
 from tasks.stages import DATA_STAGES
 
 hide_user_error_tracebacks()  # bad input reads as one line in the flow log, as on the console

@@ -36,9 +36,11 @@ from starlette.requests import ClientDisconnect
 
 from tasks.core.config import ServeParams
 from tasks.core.paths import PREDICTION_LOG
+from tasks.core.prediction_log.ids import not_logged_ids
+from tasks.core.prediction_log.labels import Label, StoredLabel
+from tasks.core.prediction_log.writer import PredictionLog
+from tasks.core.refusals import InputError
 from tasks.serving.inputs import (
-    InputError,
-    Label,
     decode_image,
     feedback_body_bytes,
     feedback_schema,
@@ -51,7 +53,6 @@ from tasks.serving.inputs import (
 from tasks.serving.metrics import LimitAndMeasure, ServingMetrics
 from tasks.serving.model import ModelHolder, ServedModel, log
 from tasks.serving.pages import add_pages
-from tasks.serving.prediction_log import PredictionLog, StoredLabel, new_ids
 
 
 def predictions(model: ServedModel, probabilities: np.ndarray) -> list[dict[str, Any]]:
@@ -351,7 +352,7 @@ def serve_batch(state: AppState, model: ServedModel, endpoint: str, images: np.n
     if state.prediction_log is not None:
         ids = state.prediction_log.record(model, endpoint, images, probabilities)
     else:
-        ids = new_ids(len(images), logged=False)
+        ids = not_logged_ids(len(images))
     body = {
         "model_name": model.name,
         "model_version": model.version,

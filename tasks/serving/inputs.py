@@ -9,27 +9,17 @@ import binascii
 import io
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tasks.core.config import ServeParams
-from tasks.core.errors import MlcycleError
 from tasks.core.images import ImageFormatError, convert_channels, pixels_from_image, resize
+from tasks.core.prediction_log.ids import PREDICTION_ID
+from tasks.core.prediction_log.labels import CONFLICT, Label
+from tasks.core.refusals import InputError
 from tasks.serving.model import ServedModel
-
-
-class InputError(MlcycleError):
-    """A request the app refuses: ``field`` names the part of the input at fault."""
-
-    def __init__(self, field: str, reason: str, status: int = 422) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
-        self.reason = reason
-        self.status = status
-
 
 # What PIL puts in some messages: "cannot identify image file <_io.BytesIO object at 0x7f...>".
 _OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
@@ -231,28 +221,15 @@ def _valid_batch(items: list, raw_shape: Sequence[int]) -> np.ndarray | None:
 
 # --- /feedback ------------------------------------------------------------------------------
 
-# A prediction id: 128 random bits as 32 lowercase hex digits. The id of a prediction that was
-# not logged (sampled out by serve.log_sample_rate, or dropped by a full queue) starts with
-# NOT_LOGGED instead: the id itself says so, for ever, without the app remembering it.
-NOT_LOGGED = "n"
-PREDICTION_ID = re.compile(r"^(?:[0-9a-f]{32}|n[0-9a-f]{31})$")
 MAX_CLASS_NAME = 200  # a label longer than any sane class name is a mistake, not a class
 FEEDBACK_ITEM_BYTES = 256  # room for one item's JSON: the body limit scales with the batch
-
-
-@dataclass(frozen=True)
-class Label:
-    """One item of a /feedback body: the true class of a served prediction."""
-
-    prediction_id: str
-    label: str | int  # a class name, or an index into the model version's classes
-    where: str = ""  # the item's place in the body ("items[3]."), to name fields in errors
+FEEDBACK_ENVELOPE_BYTES = 1024  # room for the body around the items (``{"items": [...]}``)
 
 
 def feedback_body_bytes(max_items: int) -> int:
     """The size limit of a /feedback body: enough for ``max_items`` items, and small enough to
     parse on the event loop."""
-    return FEEDBACK_ITEM_BYTES * max_items + 1024
+    return FEEDBACK_ITEM_BYTES * max_items + FEEDBACK_ENVELOPE_BYTES
 
 
 def feedback_schema(max_items: int) -> dict[str, Any]:
@@ -317,7 +294,7 @@ def parse_feedback(payload: Any, max_items: int) -> tuple[Label, ...]:
             raise InputError(
                 f"{label.where}prediction_id",
                 f"{label.prediction_id} is also in {seen.rstrip('.')}; label each prediction once",
-                409,
+                CONFLICT,
             )
     return labels
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from tasks.serving.inputs import InputError
+from tasks.core.refusals import InputError
 
 
 class ServingMetrics:

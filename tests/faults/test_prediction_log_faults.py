@@ -232,7 +232,7 @@ def write_log(path: Path, model_name: str, rows: int) -> None:
     """A prediction log of ``rows`` predictions of ``model_name`` v1, by the real writer."""
     from dataclasses import replace
 
-    from tasks.serving.prediction_log import PredictionLog
+    from tasks.core.prediction_log.writer import PredictionLog
     from tests.unit.test_serve import served_model
 
     model = replace(served_model(), name=model_name, version="1")

@@ -21,10 +21,10 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from tasks.core.files import read_split
+from tasks.core.prediction_log.readers import read_prediction_log
 from tasks.lifecycle.deploy import DeployError, deploy, request_reload, wait_until_serving
 from tasks.registry.store import CHAMPION
 from tasks.registry.versions import create_version
-from tasks.serving.prediction_log import read_prediction_log
 from tests.helpers import free_port
 from tests.integration.helpers import corrupt_logged_model, serving_champion
 

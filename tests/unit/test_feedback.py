@@ -18,15 +18,12 @@ import pytest
 
 from tasks.core.config import CollectParams
 from tasks.core.files import read_raw_dataset
-from tasks.serving.feedback import export_feedback, npz_bytes
-from tasks.serving.inputs import InputError, Label
-from tasks.serving.prediction_log import (
-    LABELLED_RETENTION,
-    PredictionLog,
-    PredictionLogError,
-    read_prediction_log,
-    read_window,
-)
+from tasks.core.prediction_log.export import export_feedback, npz_bytes
+from tasks.core.prediction_log.labels import Label
+from tasks.core.prediction_log.readers import read_prediction_log, read_window
+from tasks.core.prediction_log.schema import PredictionLogError
+from tasks.core.prediction_log.writer import LABELLED_RETENTION, PredictionLog
+from tasks.core.refusals import InputError
 from tasks.stages.collect import run_collect
 from tests.unit.test_serve import CLASSES, image, make_client, served_model
 
@@ -356,7 +353,9 @@ OLD_SCHEMA = """
     )"""
 
 
-def test_a_log_of_the_older_schema_is_upgraded_in_place(tmp_path):
+def test_a_log_without_the_label_columns_is_refused_by_name(tmp_path):
+    """Logs are not upgraded: one without the columns this code writes is refused, by the
+    writer and by the readers, with the file's name."""
     path = tmp_path / "predictions.sqlite"
     with sqlite3.connect(path) as connection:
         connection.execute(OLD_SCHEMA)
@@ -366,15 +365,14 @@ def test_a_log_of_the_older_schema_is_upgraded_in_place(tmp_path):
             (image().tobytes(),),
         )
     connection.close()
-    assert read_window(path, "digits", "6", 10).labels.tolist() == [-1]  # readable as it is
-    model = served_model()
-    log = PredictionLog(path, max_rows=100, flush_s=0.05).start()
-    ids = log.record(model, "/predict", image()[np.newaxis], model.predict(image()[np.newaxis]))
-    log.submit_labels([Label(ids[0], "two")]).result(timeout=10)
-    log.close()
-    rows = read_prediction_log(path)
-    assert [row["prediction_id"] for row in rows] == [None, ids[0]]
-    assert [row["label_name"] for row in rows] == [None, "two"]
+    lacks = (
+        r"predictions\.sqlite: its predictions table lacks label_index, label_name, "
+        r"labelled_at, prediction_id: not a prediction log this mlcycle writes"
+    )
+    with pytest.raises(PredictionLogError, match=lacks):
+        PredictionLog(path, max_rows=100).start()
+    with pytest.raises(PredictionLogError, match=r"predictions\.sqlite: not a readable pre"):
+        read_window(path, "digits", "6", 10)
 
 
 def test_a_file_that_is_not_a_prediction_log_is_refused_by_name(tmp_path):
@@ -422,7 +420,7 @@ def wait_for(condition, timeout_s: float = 10) -> None:
 
 @pytest.mark.parametrize("reader", [read_window, read_prediction_log, "read_labelled"])
 def test_a_corrupt_log_is_named_by_its_readers(tmp_path, reader):
-    from tasks.serving.prediction_log import read_labelled
+    from tasks.core.prediction_log.readers import read_labelled
 
     path = tmp_path / "predictions.sqlite"
     path.write_bytes(b"not a database at all" * 100)

@@ -23,10 +23,11 @@ from PIL import Image
 
 from models import build_classifier
 from tasks.core.config import load_params
+from tasks.core.prediction_log.readers import read_prediction_log
+from tasks.core.prediction_log.writer import PredictionLog
 from tasks.serving.app import create_app
 from tasks.serving.inputs import upload_name
 from tasks.serving.model import ModelHolder, ServedModel
-from tasks.serving.prediction_log import PredictionLog, read_prediction_log
 from tests.helpers import REPO_ROOT
 
 CLASSES = ("zero", "one", "two")

@@ -22,7 +22,7 @@ from prefect import task
 from tasks.core.dvc import track_file
 from tasks.core.files import atomic_path
 from tasks.core.paths import FEEDBACK_FILE, PREDICTION_LOG
-from tasks.serving.prediction_log import LabelledRow, read_class_names, read_labelled
+from tasks.core.prediction_log.readers import LabelledRow, read_class_names, read_labelled
 
 log = logging.getLogger("mlcycle.feedback")
 
