@@ -56,7 +56,7 @@ def parameters_markdown(root: Path) -> str:
     lines = [
         "# Parameters reference",
         "",
-        "Every key of `params.yaml`, generated from the params schema (`tasks/core/config.py`) "
+        "Every key of `params.yaml`, generated from the params schema (`tasks/core/config/`) "
         "when this site is built: its type, the values it accepts, its value in the "
         "repository's `params.yaml` and what it does. `params.yaml` loads once into frozen, "
         "typed objects that refuse unknown keys and wrong types, naming the key at fault.",

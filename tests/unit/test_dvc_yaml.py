@@ -43,7 +43,7 @@ def shaping_modules(graph: grimp.ImportGraph, stage: str) -> set[str]:
     seen, todo = set(), [f"tasks.stages.{stage}"]
     while todo:
         module = todo.pop()
-        if module in seen or module in skip:
+        if module in seen or any(module == s or module.startswith(f"{s}.") for s in skip):
             continue
         seen.add(module)
         todo.extend(graph.find_modules_directly_imported_by(module))
