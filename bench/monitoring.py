@@ -111,9 +111,9 @@ def measure(root: Path, window: int) -> dict[str, float | str | bool]:
     torch_loaded = "torch" in sys.modules
     from tasks.core.prediction_log.readers import read_window
     from tasks.lifecycle.monitor import Window, check_window, fitted
-    from tasks.monitoring.drift import write_report
     from tasks.monitoring.features import image_features
     from tasks.monitoring.reference import load_reference
+    from tasks.monitoring.report import write_report
 
     steps["import_rest_s"] = time.perf_counter() - started - steps["import_config_s"]
     rss_after_imports = peak_mb()

@@ -27,7 +27,7 @@ from tasks.core.dvc import data_versions
 from tasks.core.errors import MlcycleError
 from tasks.core.files import file_md5
 from tasks.core.images import prepare_images
-from tasks.core.lineage import TAG_DVC_PREFIX, TAG_FLOW_RUN, TAG_MODEL_MD5, TAG_MODEL_RUN
+from tasks.core.lineage import TAG_FLOW_RUN, TAG_MODEL_MD5, TAG_MODEL_RUN, Lineage
 from tasks.core.paths import MODEL_FILE, PREDICTION_LOG, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.tracking import ModelVersionNotFound, get_model_version
 from tasks.lifecycle.deployments import (
@@ -37,8 +37,7 @@ from tasks.lifecycle.deployments import (
     drift_triggers,
     pending_retrain,
 )
-from tasks.monitoring.drift import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, DriftResult, compare
-from tasks.monitoring.drift import write_report as write_drift_report
+from tasks.monitoring.drift import compare
 from tasks.monitoring.features import image_features
 from tasks.monitoring.reference import (
     REFERENCE_FILE_NAME,
@@ -47,6 +46,8 @@ from tasks.monitoring.reference import (
     reference_from_split,
     save_reference,
 )
+from tasks.monitoring.report import write_report as write_drift_report
+from tasks.monitoring.verdict import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, DriftResult
 from tasks.stages.evaluate import MONITORING_ARTIFACT_PATH
 
 MONITORING_EXPERIMENT = "mlcycle-monitoring"
@@ -149,7 +150,7 @@ def rebuilt_reference(served: Served, artifact: str) -> Reference:
 
     client = MlflowClient()
     run = client.get_run(served.run_id)
-    wanted_data = run.data.tags.get(f"{TAG_DVC_PREFIX}{PROCESSED_DIR.as_posix()}")
+    wanted_data = Lineage.from_tags(run.data.tags).processed
     model_run = run.data.tags.get(TAG_MODEL_RUN, served.run_id)
     wanted_model = client.get_run(model_run).data.tags.get(TAG_MODEL_MD5)
     have_data = data_versions(verify=True).get(PROCESSED_DIR.as_posix())

@@ -14,15 +14,7 @@ import numpy as np
 import pytest
 
 from tasks.core.config import MonitorParams
-from tasks.monitoring.drift import (
-    DRIFT,
-    NO_DRIFT,
-    NOT_ENOUGH_DATA,
-    DriftInputError,
-    DriftResult,
-    compare,
-    write_report,
-)
+from tasks.monitoring.drift import compare
 from tasks.monitoring.features import FEATURES, image_features
 from tasks.monitoring.reference import (
     MonitoringReferenceError,
@@ -32,6 +24,8 @@ from tasks.monitoring.reference import (
     newest_of,
     save_reference,
 )
+from tasks.monitoring.report import write_report
+from tasks.monitoring.verdict import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, DriftInputError, DriftResult
 
 WINDOW = 400  # held-out digits per window: above monitor.min_rows, below the 527 held out
 

@@ -10,7 +10,7 @@ import yaml
 
 from tasks.lifecycle.deployments import DRIFT_EVENT
 from tasks.lifecycle.monitor import MonitorOutcome, Served, verdict_event
-from tasks.monitoring.drift import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, Check, DriftResult
+from tasks.monitoring.verdict import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, Check, DriftResult
 from tests.helpers import REPO_ROOT
 
 
