@@ -510,13 +510,13 @@ def manage_registry(args: argparse.Namespace, command: str) -> int:
     elif args.command == "promote":
         with flow_api():  # first: an unreachable PREFECT_API_URL fails before MLflow loads
             connect()
-            previous = promote_model(name, args.version, args.force)
+            previous = promote_model(name, args.version, params.registry, args.force)
         print(f"{name}: champion is now version {args.version} (was {previous or 'none'})")
         print(notify_serving_app(params.serve))
     elif args.command == "rollback":
         with flow_api():
             connect()
-            current, previous = rollback_model(name)
+            current, previous = rollback_model(name, params.registry)
         print(f"{name}: champion rolled back from version {current} to version {previous}")
         print(notify_serving_app(params.serve))
     elif args.command == "restore":

@@ -19,7 +19,7 @@ from tasks.core.config import flatten
 from tasks.core.console import run_logger
 from tasks.core.errors import MlcycleError, shown_path
 from tasks.core.files import file_md5
-from tasks.core.paths import DVC_LOCK
+from tasks.core.paths import DVC_LOCK, PROCESSED_DIR, RAW_DIR
 from tasks.core.processes import start_group, stop_group
 
 # What `dvc repro` prints around a stage that says nothing about it (the flow pushes the data
@@ -33,7 +33,8 @@ DVC_HINTS = (
     "dvc config core.autostage",
     "Use `dvc push`",
 )
-DATA_OUTPUTS = ("data/raw", "data/processed")  # the data a model version's lineage names
+# the data a model version's lineage names (tasks.core.lineage.Lineage)
+DATA_OUTPUTS = (RAW_DIR.as_posix(), PROCESSED_DIR.as_posix())
 
 
 class DvcError(MlcycleError):
@@ -164,10 +165,11 @@ def check_recorded_file(repo: Any, out: Any, path: Path, md5: str) -> None:
     )
 
 
-def push_data() -> int:
-    """Send the DVC-tracked outputs to the default remote; returns how many files moved."""
+def push_data(root: Path = Path()) -> int:
+    """Send the DVC-tracked outputs of the repository at ``root`` to its default remote;
+    returns how many files moved."""
     logger = run_logger("mlcycle.dvc")
-    with open_repo() as repo:
+    with open_repo(root) as repo:
         remote = repo.config["core"].get("remote")
         if not remote:
             logger.info("dvc push: no default remote configured, data stays local")

@@ -18,12 +18,11 @@ from typing import TYPE_CHECKING, Any
 from tasks.core.config import Params
 from tasks.core.errors import MlcycleError
 from tasks.core.lineage import (
-    LINEAGE_TAGS,
-    TAG_DVC_PREFIX,
     TAG_EVALUATED,
     TAG_FLOW_RUN,
     TAG_PARAMS,
     TAG_RUN,
+    kept_on_run,
     lineage_tags,
 )
 from tasks.core.redaction import install_log_redaction, redact, redact_mapping, without_credentials
@@ -372,16 +371,16 @@ def get_model_version(
 
 def with_lineage(details: Any) -> Any:
     """A model version whose tags also hold the lineage that the run it was registered from
-    keeps (``LINEAGE_TAGS``, the DVC hashes, and the run's params as ``TAG_PARAMS`` JSON): what
-    a version registered before mlcycle moved it off the version holds itself. The version's
-    own tags win. TrackingError when that run cannot be read."""
+    keeps (``kept_on_run``: its Lineage, classes, shapes; and the run's params as
+    ``TAG_PARAMS`` JSON). The version's own tags win. TrackingError when that run cannot be
+    read."""
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.exceptions import MlflowException
     from mlflow.protos.model_registry_pb2 import ModelVersionTag
     from mlflow.tracking import MlflowClient
 
     tags = details.tags
-    if TAG_PARAMS in tags or TAG_RUN not in tags:  # an older version, or not mlcycle's
+    if TAG_RUN not in tags:  # not registered by mlcycle: it has no run to read
         return details
     try:
         run = MlflowClient().get_run(tags[TAG_RUN])
@@ -402,7 +401,7 @@ def with_lineage(details: Any) -> Any:
 def run_lineage(run: Any) -> dict[str, str]:
     """The lineage a pipeline run records for the versions registered from it."""
     tags = run.data.tags
-    lineage = {k: v for k, v in tags.items() if k in LINEAGE_TAGS or k.startswith(TAG_DVC_PREFIX)}
+    lineage = {k: v for k, v in tags.items() if kept_on_run(k)}
     lineage[TAG_PARAMS] = json.dumps(dict(sorted(run.data.params.items())))
     return lineage
 

@@ -15,12 +15,9 @@ from tasks.core.dvc import data_versions, locked_params
 from tasks.core.files import file_md5, read_json
 from tasks.core.lineage import (
     TAG_CLASS_NAMES,
-    TAG_DVC_PREFIX,
     TAG_EVALUATED,
     TAG_FAMILY,
     TAG_FLOW_RUN,
-    TAG_GIT_COMMIT,
-    TAG_GIT_DIRTY,
     TAG_INPUT_SHAPE,
     TAG_MODEL_MD5,
     TAG_MODEL_RUN,
@@ -28,6 +25,7 @@ from tasks.core.lineage import (
     TAG_RAW_SHAPE,
     TAG_RUN,
     TAG_UNREGISTERED,
+    Lineage,
 )
 from tasks.core.model_file import load_model
 from tasks.core.paths import MODEL_FILE, PARAMS_FILE, RAW_DIR
@@ -68,48 +66,19 @@ def find_candidate(
     model_md5 = file_md5(model_file)
     with tracking_errors("find the run to register"):
         run = (
-            client().get_run(run_id) if run_id else _newest_evaluated_run(experiment_id, model_md5)
+            client().get_run(run_id)
+            if run_id
+            else _newest_run(experiment_id, model_file, model_md5)
         )
-        if run is None:
-            raise RegistryError(
-                f"no finished, evaluated MLflow run has the model in {model_file} "
-                f"(md5 {model_md5}); run `mlcycle run` or `dvc repro` with tracking first"
-            )
-        tags = run.data.tags
-        if run.info.status != "FINISHED" or tags.get(TAG_EVALUATED) != "true":
-            raise RegistryError(
-                f"run {run.info.run_id} is {run.info.status}"
-                f"{'' if tags.get(TAG_EVALUATED) == 'true' else ', not evaluated'}: only finished, "
-                "evaluated runs are registered"
-            )
-        model_run_id = tags.get(TAG_MODEL_RUN) or run.info.run_id
-        model_tags = (
-            tags if model_run_id == run.info.run_id else client().get_run(model_run_id).data.tags
-        )
-        if model_tags.get(TAG_MODEL_MD5) != model_md5:
-            raise RegistryError(
-                f"run {run.info.run_id} evaluated a model with md5 "
-                f"{model_tags.get(TAG_MODEL_MD5)}, but {model_file} has md5 {model_md5}; "
-                "`dvc checkout` the run's outputs first"
-            )
+        _refuse_unevaluated(run)
+        model_run_id = _model_run_id(run, model_file, model_md5)
         model_id = _logged_model_id(experiment_id, model_run_id)
-    recorded = {
-        k.removeprefix(TAG_DVC_PREFIX): v for k, v in tags.items() if k.startswith(TAG_DVC_PREFIX)
-    }
-    # dvc.lock, and the files themselves: the gate scores the split on disk
-    workspace = data_versions(root, verify=True) if recorded else {}
-    for path, md5 in recorded.items():
-        if workspace.get(path) != md5:
-            raise RegistryError(
-                f"{path} in this workspace ({workspace.get(path, 'missing')}) is not the data run "
-                f"{run.info.run_id} was evaluated on ({md5}); `dvc checkout` or re-run the pipeline"
-            )
+    tags = run.data.tags
+    lineage = Lineage.from_tags(tags)
+    _check_data(run, lineage, root)
     _check_params(run, root / PARAMS_FILE)
     _check_lock_params(run, root)
-    try:
-        metrics = {name: float(run.data.metrics[f"test_{name}"]) for name in SCORES}
-    except KeyError as missing:
-        raise RegistryError(f"run {run.info.run_id} has no {missing.args[0]} metric") from None
+    metrics = _test_scores(run)
     _, spec = load_model(model_file)
     record = {
         # the version's own tags (create_version), in the order the MLflow UI lists them
@@ -118,9 +87,7 @@ def find_candidate(
         TAG_RUN: run.info.run_id,
         TAG_MODEL_MD5: model_md5,
         # lineage: kept on the run (create_version adds the model's classes and shapes there)
-        **{k: v for k, v in tags.items() if k.startswith(TAG_DVC_PREFIX)},
-        TAG_GIT_COMMIT: tags.get(TAG_GIT_COMMIT, "unknown"),
-        TAG_GIT_DIRTY: tags.get(TAG_GIT_DIRTY, "unknown"),
+        **lineage.to_tags(),
         TAG_FLOW_RUN: tags.get(TAG_FLOW_RUN, "none"),
         TAG_PARAMS: json.dumps(dict(sorted(run.data.params.items()))),
         TAG_CLASS_NAMES: json.dumps(list(spec["class_names"])),
@@ -136,6 +103,54 @@ def find_candidate(
         record,
         tags.get(TAG_UNREGISTERED),
     )
+
+
+def _refuse_unevaluated(run: Any) -> None:
+    """Only a finished run that evaluated its model is registered."""
+    evaluated = run.data.tags.get(TAG_EVALUATED) == "true"
+    if run.info.status != "FINISHED" or not evaluated:
+        raise RegistryError(
+            f"run {run.info.run_id} is {run.info.status}"
+            f"{'' if evaluated else ', not evaluated'}: only finished, evaluated runs are "
+            "registered"
+        )
+
+
+def _model_run_id(run: Any, model_file: Path, model_md5: str) -> str:
+    """The run that logged the model ``run`` evaluated (itself unless DVC reused the model),
+    as long as that model is the one in ``model_file``."""
+    tags = run.data.tags
+    model_run_id = tags.get(TAG_MODEL_RUN) or run.info.run_id
+    model_tags = (
+        tags if model_run_id == run.info.run_id else client().get_run(model_run_id).data.tags
+    )
+    if model_tags.get(TAG_MODEL_MD5) != model_md5:
+        raise RegistryError(
+            f"run {run.info.run_id} evaluated a model with md5 "
+            f"{model_tags.get(TAG_MODEL_MD5)}, but {model_file} has md5 {model_md5}; "
+            "`dvc checkout` the run's outputs first"
+        )
+    return model_run_id
+
+
+def _check_data(run: Any, lineage: Lineage, root: Path) -> None:
+    """The workspace's data must be what the run was evaluated on: its ``dvc.lock``, and the
+    files themselves (the gate scores the split on disk)."""
+    recorded = lineage.dvc_hashes
+    workspace = data_versions(root, verify=True) if recorded else {}
+    for path, md5 in recorded.items():
+        if workspace.get(path) != md5:
+            raise RegistryError(
+                f"{path} in this workspace ({workspace.get(path, 'missing')}) is not the data run "
+                f"{run.info.run_id} was evaluated on ({md5}); `dvc checkout` or re-run the pipeline"
+            )
+
+
+def _test_scores(run: Any) -> dict[str, float]:
+    try:
+        return {name: float(run.data.metrics[f"test_{name}"]) for name in SCORES}
+    except KeyError as missing:
+        raise RegistryError(f"run {run.info.run_id} has no {missing.args[0]} metric") from None
 
 
 def _check_params(run: Any, params_path: Path) -> None:
@@ -194,6 +209,17 @@ def _raw_shape(raw_dir: Path, spec: Mapping[str, Any]) -> list[int]:
     if meta.is_file():
         return list(read_json(meta)["image_shape"])
     return list(spec["input_shape"])
+
+
+def _newest_run(experiment_id: str, model_file: Path, model_md5: str) -> Any:
+    """The newest finished run that evaluated the model in ``model_file`` (``model_md5``)."""
+    run = _newest_evaluated_run(experiment_id, model_md5)
+    if run is None:
+        raise RegistryError(
+            f"no finished, evaluated MLflow run has the model in {model_file} "
+            f"(md5 {model_md5}); run `mlcycle run` or `dvc repro` with tracking first"
+        )
+    return run
 
 
 def _newest_evaluated_run(experiment_id: str, model_md5: str) -> Any:

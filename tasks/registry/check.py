@@ -22,7 +22,7 @@ import numpy as np
 
 from tasks.core.config import RegistryParams
 from tasks.core.files import ImageDataset, file_md5, read_split
-from tasks.core.lineage import LEGACY_VERSION_TAGS, TAG_CHECK, TAG_INPUT_SHAPE, TAG_MODEL_MD5
+from tasks.core.lineage import TAG_CHECK, TAG_INPUT_SHAPE, TAG_MODEL_MD5
 from tasks.core.model_file import load_model, model_file_problem, predict_logits
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR
 from tasks.core.redaction import redact
@@ -89,12 +89,8 @@ def load_registered(name: str, version: str) -> Iterator[Any]:
 
 
 def predict_raw(loaded: Any, images: np.ndarray) -> np.ndarray:
-    """Scores of raw images (uint8, as data/raw holds them) from a loaded registry version.
-    Versions logged before mlcycle's pyfunc model declare a float32 input, which MLflow
-    enforces: the images are cast to what a version declares."""
-    schema = loaded.metadata.get_input_schema()
-    if schema is not None and schema.is_tensor_spec():
-        images = images.astype(schema.numpy_types()[0], copy=False)
+    """Scores of raw images (uint8, as data/raw holds them and the version's signature
+    declares) from a loaded registry version."""
     return np.asarray(loaded.predict(images))
 
 
@@ -202,8 +198,6 @@ def _record_outcome(name: str, version: str, problem: str | None, tags: Mapping[
         api.set_model_version_tag(
             name, version, TAG_CHECK, CHECK_FAILED if problem else CHECK_PASSED
         )
-        if LEGACY_VERSION_TAGS[TAG_CHECK] in tags:  # an earlier mlcycle's, now out of date
-            api.delete_model_version_tag(name, version, LEGACY_VERSION_TAGS[TAG_CHECK])
         if problem:
             api.set_model_version_tag(
                 name, version, TAG_CHECK_REASON, redact(problem)[:MAX_REASON_CHARS]

@@ -16,9 +16,9 @@ from tasks.core.files import ImageDataset, read_split
 from tasks.core.lineage import (
     TAG_CLASS_NAMES,
     TAG_DECISION,
-    TAG_DVC_PREFIX,
     TAG_INPUT_SHAPE,
     TAG_PREVIOUS_CHAMPION,
+    Lineage,
 )
 from tasks.core.paths import PROCESSED_DIR
 from tasks.core.tracking import get_model_version, tracking_errors
@@ -237,8 +237,8 @@ def promote_if_better(
 
 
 def _data_note(candidate: Candidate, champion_tags: Mapping[str, str]) -> str:
-    key = f"{TAG_DVC_PREFIX}data/processed"
-    theirs, ours = champion_tags.get(key), candidate.tags.get(key)
+    theirs = Lineage.from_tags(champion_tags).processed
+    ours = Lineage.from_tags(candidate.tags).processed
     if theirs and ours and theirs != ours:
         return (
             f" (both scored on test split {ours[:12]}; the champion was trained on data "

@@ -13,7 +13,7 @@ from tasks.core.dvc import (
     pull_outputs,
 )
 from tasks.core.files import atomic_path
-from tasks.core.lineage import LINEAGE_DIR, TAG_DVC_PREFIX, TAG_GIT_COMMIT, TAG_RUN, git_state
+from tasks.core.lineage import LINEAGE_DIR, TAG_RUN, Lineage, git_state
 from tasks.core.paths import DVC_LOCK, PARAMS_FILE
 from tasks.core.tracking import connect, get_model_version, tracking_errors
 from tasks.registry.store import RegistryError, client, parse_version
@@ -54,9 +54,8 @@ def restore(name: str, version: str, root: Path = Path()) -> Restored:
                 if not source.is_file():
                     raise RegistryError(f"run {run_id} has no {LINEAGE_DIR}/{file.name}")
                 lineage[file] = source.read_bytes()
-    expected = {
-        k.removeprefix(TAG_DVC_PREFIX): v for k, v in tags.items() if k.startswith(TAG_DVC_PREFIX)
-    }
+    recorded = Lineage.from_tags(tags)
+    expected = recorded.dvc_hashes
     # The workspace's own dvc.lock and params.yaml come back if anything below fails (the data
     # they describe stays in the DVC cache).
     saved = {file: (root / file).read_bytes() for file in lineage if (root / file).is_file()}
@@ -82,6 +81,5 @@ def restore(name: str, version: str, root: Path = Path()) -> Restored:
                 (root / file).unlink(missing_ok=True)
         checkout_quietly(root)  # the data back to what the restored dvc.lock says
         raise
-    commit = tags.get(TAG_GIT_COMMIT, "unknown")
-    head = git_state(root).get(TAG_GIT_COMMIT)
-    return Restored(version, actual, commit, commit_matches=head == commit)
+    head = Lineage.from_tags(git_state(root)).commit
+    return Restored(version, actual, recorded.commit, commit_matches=head == recorded.commit)

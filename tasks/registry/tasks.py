@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -10,6 +11,7 @@ from prefect.transactions import get_transaction
 
 from tasks.core.config import RegistryParams
 from tasks.core.console import run_logger
+from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, RAW_DIR
 from tasks.core.pending import (
     clear_unregistered,
     mark_unregistered,
@@ -20,7 +22,7 @@ from tasks.core.redaction import redact
 from tasks.registry.candidate import Candidate, find_candidate
 from tasks.registry.check import check_registered
 from tasks.registry.gate import Registration, promote_if_better
-from tasks.registry.manual import promote, rollback
+from tasks.registry.manual import force_promote, promote, rollback
 from tasks.registry.store import SCORES, RegistryError, log
 from tasks.registry.versions import RegisteredVersion, create_version, retire_version
 
@@ -75,8 +77,8 @@ def find_unregistered_task() -> str | None:
 
 
 @task(name="find-candidate")
-def find_candidate_task(run_id: str | None = None) -> Candidate:
-    candidate = find_candidate(run_id)
+def find_candidate_task(run_id: str | None = None, root: Path = Path()) -> Candidate:
+    candidate = find_candidate(run_id, root / MODEL_FILE, root, root / RAW_DIR)
     if candidate.unregistered:
         run_logger(log.name).warning(
             "register: run %s was evaluated but never registered (%s): registering it now",
@@ -93,8 +95,8 @@ def find_candidate_task(run_id: str | None = None) -> Candidate:
 
 
 @task(name="create-model-version")
-def create_version_task(candidate: Candidate, name: str) -> RegisteredVersion:
-    registered = create_version(candidate, name)
+def create_version_task(candidate: Candidate, name: str, root: Path = Path()) -> RegisteredVersion:
+    registered = create_version(candidate, name, root)
     if registered.created and (txn := get_transaction()) is not None:
         txn.set(_ROLLBACK_KEY, registered)  # what the rollback hook undoes
     return registered
@@ -112,15 +114,17 @@ def _retire_on_rollback(txn: Any) -> None:
 
 
 @task(name="check-model-version")
-def check_version_task(registered: RegisteredVersion, policy: RegistryParams) -> None:
-    check_registered(registered, policy)
+def check_version_task(
+    registered: RegisteredVersion, policy: RegistryParams, root: Path = Path()
+) -> None:
+    check_registered(registered, policy, root / MODEL_FILE, root / PROCESSED_DIR)
 
 
 @task(name="promote-if-better")
 def promote_if_better_task(
-    candidate: Candidate, registered: RegisteredVersion, policy: RegistryParams
+    candidate: Candidate, registered: RegisteredVersion, policy: RegistryParams, root: Path = Path()
 ) -> Registration:
-    registration = promote_if_better(candidate, registered, policy)
+    registration = promote_if_better(candidate, registered, policy, root / PROCESSED_DIR)
     if candidate.unregistered:
         clear_unregistered(candidate.run_id)
         registration = replace(registration, recovered=candidate.unregistered)
@@ -156,14 +160,23 @@ publish_registration_task = task(name="publish-registration")(publish_registrati
 
 
 @task(name="promote")
-def promote_task(name: str, version: str, force: bool = False) -> str | None:
-    previous = promote(name, version, force=force)
+def promote_task(name: str, version: str, policy: RegistryParams) -> str | None:
+    previous = promote(name, version, policy)
     run_logger(log.name).info("%s: champion is now version %s (was %s)", name, version, previous)
     return previous
 
 
+@task(name="force-promote")
+def force_promote_task(name: str, version: str, policy: RegistryParams) -> str | None:
+    previous = force_promote(name, version, policy)
+    run_logger(log.name).info(
+        "%s: champion is now version %s (was %s), forced", name, version, previous
+    )
+    return previous
+
+
 @task(name="rollback")
-def rollback_task(name: str) -> tuple[str, str]:
-    current, previous = rollback(name)
+def rollback_task(name: str, policy: RegistryParams) -> tuple[str, str]:
+    current, previous = rollback(name, policy)
     run_logger(log.name).info("%s: champion rolled back from v%s to v%s", name, current, previous)
     return current, previous

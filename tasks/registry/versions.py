@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tasks.core.lineage import (
-    LEGACY_VERSION_TAGS,
-    LINEAGE_TAGS,
     MODEL_SPEC_TAGS,
     TAG_CHECK,
     TAG_DECISION,
-    TAG_DVC_PREFIX,
     TAG_FAMILY,
-    TAG_GIT_COMMIT,
-    TAG_GIT_DIRTY,
     TAG_MODEL_MD5,
     TAG_PARAMS,
     TAG_PREVIOUS_CHAMPION,
+    UNKNOWN,
+    Lineage,
+    kept_on_run,
     record_lineage_files,
 )
+from tasks.core.paths import DVC_LOCK, PARAMS_FILE
 from tasks.core.redaction import redact
 from tasks.core.tracking import (
     RunTracker,
@@ -66,20 +66,21 @@ class VersionRow:
     decision: str
 
 
-def create_version(candidate: Candidate, name: str) -> RegisteredVersion:
+def create_version(candidate: Candidate, name: str, root: Path = Path()) -> RegisteredVersion:
     """Register the candidate's model under ``name``, or find the version that already holds it.
 
     A retry of the same pipeline run, or a run that reused the same model file, gets the
     existing version back; its load check runs again. The version holds the few tags a person
     reads and the ones that prove its identity; its lineage stays on its run
-    (:func:`version_tags`).
+    (:func:`version_tags`), with the ``dvc.lock`` and ``params.yaml`` of the workspace at
+    ``root``.
     """
     from mlflow.exceptions import MlflowException
 
     api = client()
     # Under the lock: two registrations of one model file at once must not both create.
     with tracking_errors(f"register a version of '{name}'"), registry_lock(name):
-        record_lineage_files(candidate.run_id)
+        record_lineage_files(candidate.run_id, root / DVC_LOCK, root / PARAMS_FILE)
         existing = api.search_model_versions(
             f"name = '{name}' and tags.`{TAG_MODEL_MD5}` = '{candidate.model_md5}'"
         )
@@ -118,9 +119,7 @@ def version_tags(record: dict[str, str]) -> dict[str, str]:
     registry's version list), its load check and the gate's decision pending. The MLflow UI
     lists them in this order in its version list: the ones a person reads first."""
     own = {
-        key: value
-        for key, value in record.items()
-        if key not in (*LINEAGE_TAGS, TAG_PARAMS) and not key.startswith(TAG_DVC_PREFIX)
+        key: value for key, value in record.items() if key != TAG_PARAMS and not kept_on_run(key)
     }
     family = {TAG_FAMILY: own.pop(TAG_FAMILY)} if TAG_FAMILY in own else {}
     return {**family, TAG_CHECK: CHECK_PENDING, TAG_DECISION: DECISION_PENDING, **own}
@@ -164,39 +163,32 @@ def list_versions(name: str) -> list[VersionRow]:
         for alias, version in model.aliases.items():
             by_version.setdefault(str(version), []).append(alias)
         versions = api.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"])
-    rows = []
-    for v in versions:
-        tags = _readable(v)
-        scores = {key: float(tags[key]) for key in SCORES if key in tags}
-        dirty = "+dirty" if tags.get(TAG_GIT_DIRTY) == "true" else ""
-        rows.append(
-            VersionRow(
-                version=str(v.version),
-                aliases=tuple(sorted(by_version.get(str(v.version), []))),
-                created=time.strftime(
-                    "%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)
-                ),
-                family=tags.get(TAG_FAMILY, ""),
-                accuracy=scores.get("accuracy"),
-                macro_f1=scores.get("macro_f1"),
-                check=tags.get(TAG_CHECK, "unknown"),
-                data=tags.get(f"{TAG_DVC_PREFIX}data/processed", "unknown"),
-                commit=tags.get(TAG_GIT_COMMIT, "unknown") + dirty,
-                decision=tags.get(TAG_DECISION, ""),
-            )
-        )
-    return rows
+    return [version_row(v, by_version.get(str(v.version), [])) for v in versions]
 
 
-def _readable(version: Any) -> dict[str, str]:
-    """A version's tags with its run's lineage, under today's names (a version registered by
-    an earlier mlcycle used other names for the tags a person reads)."""
+def version_row(version: Any, aliases: list[str]) -> VersionRow:
+    """One line of ``mlcycle models``: a version's tags, with the lineage its run keeps."""
+    tags = _with_run_lineage(version)
+    scores = {key: float(tags[key]) for key in SCORES if key in tags}
+    lineage = Lineage.from_tags(tags)
+    return VersionRow(
+        version=str(version.version),
+        aliases=tuple(sorted(aliases)),
+        created=time.strftime("%Y-%m-%d %H:%M", time.localtime(version.creation_timestamp / 1000)),
+        family=tags.get(TAG_FAMILY, ""),
+        accuracy=scores.get("accuracy"),
+        macro_f1=scores.get("macro_f1"),
+        check=tags.get(TAG_CHECK, UNKNOWN),
+        data=lineage.processed or UNKNOWN,
+        commit=lineage.commit + ("+dirty" if lineage.dirty else ""),
+        decision=tags.get(TAG_DECISION, ""),
+    )
+
+
+def _with_run_lineage(version: Any) -> dict[str, str]:
+    """A version's tags with its run's lineage; its own tags alone when that run is gone."""
     try:
-        tags = dict(with_lineage(version).tags)
-    except TrackingError as error:  # its run is gone: list what the version holds itself
+        return dict(with_lineage(version).tags)
+    except TrackingError as error:
         log.warning("models: %s", error)
-        tags = dict(version.tags)
-    for name, legacy in LEGACY_VERSION_TAGS.items():
-        if name not in tags and legacy in tags:
-            tags[name] = tags[legacy]
-    return tags
+        return dict(version.tags)

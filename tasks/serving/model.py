@@ -20,13 +20,12 @@ from tasks.core.errors import MlcycleError, user_error
 from tasks.core.images import prepare_images
 from tasks.core.lineage import (
     TAG_CLASS_NAMES,
-    TAG_DVC_PREFIX,
-    TAG_GIT_COMMIT,
     TAG_INPUT_SHAPE,
     TAG_MODEL_MD5,
     TAG_PARAMS,
     TAG_RAW_SHAPE,
     TAG_RUN,
+    Lineage,
 )
 from tasks.core.model_file import model_file_problem
 from tasks.core.redaction import redact, redact_mapping
@@ -110,12 +109,8 @@ def load_served_model(name: str, alias: str, version: str | None = None) -> Serv
             "class_names": list(class_names),
             "raw_shape": list(raw_shape),
             "input_shape": list(input_shape),
-            "data_version": {
-                key.removeprefix(TAG_DVC_PREFIX): value
-                for key, value in tags.items()
-                if key.startswith(TAG_DVC_PREFIX)
-            },
-            "git_commit": tags.get(TAG_GIT_COMMIT, "unknown"),
+            "data_version": Lineage.from_tags(tags).dvc_hashes,
+            "git_commit": Lineage.from_tags(tags).commit,
             "mlflow_run_id": tags.get(TAG_RUN),
             "trained_at": time.strftime(
                 "%Y-%m-%dT%H:%M:%SZ", time.gmtime(details.creation_timestamp / 1000)

@@ -47,9 +47,9 @@ WEAK = {"accuracy": 0.0, "macro_f1": 0.0}  # never beats one
 
 
 @pytest.fixture
-def project(tracking_store, processed_dir, tiny_params, tmp_path) -> Workspace:
+def project(tracking_store, processed_dir, tiny_params, prefect_server, tmp_path) -> Workspace:
     """v1 champion first, then v2 (champion, replaced v1), then v3 (challenger)."""
-    workspace = make_workspace(tmp_path / "ws", processed_dir, tiny_params, NAME)
+    workspace = make_workspace(tmp_path / "ws", processed_dir, tiny_params, NAME, prefect_server)
     workspace.register(workspace.train(seed=1))
     workspace.register(replace(workspace.train(seed=2), metrics=STRONG))
     workspace.register(replace(workspace.train(seed=3), metrics=WEAK))
@@ -123,7 +123,7 @@ def test_a_version_scoring_its_check_images_otherwise_is_refused(project: Worksp
     MlflowClient().delete_model_version_tag(NAME, "3", TAG_MODEL_MD5)
     shutil.copyfile(model_file_of(project, "2"), model_file_of(project, "3"))
     with pytest.raises(LoadCheckFailed, match=r"scores its \d+ check images differently"):
-        promote(NAME, "3", project.processed)
+        promote(NAME, "3", project.params.registry, project.processed)
     assert alias_map(NAME)[CHAMPION] == "2"
     assert "differently from its registration" in version_tags()["3"][TAG_CHECK_REASON]
 
@@ -241,8 +241,12 @@ def test_promote_rollback_and_the_gate_race_in_any_order_and_leave_a_line(
             moves.append((registration.previous_champion or "none", registration.version))
 
     actions = {
-        "promote": lambda: moves.append((promote(NAME, "3", project.processed) or "none", "3")),
-        "rollback": lambda: moves.append(rollback(NAME, project.processed)),
+        "promote": lambda: moves.append(
+            (promote(NAME, "3", project.params.registry, project.processed) or "none", "3")
+        ),
+        "rollback": lambda: moves.append(
+            rollback(NAME, project.params.registry, project.processed)
+        ),
         "gate": the_gate,
     }
 
@@ -305,7 +309,7 @@ def test_every_path_that_takes_a_version_refuses_loose_ones_first(project: Works
     before = version_tags(), alias_map(NAME)
     for typed in ("01", " 1", "1\n", "+1", "1.0", "0", "-1", "", "\u0661"):
         with pytest.raises(RegistryError, match="is not a version number"):
-            promote(NAME, typed, project.processed)
+            promote(NAME, typed, project.params.registry, project.processed)
         with pytest.raises(RegistryError, match="is not a version number"):
             restore(NAME, typed, project.root)
     assert (version_tags(), alias_map(NAME)) == before
@@ -315,5 +319,5 @@ def test_a_rollback_record_that_is_no_version_number_is_refused(project: Workspa
     MlflowClient().set_model_version_tag(NAME, "2", TAG_PREVIOUS_CHAMPION, "01")
     before = version_tags(), alias_map(NAME)
     with pytest.raises(RegistryError, match=r"version 2's tag mlcycle\.previous_champion '01'"):
-        rollback(NAME, project.processed)
+        rollback(NAME, project.params.registry, project.processed)
     assert (version_tags(), alias_map(NAME)) == before

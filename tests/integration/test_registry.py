@@ -27,7 +27,7 @@ from tasks.registry.candidate import Candidate, find_candidate
 from tasks.registry.check import LoadCheckFailed
 from tasks.registry.gate import promote_if_better, score_version
 from tasks.registry.lock import registry_lock
-from tasks.registry.manual import promote, rollback
+from tasks.registry.manual import force_promote, promote, rollback
 from tasks.registry.store import CHALLENGER, CHAMPION, RegistryError, alias_map
 from tasks.registry.versions import create_version
 from tests.integration.helpers import (
@@ -170,7 +170,7 @@ def test_a_version_that_fails_to_load_is_rolled_back_and_the_champion_stays(
     assert alias_map(workspace.name) == {CHAMPION: champion, CHALLENGER: champion}
     # and by hand: promoting it fails the same check, the champion stays
     with pytest.raises(LoadCheckFailed):
-        promote(workspace.name, failed.version, workspace.processed)
+        promote(workspace.name, failed.version, workspace.params.registry, workspace.processed)
     assert alias_map(workspace.name)[CHAMPION] == champion
 
 
@@ -205,18 +205,18 @@ def test_rollback_and_manual_promote_move_the_champion(workspace: Workspace):
     second = workspace.register(better).version
     assert alias_map(name)[CHAMPION] == second
 
-    assert rollback(name, workspace.processed) == (second, first)
+    assert rollback(name, workspace.params.registry, workspace.processed) == (second, first)
     assert alias_map(name)[CHAMPION] == first
     with pytest.raises(RegistryError, match=f"champion v{first} .* replaced no earlier champion"):
-        rollback(name, workspace.processed)
+        rollback(name, workspace.params.registry, workspace.processed)
 
-    assert promote(name, second, workspace.processed) == first
+    assert promote(name, second, workspace.params.registry, workspace.processed) == first
     assert alias_map(name)[CHAMPION] == second
     assert MlflowClient().get_model_version(name, second).tags[TAG_DECISION] == "promoted by hand"
     with pytest.raises(ModelVersionNotFound, match="has no version 99"):
-        promote(name, "99", workspace.processed)
+        promote(name, "99", workspace.params.registry, workspace.processed)
     with pytest.raises(RegistryError, match="already the champion"):
-        promote(name, second, workspace.processed)
+        promote(name, second, workspace.params.registry, workspace.processed)
 
 
 def test_server_down_fails_fast_moves_nothing_and_a_retry_completes(
@@ -367,9 +367,9 @@ def test_promote_refuses_a_version_that_changes_the_classes_unless_forced(worksp
         r"what clients get: the champion's classes \[.*\] differ from this model's "
         r"\[\"x\", \"y\", \"z\"\]; `mlcycle promote \d+ --force`",
     ):
-        promote(name, version, workspace.processed)
+        promote(name, version, workspace.params.registry, workspace.processed)
     assert alias_map(name)[CHAMPION] == first
-    assert promote(name, version, workspace.processed, force=True) == first
+    assert force_promote(name, version, workspace.params.registry, workspace.processed) == first
     assert alias_map(name)[CHAMPION] == version
     assert MlflowClient().get_model_version(name, version).tags[TAG_DECISION] == (
         "promoted by hand (forced)"

@@ -177,3 +177,38 @@ def test_load_check_compares_scores_with_the_recorded_ones():
         recorded + 0.5, recorded
     )
     assert "with shape (2, 3)" in _recorded_problem(np.ones((2, 3)), recorded)
+
+
+def test_manual_moves_check_registry_check_samples_test_images(
+    tracking_store, tmp_path, monkeypatch, policy
+):
+    """promote, force_promote and rollback score the first ``registry.check_samples`` test
+    images of the workspace, as registration does (they once scored a fixed 64)."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.core.files import ImageDataset, write_splits
+    from tasks.registry import manual
+    from tasks.registry.store import CHAMPION, alias_map
+
+    processed = tmp_path / "processed"
+    test = ImageDataset(np.zeros((12, 8, 8, 1), np.uint8), np.zeros(12, np.int64), ("0", "1"))
+    write_splits({"test": (test, np.arange(12))}, processed, {"class_names": ["0", "1"]})
+    client = MlflowClient()
+    client.create_registered_model("m")
+    for _ in range(2):
+        client.create_model_version("m", "s", tags={TAG_INPUT_SHAPE: json.dumps([8, 8, 1])})
+    checked: list[tuple[str, int]] = []
+
+    def check_version(name, version, samples):  # the check's own loading is tested elsewhere
+        checked.append((version, len(samples)))
+
+    monkeypatch.setattr(manual, "check_version", check_version)
+    assert policy.check_samples == 8
+    assert manual.promote("m", "1", policy, processed) is None
+    assert manual.force_promote("m", "2", policy, processed) == "1"
+    assert manual.rollback("m", policy, processed) == ("2", "1")
+    assert checked == [("1", 8), ("2", 8), ("1", 8)]
+    assert alias_map("m")[CHAMPION] == "1"
+    few = policy.model_copy(update={"check_samples": 3})
+    manual.promote("m", "2", few, processed)
+    assert checked[-1] == ("2", 3)

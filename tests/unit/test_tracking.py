@@ -81,8 +81,7 @@ def test_the_experiment_opens_in_the_ui_as_model_training(tracking_store):
 
 def test_a_version_reads_its_lineage_from_its_run(tracking_store, tiny_params):
     """Versions keep a few short tags; params, classes, shapes and data hashes stay on the run
-    they were registered from, and read back with the version. An earlier mlcycle's version
-    holds them itself."""
+    they were registered from, and read back with the version."""
     with tracked_run(tiny_params, run_name="registered") as tracker:
         tracker.set_tags({TAG_CLASS_NAMES: '["a", "b"]', f"{TAG_DVC_PREFIX}data/raw": "d1.dir"})
     client = MlflowClient()
@@ -95,9 +94,6 @@ def test_a_version_reads_its_lineage_from_its_run(tracking_store, tiny_params):
     assert json.loads(record[TAG_PARAMS])["train.epochs"] == "2"
     assert record[TAG_GIT_COMMIT] == client.get_run(tracker.run_id).data.tags[TAG_GIT_COMMIT]
     assert TAG_PARAMS not in client.get_model_version("m", str(new.version)).tags  # not stored
-    old_tags = {TAG_RUN: tracker.run_id, TAG_PARAMS: "{}", TAG_CLASS_NAMES: '["x"]'}
-    old = client.create_model_version("m", "s", tags=old_tags)
-    assert get_model_version("m", str(old.version)).tags == old_tags
     gone = client.create_model_version("m", "s", tags={TAG_RUN: "0" * 32})
     with pytest.raises(TrackingError, match=f"keeps its lineage .* on MLflow run {'0' * 32}"):
         get_model_version("m", str(gone.version))
@@ -268,15 +264,14 @@ def test_versions_registered_before_the_pyfunc_model_still_serve_and_score(
     tracking_store, tiny_params, processed_dir, tmp_path
 ):
     """Until this change, mlcycle logged `mlflow.pytorch` programs (pt2) with a float32 input
-    signature: an existing champion of that kind must still be served, gated and checked."""
+    signature: an existing champion of that kind must still be served. (The registry's gate
+    and load-back check no longer read such versions.)"""
     import mlflow.pytorch
     import numpy as np
     from mlflow.models import infer_signature
 
     from tasks.core.files import read_split
     from tasks.core.model_file import load_model
-    from tasks.registry.check import check_version
-    from tasks.registry.gate import score_version
     from tasks.serving.model import load_served_model
 
     with tracked_run(tiny_params) as tracker:
@@ -312,6 +307,3 @@ def test_versions_registered_before_the_pyfunc_model_still_serve_and_score(
     )
     served = load_served_model("old", "champion", str(version.version))
     assert served.predict(test.images).shape == (len(test.images), 3)
-    scores = score_version("old", str(version.version), test)
-    assert 0 <= scores["accuracy"] <= 1
-    check_version("old", str(version.version), test.images[:8])  # uint8 in, cast for it
