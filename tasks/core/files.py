@@ -183,6 +183,10 @@ class ImageDataset:
         height, width, channels = self.images.shape[1:]
         return int(height), int(width), int(channels)
 
+    def subset(self, rows: np.ndarray) -> ImageDataset:
+        """The images and labels of ``rows``, in that order, with the same classes."""
+        return ImageDataset(self.images[rows], self.labels[rows], self.class_names)
+
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.class_names))
         return {name: int(count) for name, count in zip(self.class_names, counts, strict=True)}
@@ -226,13 +230,13 @@ def write_raw_dataset(
     return meta
 
 
-def read_raw_dataset(raw_dir: Path, mmap: bool = False) -> ImageDataset:
-    """Read ``data/raw``; ``mmap`` maps the images instead of loading them into memory."""
+def read_raw_dataset(raw_dir: Path) -> ImageDataset:
+    """Read ``data/raw`` (or a copy of it, such as ``data/validated``) into memory."""
     for name in ("images.npy", "labels.npy", "meta.json"):
         if not (raw_dir / name).is_file():
             raise MlcycleError(f"{raw_dir / name}: not found; run the collect stage first")
     meta = read_json(raw_dir / "meta.json")
-    images = np.load(raw_dir / "images.npy", mmap_mode="r" if mmap else None)
+    images = np.load(raw_dir / "images.npy")
     labels = np.load(raw_dir / "labels.npy")
     return ImageDataset(images, labels, tuple(meta["class_names"]))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from prefect import task
@@ -25,13 +26,20 @@ from tasks.core.files import (
     read_raw_groups,
     write_splits,
 )
-from tasks.core.images import CHUNK, mean_and_std, prepare_images
+from tasks.core.images import CHUNK, PIXEL_MAX, mean_and_std, prepare_images
 from tasks.core.paths import PROCESSED_DIR, VALIDATED_DIR
-from tasks.core.tracking import RunTracker, joined_flow_run
-from tasks.validation.gate import REPOSITORY_PLACES, ValidationPlaces, validate_splits
+from tasks.core.tracking import joined_flow_run
+from tasks.validation.gate import (
+    REPOSITORY_PLACES,
+    ValidationPlaces,
+    recording_validation,
+    validate_splits,
+)
 from tasks.validation.profiles import content_hashes
 
 log = logging.getLogger("mlcycle.preprocess")
+
+CONSTANT_STD = 1e-6  # a channel's std below this is a constant channel: it is given std 1
 
 
 class SplitError(MlcycleError):
@@ -52,15 +60,16 @@ def run_preprocess(
     validated_dir: Path = VALIDATED_DIR,
     processed_dir: Path = PROCESSED_DIR,
     places: ValidationPlaces = REPOSITORY_PLACES,
-    tracker: RunTracker | None = None,
 ) -> PreprocessResult:
     """Fit, split and normalise ``data/validated``; the split is written only if it passes
-    the ``processed_splits`` suite (no image in two splits)."""
+    the ``processed_splits`` suite (no image in two splits), whose verdict goes to
+    ``places.processed_report`` either way."""
     raw = read_raw_dataset(validated_dir)
+    samples, source_shape = len(raw.labels), raw.image_shape
     images = prepare_images(raw.images, params.image_size, params.channels)
     dataset = ImageDataset(images, raw.labels, raw.class_names)
     hashes = content_hashes(dataset.images)
-    siblings = read_raw_groups(validated_dir, len(dataset.labels))
+    siblings = read_raw_groups(validated_dir, samples)
     groups = hashes if siblings is None else linked_groups(hashes, siblings)
     indices = stratified_split(
         dataset.labels,
@@ -71,15 +80,9 @@ def run_preprocess(
         groups=groups,
     )
     mean, std = channel_statistics(dataset.images[indices["train"]])
-    splits = {
-        name: (
-            ImageDataset(dataset.images[rows], dataset.labels[rows], dataset.class_names),
-            rows,
-        )
-        for name, rows in indices.items()
-    }
+    splits = {name: (dataset.subset(rows), rows) for name, rows in indices.items()}
     sizes = {name: len(rows) for name, rows in indices.items()}
-    samples, image_shape, source_shape = len(raw.labels), dataset.image_shape, raw.image_shape
+    image_shape = dataset.image_shape
     # The splits hold copies of every image: let the whole array go before the gate profiles
     # them (at 1,000,000 images that is a third of this stage's peak memory).
     del raw, images, dataset
@@ -90,13 +93,9 @@ def run_preprocess(
         "mean": list(mean),
         "std": list(std),
         "split_sizes": sizes,
+        **row_origin_info(validated_dir, samples, groups if siblings is not None else None),
     }
-    if siblings is not None:  # only then: data without groups.npy splits as it always did
-        info["split_groups"] = len(np.unique(groups))
-    feedback = int(read_json(validated_dir / "meta.json").get("feedback_samples", 0))
-    if feedback:  # only then: the monitoring reference can be the newest rows (evaluate)
-        info["feedback_rows"] = [samples - feedback, samples]
-    validate_splits(splits, hashes, info, places, tracker)
+    validate_splits(splits, hashes, info, places)
     write_splits(splits, processed_dir, info)
     log.info(
         "preprocess: %s images -> %s (stratified, seed %d); input %s; mean %s std %s (train only)",
@@ -108,6 +107,21 @@ def run_preprocess(
         _rounded(std),
     )
     return PreprocessResult(processed_dir, sizes, image_shape, mean, std)
+
+
+def row_origin_info(validated_dir: Path, samples: int, groups: np.ndarray | None) -> dict[str, Any]:
+    """What preprocess.json adds about where the rows came from, each only when there is
+    something to say, so that data without it keeps its preprocess.json byte for byte:
+    ``split_groups`` (how many groups were split, for data with ``groups.npy``) and
+    ``feedback_rows`` (the raw rows of labelled feedback: the monitoring reference can be the
+    newest rows, see evaluate)."""
+    info: dict[str, Any] = {}
+    if groups is not None:
+        info["split_groups"] = len(np.unique(groups))
+    feedback = int(read_json(validated_dir / "meta.json").get("feedback_samples", 0))
+    if feedback:
+        info["feedback_rows"] = [samples - feedback, samples]
+    return info
 
 
 def stratified_split(
@@ -127,35 +141,9 @@ def stratified_split(
     """
     from sklearn.model_selection import train_test_split
 
-    if groups is None:
-        groups = np.arange(len(labels))
-    _, first, group_of_row = np.unique(groups, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    group_of_row = rank[group_of_row]
-    group_labels = labels[first[order]]
-    if len(order) < len(labels):
-        log.info(
-            "preprocess: %d images share a group (identical images, or copies of one original) "
-            "and are kept in its split; %d groups split",
-            len(labels) - len(order),
-            len(order),
-        )
-
-    counts = np.bincount(group_labels, minlength=len(class_names))
-    too_few = [
-        (name, int(count))
-        for name, count in zip(class_names, counts, strict=True)
-        if count < len(SPLITS)
-    ]
-    if too_few:
-        listed = ", ".join(f"{name!r} has {count}" for name, count in too_few)
-        raise SplitError(
-            f"cannot stratify: class {listed} distinct sample(s); each class needs at least "
-            f"{len(SPLITS)} (one per train/val/test split)"
-        )
-    group_ids = np.arange(len(order))
+    group_of_row, group_labels = ordered_groups(labels, groups)
+    check_stratifiable(group_labels, class_names)
+    group_ids = np.arange(len(group_labels))
     try:
         rest, test = train_test_split(
             group_ids, test_size=test_fraction, stratify=group_labels, random_state=seed
@@ -168,13 +156,48 @@ def stratified_split(
         )
     except ValueError as error:
         raise SplitError(
-            f"cannot stratify {len(order)} distinct samples in {len(class_names)} classes with "
-            f"val_fraction={val_fraction}, test_fraction={test_fraction}: {error}"
+            f"cannot stratify {len(group_labels)} distinct samples in {len(class_names)} classes "
+            f"with val_fraction={val_fraction}, test_fraction={test_fraction}: {error}"
         ) from None
     return {
         name: np.flatnonzero(np.isin(group_of_row, chosen))
         for name, chosen in (("train", train), ("val", val), ("test", test))
     }
+
+
+def ordered_groups(labels: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's group, numbered in order of first appearance, and each group's label (its
+    first row's). No ``groups``: every row a group of its own."""
+    if groups is None:
+        groups = np.arange(len(labels))
+    _, first, group_of_row = np.unique(groups, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    if len(order) < len(labels):
+        log.info(
+            "preprocess: %d images share a group (identical images, or copies of one original) "
+            "and are kept in its split; %d groups split",
+            len(labels) - len(order),
+            len(order),
+        )
+    return rank[group_of_row], labels[first[order]]
+
+
+def check_stratifiable(group_labels: np.ndarray, class_names: tuple[str, ...]) -> None:
+    """SplitError unless every class has a group for each of train, val and test."""
+    counts = np.bincount(group_labels, minlength=len(class_names))
+    too_few = [
+        (name, int(count))
+        for name, count in zip(class_names, counts, strict=True)
+        if count < len(SPLITS)
+    ]
+    if too_few:
+        listed = ", ".join(f"{name!r} has {count}" for name, count in too_few)
+        raise SplitError(
+            f"cannot stratify: class {listed} distinct sample(s); each class needs at least "
+            f"{len(SPLITS)} (one per train/val/test split)"
+        )
 
 
 def linked_groups(hashes: np.ndarray, siblings: np.ndarray) -> np.ndarray:
@@ -203,11 +226,12 @@ def channel_statistics(images: np.ndarray) -> tuple[tuple[float, ...], tuple[flo
     total = np.zeros(channels)
     total_sq = np.zeros(channels)
     for start in range(0, len(images), CHUNK):
-        chunk = images[start : start + CHUNK].reshape(-1, channels).astype(np.float64) / 255.0
+        pixels = images[start : start + CHUNK].reshape(-1, channels)
+        chunk = pixels.astype(np.float64) / float(PIXEL_MAX)
         total += chunk.sum(axis=0)
         total_sq += np.square(chunk).sum(axis=0)
     mean, std = mean_and_std(total, total_sq, images.size // channels)
-    std[std < 1e-6] = 1.0
+    std[std < CONSTANT_STD] = 1.0
     return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
@@ -221,9 +245,12 @@ preprocess_task = task(name="preprocess")(run_preprocess)
 
 def main() -> None:
     params = load_params()
-    # Under the flow, the split's validation is logged into its MLflow run.
-    with joined_flow_run(params) as tracker:
-        run_preprocess(params.preprocess, tracker=tracker)
+    # Under the flow, the split's verdict (pass or fail) is logged into the flow's MLflow run.
+    with (
+        joined_flow_run(params) as tracker,
+        recording_validation(tracker, REPOSITORY_PLACES.processed_report),
+    ):
+        run_preprocess(params.preprocess)
 
 
 if __name__ == "__main__":

@@ -38,9 +38,8 @@ from tasks.core.files import (
     write_json,
 )
 from tasks.core.paths import RAW_DIR, VALIDATED_DIR
-from tasks.core.tracking import RunTracker, joined_flow_run
+from tasks.core.tracking import joined_flow_run
 from tasks.validation.gate import (
-    RAW_REPORT,
     RAW_SUITE,
     REPOSITORY_PLACES,
     DataValidationFailed,
@@ -50,7 +49,7 @@ from tasks.validation.gate import (
     copy_files,
     quarantine,
     raise_failure,
-    record_validation,
+    recording_validation,
     run_suite,
 )
 from tasks.validation.profiles import profile_images
@@ -168,16 +167,16 @@ def run_validate(
     raw_dir: Path = RAW_DIR,
     validated_dir: Path = VALIDATED_DIR,
     places: ValidationPlaces = REPOSITORY_PLACES,
-    tracker: RunTracker | None = None,
 ) -> ValidationReport:
-    """Check ``raw_dir``; on success publish a copy as ``validated_dir``, else quarantine it.
+    """Check ``raw_dir`` and write the verdict to ``places.raw_report``; on success publish a
+    copy as ``validated_dir``, else quarantine it (DataValidationFailed).
 
     Any earlier ``validated_dir`` is removed first: after a failure nothing validated remains
     for preprocess to read.
     """
     started = time.perf_counter()
     shutil.rmtree(validated_dir, ignore_errors=True)
-    report_path = places.reports_dir / RAW_REPORT.name
+    report_path = places.raw_report
     try:
         batch = load_raw_batch(raw_dir)
         frame = profile_images(batch.images, batch.labels, declared_class_counts(batch.meta))
@@ -192,14 +191,12 @@ def run_validate(
             "(groups.npy (N,) optional)",
         )
         report = ValidationReport(RAW_SUITE, False, 0, (unreadable,), checked_by_gx=False)
-        _fail(report, {"error": str(error)}, raw_dir, report_path, places, tracker)
+        _fail(report, {"error": str(error)}, raw_dir, report_path, places)
     parameters = raw_parameters(batch.meta, params)
     report, full_result = run_suite(RAW_SUITE, frame, parameters, places.gx_dir)
     if not report.success:
-        _fail(report, full_result, raw_dir, report_path, places, tracker)
+        _fail(report, full_result, raw_dir, report_path, places)
     write_json(report_path, report.to_json())
-    if tracker is not None:
-        record_validation(tracker, report_path)
     with atomic_directory(validated_dir) as tmp:
         copy_files(raw_dir, tmp, RAW_FILES + OPTIONAL_RAW_FILES)
     log.info(
@@ -219,11 +216,9 @@ def _fail(
     batch_dir: Path,
     report_path: Path,
     places: ValidationPlaces,
-    tracker: RunTracker | None,
 ) -> NoReturn:
+    """Write the failing verdict, quarantine the batch beside it, raise DataValidationFailed."""
     write_json(report_path, report.to_json())
-    if tracker is not None:
-        record_validation(tracker, report_path)
     with quarantine(report, full_result, places) as (folder, kept):
         if batch_dir.is_dir():
             copy_files(batch_dir, folder, tuple(p.name for p in sorted(batch_dir.iterdir())))
@@ -236,10 +231,14 @@ validate_task = task(name="validate")(run_validate)
 
 def main() -> None:
     params = load_params()
-    # Under the flow, log into its MLflow run (pass or fail); a plain `dvc repro` has no run
-    # yet: the train stage records the validation reports in the run it opens.
-    with joined_flow_run(params) as tracker:
-        run_validate(params.validate, tracker=tracker)
+    # Under the flow, log the report it wrote into the flow's MLflow run (pass or fail); a plain
+    # `dvc repro` has no run yet: the train stage records the validation reports in the run it
+    # opens.
+    with (
+        joined_flow_run(params) as tracker,
+        recording_validation(tracker, REPOSITORY_PLACES.raw_report),
+    ):
+        run_validate(params.validate)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,16 @@ class ValidationPlaces:
     def data_docs(self) -> Path:
         return self.reports_dir / "data_docs" / "index.html"
 
+    @property
+    def raw_report(self) -> Path:
+        """The ``raw_samples`` verdict the validate stage writes."""
+        return self.reports_dir / RAW_REPORT.name
+
+    @property
+    def processed_report(self) -> Path:
+        """The ``processed_splits`` verdict the preprocess stage writes."""
+        return self.reports_dir / PROCESSED_REPORT.name
+
 
 REPOSITORY_PLACES = ValidationPlaces()
 
@@ -185,11 +195,17 @@ def _outcome(item: Any, frame: Any) -> Outcome:
     )
 
 
+# A list longer than LIST_SHOWN_UP_TO items is shown by its first LIST_HEAD and its length.
+LIST_SHOWN_UP_TO = 12
+LIST_HEAD = 10
+
+
 def _text(value: Any) -> str:
     if isinstance(value, float | np.floating):
         return f"{float(value):.6g}"
-    if isinstance(value, list | tuple) and len(value) > 12:
-        return "[" + ", ".join(_text(v) for v in value[:10]) + f", ... ({len(value)} in all)]"
+    if isinstance(value, list | tuple) and len(value) > LIST_SHOWN_UP_TO:
+        head = ", ".join(_text(v) for v in value[:LIST_HEAD])
+        return f"[{head}, ... ({len(value)} in all)]"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_text(v) for v in value) + "]"
     if isinstance(value, np.generic):
@@ -250,19 +266,17 @@ def validate_splits(
     hashes: np.ndarray,
     info: Mapping[str, Any],
     places: ValidationPlaces = REPOSITORY_PLACES,
-    tracker: RunTracker | None = None,
 ) -> ValidationReport:
-    """Check a train/val/test split before it is written; a failing split is quarantined.
+    """Check a train/val/test split before it is written, and write the verdict to
+    ``places.processed_report``; a failing split is quarantined (DataValidationFailed).
 
     ``hashes[row]`` is the content hash of the processed image of ``data/raw`` row ``row``.
     """
     frame = profile_splits(splits, hashes)
     parameters = {"class_ids": list(range(len(info["class_names"])))}
     report, full_result = run_suite(PROCESSED_SUITE, frame, parameters, places.gx_dir)
-    report_path = places.reports_dir / PROCESSED_REPORT.name
+    report_path = places.processed_report
     write_json(report_path, report.to_json())
-    if tracker is not None:
-        record_validation(tracker, report_path)
     if not report.success:
         with quarantine(report, full_result, places) as (folder, kept):
             write_split_files(splits, folder, info)
@@ -271,6 +285,21 @@ def validate_splits(
         "validate: split of %d samples passed %d expectations", report.rows, len(report.outcomes)
     )
     return report
+
+
+@contextmanager
+def recording_validation(tracker: RunTracker | None, report_path: Path) -> Iterator[None]:
+    """Log the validation report the block writes to ``report_path`` into ``tracker``'s run,
+    pass or fail: the stages write it before they raise DataValidationFailed, and any other
+    error leaves no new report to log. Without a tracker (no run to join) nothing is logged."""
+    try:
+        yield
+    except DataValidationFailed:
+        if tracker is not None:
+            record_validation(tracker, report_path)
+        raise
+    if tracker is not None:
+        record_validation(tracker, report_path)
 
 
 def record_validation(tracker: RunTracker, report_path: Path) -> None:

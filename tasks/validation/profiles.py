@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,49 @@ def profile_images(
 
     count = len(images)
     height, width, channels = images.shape[1:]
+    pixels = pixel_summaries(images)
+    frame = pd.DataFrame(
+        {
+            "label": labels,
+            "height": np.full(count, height, dtype=np.int64),
+            "width": np.full(count, width, dtype=np.int64),
+            "channels": np.full(count, channels, dtype=np.int64),
+            "dtype": pd.Categorical.from_codes(np.zeros(count, dtype=np.int8), [str(images.dtype)]),
+            "min": pixels.lowest,
+            "max": pixels.highest,
+            "mean": pixels.mean,
+            "std": pixels.std,
+            "nonfinite": pixels.nonfinite,
+            "blank": (pixels.lowest == pixels.highest).astype(np.int64),
+            "hash": content_hashes(images),
+        }
+    )
+    frame["conflicting_label"] = (
+        frame.groupby("hash", sort=False)["label"].transform("nunique") > 1
+    ).astype(np.int64)
+    frame["class_count"] = frame.groupby("label", sort=False, dropna=False)["label"].transform(
+        "size"
+    )
+    frame["class_share"] = frame["class_count"] / max(count, 1)
+    frame["declared_class_count"] = _declared_counts(labels, declared_class_counts)
+    return frame
+
+
+@dataclass(frozen=True)
+class PixelSummaries:
+    """Per image: its lowest and highest pixel, their mean and std, and how many are not
+    finite (NaN or infinite; always 0 for integer pixels)."""
+
+    lowest: np.ndarray
+    highest: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    nonfinite: np.ndarray
+
+
+def pixel_summaries(images: np.ndarray) -> PixelSummaries:
+    """:class:`PixelSummaries` of every image, in chunks of PROFILE_CHUNK images."""
+    count = len(images)
     pixels = int(np.prod(images.shape[1:]))
     flat = images.reshape(count, pixels)
     lowest, highest, mean, std = (np.empty(count) for _ in range(4))
@@ -68,31 +112,7 @@ def profile_images(
             total = values.sum(axis=1)
             squares = np.square(values).sum(axis=1)
         mean[part], std[part] = mean_and_std(total, squares, pixels)
-    frame = pd.DataFrame(
-        {
-            "label": labels,
-            "height": np.full(count, height, dtype=np.int64),
-            "width": np.full(count, width, dtype=np.int64),
-            "channels": np.full(count, channels, dtype=np.int64),
-            "dtype": pd.Categorical.from_codes(np.zeros(count, dtype=np.int8), [str(images.dtype)]),
-            "min": lowest,
-            "max": highest,
-            "mean": mean,
-            "std": std,
-            "nonfinite": nonfinite,
-            "blank": (lowest == highest).astype(np.int64),
-            "hash": content_hashes(images),
-        }
-    )
-    frame["conflicting_label"] = (
-        frame.groupby("hash", sort=False)["label"].transform("nunique") > 1
-    ).astype(np.int64)
-    frame["class_count"] = frame.groupby("label", sort=False, dropna=False)["label"].transform(
-        "size"
-    )
-    frame["class_share"] = frame["class_count"] / max(count, 1)
-    frame["declared_class_count"] = _declared_counts(labels, declared_class_counts)
-    return frame
+    return PixelSummaries(lowest, highest, mean, std, nonfinite)
 
 
 def _declared_counts(labels: np.ndarray, declared: np.ndarray | None) -> np.ndarray:
