@@ -110,7 +110,8 @@ def measure(root: Path, window: int) -> dict[str, float | str | bool]:
     rss_after_config = peak_mb()
     torch_loaded = "torch" in sys.modules
     from tasks.core.prediction_log.readers import read_window
-    from tasks.lifecycle.monitor import Window, check_window, fitted
+    from tasks.lifecycle.monitor import check_window
+    from tasks.lifecycle.monitor_window import Window, fitted
     from tasks.monitoring.features import image_features
     from tasks.monitoring.reference import load_reference
     from tasks.monitoring.report import write_report

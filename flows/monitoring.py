@@ -16,8 +16,8 @@ from pydantic import Field
 from tasks.core.config import Params, load_params
 from tasks.core.console import flow_without_secrets
 from tasks.core.errors import hide_user_error_tracebacks
-from tasks.core.prediction_log.readers import read_window
-from tasks.lifecycle.monitor import MonitorOutcome, emit_verdict_task, monitor_task
+from tasks.lifecycle.monitor import MonitorOutcome, monitor_task
+from tasks.lifecycle.verdict_event import emit_verdict_task
 
 hide_user_error_tracebacks()
 
@@ -46,7 +46,6 @@ def monitoring(
     params = params or load_params()
     monitored = monitor_task(
         params,
-        read_window,
         window,
         Path(batch) if batch else None,
         Path(prediction_log) if prediction_log else None,

@@ -211,7 +211,7 @@ def batch_file(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
         (  # item 8: 2-channel images were a traceback from the channel conversion
             lambda n: np.zeros(n, dtype=np.int64),
             lambda images: np.concatenate([images, images], axis=-1),
-            "'images' must be uint8 (N, H, W) or (N, H, W, C) with C 1 (grey) or 3 (RGB)",
+            "'images' has shape (250, 8, 8, 2); expected (N, H, W) or (N, H, W, C) with C 1 or 3",
         ),
     ],
     ids=["labels-minus-7", "string-labels", "two-channel-images"],

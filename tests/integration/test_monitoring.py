@@ -33,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
 @pytest.fixture(scope="module")
 def project(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # Its own run, not a copy of `ran_project`: a copy's MLflow runs keep the original's
-    # (absolute) artifact folder, and this module deletes and rebuilds a logged reference.
+    # (absolute) artifact folder, and this module moves a logged reference away and back.
     root = copy_project(project_template, tmp_path_factory.mktemp("monitored"))
     mlcycle("run", cwd=root)
     return root
@@ -190,31 +190,38 @@ def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project,
 
 
 def test_a_batch_file_is_judged_and_a_bad_one_named(project, tmp_path):
-    # a version evaluated before references existed: rebuilt from this workspace, logged back
-    logged = [p for p in project.rglob("monitoring_reference.npz") if "artifacts" in p.parts]
-    assert logged, "the evaluate stage logged no reference"
-    for path in logged:
-        path.unlink()
     test, _ = read_split(project / "data" / "processed", "test")
     batch = tmp_path / "batch.npz"
     np.savez(batch, images=np.roll(test.images, 3, axis=2), labels=test.labels)
     shifted = mlcycle("monitor", "--batch", str(batch), cwd=project, check=False)
     assert shifted.returncode == 3, shifted.stdout + shifted.stderr
     assert "no Prefect server with deployments" in shifted.stdout  # says how, fails nothing
-    assert (
-        "had no monitoring reference: rebuilt from this workspace"
-        in shifted.stdout + shifted.stderr
-    )
-    assert any(path.is_file() for path in logged)
 
     broken = tmp_path / "broken.npz"
     np.savez(broken, pixels=test.images)
     result = mlcycle("monitor", "--batch", str(broken), cwd=project, check=False)
     assert result.returncode == 1
-    assert f"{broken}: no 'images' array" in result.stderr
+    assert f"{broken}: missing array 'images'" in result.stderr
     missing = mlcycle("monitor", "--batch", str(tmp_path / "none.npz"), cwd=project, check=False)
-    assert missing.returncode == 1 and "no such file" in missing.stderr
+    assert missing.returncode == 1 and "none.npz: file not found" in missing.stderr
     assert os.path.exists(project / "mlflow.db")
+
+
+def test_a_served_version_without_its_reference_is_named(project, tmp_path):
+    logged = [p for p in project.rglob("monitoring_reference.npz") if "artifacts" in p.parts]
+    assert logged, "the evaluate stage logged no reference"
+    aside = [path.rename(tmp_path / f"reference-{n}.npz") for n, path in enumerate(logged)]
+    try:
+        test, _ = read_split(project / "data" / "processed", "test")
+        batch = tmp_path / "batch.npz"
+        np.savez(batch, images=test.images)
+        refused = mlcycle("monitor", "--batch", str(batch), cwd=project, check=False)
+    finally:
+        for moved, path in zip(aside, logged, strict=True):
+            moved.rename(path)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "version 1 has no monitoring reference that can be read" in refused.stderr
+    assert "monitoring/monitoring_reference.npz" in refused.stderr
 
 
 def test_labelled_feedback_reaches_the_training_data_through_dvc(project, app):

@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 
 from tasks.core.config import MonitorParams
+from tasks.core.prediction_log.readers import UNLABELLED
+from tasks.lifecycle.monitor_served import MonitorError, Served
+from tasks.lifecycle.monitor_window import batch_arrays
 from tasks.monitoring.drift import compare
 from tasks.monitoring.features import FEATURES, image_features
 from tasks.monitoring.reference import (
@@ -485,7 +488,18 @@ def test_report_of_other_rows_than_decided_is_refused(digits, params, tmp_path):
 def batch_reference(classes: int = 3):
     from types import SimpleNamespace
 
-    return SimpleNamespace(class_names=tuple(f"c{k}" for k in range(classes)))
+    return SimpleNamespace(
+        class_names=tuple(f"c{k}" for k in range(classes)), image_shape=(8, 8, 1)
+    )
+
+
+def batch_file(path: Path, images: np.ndarray, labels: np.ndarray | None = None) -> Path:
+    arrays = {"images": images} | ({} if labels is None else {"labels": labels})
+    np.savez(path, **arrays)
+    return path
+
+
+SERVED = Served("digits", "champion", "4", "run")
 
 
 @pytest.mark.parametrize(
@@ -495,26 +509,47 @@ def batch_reference(classes: int = 3):
         (np.asarray([0, 99, 1, -1]), "'labels' holds -1, 99, outside the classes"),
         (np.asarray(["cat"] * 4), "'labels' must hold one class index 0-2 of digits v4 per "),
         (np.asarray([0.0, 1.0, 2.0, 0.0]), "got float64 values (0.0, 1.0, 2.0)"),
-        (np.asarray([0, 1]), "got shape (2,)"),
+        (np.asarray([0, 1]), "'labels' has shape (2,); expected one label per image"),
     ],
 )
 def test_batch_labels_outside_the_classes_are_refused_by_name(labels, reason, tmp_path):
-    from tasks.lifecycle.monitor import MonitorError, Served, checked_batch_labels
-
-    served = Served("digits", "champion", "4", "run")
+    path = batch_file(tmp_path / "b.npz", np.zeros((4, 8, 8, 1), np.uint8), labels)
     with pytest.raises(MonitorError) as refused:
-        checked_batch_labels(tmp_path / "b.npz", labels, 4, served, batch_reference())
-    assert str(refused.value).startswith(f"{tmp_path / 'b.npz'}: ") and reason in str(refused.value)
-    good = checked_batch_labels(
-        Path("b.npz"), np.asarray([0, 2, 1, 0]), 4, served, batch_reference()
-    )
-    assert good.dtype == np.int64
+        batch_arrays(path, SERVED, batch_reference())
+    assert str(refused.value).startswith(f"{path}: ") and reason in str(refused.value)
 
 
-@pytest.mark.parametrize("shape", [(4, 8, 8, 2), (4, 8, 8, 4), (4, 8), (4, 8, 8, 1, 1)])
-def test_batch_images_that_are_neither_grey_nor_rgb_are_refused(shape, tmp_path):
-    from tasks.lifecycle.monitor import MonitorError, checked_batch_images
+def test_a_batch_is_read_as_the_served_versions_class_indices(tmp_path):
+    images = np.zeros((4, 8, 8), np.uint8)  # grey without a channel axis
+    labelled = batch_file(tmp_path / "l.npz", images, np.asarray([0, 2, 1, 0], np.int32))
+    fitted_images, labels = batch_arrays(labelled, SERVED, batch_reference())
+    assert fitted_images.shape == (4, 8, 8, 1) and fitted_images.dtype == np.uint8
+    assert labels.dtype == np.int64 and labels.tolist() == [0, 2, 1, 0]
+    _, unlabelled = batch_arrays(batch_file(tmp_path / "u.npz", images), SERVED, batch_reference())
+    assert unlabelled.tolist() == [UNLABELLED] * 4
 
-    with pytest.raises(MonitorError, match=r"b\.npz: 'images' must be uint8 .* with C 1 \(grey\)"):
-        checked_batch_images(tmp_path / "b.npz", np.zeros(shape, dtype=np.uint8))
-    assert checked_batch_images(tmp_path / "b.npz", np.zeros((4, 8, 8), np.uint8)).shape[-1] == 1
+
+@pytest.mark.parametrize(
+    ("images", "reason"),
+    [
+        *(
+            (np.zeros(shape, np.uint8), "with C 1 or 3")
+            for shape in [(4, 8, 8, 2), (4, 8, 8, 4), (4, 8), (4, 8, 8, 1, 1)]
+        ),
+        (np.zeros((0, 8, 8), np.uint8), "'images' is empty"),
+        (np.full((4, 8, 8), 0.5), "'images': pixels are float64"),
+    ],
+)
+def test_batch_images_the_model_cannot_take_are_refused_by_name(images, reason, tmp_path):
+    path = batch_file(tmp_path / "b.npz", images)
+    with pytest.raises(MonitorError) as refused:
+        batch_arrays(path, SERVED, batch_reference())
+    assert str(refused.value).startswith(f"{path}: ") and reason in str(refused.value)
+
+
+def test_a_batch_that_is_no_image_archive_is_named(tmp_path):
+    with pytest.raises(MonitorError, match="file not found"):
+        batch_arrays(tmp_path / "none.npz", SERVED, batch_reference())
+    np.savez(tmp_path / "pixels.npz", pixels=np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(MonitorError, match=r"pixels\.npz: missing array 'images'"):
+        batch_arrays(tmp_path / "pixels.npz", SERVED, batch_reference())

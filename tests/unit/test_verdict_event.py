@@ -9,7 +9,9 @@ import pytest
 import yaml
 
 from tasks.lifecycle.deployments import DRIFT_EVENT
-from tasks.lifecycle.monitor import MonitorOutcome, Served, verdict_event
+from tasks.lifecycle.monitor import MonitorOutcome
+from tasks.lifecycle.monitor_served import Served
+from tasks.lifecycle.verdict_event import verdict_event
 from tasks.monitoring.verdict import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, Check, DriftResult
 from tests.helpers import REPO_ROOT
 
