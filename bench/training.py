@@ -24,7 +24,7 @@ For each model (train.model mlp and cnn, with their train.<family> options of pa
     .to(device) copy of every batch, fp32, Adam with lr 1e-3, CrossEntropyLoss, loss.item()
     and the batch's correct count read back per batch, model.train() / model.eval(), and
     validation through a DataLoader (batch 64, no_grad) after every epoch.
-  Both build the same model class from the same spec (tasks.core.model_file.build_from_spec)
+  Both build the same model class from the same spec (tasks.core.model_spec.ModelSpec.build)
   right after seeding with train.seed: the same initial weights. Classic runs with torch's
   default kernel settings (ours with what params.yaml's train.* asks: deterministic kernels,
   precision, ...). --threads N pins torch to N threads for both (the stage's own choice, one
@@ -161,12 +161,12 @@ def test_accuracy(model: Any, images: np.ndarray, labels: np.ndarray, device: An
     return (logits.argmax(dim=1).cpu().numpy() == labels).mean().item()
 
 
-def run_ours(train: Any, processed: Path, root: Path, spec: dict[str, Any]) -> dict[str, Any]:
+def run_ours(train: Any, processed: Path, root: Path, spec: Any) -> dict[str, Any]:
     """run_train into ``root``; epoch times from its log lines, accuracies from its files."""
     import torch
 
     from tasks.core.files import read_split
-    from tasks.core.model_file import build_from_spec, load_model
+    from tasks.core.model_file import load_model
     from tasks.stages.train import run_train
 
     clock = EpochClock()
@@ -186,7 +186,7 @@ def run_ours(train: Any, processed: Path, root: Path, spec: dict[str, Any]) -> d
     history = read_history(root / "reports" / "training_history.csv")
     test, _ = read_split(processed, "test")
     device = torch.device(result.device)
-    last = build_from_spec(spec).to(device)
+    last = spec.build().to(device)
     checkpoint = torch.load(root / "checkpoints" / "last.pt", map_location=device)
     last.load_state_dict(checkpoint["model_state"])
     best, _ = load_model(result.model_path)
@@ -235,19 +235,18 @@ def tutorial_settings(seed: int) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def run_classic(train: Any, processed: Path, spec: dict[str, Any], device: Any) -> dict[str, Any]:
+def run_classic(train: Any, processed: Path, spec: Any, device: Any) -> dict[str, Any]:
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
 
     from tasks.core.files import read_split
-    from tasks.core.model_file import build_from_spec
 
     train_set, _ = read_split(processed, "train")
     val_set, _ = read_split(processed, "val")
     test, _ = read_split(processed, "test")
     tutorial_settings(train.seed)
-    model = build_from_spec(spec).to(device)  # the weights ours started from (same seed)
+    model = spec.build().to(device)  # the weights ours started from (same seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=CLASSIC_LR)
     loss_fn = nn.CrossEntropyLoss()
     train_loader = DataLoader(
@@ -377,18 +376,12 @@ def compare(
     the table with both runs' figures."""
     from tasks.core.config import TrainParams
     from tasks.core.files import read_split
+    from tasks.core.model_spec import ModelSpec
     from tasks.training.device import resolve_device
 
     train = TrainParams.model_validate({**params.train.model_dump(), **recipe, "model": family})
     train_set, info = read_split(processed, "train")
-    spec = {
-        "model": family,
-        "options": train.model_options(),
-        "input_shape": info["image_shape"],
-        "class_names": info["class_names"],
-        "mean": info["mean"],
-        "std": info["std"],
-    }
+    spec = ModelSpec.for_split(family, train.model_options(), info)
     images = len(train_set.labels)
     ours = summarise(run_ours(train, processed, root / family, spec), images)
     say(describe(family, "ours", ours))

@@ -256,8 +256,8 @@ def denoising_section(model_path: Path, processed: Path) -> dict[str, Any]:
     from tasks.core.files import read_split
     from tasks.core.model_file import load_model
 
-    model, spec = load_model(model_path)  # eval mode: no noise or dropout of its own
-    noise_std = float(spec["options"]["noise_std"])
+    model, saved = load_model(model_path)  # eval mode: no noise or dropout of its own
+    noise_std = float(saved.spec.options["noise_std"])
     test, _ = read_split(processed, "test")
     generator = torch.Generator().manual_seed(NOISE_SEED)
     with torch.no_grad():

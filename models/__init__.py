@@ -13,7 +13,7 @@ uses:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -106,22 +106,6 @@ def build_classifier(
     return Classifier(PixelNormalize(mean, std), network)
 
 
-def classifier_from_bundle(bundle: Mapping[str, Any]) -> Classifier:
-    """The trained network a model file holds (``artifacts/model.pt``, loaded with
-    ``torch.load(..., weights_only=True)``), in eval mode: its spec (model name, options, input
-    shape, classes, statistics) rebuilds it, and its state dict fills it."""
-    network = build_classifier(
-        bundle["model"],
-        bundle["input_shape"],
-        len(bundle["class_names"]),
-        bundle["mean"],
-        bundle["std"],
-        **bundle["options"],
-    )
-    network.load_state_dict(bundle["state_dict"])
-    return network.eval()
-
-
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -132,6 +116,5 @@ __all__ = [
     "Classifier",
     "PixelNormalize",
     "build_classifier",
-    "classifier_from_bundle",
     "parameter_count",
 ]

@@ -7,6 +7,7 @@ depends on ``params.yaml``. Shared by train, evaluate and the pipeline's bookkee
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import build_classifier, classifier_from_bundle
+from models import Classifier
 from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset, atomic_path, file_md5
 from tasks.core.lineage import TAG_MODEL_MD5
+from tasks.core.model_spec import ModelSpec, classifier_from_bundle
 
 FORMAT_VERSION = 1
 
@@ -30,41 +32,44 @@ def torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, handle)
 
 
-def build_from_spec(spec: dict[str, Any]) -> nn.Sequential:
-    return build_classifier(
-        spec["model"],
-        spec["input_shape"],
-        len(spec["class_names"]),
-        spec["mean"],
-        spec["std"],
-        **spec["options"],
-    )
+@dataclass(frozen=True)
+class SavedModel:
+    """What a model file says besides its weights: the spec and how the training went."""
+
+    spec: ModelSpec
+    best_epoch: int  # whose weights the file holds
+    epochs_run: int
 
 
-def save_model(path: Path, spec: dict[str, Any], model: nn.Module, **details: Any) -> None:
+def save_model(path: Path, model: nn.Module, saved: SavedModel) -> None:
+    # The keys and their order are the file's format: its bytes (and DVC's hash) depend on them.
     torch_save(
         {
             "format": FORMAT_VERSION,
-            **spec,
-            **details,
+            **saved.spec.to_bundle(),
+            "best_epoch": saved.best_epoch,
+            "epochs_run": saved.epochs_run,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         },
         path,
     )
 
 
-def load_model(path: Path) -> tuple[nn.Sequential, dict[str, Any]]:
-    """Rebuild a trained model from its file; returns it in eval mode, on CPU, and its spec."""
+def load_model(path: Path) -> tuple[Classifier, SavedModel]:
+    """Rebuild a trained model from its file; returns it in eval mode, on CPU, and its record."""
     if not path.is_file():
         raise MlcycleError(f"{path}: not found; run the train stage first")
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
         model = classifier_from_bundle(bundle)
+        saved = SavedModel(
+            ModelSpec.from_bundle(bundle), int(bundle["best_epoch"]), int(bundle["epochs_run"])
+        )
     except Exception as error:  # torch raises anything from struct.error to UnpicklingError
         raise MlcycleError(
             f"{path}: not a model written by the train stage ({type(error).__name__}: {error})"
         ) from None
-    return model, {k: v for k, v in bundle.items() if k != "state_dict"}
+    return model, saved
 
 
 @torch.no_grad()
@@ -101,6 +106,7 @@ def log_model(run_id: str, model_path: Path, examples: ImageDataset) -> None:
     from mlflow.tracking import MlflowClient
 
     import models
+    from tasks.core import model_spec
     from tasks.core.tracking import classifier_signature
 
     # A logged model lands in the active experiment, which must be the run's own.
@@ -120,7 +126,8 @@ def log_model(run_id: str, model_path: Path, examples: ImageDataset) -> None:
             examples.images.shape[1:], examples.images.dtype, len(examples.class_names)
         ),
         input_example=examples.images[:5],
-        code_paths=[str(Path(models.__file__).parent)],
+        # models/ and the spec's reader, which the model's code imports (as `model_spec`)
+        code_paths=[str(Path(models.__file__).parent), model_spec.__file__],
         # Naming them skips MLflow's slow requirement inference (it re-imports the model).
         pip_requirements=[
             f"torch=={torch.__version__.split('+')[0]}",

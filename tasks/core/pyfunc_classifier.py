@@ -1,6 +1,6 @@
 """The registered model's code, as MLflow runs it: ``mlflow.pyfunc.load_model(...)`` executes
-this file ("models from code") with ``models/`` on the path, and the model file
-(``artifacts/model.pt``) as an artifact.
+this file ("models from code") with ``models/`` and ``tasks/core/model_spec.py`` (as the
+top-level ``model_spec``) on the path, and the model file (``artifacts/model.pt``) as an artifact.
 
 Its signature (``tasks.core.tracking.classifier_signature``) declares what the MLflow UI
 shows under Schema and MLflow enforces before ``predict`` runs: a batch of uint8 images
@@ -8,7 +8,8 @@ shows under Schema and MLflow enforces before ``predict`` runs: a batch of uint8
 shape and takes floats too, for callers that run this class without MLflow's checks. Nothing
 is unpickled: the weights load with ``weights_only=True``.
 
-mlcycle never imports this module; it imports nothing of mlcycle's but ``models``.
+mlcycle never imports this module; it imports nothing of mlcycle's but ``models`` and
+``model_spec``, the one reader of the model file's spec.
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ class Classifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         import torch
-
-        from models import classifier_from_bundle
+        from model_spec import ModelSpec  # type: ignore[import-not-found]
 
         bundle = torch.load(context.artifacts["model_file"], map_location="cpu", weights_only=True)
-        self.module = classifier_from_bundle(bundle)
-        self.input_shape = tuple(bundle["input_shape"])
+        spec = ModelSpec.from_bundle(bundle)
+        self.module = spec.load(bundle["state_dict"])
+        self.input_shape = spec.input_shape
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import torch

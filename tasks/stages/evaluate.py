@@ -80,7 +80,7 @@ def run_evaluate(
     reports_dir: Path = REPORTS_DIR,
     tracker: RunTracker | None = None,
 ) -> EvaluateResult:
-    model, spec = load_model(model_path)
+    model, saved = load_model(model_path)
     test, _ = read_split(processed_dir, "test")
     predicted = predict_logits(model, torch.from_numpy(test.images)).argmax(dim=1).numpy()
     scores = classification_scores(test.labels, predicted, test.class_names)
@@ -108,7 +108,7 @@ def run_evaluate(
         paths["confusion_png"],
         scores,
         test.class_names,
-        title=f"{spec['model']} on {len(test.labels)} test images",
+        title=f"{saved.spec.model} on {len(test.labels)} test images",
     )
     save_reference(
         reference_from_split(model_path, processed_dir, scores.accuracy, params.reference_rows),

@@ -102,8 +102,7 @@ def trial_data(processed_dir: Path) -> Any:
 
     train_set, info = read_split(processed_dir, "train")
     val_set, _ = read_split(processed_dir, "val")
-    spec = {key: info[key] for key in ("class_names", "mean", "std")}
-    return TrialData(train_set, val_set, {"input_shape": info["image_shape"], **spec})
+    return TrialData(train_set, val_set, info)
 
 
 def summarise(study: Any, params: Params) -> dict[str, Any]:

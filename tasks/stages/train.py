@@ -21,7 +21,8 @@ from prefect import task
 from tasks.core.config import AUTO, TrainParams, load_params
 from tasks.core.console import stage_main
 from tasks.core.files import atomic_path, read_split, write_json
-from tasks.core.model_file import log_model, save_model
+from tasks.core.model_file import SavedModel, log_model, save_model
+from tasks.core.model_spec import ModelSpec
 from tasks.core.paths import CHECKPOINT_DIR, MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.tracking import RunTracker, flow_mlflow_run_id, tracked_run
 from tasks.training.checkpoint import (
@@ -71,14 +72,7 @@ def run_train(
     started = time.perf_counter()
     train_set, info = read_split(processed_dir, "train")
     val_set, _ = read_split(processed_dir, "val")
-    spec = {
-        "model": params.model,
-        "options": params.model_options(),
-        "input_shape": info["image_shape"],
-        "class_names": info["class_names"],
-        "mean": info["mean"],
-        "std": info["std"],
-    }
+    spec = ModelSpec.for_split(params.model, params.model_options(), info)
     shard = shard_from_env()  # one process, or one of torchrun's (train.processes)
     model, optimizer, device = start_training(spec, params, shard)
     identity = fingerprint(spec, params, processed_dir / "train.npz")
@@ -160,7 +154,7 @@ def run_train(
     )
     if not shard.is_main:
         return result  # rank 0 writes the model and the reports
-    save_model(model_path, spec, model, best_epoch=state.best_epoch, epochs_run=state.epoch)
+    save_model(model_path, model, SavedModel(spec, state.best_epoch, state.epoch))
     write_history(reports_dir / HISTORY_FILE.name, state.history)
     write_json(
         reports_dir / SUMMARY_FILE.name,

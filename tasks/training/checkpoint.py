@@ -18,6 +18,7 @@ from tasks.core.config import TrainParams
 from tasks.core.errors import MlcycleError
 from tasks.core.files import file_md5
 from tasks.core.model_file import torch_save
+from tasks.core.model_spec import ModelSpec
 
 log = logging.getLogger("mlcycle.train")
 
@@ -47,7 +48,7 @@ class TrainingState:
     pretrain_optimizer_state: dict[str, Any] = field(default_factory=dict)
 
 
-def fingerprint(spec: dict[str, Any], params: TrainParams, train_file: Path) -> str:
+def fingerprint(spec: ModelSpec, params: TrainParams, train_file: Path) -> str:
     """What a checkpoint must match to be resumed: the model, the optimiser and the data.
 
     The learning rate, weight decay and momentum may change on resume (fine-tuning); the
@@ -56,7 +57,7 @@ def fingerprint(spec: dict[str, Any], params: TrainParams, train_file: Path) -> 
     digest = hashlib.sha256(
         json.dumps(
             {
-                "spec": spec,
+                "spec": spec.to_bundle(),
                 "optimizer": params.optimizer,
                 "batch_size": params.batch_size,
                 "seed": params.seed,

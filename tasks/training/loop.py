@@ -15,7 +15,6 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +23,8 @@ from models import Classifier
 from tasks.core.config import TrainParams
 from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset
-from tasks.core.model_file import build_from_spec, predict_logits
+from tasks.core.model_file import predict_logits
+from tasks.core.model_spec import ModelSpec
 from tasks.training.augment import Augmentation, draw_augmentation, take
 from tasks.training.checkpoint import TrainingState
 from tasks.training.device import (
@@ -48,7 +48,7 @@ class TrainingDiverged(MlcycleError):
 
 
 def start_training(
-    spec: dict[str, Any], params: TrainParams, shard: Shard = SINGLE
+    spec: ModelSpec, params: TrainParams, shard: Shard = SINGLE
 ) -> tuple[Classifier, torch.optim.Optimizer, torch.device]:
     """A fresh model built from ``spec`` on ``train.device``, seeded (every run and every trial
     starts alike, whatever ran before), and its optimiser. A data-parallel process joins its
@@ -57,7 +57,7 @@ def start_training(
     if shard.parallel:
         device = join(shard, device)
     make_deterministic(params.seed, device, params.deterministic)
-    model = prepare_model(build_from_spec(spec), device)
+    model = prepare_model(spec.build(), device)
     return model, make_optimizer(params, model), device
 
 

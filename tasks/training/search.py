@@ -28,6 +28,7 @@ from models import parameter_count
 from tasks.core.config import OPTIMIZER_OPTIONS, Params, TrainParams, search_space
 from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset, file_md5
+from tasks.core.model_spec import ModelSpec
 from tasks.core.paths import ARTIFACTS_DIR
 from tasks.core.tracking import RunTracker, child_run, end_run
 from tasks.training.checkpoint import TrainingState
@@ -169,7 +170,7 @@ def _suggest_value(trial: optuna.Trial, name: str, spec: Any) -> Any:
 class TrialData:
     train_set: ImageDataset
     val_set: ImageDataset
-    spec: dict[str, Any]  # input shape, classes, statistics: the model spec minus the family
+    split_info: Mapping[str, Any]  # preprocess.json: input shape, classes, statistics
 
 
 def trial_params(params: Params, choice: ModelChoice) -> TrainParams:
@@ -214,7 +215,7 @@ def run_trial(
     parent_run_id: str | None,
     progress: SearchProgress | None = None,
 ) -> float:
-    spec = {"model": train.model, "options": train.model_options(), **data.spec}
+    spec = ModelSpec.for_split(train.model, train.model_options(), data.split_info)
     model, optimizer, _ = start_training(spec, train)
     parameters = parameter_count(model)
     trial.set_user_attr("parameters", parameters)

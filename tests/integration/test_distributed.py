@@ -121,7 +121,7 @@ def test_a_run_resumes_on_another_number_of_processes(workspace: Path):
     in_one_process("train.epochs=6", "train.resume=true")  # 2 processes -> 1
     history = (workspace / "reports" / "training_history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4", "5", "6"]
-    assert load_model(workspace / "artifacts" / "model.pt")[1]["epochs_run"] == 6
+    assert load_model(workspace / "artifacts" / "model.pt")[1].epochs_run == 6
 
 
 @pytest.mark.gpu

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from models import MODEL_NAMES, MODELS, PixelNormalize, build_classifier, classifier_from_bundle
+from models import MODEL_NAMES, MODELS, PixelNormalize, build_classifier
 from tasks.core import config
+from tasks.core.model_spec import classifier_from_bundle
 
 OPTIONS = {
     "mlp": {"hidden_sizes": (16, 8), "dropout": 0.1},

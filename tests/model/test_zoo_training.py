@@ -51,8 +51,8 @@ def test_every_family_trains_and_serves_the_same_logits_through_pyfunc(
     with tracked_run(tiny_params) as tracker:
         result = run(params, processed_dir, tmp_path, tracker)
     assert result.epochs_run == 2
-    model, spec = load_model(tmp_path / "model.pt")
-    assert spec["model"] == family
+    model, saved = load_model(tmp_path / "model.pt")
+    assert saved.spec.model == family
     test, _ = read_split(processed_dir, "test")
     local = predict_logits(model, torch.from_numpy(test.images)).numpy()
     run_info = MlflowClient().get_run(tracker.run_id).info

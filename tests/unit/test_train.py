@@ -42,8 +42,10 @@ def test_training_writes_model_checkpoint_and_history(tiny_params, processed_dir
     assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy"
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt"]
-    model, spec = load_model(out / "model.pt")
-    assert spec["model"] == "cnn" and spec["class_names"] == ["class_0", "class_1", "class_2"]
+    model, saved = load_model(out / "model.pt")
+    assert saved.spec.model == "cnn"
+    assert saved.spec.class_names == ("class_0", "class_1", "class_2")
+    assert (saved.best_epoch, saved.epochs_run) == (result.best_epoch, 3)
     logits = model(torch.zeros(4, 8, 8, 1, dtype=torch.uint8))
     assert logits.shape == (4, 3)
 
