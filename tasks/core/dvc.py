@@ -49,26 +49,41 @@ def open_repo(root: Path = Path()) -> Iterator[Any]:
         yield repo
 
 
-def data_versions(root: Path = Path(), verify: bool = False) -> dict[str, str]:
-    """DVC content hashes of the data outputs, as ``dvc.lock`` records them ({} before a run).
+MODIFIED_ON_DISK = "modified on disk"  # what verified_data_versions reads for changed files
 
-    ``verify``: DVC re-hashes the files on disk too, and an output whose files differ from
-    ``dvc.lock`` (changed, or gone) reads ``"modified on disk"`` instead of its hash.
-    """
+
+def data_versions(root: Path = Path()) -> dict[str, str]:
+    """DVC content hashes of the data outputs, as ``dvc.lock`` records them ({} before a run)."""
+    with _data_outputs(root) as outputs:
+        return {out.def_path: out.hash_info.value for out in outputs}
+
+
+def verified_data_versions(root: Path = Path()) -> dict[str, str]:
+    """:func:`data_versions`, with the files on disk re-hashed by DVC: an output whose files
+    differ from ``dvc.lock`` (changed, or gone) reads :data:`MODIFIED_ON_DISK`."""
+    with _data_outputs(root) as outputs:
+        return {
+            out.def_path: MODIFIED_ON_DISK if out.workspace_status() else out.hash_info.value
+            for out in outputs
+        }
+
+
+@contextmanager
+def _data_outputs(root: Path) -> Iterator[list[Any]]:
+    """The data outputs ``dvc.lock`` records a hash for, while the repository is open."""
     from dvc.exceptions import DvcException
 
     if not (root / DVC_LOCK).is_file():
-        return {}
+        yield []
+        return
     try:
         with open_repo(root) as repo:
-            return {
-                out.def_path: (
-                    "modified on disk" if verify and out.workspace_status() else out.hash_info.value
-                )
+            yield [
+                out
                 for stage in repo.index.stages
                 for out in stage.outs
                 if out.def_path in DATA_OUTPUTS and out.hash_info
-            }
+            ]
     except DvcException as error:
         raise DvcError(f"DVC could not read {root / DVC_LOCK}: {error}") from None
 
@@ -93,18 +108,18 @@ class CorruptData(DvcError):
     """A file DVC counts as up to date whose bytes are not what ``dvc.lock`` records."""
 
 
-def stage_is_stale(stage: str, verify_inputs: bool = False) -> bool:
+def stage_is_stale(stage: str) -> bool:
     """Whether DVC would run this stage now (changed deps, params or missing outputs).
 
-    ``verify_inputs``: a stage about to run first has the files it reads from other stages
-    (and ``.dvc`` files) hashed afresh against ``dvc.lock``: DVC trusts its own record of a
-    file it checked out, so a corrupt cache object brought by ``dvc checkout`` (or restored
-    from the run-cache) reads "up to date" until a stage fails deep inside a reader
-    (``BadZipFile: Bad CRC-32 for file 'images.npy'``). CorruptData names the file instead.
+    A stage about to run first has the files it reads from other stages (and ``.dvc`` files)
+    hashed afresh against ``dvc.lock``: DVC trusts its own record of a file it checked out,
+    so a corrupt cache object brought by ``dvc checkout`` (or restored from the run-cache)
+    reads "up to date" until a stage fails deep inside a reader (``BadZipFile: Bad CRC-32 for
+    file 'images.npy'``). CorruptData names the file instead.
     """
     with open_repo() as repo:
         stale = bool(repo.status(targets=[stage]))
-        if stale and verify_inputs:
+        if stale:
             verify_stage_inputs(repo, stage)
         return stale
 

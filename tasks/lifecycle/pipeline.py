@@ -145,7 +145,7 @@ def publish_report(stage: str, publishers: dict[str, Callable[[], None]]) -> Non
 
 def _reproduce(stage: str, run_id: str | None) -> StageResult:
     logger = _logger()
-    if not stage_is_stale(stage, verify_inputs=True):
+    if not stage_is_stale(stage):
         logger.info("stage '%s' is up to date: skipped (DVC found nothing changed)", stage)
         return StageResult(stage, ran=False, seconds=0.0)
     env = dict(os.environ)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.config import load_params
-from tasks.core.dvc import data_versions, locked_params
+from tasks.core.dvc import locked_params, verified_data_versions
 from tasks.core.files import file_md5, read_json
 from tasks.core.lineage import (
     TAG_CLASS_NAMES,
@@ -137,7 +137,7 @@ def _check_data(run: Any, lineage: Lineage, root: Path) -> None:
     """The workspace's data must be what the run was evaluated on: its ``dvc.lock``, and the
     files themselves (the gate scores the split on disk)."""
     recorded = lineage.dvc_hashes
-    workspace = data_versions(root, verify=True) if recorded else {}
+    workspace = verified_data_versions(root) if recorded else {}
     for path, md5 in recorded.items():
         if workspace.get(path) != md5:
             raise RegistryError(

@@ -7,11 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core.dvc import (
-    checkout_quietly,
-    data_versions,
-    pull_outputs,
-)
+from tasks.core.dvc import checkout_quietly, pull_outputs, verified_data_versions
 from tasks.core.files import atomic_path
 from tasks.core.lineage import LINEAGE_DIR, TAG_RUN, Lineage, git_state
 from tasks.core.paths import DVC_LOCK, PARAMS_FILE
@@ -64,7 +60,7 @@ def restore(name: str, version: str, root: Path = Path()) -> Restored:
             with atomic_path(root / file) as tmp:
                 tmp.write_bytes(content)
         pull_outputs(root)
-        on_disk = data_versions(root, verify=True)  # dvc.lock's hashes, checked against the files
+        on_disk = verified_data_versions(root)  # dvc.lock's hashes, checked against the files
         actual = {path: on_disk.get(path, "missing") for path in expected}
         wrong = {p: (expected[p], actual[p]) for p in expected if actual[p] != expected[p]}
         if wrong:

@@ -68,3 +68,34 @@ def test_a_version_keeps_only_its_own_tags_and_its_run_the_lineage():
         "accuracy",
         "mlcycle.evaluated",
     ]
+
+
+def test_a_workspace_lineage_and_its_data_checked_on_disk(tmp_path):
+    """A real DVC stage's output: its hash as dvc.lock records it, the same hash re-read from
+    the files, and MODIFIED_ON_DISK once a file changes under it."""
+    import subprocess
+    import sys
+
+    from tasks.core.dvc import MODIFIED_ON_DISK, data_versions, verified_data_versions
+
+    def dvc(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "dvc", *args, "-q"], cwd=tmp_path, check=True)
+
+    dvc("init", "--no-scm")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  preprocess:\n    cmd: mkdir -p data/processed && echo 1 > data/processed/a\n"
+        "    outs: [data/processed]\n"
+    )
+    dvc("repro")
+    recorded = data_versions(tmp_path)
+    assert list(recorded) == ["data/processed"] and recorded["data/processed"].endswith(".dir")
+    assert verified_data_versions(tmp_path) == recorded
+    lineage = Lineage.of_workspace(tmp_path)
+    assert (lineage.processed, lineage.commit, lineage.dirty) == (
+        recorded["data/processed"],
+        "unknown",  # not a git repository
+        None,
+    )
+    (tmp_path / "data" / "processed" / "a").write_text("2\n")
+    assert verified_data_versions(tmp_path) == {"data/processed": MODIFIED_ON_DISK}
+    assert data_versions(tmp_path) == recorded
