@@ -21,6 +21,7 @@ from tasks.validation.gate import (
     DataValidationFailed,
     current_reports,
     record_validations,
+    recording_validation,
     validate_splits,
     validation_markdown,
 )
@@ -588,3 +589,48 @@ def test_records_skip_metrics_the_run_already_has(
     with tracked_run(tiny_params) as run:
         record_validations(run, places.reports_dir, skip_metrics=frozenset({"validation_success"}))
     assert MlflowClient().get_run(run.run_id).data.metrics == {"split_validation_success": 1.0}
+
+
+@pytest.mark.parametrize("passes", [True, False], ids=["passing", "failing"])
+def test_the_stage_logs_the_verdict_it_wrote_pass_or_fail(
+    tracking_store, tiny_params, tmp_path, places, passes
+):
+    """The stages are pure (no tracker): their main logs the report file they wrote."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.core.tracking import tracked_run
+
+    images, labels, meta = clean() if passes else with_a_nan_pixel(*clean())
+    raw = raw_batch(tmp_path / "raw", images, labels, meta)
+    with tracked_run(tiny_params) as run:
+        try:
+            with recording_validation(run, places.raw_report):
+                run_validate(PARAMS, raw, tmp_path / "validated", places)
+        except DataValidationFailed:
+            assert not passes
+    assert MlflowClient().get_run(run.run_id).data.metrics == {
+        "validation_success": 1.0 if passes else 0.0
+    }
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.run_id, "validation")}
+    assert artifacts == {"validation/validation_raw.json"}
+
+
+def test_a_stage_that_fails_before_its_verdict_logs_no_earlier_report(
+    tracking_store, tiny_params, places, processed_dir
+):
+    """A split that cannot be made (SplitError) leaves the last run's report on disk: it
+    describes other data, so nothing is logged."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.core.tracking import tracked_run
+    from tasks.stages.preprocess import SplitError
+
+    assert places.processed_report.is_file()  # the earlier split's verdict
+    with (
+        tracked_run(tiny_params) as run,
+        pytest.raises(SplitError),
+        recording_validation(run, places.processed_report),
+    ):
+        raise SplitError("cannot stratify: class 'a' has 2 distinct sample(s)")
+    assert MlflowClient().get_run(run.run_id).data.metrics == {}
+    assert MlflowClient().list_artifacts(run.run_id, "validation") == []
