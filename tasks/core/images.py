@@ -43,7 +43,7 @@ def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
     if channels == 3:
         return np.repeat(images, 3, axis=-1)
     luma = np.tensordot(images.astype(np.float32), LUMA_WEIGHTS.astype(np.float32), axes=1)
-    return np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., np.newaxis]
+    return np.clip(np.rint(luma), 0, PIXEL_MAX).astype(np.uint8)[..., np.newaxis]
 
 
 def resize(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
@@ -61,7 +61,7 @@ def resize(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
             batch, size=(height, width), mode="bilinear", align_corners=False, antialias=True
         )
         out[start : start + CHUNK] = (
-            resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            resized.round().clamp(0, PIXEL_MAX).to(torch.uint8).permute(0, 2, 3, 1).numpy()
         )
     return out
 

@@ -15,6 +15,7 @@ from tasks.core.files import ImageDataset
 from tasks.core.images import mean_and_std
 
 PROFILE_CHUNK = 16384  # images per profiling chunk: bounds the temporary arrays to ~50 MB
+HASH_BYTES = np.dtype(np.int64).itemsize  # a content hash is one int64 column of the profile
 
 
 def content_hashes(images: np.ndarray) -> np.ndarray:
@@ -26,7 +27,7 @@ def content_hashes(images: np.ndarray) -> np.ndarray:
     blake2b = hashlib.blake2b
     for start in range(0, count, PROFILE_CHUNK):
         rows = np.ascontiguousarray(flat[start : start + PROFILE_CHUNK])
-        digests = b"".join([blake2b(row, digest_size=8).digest() for row in rows])
+        digests = b"".join([blake2b(row, digest_size=HASH_BYTES).digest() for row in rows])
         hashes[start : start + len(rows)] = np.frombuffer(digests, dtype=np.int64)
     return hashes
 
