@@ -6,9 +6,12 @@ The serving app refuses request bodies with it, and the prediction log refuses l
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 from tasks.core.errors import MlcycleError
 
-UNPROCESSABLE = 422  # the default refusal: well-formed HTTP, input that cannot be used
+# The default refusal: a well-formed request whose input cannot be used.
+UNPROCESSABLE = HTTPStatus.UNPROCESSABLE_ENTITY
 
 
 class InputError(MlcycleError):

@@ -7,23 +7,34 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import re
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tasks.core.config import ServeParams
-from tasks.core.images import ImageFormatError, convert_channels, pixels_from_image, resize
-from tasks.core.prediction_log.ids import PREDICTION_ID
-from tasks.core.prediction_log.labels import CONFLICT, Label
+from tasks.core.images import (
+    PIXEL_MAX,
+    ImageFormatError,
+    convert_channels,
+    pixels_from_image,
+    resize,
+)
+from tasks.core.prediction_log.ids import ID_DIGITS, PREDICTION_ID
+from tasks.core.prediction_log.labels import Label
 from tasks.core.refusals import InputError
 from tasks.serving.model import ServedModel
 
 # What PIL puts in some messages: "cannot identify image file <_io.BytesIO object at 0x7f...>".
 _OBJECT_REPR = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")
 NOT_AN_IMAGE = "not an image PIL can read; expected a PNG or JPEG file"
+ERROR_TEXT_CHARS = 120  # of a library's error message quoted in a refusal
+SHOWN_VALUE_CHARS = 48  # of a refused value quoted in a refusal
+UPLOAD_NAME_CHARS = 100  # of an upload's file name, as refusals name it
 
 
 def decode_image(data: bytes, field: str, max_side: int) -> np.ndarray:
@@ -50,7 +61,9 @@ def decode_image(data: bytes, field: str, max_side: int) -> np.ndarray:
         raise InputError(field, str(error).removeprefix(f"{field}: ")) from None
     except (OSError, SyntaxError, ValueError) as error:  # a truncated or damaged PNG/JPEG
         reason = _OBJECT_REPR.sub("", str(error)).strip() or type(error).__name__
-        raise InputError(field, f"a damaged PNG or JPEG image ({reason[:120]})") from None
+        raise InputError(
+            field, f"a damaged PNG or JPEG image ({reason[:ERROR_TEXT_CHARS]})"
+        ) from None
 
 
 def upload_name(filename: str | None) -> str:
@@ -58,7 +71,7 @@ def upload_name(filename: str | None) -> str:
     (the form field) when it came without one."""
     name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
     name = "".join(char for char in name if char.isprintable())
-    return name[:100] or "file"
+    return name[:UPLOAD_NAME_CHARS] or "file"
 
 
 def fit_to_raw(pixels: np.ndarray, raw_shape: Sequence[int]) -> np.ndarray:
@@ -95,7 +108,7 @@ def parse_pixels(item: Any, field: str, raw_shape: Sequence[int]) -> np.ndarray:
     if not np.isfinite(array).all():
         raise InputError(field, "holds NaN or infinity; expected pixel values 0-255")
     low, high = float(array.min()), float(array.max())
-    if low < 0 or high > 255:
+    if low < 0 or high > PIXEL_MAX:
         raise InputError(field, f"values {low:g} to {high:g} out of range; expected 0-255")
     return np.rint(array).astype(np.uint8)
 
@@ -140,7 +153,9 @@ _ENVELOPE_ORDER = {"model_type": 0, "extra_forbidden": 1, "missing": 2}
 
 def _envelope_error(error: ValidationError, max_batch: int) -> InputError:
     """The first problem of a /predict body in one line naming the field at fault."""
-    first = min(error.errors(), key=lambda item: _ENVELOPE_ORDER.get(item["type"], 9))
+    first = min(
+        error.errors(), key=lambda item: _ENVELOPE_ORDER.get(item["type"], len(_ENVELOPE_ORDER))
+    )
     location, kind, given = first["loc"], first["type"], first["input"]
     if not location:
         return InputError("body", f"expected a JSON object with 'images', got {_kind(given)}")
@@ -214,7 +229,7 @@ def _valid_batch(items: list, raw_shape: Sequence[int]) -> np.ndarray | None:
         array = array[..., np.newaxis]
     if array.shape[1:] != tuple(raw_shape) or not np.isfinite(array).all():
         return None
-    if array.min() < 0 or array.max() > 255:
+    if array.min() < 0 or array.max() > PIXEL_MAX:
         return None
     return np.rint(array).astype(np.uint8)
 
@@ -294,7 +309,7 @@ def parse_feedback(payload: Any, max_items: int) -> tuple[Label, ...]:
             raise InputError(
                 f"{label.where}prediction_id",
                 f"{label.prediction_id} is also in {seen.rstrip('.')}; label each prediction once",
-                CONFLICT,
+                HTTPStatus.CONFLICT,
             )
     return labels
 
@@ -313,16 +328,50 @@ def _label(item: Any, where: str) -> Label:
             raise InputError(f"{where}{key}", "missing")
     prediction_id, label = item["prediction_id"], item["label"]
     if not isinstance(prediction_id, str) or not PREDICTION_ID.match(prediction_id):
-        shown = repr(prediction_id)[:48] if isinstance(prediction_id, str) else _kind(prediction_id)
+        shown = (
+            repr(prediction_id)[:SHOWN_VALUE_CHARS]
+            if isinstance(prediction_id, str)
+            else _kind(prediction_id)
+        )
         raise InputError(
             f"{where}prediction_id",
-            f"expected an id from a /predict answer's prediction_ids (32 characters), got {shown}",
+            f"expected an id from a /predict answer's prediction_ids ({ID_DIGITS} characters), "
+            f"got {shown}",
         )
     valid_name = isinstance(label, str) and 0 < len(label) <= MAX_CLASS_NAME
     valid_index = isinstance(label, int) and not isinstance(label, bool) and label >= 0
     if not (valid_name or valid_index):
-        shown = repr(label)[:48] if isinstance(label, str | int | float) else _kind(label)
+        shown = (
+            repr(label)[:SHOWN_VALUE_CHARS]
+            if isinstance(label, str | int | float)
+            else _kind(label)
+        )
         raise InputError(
             f"{where}label", f"expected a class name or a class index (0 or more), got {shown}"
         )
     return Label(prediction_id, label, where)
+
+
+# --- JSON bodies ----------------------------------------------------------------------------
+
+
+def require_json(content_type: str) -> None:
+    """Refuse (415) a body whose Content-Type header is not JSON."""
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise InputError(
+            "content-type",
+            f"expected application/json, got {media_type or 'none'}",
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        )
+
+
+def parse_json(raw: bytes) -> object:
+    """A request body as JSON, or a 400 naming what is wrong with it."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise InputError("body", "JSON nested too deeply", HTTPStatus.BAD_REQUEST) from None
+    except ValueError as error:  # JSONDecodeError, bad UTF-8, integers of >4300 digits
+        reason = f"malformed JSON ({str(error)[:ERROR_TEXT_CHARS]})"
+        raise InputError("body", reason, HTTPStatus.BAD_REQUEST) from None

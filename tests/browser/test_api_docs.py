@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tasks.core.config import load_params
-from tasks.serving.app import create_app
+from tasks.serving.app import create_fixed_app
 from tasks.serving.model import ModelHolder
 from tests.browser.conftest import OfflinePage
 from tests.helpers import REPO_ROOT, free_port
@@ -38,7 +38,7 @@ def app_url() -> Iterator[str]:
 
     params = load_params(REPO_ROOT / "params.yaml").serve
     holder = ModelHolder("digits", params.alias)
-    app = create_app(params, "digits", holder, watch=False, load_on_start=False)
+    app = create_fixed_app(params, "digits", holder)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)

@@ -25,7 +25,7 @@ from models import build_classifier
 from tasks.core.config import load_params
 from tasks.core.prediction_log.readers import read_prediction_log
 from tasks.core.prediction_log.writer import PredictionLog
-from tasks.serving.app import create_app
+from tasks.serving.app import create_fixed_app
 from tasks.serving.inputs import upload_name
 from tasks.serving.model import ModelHolder, ServedModel
 from tests.helpers import REPO_ROOT
@@ -73,9 +73,7 @@ def serve_params():
 def make_client(serve_params, model: ServedModel | None, prediction_log=None) -> TestClient:
     holder = ModelHolder("digits", "champion")
     holder.current = model
-    app = create_app(
-        serve_params, "digits", holder, prediction_log, watch=False, load_on_start=False
-    )
+    app = create_fixed_app(serve_params, "digits", holder, prediction_log)
     return TestClient(app, client=("127.0.0.1", 50000))  # a loopback client, as curl on the box
 
 
@@ -438,7 +436,7 @@ def test_openapi_spec_holds_under_schemathesis(serve_params):
     holder = ModelHolder("digits", "champion")
     holder.current = served_model()
     holder.reload = lambda version=None: True  # POST /admin/reload: no registry here
-    app = create_app(serve_params, "digits", holder, watch=False, load_on_start=False)
+    app = create_fixed_app(serve_params, "digits", holder)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     checked = 0
     for operation in schema.get_all_operations():
@@ -608,7 +606,7 @@ def test_health_answers_at_once_while_a_large_request_decodes(serve_params):
     big = base64.b64encode(png(np.full((4096, 4096), 128, dtype=np.uint8))).decode()
     holder = ModelHolder("digits", "champion")
     holder.current = served_model()
-    app = create_app(params, "digits", holder, watch=False, load_on_start=False)
+    app = create_fixed_app(params, "digits", holder)
     with served_on_a_port(app) as url:
         answered = []
         began = time.perf_counter()

@@ -16,15 +16,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 from tasks.core.prediction_log.schema import usable
 from tasks.core.refusals import InputError
 
 log = logging.getLogger("mlcycle.serve")
 
-NOT_FOUND = 404
-CONFLICT = 409
-UNAVAILABLE = 503
 MAX_CLASSES_SHOWN = 20  # a refusal lists the valid classes, up to this many
 # Ids handed out whose rows a failed write (a full disk) never stored, remembered so their
 # feedback says so instead of "unknown"; past this many, the oldest are forgotten.
@@ -98,7 +96,9 @@ class Labeller:
         except sqlite3.Error as error:
             log.warning("serve: prediction log could not store labels: %s", error)
             failed = InputError(
-                "feedback", f"the prediction log could not store it ({error})", UNAVAILABLE
+                "feedback",
+                f"the prediction log could not store it ({error})",
+                HTTPStatus.SERVICE_UNAVAILABLE,
             )
             outcomes = [(job, failed) for job in live]
         stored = 0
@@ -131,7 +131,7 @@ class Labeller:
                 raise InputError(
                     f"{label.where}prediction_id",
                     f"{label.prediction_id} is already labelled {labelled_as!r}",
-                    CONFLICT,
+                    HTTPStatus.CONFLICT,
                 )
             classes = self.class_names(connection, name, version, label)
             index = class_index(label, classes, f"{name} v{version}")
@@ -152,7 +152,7 @@ class Labeller:
                 where,
                 f"{label.prediction_id} was answered but never logged: {why}; it cannot be "
                 "labelled (the server's fault: free disk space for the prediction log)",
-                UNAVAILABLE,
+                HTTPStatus.SERVICE_UNAVAILABLE,
             )
         replaced = (
             f"; the log file was removed or replaced at {clock(replaced_at)} and a new "
@@ -164,7 +164,7 @@ class Labeller:
             where,
             f"{label.prediction_id} is not in the prediction log: unknown, or older than the "
             f"newest {self.max_rows} predictions it keeps (serve.log_max_rows){replaced}",
-            NOT_FOUND,
+            HTTPStatus.NOT_FOUND,
         )
 
     def class_names(
@@ -180,7 +180,7 @@ class Labeller:
                 raise InputError(
                     f"{label.where}label",
                     f"the classes of {name} v{version} are not in the log; cannot check it",
-                    CONFLICT,
+                    HTTPStatus.CONFLICT,
                 )
             self.classes[key] = tuple(json.loads(row[0]))
         return self.classes[key]

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,8 +27,6 @@ import numpy as np
 
 from tasks.core.prediction_log.ids import NOT_LOGGED, new_ids, not_logged_ids
 from tasks.core.prediction_log.labels import (
-    NOT_FOUND,
-    UNAVAILABLE,
     Label,
     LabelJob,
     Labeller,
@@ -182,11 +181,13 @@ class PredictionLog:
                     f"{label.where}prediction_id",
                     f"{label.prediction_id} was not logged ({self._why_not_logged()}), "
                     "so it cannot be labelled",
-                    NOT_FOUND,
+                    HTTPStatus.NOT_FOUND,
                 )
         if self._stop.is_set() or self._thread is None or not self._thread.is_alive():
             raise InputError(
-                "feedback", "the prediction log is not running; try again", UNAVAILABLE
+                "feedback",
+                "the prediction log is not running; try again",
+                HTTPStatus.SERVICE_UNAVAILABLE,
             )
         job = LabelJob(tuple(labels), Future())
         self.queue.put_nowait(job)
