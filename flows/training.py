@@ -17,7 +17,7 @@ from tasks.core.config import Params, load_params
 from tasks.core.console import flow_without_secrets, run_logger
 from tasks.core.errors import hide_user_error_tracebacks
 from tasks.core.prediction_log.export import export_feedback_task
-from tasks.lifecycle.deploy import Deployment, deploy_task
+from tasks.lifecycle.deploy import Deployment, deploy_task, nothing_to_deploy_task
 from tasks.lifecycle.pipeline import (
     MANUAL_REASON,
     PipelineSummary,
@@ -86,8 +86,10 @@ def training_pipeline(params: Params | None = None, reason: str = MANUAL_REASON)
         registration = registered(run_id, params)
         # the pipeline run's own artifact too, not only its register-model subflow's
         publish_registration(registration, params.registry)
-        deployment = deploy_task(
-            registration.version, registration.promoted, registration.champion, params.serve
+        deployment = (
+            deploy_task(registration.version, params.serve)
+            if registration.promoted
+            else nothing_to_deploy_task(registration.champion, params.serve)
         )
     return PipelineOutcome(summary, registration, deployment, recovered, prefect_flow_run.id)
 

@@ -2,7 +2,8 @@
 
 Tells the running app (``mlcycle serve``) to reload, or starts one when ``serve.start_on_deploy``
 says so, then waits until ``/ready`` reports the new version; fails after
-``serve.deploy_timeout_s``. With no promotion there is nothing to deploy, and it says so.
+``serve.deploy_timeout_s``. With no promotion there is nothing to deploy
+(:func:`nothing_to_deploy`), and it says so.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,11 @@ SERVER_LOG = SERVING_DIR / "server.log"
 # The serving room's own entry point, run as a process (not imported: deploy only talks HTTP).
 SERVE_COMMAND = (sys.executable, "-m", "tasks.serving")
 POLL_S = 0.5
+HEALTH_TIMEOUT_S = 2.0  # an app that does not answer /health this fast is taken for none
+REQUEST_TIMEOUT_S = 3.0  # /admin/reload and each /ready poll
+SHOWN_BODY_CHARS = 200  # of an answer that is not the JSON expected, quoted in errors
+RELOAD_RETRIES = 2  # a reload request the network dropped is sent again this many times
+RELOAD_RETRY_DELAY_S = 2
 
 
 class DeployError(MlcycleError):
@@ -54,13 +61,13 @@ def _get_json(response: httpx.Response) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
-        return {"detail": response.text[:200]}
+        return {"detail": response.text[:SHOWN_BODY_CHARS]}
     return body if isinstance(body, dict) else {"detail": body}
 
 
 def app_is_running(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/health", timeout=2.0).status_code == 200
+        return httpx.get(f"{url}/health", timeout=HEALTH_TIMEOUT_S).status_code == HTTPStatus.OK
     except httpx.HTTPError:
         return False
 
@@ -70,11 +77,11 @@ def request_reload(url: str) -> bool:
     if not app_is_running(url):
         return False
     try:
-        response = httpx.post(f"{url}/admin/reload", timeout=3.0)
+        response = httpx.post(f"{url}/admin/reload", timeout=REQUEST_TIMEOUT_S)
     except httpx.TransportError as error:
         raise ReloadDropped(f"{url}/admin/reload failed: {error}") from None
-    if response.status_code != 202:
-        detail = _get_json(response).get("detail", response.text[:200])
+    if response.status_code != HTTPStatus.ACCEPTED:
+        detail = _get_json(response).get("detail", response.text[:SHOWN_BODY_CHARS])
         raise DeployError(f"{url}/admin/reload answered {response.status_code}: {detail}")
     return True
 
@@ -98,7 +105,7 @@ def wait_until_serving(
     refused connection is expected while an app this step started is still coming up."""
     deadline = time.monotonic() + timeout_s
     last: Any = "no answer"
-    with httpx.Client(timeout=3.0) as client:
+    with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client:
         while time.monotonic() < deadline:
             if started is not None and started.poll() is not None:
                 raise DeployError(
@@ -108,7 +115,7 @@ def wait_until_serving(
             try:
                 response = client.get(f"{url}/ready")
                 last = _get_json(response)
-                if response.status_code == 200 and last.get("version") == version:
+                if response.status_code == HTTPStatus.OK and last.get("version") == version:
                     return
             except httpx.HTTPError as error:
                 last = str(error) or type(error).__name__
@@ -119,15 +126,22 @@ def wait_until_serving(
     )
 
 
-def deploy(version: str, promoted: bool, champion: str | None, params: ServeParams) -> Deployment:
-    """Deploy ``version`` if the registry ``promoted`` it; ``champion``: the version serving
-    as champion after the registration (what an unpromoted run leaves in place)."""
+def nothing_to_deploy(champion: str | None, params: ServeParams) -> Deployment:
+    """What a registration without a promotion deploys: nothing; ``champion`` (the version
+    serving as champion, None when there is none) stays."""
+    serving = f"v{champion}" if champion else "no model"
+    return Deployment(
+        "none",
+        champion,
+        app_url(params),
+        f"no promotion: nothing to deploy (the champion stays {serving})",
+    )
+
+
+def deploy(version: str, params: ServeParams) -> Deployment:
+    """Make the serving app serve ``version``, which the registry just promoted: reload the
+    running app, or start one (``serve.start_on_deploy``), and wait for ``/ready`` to say so."""
     url = app_url(params)
-    if not promoted:
-        serving = f"v{champion}" if champion else "no model"
-        return Deployment(
-            "none", champion, url, f"no promotion: nothing to deploy (the champion stays {serving})"
-        )
     started = None
     if request_reload(url):
         action = "reloaded"
@@ -157,10 +171,22 @@ def _reload_dropped(task: Any, task_run: Any, state: Any) -> bool:
     return isinstance(state.result(raise_on_failure=False), ReloadDropped)
 
 
-@task(name="deploy", retries=2, retry_delay_seconds=2, retry_condition_fn=_reload_dropped)
-def deploy_task(
-    version: str, promoted: bool, champion: str | None, params: ServeParams
-) -> Deployment:
-    deployment = deploy(version, promoted, champion, params)
+@task(
+    name="deploy",
+    retries=RELOAD_RETRIES,
+    retry_delay_seconds=RELOAD_RETRY_DELAY_S,
+    retry_condition_fn=_reload_dropped,
+)
+def deploy_task(version: str, params: ServeParams) -> Deployment:
+    return _logged(deploy(version, params))
+
+
+# The same step's name in the flow run: the pipeline always shows what its deploy step did.
+@task(name="deploy")
+def nothing_to_deploy_task(champion: str | None, params: ServeParams) -> Deployment:
+    return _logged(nothing_to_deploy(champion, params))
+
+
+def _logged(deployment: Deployment) -> Deployment:
     run_logger("mlcycle.deploy").info("deploy: %s", deployment.message)
     return deployment

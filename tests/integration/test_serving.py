@@ -22,7 +22,13 @@ from PIL import Image
 
 from tasks.core.files import read_split
 from tasks.core.prediction_log.readers import read_prediction_log
-from tasks.lifecycle.deploy import DeployError, deploy, request_reload, wait_until_serving
+from tasks.lifecycle.deploy import (
+    DeployError,
+    deploy,
+    nothing_to_deploy,
+    request_reload,
+    wait_until_serving,
+)
 from tasks.registry.store import CHAMPION
 from tasks.registry.versions import create_version
 from tests.helpers import free_port
@@ -102,9 +108,7 @@ def test_deploy_reloads_the_app_without_dropping_requests(served):
         )
         registration = workspace.register(better)
         assert registration.promoted
-        deployment = deploy(
-            registration.version, True, registration.champion, workspace.params.serve
-        )
+        deployment = deploy(registration.version, workspace.params.serve)
         time.sleep(1)
     finally:
         stop.set()
@@ -114,7 +118,7 @@ def test_deploy_reloads_the_app_without_dropping_requests(served):
     assert statuses and set(statuses) == {200}, f"{len(statuses)} requests: {set(statuses)}"
     assert versions == {first.version, registration.version}
 
-    kept = deploy(registration.version, False, registration.champion, workspace.params.serve)
+    kept = nothing_to_deploy(registration.champion, workspace.params.serve)
     assert kept.action == "none" and "no promotion: nothing to deploy" in kept.message
 
 
@@ -144,7 +148,7 @@ def test_a_version_that_fails_to_load_never_replaces_the_served_one(served, mlfl
         with pytest.raises(
             DeployError, match=f"did not serve version {registered.version} within 2 s"
         ):
-            deploy(registered.version, True, None, quick)
+            deploy(registered.version, quick)
     finally:
         MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, serving)
     assert request_reload(url)
@@ -177,11 +181,11 @@ def test_deploy_starts_the_app_when_configured_to(served, tmp_path, monkeypatch)
     monkeypatch.chdir(workspace.root)
     workspace.update("serve", port=port)  # the started app reads params.yaml
     try:
-        deployment = deploy(champion, True, champion, params)
+        deployment = deploy(champion, params)
         assert deployment.action == "started" and deployment.pid
         assert call(f"http://127.0.0.1:{port}/metadata")[1]["version"] == champion
         elsewhere = params.model_copy(update={"port": free_port(), "start_on_deploy": False})
-        not_running = deploy(champion, True, champion, elsewhere)
+        not_running = deploy(champion, elsewhere)
         assert not_running.action == "not-running" and "will serve" in not_running.message
     finally:
         if "deployment" in locals():
