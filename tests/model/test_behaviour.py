@@ -35,8 +35,10 @@ def predict(model, images: np.ndarray) -> np.ndarray:
 
 
 def test_minimum_functionality_on_held_out_digits(digits_model):
+    """The README's promise for the CNN on the digits: test accuracy at least 0.97 (these 12
+    epochs give 0.9815, 265 of 270)."""
     model, test = digits_model
-    assert (predict(model, test.images) == test.labels).mean() >= 0.95
+    assert (predict(model, test.images) == test.labels).mean() >= 0.97
 
 
 def test_predictions_do_not_depend_on_the_rest_of_the_batch(digits_model):
