@@ -9,7 +9,7 @@ finished recording, however the flow ended. It uses the same database (``PREFECT
 ``prefect server start`` shows the runs afterwards.
 
 Its start-up (3 s, 8 s on a new database) is most of a short command's overhead, so a command
-can start it first and do its own checks while it comes up (``wait=False``, then
+can start it first and do its own checks while it comes up (``starting_prefect_api``, then
 ``PrefectApi.ready()`` before the first flow).
 """
 
@@ -63,9 +63,17 @@ class PrefectApi:
 
 
 @contextmanager
-def prefect_api(log_path: Path = SERVER_LOG, *, wait: bool = True) -> Iterator[PrefectApi]:
-    """The API the flows in this block report to (see the module). ``wait=False``: the block
-    starts while the temporary server is still coming up; call ``ready()`` before a flow."""
+def prefect_api(log_path: Path = SERVER_LOG) -> Iterator[PrefectApi]:
+    """The API the flows in this block report to (see the module), once it answers."""
+    with starting_prefect_api(log_path) as api:
+        api.ready()
+        yield api
+
+
+@contextmanager
+def starting_prefect_api(log_path: Path = SERVER_LOG) -> Iterator[PrefectApi]:
+    """The API the flows in this block report to (see the module); the block starts while the
+    temporary server is still coming up: call ``ready()`` before a flow."""
     if os.environ.get("PREFECT_API_URL"):
         url = os.environ["PREFECT_API_URL"]
         check_answers(url)  # before the imports and the flow: Prefect retries for seconds
@@ -90,8 +98,6 @@ def prefect_api(log_path: Path = SERVER_LOG, *, wait: bool = True) -> Iterator[P
         from prefect.settings import PREFECT_API_URL, temporary_settings  # while it starts
 
         api = PrefectApi(url, lambda: _wait_until_healthy(url, server, log_path))
-        if wait:
-            api.ready()
         with temporary_settings(updates={PREFECT_API_URL: url}):
             try:
                 yield api

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from flows.cli import main
-from tasks.lifecycle.prefect_api import prefect_api
+from tasks.lifecycle.prefect_api import starting_prefect_api
 from tasks.lifecycle.workspace import WorkspaceBusy, workspace_lock
 from tests.helpers import REPO_ROOT, free_port
 
@@ -80,7 +80,7 @@ def test_the_temporary_prefect_api_answers_once_ready_returns_and_stops_after(
     workspace, monkeypatch
 ):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with prefect_api(wait=False) as api:
+    with starting_prefect_api() as api:
         assert prefect_servers_in(workspace)  # started at once, the block runs meanwhile
         url = api.ready()
         assert httpx.get(f"{url}/health", timeout=5).status_code == 200
@@ -138,7 +138,7 @@ def test_a_closed_pipe_ends_the_listing_quietly(tmp_path):
     shutil.copy(REPO_ROOT / "params.yaml", tmp_path / "params.yaml")
     script = (
         "import sys\nfrom flows import cli\n"
-        "cli.manage_registry = lambda args, command: [print('row', i) for i in range(100000)] "
+        "cli.commands.list_models = lambda args: [print('row', i) for i in range(100000)] "
         "and 0\nsys.exit(cli.main(['models']))"
     )
     result = subprocess.run(
@@ -207,12 +207,12 @@ def test_mlcycle_debug_shows_the_traceback_too(workspace, capsys, monkeypatch):
 
 def test_a_failure_nobody_translated_keeps_its_traceback(workspace, monkeypatch):
     """A bug is not a user error: the edge re-raises it (the interpreter prints it)."""
-    import flows.cli
+    from flows.cli import commands
 
-    def broken(args, command):
+    def broken(args):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(flows.cli, "manage_registry", broken)
+    monkeypatch.setattr(commands, "list_models", broken)
     with pytest.raises(ZeroDivisionError):
         main(["models"])
 
@@ -330,10 +330,10 @@ def test_the_temporary_prefect_api_gets_no_view_at_link_and_a_real_server_keeps_
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.utilities.urls import url_for
 
-    from flows.cli import flow_api
+    from flows.cli.session import flow_api, starting_flow_api
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    with flow_api(wait=False) as api:
+    with starting_flow_api() as api:
         assert api.url.startswith("http://127.0.0.1:")
         assert url_for("flow-run", obj_id="abc") is None
 
@@ -360,7 +360,7 @@ class AnswerOk(BaseHTTPRequestHandler):
 def test_the_flow_run_link_points_where_the_run_can_be_browsed_later(monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.cli import flow_run_link
+    from flows.cli.session import flow_run_link
 
     # after a temporary server: the UI `make prefect-ui` (`prefect server start`) will serve
     assert flow_run_link("abc", temporary=True) == "http://127.0.0.1:4200/runs/flow-run/abc"
@@ -393,7 +393,7 @@ def pipeline_outcome():
 
 
 def test_the_summary_links_the_flow_run_and_says_how_to_open_it(workspace):
-    from flows.cli import format_outcome
+    from flows.cli.formatting import format_outcome
 
     link = "http://127.0.0.1:4200/runs/flow-run/abc"
     after_temporary = format_outcome(pipeline_outcome(), link, temporary_prefect=True)
@@ -406,7 +406,7 @@ def test_the_summary_links_the_flow_run_and_says_how_to_open_it(workspace):
 
 
 def test_models_shows_each_versions_model_family():
-    from flows.cli import format_versions
+    from flows.cli.formatting import format_versions
     from tasks.registry.versions import VersionRow
 
     def row(version: str, family: str) -> VersionRow:
@@ -432,3 +432,86 @@ def test_models_shows_each_versions_model_family():
     assert resnet.split()[:5] == ["2", "champion", "resnet", "0.9800", "-"]
     assert older.split()[:3] == ["1", "-", "-"]  # registered before versions recorded it
     assert header.index("model") == resnet.index("resnet")  # the column lines up
+
+
+EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from flows.cli import commands, console_main
+from tasks.lifecycle.prefect_api import ApiWatch
+
+class Teardown:
+    def __del__(self):
+        print("teardown", flush=True)
+
+kept_until_teardown = Teardown()
+api_lost = sys.argv[1:] == ["--api-lost"]
+
+def command(args):
+    atexit.register(lambda: print("exit handler", flush=True))
+    threading.Thread(target=lambda: (time.sleep(0.5), print("thread done", flush=True))).start()
+    if api_lost:
+        ApiWatch.lost_message = "the Prefect API at http://127.0.0.1:1/api stopped answering"
+    print("ran", flush=True)
+    return 3
+
+commands.list_models = command
+sys.argv = ["mlcycle", "models"]
+console_main()
+"""
+
+
+@pytest.mark.parametrize("api_lost", [False, True], ids=["finished", "api-lost"])
+def test_the_console_script_exits_with_the_code_after_the_handlers_without_teardown(
+    tmp_path, api_lost
+):
+    """`mlcycle` waits for its threads and runs the exit handlers registered while it ran (not
+    those after its Prefect API was lost: they would retry it for minutes), exits with the
+    command's code, and skips the interpreter's teardown (no module is freed)."""
+    script = tmp_path / "mlcycle_exit.py"
+    script.write_text(EXIT_SCRIPT)
+    result = subprocess.run(
+        [sys.executable, str(script), *(["--api-lost"] if api_lost else [])],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    if api_lost:
+        assert result.stdout.splitlines() == ["ran"]
+    else:
+        assert result.stdout.splitlines() == ["ran", "thread done", "exit handler"]
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["--help"], 0), (["bogus"], 2)])
+def test_the_console_script_keeps_argparses_exit_codes(argv, code):
+    script = "import sys; from flows.cli import console_main; console_main()"
+    result = subprocess.run(
+        [sys.executable, "-c", script, *argv], cwd=REPO_ROOT, capture_output=True, timeout=120
+    )
+    assert result.returncode == code
+
+
+def test_each_command_names_its_own_handler():
+    """Dispatch is the parser's: every command sets a handler of flows.cli.commands."""
+    from flows.cli import build_parser, commands
+
+    parser = build_parser()
+    chosen = {
+        name: parser.parse_args([name, *extra]).func
+        for name, extra in [
+            ("run", []),
+            ("register", []),
+            ("models", []),
+            ("promote", ["1"]),
+            ("rollback", []),
+            ("restore", ["1"]),
+            ("serve", []),
+            ("monitor", []),
+            ("deployments", ["apply"]),
+            ("worker", []),
+            ("select-worker", []),
+        ]
+    }
+    assert len(set(chosen.values())) == len(chosen)
+    assert all(getattr(commands, func.__name__) is func for func in chosen.values())

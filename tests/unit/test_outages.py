@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from flows.cli import format_registration
+from flows.cli.formatting import format_registration
 from tasks.lifecycle import prefect_api
 from tasks.lifecycle.prefect_api import ApiWatch, PrefectApiLost, watching_api
 from tasks.registry.gate import Registration
