@@ -35,6 +35,7 @@ log = logging.getLogger("mlcycle.serve")
 
 
 RETRY_FAILED_AFTER_POLLS = 30  # a failure may be passing (the registry was down), so retry
+MS_PER_S = 1000  # MLflow's timestamps are in milliseconds
 
 
 class NoModelError(MlcycleError):
@@ -88,7 +89,7 @@ def load_served_model(name: str, alias: str, version: str | None = None) -> Serv
             problem = model_file_problem(Path(scratch) / "pyfunc", tags.get(TAG_MODEL_MD5))
         class_names = tuple(json.loads(tags[TAG_CLASS_NAMES]))
         input_shape = tuple(json.loads(tags[TAG_INPUT_SHAPE]))
-        raw_shape = tuple(json.loads(tags.get(TAG_RAW_SHAPE) or tags[TAG_INPUT_SHAPE]))
+        raw_shape = tuple(json.loads(tags[TAG_RAW_SHAPE]))
         params = json.loads(tags.get(TAG_PARAMS, "{}"))
     except Exception as error:  # a broken artifact or tags from another tool
         raise NoModelError(
@@ -113,7 +114,7 @@ def load_served_model(name: str, alias: str, version: str | None = None) -> Serv
             "git_commit": Lineage.from_tags(tags).commit,
             "mlflow_run_id": tags.get(TAG_RUN),
             "trained_at": time.strftime(
-                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(details.creation_timestamp / 1000)
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(details.creation_timestamp / MS_PER_S)
             ),
             "params": params,
         }
@@ -132,20 +133,13 @@ def load_served_model(name: str, alias: str, version: str | None = None) -> Serv
 
 
 def _network(uri: str, scratch: Path) -> Any:
-    """The torch network of a registered version: the pyfunc's own (versions logged by
-    mlcycle now), else the ``mlflow.pytorch`` program of a version logged before (pt2, which
-    MLflow built in eval mode)."""
+    """The torch network of a registered version, as mlcycle's pyfunc model holds it (a model
+    of another kind fails here: ``unwrap_python_model`` refuses it)."""
     import mlflow.pyfunc
-    import mlflow.pytorch
-    from mlflow.exceptions import MlflowException
 
-    for folder in ("pyfunc", "pytorch"):
-        (scratch / folder).mkdir()
+    (scratch / "pyfunc").mkdir()
     loaded = mlflow.pyfunc.load_model(uri, dst_path=str(scratch / "pyfunc"))
-    try:
-        return loaded.unwrap_python_model().module
-    except MlflowException:  # not a python model: an mlflow.pytorch one
-        return mlflow.pytorch.load_model(uri, dst_path=str(scratch / "pytorch"), map_location="cpu")
+    return loaded.unwrap_python_model().module
 
 
 def failure_line(error: BaseException) -> str:

@@ -260,19 +260,19 @@ def test_git_state_outside_a_repository_is_unknown(tmp_path):
     assert git_state(tmp_path) == {TAG_GIT_COMMIT: "unknown", TAG_GIT_DIRTY: "unknown"}
 
 
-def test_versions_registered_before_the_pyfunc_model_still_serve_and_score(
+def test_a_version_logged_as_an_mlflow_pytorch_program_is_refused_by_serving(
     tracking_store, tiny_params, processed_dir, tmp_path
 ):
-    """Until this change, mlcycle logged `mlflow.pytorch` programs (pt2) with a float32 input
-    signature: an existing champion of that kind must still be served. (The registry's gate
-    and load-back check no longer read such versions.)"""
+    """mlcycle logged `mlflow.pytorch` programs (pt2) before its pyfunc model; nothing reads
+    them any more: serving refuses such a version in one line naming it (the old app keeps
+    serving), as the registry's gate and load-back check do."""
     import mlflow.pytorch
     import numpy as np
     from mlflow.models import infer_signature
 
     from tasks.core.files import read_split
     from tasks.core.model_file import load_model
-    from tasks.serving.model import load_served_model
+    from tasks.serving.model import NoModelError, load_served_model
 
     with tracked_run(tiny_params) as tracker:
         run_train(
@@ -305,5 +305,5 @@ def test_versions_registered_before_the_pyfunc_model_still_serve_and_score(
     version = MlflowClient().create_model_version(
         "old", source=logged.model_uri, run_id=tracker.run_id, model_id=logged.model_id, tags=tags
     )
-    served = load_served_model("old", "champion", str(version.version))
-    assert served.predict(test.images).shape == (len(test.images), 3)
+    with pytest.raises(NoModelError, match=f"version {version.version} of 'old' cannot be served"):
+        load_served_model("old", "champion", str(version.version))
