@@ -71,7 +71,7 @@ def p_values(reference: Reference, window: ScoredWindow, p_value: float) -> dict
 def report_page(reference: Reference, window: ScoredWindow, thresholds: Thresholds) -> str:
     """Evidently's self-contained HTML page: a headline tile (drifted features), then the same
     tests ``p_values`` runs, each with its reference-vs-window distribution."""
-    _evidently()  # first: it makes Evidently importable
+    _evidently()  # first: imported quietly, our test registered
     from evidently.metrics import DriftedColumnsCount
 
     headline = DriftedColumnsCount(
@@ -87,7 +87,7 @@ def report_page(reference: Reference, window: ScoredWindow, thresholds: Threshol
 
 
 def _value_drifts(p_value: float) -> list[Any]:
-    _evidently()  # first: it makes Evidently importable
+    _evidently()  # first: imported quietly, our test registered
     from evidently.metrics import ValueDrift
 
     numeric = [
@@ -125,8 +125,8 @@ def _run(
 
 @functools.cache
 def _evidently() -> Any:
-    """Evidently, imported once, with our categorical test registered."""
-    _allow_evidently_on_pandas_3()
+    """Evidently, imported once, with our categorical test registered. (Evidently 0.7 imports
+    a helper pandas 3 removed: pyproject.toml pins pandas < 3 for it.)"""
     with quiet_evidently():
         import evidently
         from evidently.legacy.calculations.stattests.registry import StatTest, register_stattest
@@ -145,10 +145,10 @@ def _evidently() -> Any:
 
 @contextmanager
 def quiet_evidently() -> Iterator[None]:
-    """Evidently 0.7 on pandas 3 and numpy 2.4 warns about its own deprecated calls (pandas'
-    ``dropna(inplace=...)``, ``numpy.core``, its web framework's API) and divides by zero when
-    its dataset tile correlates constant features (``min``, ``blank``); nobody running the
-    monitor can act on either, so they stay out of the log."""
+    """Evidently 0.7 warns about its own deprecated calls (pandas' ``dropna(inplace=...)``,
+    ``numpy.core``, its web framework's API) and divides by zero when its dataset tile
+    correlates constant features (``min``, ``blank``); nobody running the monitor can act on
+    either, so they stay out of the log."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
@@ -181,21 +181,3 @@ def two_sample_chi2(
     )
     p_value = float(chi2_contingency(table, correction=False).pvalue)
     return p_value, p_value < threshold
-
-
-def _allow_evidently_on_pandas_3() -> None:
-    """Evidently 0.7.23 (the newest 0.7) imports ``infer_dtype_from_object`` from pandas'
-    internals, which pandas 3 removed; only its legacy ``TestColumnsType`` calls it, and nothing
-    here uses that. A stand-in that says so if it is ever called lets Evidently import."""
-    import pandas.core.dtypes.common as common
-
-    if hasattr(common, "infer_dtype_from_object"):
-        return
-
-    def infer_dtype_from_object(dtype: Any) -> Any:
-        raise NotImplementedError(
-            "pandas 3 removed infer_dtype_from_object; Evidently's legacy TestColumnsType "
-            "needs pandas < 3"
-        )
-
-    common.infer_dtype_from_object = infer_dtype_from_object  # type: ignore[attr-defined]
