@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from PIL import Image
 
 from models import build_classifier
 from tasks.core.config import load_params
+from tasks.core.prediction_log.ids import NOT_LOGGED
 from tasks.core.prediction_log.readers import read_prediction_log
 from tasks.core.prediction_log.writer import PredictionLog
 from tasks.serving.app import create_fixed_app
@@ -556,13 +559,43 @@ def test_prediction_log_keeps_the_newest_rows_and_never_blocks(tmp_path):
     assert len(rows) == 50 and rows[-1]["id"] == 300 and log.written == 300
 
 
-def test_sampling_logs_a_share_of_requests(tmp_path):
+SAMPLED_REQUESTS = 2_000
+SAMPLING_SEED = 21
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_sampling_logs_the_requests_its_generator_draws_under_the_rate(tmp_path, rate):
+    """serve.log_sample_rate: a request is logged exactly when the log's generator draws under
+    the rate (a generator of the same seed replays the draws), which at 0.5 is half of them
+    within 4 standard deviations; 0 logs none, and 1 logs every request without a draw. The
+    ids say which were logged, and the log holds those rows, in order."""
     model = served_model()
-    log = PredictionLog(tmp_path / "p.sqlite", max_rows=10_000, sample_rate=0.0, flush_s=0.05)
-    log.start()
-    log.record(model, "/predict", image()[np.newaxis], model.predict(image()[np.newaxis]))
+    one = image()[np.newaxis]
+    probabilities = model.predict(one)
+    log = PredictionLog(
+        tmp_path / "p.sqlite",
+        max_rows=SAMPLED_REQUESTS,
+        sample_rate=rate,
+        flush_s=0.05,
+        rng=random.Random(SAMPLING_SEED),
+    ).start()
+    answered = [
+        log.record(model, "/predict", one, probabilities)[0] for _ in range(SAMPLED_REQUESTS)
+    ]
     log.close()
-    assert read_prediction_log(tmp_path / "p.sqlite") == []
+    logged = [not prediction_id.startswith(NOT_LOGGED) for prediction_id in answered]
+    replay = random.Random(SAMPLING_SEED)
+    if rate == 1.0:
+        assert all(logged)
+        assert log.rng.random() == replay.random()  # no draw was spent on a request
+    else:
+        assert logged == [replay.random() < rate for _ in range(SAMPLED_REQUESTS)]
+    spread = 4 * math.sqrt(SAMPLED_REQUESTS * rate * (1 - rate))
+    assert abs(sum(logged) - rate * SAMPLED_REQUESTS) <= spread, sum(logged)
+    rows = read_prediction_log(tmp_path / "p.sqlite")
+    kept = [pid for pid, was_logged in zip(answered, logged, strict=True) if was_logged]
+    assert [row["prediction_id"] for row in rows] == kept
+    assert (log.written, log.dropped) == (len(kept), 0)
 
 
 @contextmanager
