@@ -55,7 +55,7 @@ class ServingMetrics:
         )
         self.log_dropped = Gauge(
             "mlcycle_prediction_log_dropped",
-            "Prediction log records dropped (queue full)",
+            "Prediction log records dropped (queue full or write failed)",
             registry=self.registry,
         )
 

@@ -21,6 +21,7 @@ PAGE = Path(__file__).with_name("page.html")
 DOCS_ASSETS = "/docs-assets"
 # The page links the .svg; /favicon.ico answers browsers that ask for it unbidden (a JSON view).
 FAVICON_URL = "/favicon.svg"
+FAVICON_MAX_AGE_S = 24 * 60 * 60  # browsers keep the icon a day
 # A white 7 on the page's blue: small enough to keep inline, so no asset file to ship.
 FAVICON_SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" width="32" height="32" viewBox="0 0 32 32">'
@@ -58,7 +59,7 @@ async def favicon() -> Response:
     return Response(
         FAVICON_SVG,
         media_type="image/svg+xml",
-        headers={"Cache-Control": "public, max-age=86400"},
+        headers={"Cache-Control": f"public, max-age={FAVICON_MAX_AGE_S}"},
     )
 
 

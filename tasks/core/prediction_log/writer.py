@@ -50,6 +50,7 @@ log = logging.getLogger("mlcycle.serve")
 LABELLED_RETENTION = 10
 PROBABILITY_DIGITS = 6  # as /predict answers them
 ALWAYS = 1.0  # the sample rate that logs every request (and draws no random number)
+CLOSE_TIMEOUT_S = 10.0  # close() waits this long for the writer to flush what is queued
 
 
 class LoggedModel(Protocol):
@@ -210,7 +211,7 @@ class PredictionLog:
             "recreated_at": self.recreated_at,
         }
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Write what is queued, then stop."""
         self._stop.set()
         self.queue.put_nowait(None)  # wakes a writer waiting for a batch to fill
