@@ -510,3 +510,18 @@ def test_a_params_file_that_leaves_out_a_nullable_key_names_it(tmp_path):
     path.write_text(text.replace(line + "\n", "", 1))
     with pytest.raises(ConfigError, match=r"preprocess\.image_size: missing \(write null"):
         load_params(path)
+
+
+def test_a_family_registered_once_has_its_train_section():
+    """FAMILY_OPTIONS is the one registration: train.<family> follows from it, in its order."""
+    from tasks.core.config import FAMILY_OPTIONS, TrainParams
+
+    sections = {
+        name: field.annotation
+        for name, field in TrainParams.model_fields.items()
+        if name in FAMILY_OPTIONS
+    }
+    assert (
+        list(sections) == list(FAMILY_OPTIONS) == list(TrainParams.model_fields)[-len(sections) :]
+    )
+    assert sections == FAMILY_OPTIONS

@@ -5,19 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, create_model, field_validator
 
 from tasks.core.config.base import Section, Seed
-from tasks.core.config.families import (
-    MODEL_NAMES,
-    AutoencoderParams,
-    CNNParams,
-    MLPParams,
-    RecurrentParams,
-    ResNetParams,
-    SAEParams,
-    ViTParams,
-)
+from tasks.core.config.families import FAMILY_OPTIONS, MODEL_NAMES
 
 AUTO = "auto"  # train.model: auto -> the select stage picks the family and its options
 LISTED_CUDA_DEVICES = 8  # cuda:0 .. cuda:7 in the form's list; params.yaml takes any cuda:N
@@ -25,7 +16,9 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", *(f"cuda:{index}" for index in range(LI
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-class TrainParams(Section):
+# The engine's settings; TrainParams below adds a section per family (no docstring: the JSON
+# schema, and so the Prefect form, would show it).
+class _EngineParams(Section):
     # str + a validator, not a Literal: the error lists the families; the form gets the enum
     model: str = Field(
         description="A family of models/, or auto (the select stage chooses).",
@@ -74,14 +67,6 @@ class TrainParams(Section):
         json_schema_extra={"enum": list(DEVICE_CHOICES)},
     )
     resume: bool = Field(description="Continue from artifacts/checkpoints/last.pt if present.")
-    mlp: MLPParams
-    cnn: CNNParams
-    resnet: ResNetParams
-    lstm: RecurrentParams
-    gru: RecurrentParams
-    vit: ViTParams
-    autoencoder: AutoencoderParams
-    sae: SAEParams
 
     @field_validator("model")
     @classmethod
@@ -108,3 +93,13 @@ class TrainParams(Section):
         if self.model == AUTO:
             raise ValueError("train.model is auto: the select stage's choice holds the options")
         return self.options_of(self.model)
+
+
+# train.<family> for each family of FAMILY_OPTIONS, in its order: a family registered there
+# has its section here, in the form and in MLflow's params without another edit.
+TrainParams = create_model(
+    "TrainParams",
+    __base__=_EngineParams,
+    __module__=__name__,
+    **{family: (options, ...) for family, options in FAMILY_OPTIONS.items()},
+)
