@@ -32,6 +32,8 @@ from tasks.core.paths import MODEL_FILE, PARAMS_FILE, RAW_DIR
 from tasks.core.tracking import as_logged, connect, tracking_errors
 from tasks.registry.store import SCORES, RegistryError, client
 
+SHOWN_KEYS = 3  # params a refusal names
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -169,10 +171,10 @@ def _check_params(run: Any, params_path: Path) -> None:
         if key in logged and logged[key] != value and not key.startswith(inert)
     )
     if differ:
-        shown = ", ".join(f"{k} {logged[k]} -> {current[k]}" for k in differ[:3])
+        shown = _first_few([f"{k} {logged[k]} -> {current[k]}" for k in differ])
         raise RegistryError(
-            f"{params_path} differs from the params run {run.info.run_id} trained with ({shown}"
-            f"{' ...' if len(differ) > 3 else ''}); `git checkout {params_path}` or re-run"
+            f"{params_path} differs from the params run {run.info.run_id} trained with "
+            f"({shown}); `git checkout {params_path}` or re-run"
         )
 
 
@@ -195,12 +197,16 @@ def _check_lock_params(run: Any, root: Path) -> None:
     locked = locked_params(root)
     differ = sorted(k for k, v in locked.items() if k in logged and not _same(logged[k], v))
     if differ:
-        shown = ", ".join(f"{k} {logged[k]} (run) vs {locked[k]} (dvc.lock)" for k in differ[:3])
+        shown = _first_few([f"{k} {logged[k]} (run) vs {locked[k]} (dvc.lock)" for k in differ])
         raise RegistryError(
             f"run {run.info.run_id} recorded other params than the stages in dvc.lock ran with "
-            f"({shown}{' ...' if len(differ) > 3 else ''}): its model is not what it says; "
-            "re-run the pipeline"
+            f"({shown}): its model is not what it says; re-run the pipeline"
         )
+
+
+def _first_few(items: list[str]) -> str:
+    """The first SHOWN_KEYS items, and " ..." when there are more."""
+    return ", ".join(items[:SHOWN_KEYS]) + (" ..." if len(items) > SHOWN_KEYS else "")
 
 
 def _raw_shape(raw_dir: Path, spec: Mapping[str, Any]) -> list[int]:

@@ -40,6 +40,10 @@ from tasks.registry.versions import RegisteredVersion
 
 CHECK_RECORD_DIR = "registry_check"  # run artifacts: one check record per registered version
 MAX_REASON_CHARS = 4000  # MLflow keeps tag values up to 5000 characters
+MAX_ERROR_CHARS = 300  # of a load error's text, in the reason
+# Scores equal to these (relative and absolute) tolerances are the same model's: a reload
+# may run other kernels than the process that scored first.
+SCORE_RTOL = SCORE_ATOL = 1e-4
 
 
 class LoadCheckFailed(RegistryError):
@@ -182,7 +186,10 @@ def _check(
     except NotTheRegisteredModel as mismatch:
         return None, mismatch.problem
     except Exception as error:  # MLflow and torch raise anything when an artifact is broken
-        return None, f"cannot load or run it ({type(error).__name__}: {str(error)[:300]})"
+        return (
+            None,
+            f"cannot load or run it ({type(error).__name__}: {str(error)[:MAX_ERROR_CHARS]})",
+        )
     if scores is not None and samples is not None:
         problem = _score_problem(scores, len(samples), expected)
         if problem:
@@ -233,7 +240,7 @@ def _score_problem(scores: np.ndarray, count: int, expected: np.ndarray | None) 
     if expected is not None:
         if scores.shape != expected.shape:
             return f"scores of shape {scores.shape}, the local model's are {expected.shape}"
-        if not np.allclose(scores, expected, rtol=1e-4, atol=1e-4):
+        if not np.allclose(scores, expected, rtol=SCORE_RTOL, atol=SCORE_ATOL):
             worst = float(np.abs(scores - expected).max())
             return f"scores differ from the local model's by up to {worst:.3g}"
     return None
@@ -246,7 +253,7 @@ def _recorded_problem(scores: np.ndarray, recorded: np.ndarray) -> str | None:
             f"it scores its {len(recorded)} check images with shape {scores.shape}, but gave "
             f"{recorded.shape} at registration: it is not the model registered"
         )
-    if not np.allclose(scores, recorded, rtol=1e-4, atol=1e-4):
+    if not np.allclose(scores, recorded, rtol=SCORE_RTOL, atol=SCORE_ATOL):
         worst = float(np.abs(scores - recorded).max())
         return (
             f"it scores its {len(recorded)} check images differently from its registration "

@@ -30,6 +30,7 @@ from tasks.registry.versions import RegisteredVersion
 from tasks.stages.evaluate import classification_scores
 
 TOLERANCE = 1e-9  # metric comparisons: 0.99 - 0.98 must count as 0.01
+SHORT_HASH = 12  # characters of a DVC hash in a reason (as git shortens commits)
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ def _data_note(candidate: Candidate, champion_tags: Mapping[str, str]) -> str:
     ours = Lineage.from_tags(candidate.tags).processed
     if theirs and ours and theirs != ours:
         return (
-            f" (both scored on test split {ours[:12]}; the champion was trained on data "
-            f"{theirs[:12]}, which may overlap it)"
+            f" (both scored on test split {ours[:SHORT_HASH]}; the champion was trained on data "
+            f"{theirs[:SHORT_HASH]}, which may overlap it)"
         )
     return ""
