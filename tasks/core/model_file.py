@@ -7,9 +7,10 @@ depends on ``params.yaml``. Shared by train, evaluate and the pipeline's bookkee
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset, atomic_path, file_md5
 from tasks.core.lineage import TAG_MODEL_MD5
 from tasks.core.model_spec import ModelSpec, classifier_from_bundle
+
+if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
 
 FORMAT_VERSION = 1
 
@@ -107,7 +111,6 @@ def log_model(run_id: str, model_path: Path, examples: ImageDataset) -> None:
 
     import models
     from tasks.core import model_spec
-    from tasks.core.tracking import classifier_signature
 
     # A logged model lands in the active experiment, which must be the run's own.
     mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
@@ -158,3 +161,19 @@ def model_file_problem(model_dir: Path, recorded_md5: str | None) -> str | None:
             "backup or promote another version"
         )
     return None
+
+
+def classifier_signature(
+    image_shape: Sequence[int], dtype: np.dtype, class_count: int
+) -> ModelSignature:
+    """What the registered model takes and gives, as the MLflow UI shows it under Schema: a
+    batch of images (N, H, W, C) of ``dtype`` (uint8 pixels 0-255, as the splits hold them)
+    and a float32 score (logit) per class. MLflow enforces the input: other dtypes and shapes
+    are refused before the model runs; ``mlflow models serve`` reads JSON pixels as ``dtype``."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(dtype), (-1, *image_shape))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, class_count), "logits")]),
+    )

@@ -2,7 +2,7 @@
 this file ("models from code") with ``models/`` and ``tasks/core/model_spec.py`` (as the
 top-level ``model_spec``) on the path, and the model file (``artifacts/model.pt``) as an artifact.
 
-Its signature (``tasks.core.tracking.classifier_signature``) declares what the MLflow UI
+Its signature (``tasks.core.model_file.classifier_signature``) declares what the MLflow UI
 shows under Schema and MLflow enforces before ``predict`` runs: a batch of uint8 images
 (N, H, W, C), as ``data/raw`` and the prediction log hold them. ``predict`` still checks the
 shape and takes floats too, for callers that run this class without MLflow's checks. Nothing

@@ -1,7 +1,7 @@
 """MLflow plumbing shared by the stages, the flow, the registry and serving.
 
 One MLflow run per pipeline run: the flow opens it and hands its id to the stages through
-``MLFLOW_RUN_ID``; a stage run on its own by ``dvc repro`` opens (train) or finds (evaluate) one.
+``MLFLOW_RUN_ID``; which run a stage records into is ``tasks.core.stage_run``'s to decide.
 """
 
 from __future__ import annotations
@@ -9,27 +9,21 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tasks.core.config import Params
 from tasks.core.errors import MlcycleError
 from tasks.core.lineage import (
-    TAG_EVALUATED,
-    TAG_FLOW_RUN,
     TAG_PARAMS,
     TAG_RUN,
     kept_on_run,
     lineage_tags,
 )
 from tasks.core.redaction import install_log_redaction, redact, redact_mapping, without_credentials
-
-if TYPE_CHECKING:
-    import numpy as np
-    from mlflow.models import ModelSignature
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -84,7 +78,6 @@ def connect() -> str:
     """
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
     # Fail within seconds on a dead server; a user's own settings win.
@@ -98,28 +91,42 @@ def connect() -> str:
     if uri.startswith(("http://", "https://")):
         check_server(uri)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
-    name = experiment_name()
+    location = None if uri.startswith("http") else DEFAULT_ARTIFACT_ROOT.resolve().as_uri()
     try:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before mlcycle set it; a
-                # kind someone chose in the UI stays
-                client.set_experiment_tag(
-                    experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
-                )
-            return experiment.experiment_id
-        location = None if uri.startswith("http") else DEFAULT_ARTIFACT_ROOT.resolve().as_uri()
-        try:
-            return client.create_experiment(
-                name,
-                artifact_location=location,
-                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
-            )
-        except MlflowException:  # created by a concurrent run in the meantime
-            return client.get_experiment_by_name(name).experiment_id
+        return ensure_experiment(
+            experiment_name(),
+            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+            artifact_location=location,
+        )
     except MlflowException as error:
         raise TrackingError(f"MLflow tracking store {uri}: {error.message}") from None
+
+
+def ensure_experiment(
+    name: str, tags: Mapping[str, str] | None = None, artifact_location: str | None = None
+) -> str:
+    """The id of experiment ``name`` in the current tracking store, created if it is missing
+    (with ``tags`` and ``artifact_location``); an existing one gets those of ``tags`` it lacks
+    (one made before mlcycle set them: a value someone chose in the UI stays). Two processes
+    may create it at once: the loser reads the winner's."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    tags = dict(tags or {})
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        for key, value in tags.items():
+            if key not in experiment.tags:
+                client.set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location, tags=tags)
+    except MlflowException:  # created by a concurrent process in the meantime
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def check_server(uri: str, timeout: float = SERVER_CHECK_TIMEOUT_S) -> None:
@@ -229,29 +236,10 @@ def end_run(run_id: str, status: str = "FINISHED", name: str | None = None) -> N
             MlflowClient().update_run(run_id, name=name)
 
 
-def params_conflict(run_id: str, params: Params) -> list[str]:
-    """Keys this run logged with a different value than ``params`` holds."""
-    from mlflow.tracking import MlflowClient
-
-    logged = MlflowClient().get_run(run_id).data.params
-    return [k for k, v in params.flat().items() if k in logged and logged[k] != as_logged(v)]
-
-
 def flow_mlflow_run_id() -> str | None:
     """The MLflow run id of the pipeline run a flow hands its stages through ``MLFLOW_RUN_ID``;
     None outside a flow. (Not Prefect's flow-run id: that one is ``TAG_FLOW_RUN``.)"""
     return os.environ.get("MLFLOW_RUN_ID") or None
-
-
-@contextmanager
-def joined_flow_run(params: Params) -> Iterator[RunTracker | None]:
-    """Under the flow, its MLflow run (left open for the flow to end); otherwise None: a stage
-    run by a plain ``dvc repro`` that has no run of its own to open logs nothing."""
-    if flow_mlflow_run_id() is None:
-        yield None
-        return
-    with tracked_run(params) as tracker:
-        yield tracker
 
 
 @contextmanager
@@ -294,34 +282,6 @@ def tracked_run(
         raise
     if run_id != flows_run:
         client.set_terminated(run_id, "FINISHED")
-
-
-def find_run(tag: str, value: str) -> str | None:
-    """The newest run of the experiment carrying ``tag=value``."""
-    from mlflow.tracking import MlflowClient
-
-    experiment_id = connect()
-    runs = MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{tag}` = '{value}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
-
-
-def can_join(run_id: str, params: Params) -> bool:
-    """Whether a stage run on its own may log into this run: one that a plain ``dvc repro``
-    opened (not a flow's), not failed, not evaluated yet, and logged with the same params."""
-    from mlflow.tracking import MlflowClient
-
-    run = MlflowClient().get_run(run_id)
-    return (
-        run.info.status != "FAILED"
-        and TAG_FLOW_RUN not in run.data.tags
-        and TAG_EVALUATED not in run.data.tags
-        and not params_conflict(run_id, params)
-    )
 
 
 def run_url(run_id: str) -> str:
@@ -404,20 +364,3 @@ def run_lineage(run: Any) -> dict[str, str]:
     lineage = {k: v for k, v in tags.items() if kept_on_run(k)}
     lineage[TAG_PARAMS] = json.dumps(dict(sorted(run.data.params.items())))
     return lineage
-
-
-def classifier_signature(
-    image_shape: Sequence[int], dtype: np.dtype, class_count: int
-) -> ModelSignature:
-    """What the registered model takes and gives, as the MLflow UI shows it under Schema: a
-    batch of images (N, H, W, C) of ``dtype`` (uint8 pixels 0-255, as the splits hold them)
-    and a float32 score (logit) per class. MLflow enforces the input: other dtypes and shapes
-    are refused before the model runs; ``mlflow models serve`` reads JSON pixels as ``dtype``."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(dtype), (-1, *image_shape))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, class_count), "logits")]),
-    )

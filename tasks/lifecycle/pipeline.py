@@ -26,7 +26,7 @@ from tasks.core.console import run_logger
 from tasks.core.dvc import data_versions, push_data, stage_is_stale
 from tasks.core.dvc import reproduce_stage as dvc_reproduce
 from tasks.core.errors import retry_unless_user_error
-from tasks.core.files import file_md5, read_json, read_split
+from tasks.core.files import file_md5, read_json
 from tasks.core.lineage import (
     TAG_EVALUATED,
     TAG_FLOW_RUN,
@@ -41,13 +41,14 @@ from tasks.core.lineage import (
     lineage_tags,
     record_lineage_files,
 )
-from tasks.core.model_file import log_model
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.pending import is_evaluated, mark_unregistered, model_is_registered
 from tasks.core.redaction import redact, redact_mapping, redact_value
-from tasks.core.tracking import RunTracker, connect, find_run, run_url
+from tasks.core.stage_run import find_run
+from tasks.core.tracking import RunTracker, connect, run_url
 from tasks.stages.evaluate import METRICS_FILE, record_evaluation
 from tasks.stages.select import TAG_SELECTION, record_selection, selection_table
+from tasks.stages.train import record_training
 from tasks.training.choice import SELECTION_FILE, read_choice
 from tasks.validation.gate import RAW_REPORT, record_validations, validation_markdown
 
@@ -317,9 +318,9 @@ def complete_run_record(
     processed_dir: Path = PROCESSED_DIR,
     reports_dir: Path = REPORTS_DIR,
 ) -> None:
-    """Give the pipeline run its lineage, and what the stages it did not execute would have
-    logged. Judged by what the run holds, not by which stages were invoked: a stale stage can
-    still be restored from DVC's run-cache without executing.
+    """Give the pipeline run its lineage, and the records (each stage's ``record_*``, from its
+    files) of the stages it did not execute; one that did left its mark and is not recorded
+    twice. Judged by what the run holds: DVC's run-cache may restore a stale stage unexecuted.
     """
     from mlflow.tracking import MlflowClient
 
@@ -335,7 +336,7 @@ def complete_run_record(
         if model_run:
             tracker.set_tags({TAG_MODEL_RUN: model_run})
         else:
-            log_model(run_id, model_file, read_split(processed_dir, "val")[0])
+            record_training(tracker, model_file, processed_dir)
     if TAG_EVALUATED not in tags:
         record_evaluation(tracker, reports_dir)
     if TAG_SELECTION not in tags:  # a search DVC did not re-run: its files, from the workspace

@@ -1,8 +1,10 @@
 """The DVC stages, exactly those of dvc.yaml: `python -m tasks.stages.<name>` is each stage's cmd.
 
-Each module holds `run_<stage>` (the pure function), `<stage>_task` (a thin Prefect task over
-it, without retries: the training pipeline runs stages through `dvc repro`, so that DVC decides
-what is stale, and bad input is not fixed by retrying) and `main` (the DVC entry point).
+Each module holds `run_<stage>` (the pure function: it reads files, writes files and returns a
+typed result, and never sees MLflow), `record_<stage>` where the stage has something to log
+(from the files it wrote), and `main` (the DVC entry point), which opens the run to record into
+with `tasks.core.stage_run.stage_run`. The training pipeline runs stages through `dvc repro`,
+so that DVC decides what is stale.
 
 `DATA_STAGES` names them in the order the training pipeline runs them.
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from prefect import task
 
 from tasks.core.config import CollectParams, load_params
 from tasks.core.console import stage_main
@@ -158,10 +157,6 @@ def check_source_location(params: CollectParams, external_dir: Path = EXTERNAL_D
         inside_external(Path(argument), external_dir, f"collect.source {kind}:")
     elif kind == "torchvision":
         inside_external(Path(params.root), external_dir, "collect.root")
-
-
-# For flows of your own: the training pipeline runs the stage through `dvc repro`.
-collect_task = task(name="collect")(run_collect)
 
 
 def main() -> None:

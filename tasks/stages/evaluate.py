@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from prefect import task
 
 from tasks.core.config import EvaluateParams, load_params
 from tasks.core.console import stage_main
-from tasks.core.files import ImageDataset, atomic_path, file_md5, read_json, read_split, write_json
-from tasks.core.lineage import TAG_EVALUATED, TAG_MODEL_MD5, TAG_MODEL_RUN
+from tasks.core.files import ImageDataset, atomic_path, read_json, read_split, write_json
+from tasks.core.lineage import TAG_EVALUATED
 from tasks.core.model_file import load_model, predict_logits
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
-from tasks.core.tracking import RunTracker, can_join, find_run, flow_mlflow_run_id, tracked_run
+from tasks.core.stage_run import WithoutFlow, stage_run
+from tasks.core.tracking import RunTracker
 from tasks.monitoring.reference import REFERENCE_FILE_NAME, reference_from_split, save_reference
 
 log = logging.getLogger("mlcycle.evaluate")
@@ -54,6 +54,13 @@ MONITORING_ARTIFACT_PATH = "monitoring"
 BASELINE_SEED = 0
 
 
+# The SVM baseline: an RBF kernel with little regularisation (C=10 fits small images better
+# than sklearn's C=1); its iterations are cheaper than logistic regression's, so it gets
+# evaluate.baseline_max_iter times this many.
+SVM_C = 10.0
+SVM_ITERATIONS_PER_ITER = 100
+
+
 @dataclass(frozen=True)
 class Scores:
     accuracy: float
@@ -78,8 +85,9 @@ def run_evaluate(
     model_path: Path = MODEL_FILE,
     processed_dir: Path = PROCESSED_DIR,
     reports_dir: Path = REPORTS_DIR,
-    tracker: RunTracker | None = None,
 ) -> EvaluateResult:
+    """Score the model on the test split (and the baseline beside it), write the reports and
+    the monitoring reference, and return the scores."""
     model, saved = load_model(model_path)
     test, _ = read_split(processed_dir, "test")
     predicted = predict_logits(model, torch.from_numpy(test.images)).argmax(dim=1).numpy()
@@ -88,31 +96,19 @@ def run_evaluate(
     if params.baseline != "none":
         train, info = read_split(processed_dir, "train")
         baseline = fit_baseline(params.baseline, train, test, info, params)
-
-    metrics: dict[str, Any] = {
-        "accuracy": round(scores.accuracy, 6),
-        "macro_f1": round(scores.macro_f1, 6),
-        "test_samples": len(test.labels),
-    }
-    if baseline is not None:
-        metrics["baseline"] = {
-            "model": params.baseline,
-            "accuracy": round(baseline.accuracy, 6),
-            "macro_f1": round(baseline.macro_f1, 6),
-        }
-    paths = report_paths(reports_dir)
-    write_json(paths["metrics"], metrics)
-    write_json(paths["per_class"], scores.per_class)
-    write_confusion_csv(paths["confusion_csv"], test.labels, predicted, test.class_names)
+    paths = ReportPaths.under(reports_dir)
+    write_json(paths.metrics, metrics_json(scores, baseline, params.baseline, len(test.labels)))
+    write_json(paths.per_class, scores.per_class)
+    write_confusion_csv(paths.confusion_csv, test.labels, predicted, test.class_names)
     plot_confusion_matrix(
-        paths["confusion_png"],
+        paths.confusion_png,
         scores,
         test.class_names,
         title=f"{saved.spec.model} on {len(test.labels)} test images",
     )
     save_reference(
         reference_from_split(model_path, processed_dir, scores.accuracy, params.reference_rows),
-        paths["monitoring_reference"],
+        paths.monitoring_reference,
     )
     log.info(
         "evaluate: test accuracy %.4f, macro-F1 %.4f (%d images)%s",
@@ -124,35 +120,66 @@ def run_evaluate(
         if baseline
         else "",
     )
-    if tracker is not None:
-        record_evaluation(tracker, reports_dir)
     return EvaluateResult(
         accuracy=scores.accuracy,
         macro_f1=scores.macro_f1,
         baseline_accuracy=baseline.accuracy if baseline else None,
         baseline_macro_f1=baseline.macro_f1 if baseline else None,
         test_samples=len(test.labels),
-        metrics_path=paths["metrics"],
-        reference_path=paths["monitoring_reference"],
+        metrics_path=paths.metrics,
+        reference_path=paths.monitoring_reference,
     )
 
 
-def report_paths(reports_dir: Path = REPORTS_DIR) -> dict[str, Path]:
-    return {
-        "metrics": reports_dir / METRICS_FILE.name,
-        "per_class": reports_dir / CLASS_REPORT_FILE.name,
-        "confusion_csv": reports_dir / CONFUSION_CSV.name,
-        "confusion_png": reports_dir / CONFUSION_PNG.name,
-        "monitoring_reference": reports_dir / MONITORING_REFERENCE.name,
+def metrics_json(
+    scores: Scores, baseline: Scores | None, baseline_name: str, test_samples: int
+) -> dict[str, Any]:
+    """``metrics.json``: what ``dvc metrics show`` shows and the registry's gate compares."""
+    metrics: dict[str, Any] = {
+        "accuracy": round(scores.accuracy, 6),
+        "macro_f1": round(scores.macro_f1, 6),
+        "test_samples": test_samples,
     }
+    if baseline is not None:
+        metrics["baseline"] = {
+            "model": baseline_name,
+            "accuracy": round(baseline.accuracy, 6),
+            "macro_f1": round(baseline.macro_f1, 6),
+        }
+    return metrics
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """The files an evaluation writes into one reports folder."""
+
+    metrics: Path
+    per_class: Path
+    confusion_csv: Path
+    confusion_png: Path
+    monitoring_reference: Path
+
+    @classmethod
+    def under(cls, reports_dir: Path = REPORTS_DIR) -> ReportPaths:
+        return cls(
+            metrics=reports_dir / METRICS_FILE.name,
+            per_class=reports_dir / CLASS_REPORT_FILE.name,
+            confusion_csv=reports_dir / CONFUSION_CSV.name,
+            confusion_png=reports_dir / CONFUSION_PNG.name,
+            monitoring_reference=reports_dir / MONITORING_REFERENCE.name,
+        )
+
+    def evaluation_files(self) -> tuple[Path, ...]:
+        """What the run keeps under ``evaluation/`` (the reference has a folder of its own)."""
+        return (self.metrics, self.per_class, self.confusion_csv, self.confusion_png)
 
 
 def record_evaluation(tracker: RunTracker, reports_dir: Path = REPORTS_DIR) -> None:
     """Log an evaluation's reports to a run: the metrics (the same numbers ``dvc metrics show``
     shows), the confusion matrix and the per-class report; the monitoring reference under
     ``monitoring/``, where the monitor looks for the served version's."""
-    paths = report_paths(reports_dir)
-    metrics = read_json(paths["metrics"])
+    paths = ReportPaths.under(reports_dir)
+    metrics = read_json(paths.metrics)
     logged = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
     if baseline := metrics.get("baseline"):
         logged |= {
@@ -160,10 +187,9 @@ def record_evaluation(tracker: RunTracker, reports_dir: Path = REPORTS_DIR) -> N
             "baseline_macro_f1": baseline["macro_f1"],
         }
     tracker.log_metrics(logged)
-    reference = paths.pop("monitoring_reference")
-    for path in paths.values():
+    for path in paths.evaluation_files():
         tracker.log_artifact(path, "evaluation")
-    tracker.log_artifact(reference, MONITORING_ARTIFACT_PATH)
+    tracker.log_artifact(paths.monitoring_reference, MONITORING_ARTIFACT_PATH)
     tracker.set_tags({TAG_EVALUATED: "true"})
 
 
@@ -208,8 +234,8 @@ def fit_baseline(
     params: EvaluateParams,
 ) -> Scores:
     """A scikit-learn classifier on standardised pixels of the same train/test split:
-    ``logistic_regression`` (multinomial) or ``svm`` (RBF kernel, ``SVC(C=10)``, the stronger
-    bar on small images)."""
+    ``logistic_regression`` (multinomial) or ``svm`` (RBF kernel, ``SVC(C=SVM_C)``, the
+    stronger bar on small images)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import SVC
@@ -229,7 +255,7 @@ def fit_baseline(
         )
     started = time.perf_counter()
     classifier = (
-        SVC(C=10, max_iter=params.baseline_max_iter * 100)
+        SVC(C=SVM_C, max_iter=params.baseline_max_iter * SVM_ITERATIONS_PER_ITER)
         if name == "svm"
         else LogisticRegression(max_iter=params.baseline_max_iter)
     )
@@ -301,24 +327,13 @@ def plot_confusion_matrix(
     plt.close(figure)
 
 
-# For flows of your own: the training pipeline runs the stage through `dvc repro`.
-evaluate_task = task(name="evaluate")(run_evaluate)
-
-
 def main() -> None:
     params = load_params()
     # Under the flow MLFLOW_RUN_ID names the pipeline run; under plain `dvc repro` the
     # evaluation joins the run that trained this very model file, found by its hash.
-    run_id = flow_mlflow_run_id()
-    model_run_id = None
-    if run_id is None and MODEL_FILE.is_file():
-        model_run_id = find_run(TAG_MODEL_MD5, file_md5(MODEL_FILE))
-        if model_run_id and can_join(model_run_id, params):
-            run_id = model_run_id
-    with tracked_run(params, run_id=run_id, run_name="evaluate") as tracker:
-        if model_run_id and model_run_id != tracker.run_id:
-            tracker.set_tags({TAG_MODEL_RUN: model_run_id})
-        run_evaluate(params.evaluate, tracker=tracker)
+    with stage_run(params, "evaluate", WithoutFlow.MODEL_RUN) as tracker:
+        run_evaluate(params.evaluate)
+        record_evaluation(tracker)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import task
 
 from tasks.core.config import PreprocessParams, load_params
 from tasks.core.console import stage_main
@@ -28,7 +27,7 @@ from tasks.core.files import (
 )
 from tasks.core.images import CHUNK, PIXEL_MAX, mean_and_std, prepare_images
 from tasks.core.paths import PROCESSED_DIR, VALIDATED_DIR
-from tasks.core.tracking import joined_flow_run
+from tasks.core.stage_run import WithoutFlow, stage_run
 from tasks.validation.gate import (
     REPOSITORY_PLACES,
     ValidationPlaces,
@@ -239,15 +238,11 @@ def _rounded(values: tuple[float, ...]) -> str:
     return "[" + ", ".join(f"{value:.3f}" for value in values) + "]"
 
 
-# For flows of your own: the training pipeline runs the stage through `dvc repro`.
-preprocess_task = task(name="preprocess")(run_preprocess)
-
-
 def main() -> None:
     params = load_params()
     # Under the flow, the split's verdict (pass or fail) is logged into the flow's MLflow run.
     with (
-        joined_flow_run(params) as tracker,
+        stage_run(params, "preprocess", WithoutFlow.NOTHING) as tracker,
         recording_validation(tracker, REPOSITORY_PLACES.processed_report),
     ):
         run_preprocess(params.preprocess)

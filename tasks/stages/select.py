@@ -24,13 +24,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-
 from tasks.core.config import AUTO, Params, load_params
 from tasks.core.console import stage_main
 from tasks.core.files import atomic_path, read_json, write_json
 from tasks.core.paths import PROCESSED_DIR, REPORTS_DIR
-from tasks.core.tracking import RunTracker, flow_mlflow_run_id, tracked_run
+from tasks.core.stage_run import WithoutFlow, stage_run
+from tasks.core.tracking import RunTracker, flow_mlflow_run_id
 from tasks.training.choice import FIXED, SEARCHED, SELECTION_FILE, fixed_choice
 
 log = logging.getLogger("mlcycle.select")
@@ -56,17 +55,16 @@ def run_select(
     params: Params,
     processed_dir: Path = PROCESSED_DIR,
     reports_dir: Path = REPORTS_DIR,
-    tracker: RunTracker | None = None,
+    parent_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Write the selection files and return what ``selection.json`` holds."""
+    """Write the selection files and return what ``selection.json`` holds. A search's trials
+    are MLflow runs nested under ``parent_run_id`` (None: they are not tracked)."""
     if params.train.model != AUTO:
         result = {"mode": FIXED, "winner": fixed_choice(params.train).to_json(), "trials": []}
         log.info("select: train.model is %s, a fixed choice: no search", params.train.model)
     else:
-        result = search(params, processed_dir, tracker)
+        result = search(params, processed_dir, parent_run_id)
     write_selection(result, reports_dir)
-    if tracker is not None:
-        record_selection(tracker, reports_dir)
     return result
 
 
@@ -82,16 +80,17 @@ def record_selection(tracker: RunTracker, reports_dir: Path = REPORTS_DIR) -> No
     tracker.set_tags({TAG_SELECTION: result["study"]})
 
 
-def search(params: Params, processed_dir: Path, tracker: RunTracker | None) -> dict[str, Any]:
-    from tasks.training import search as optuna_search
+def search(params: Params, processed_dir: Path, parent_run_id: str | None) -> dict[str, Any]:
+    from tasks.training import study as studies
+    from tasks.training.search import run_search
 
     data = trial_data(processed_dir)
-    name = optuna_search.study_name(params, processed_dir / "train.npz", processed_dir / "val.npz")
-    study = optuna_search.open_study(params, name)
-    if tracker is not None:
-        study.set_user_attr(optuna_search.PARENT_RUN_ATTR, tracker.run_id)
-    optuna_search.run_search(study, params, data, tracker.run_id if tracker else None)
-    optuna_search.wait_for_running(study, optuna_search.GRACE_S)
+    name = studies.study_name(params, processed_dir / "train.npz", processed_dir / "val.npz")
+    study = studies.open_study(params, name)
+    if parent_run_id is not None:  # where the workers' trials nest too
+        study.set_user_attr(studies.PARENT_RUN_ATTR, parent_run_id)
+    run_search(study, params, data, parent_run_id)
+    studies.wait_for_running(study, studies.GRACE_S)
     return summarise(study, params)
 
 
@@ -106,7 +105,7 @@ def trial_data(processed_dir: Path) -> Any:
 
 
 def summarise(study: Any, params: Params) -> dict[str, Any]:
-    from tasks.training.search import (
+    from tasks.training.study import (
         SelectionError,
         finished_trials,
         shown_url,
@@ -243,26 +242,22 @@ def selection_table(reports_dir: Path = REPORTS_DIR) -> list[dict[str, Any]] | N
     ]
 
 
-# For flows of your own: the training pipeline runs the stage through `dvc repro`.
-select_task = task(name="select")(run_select)
-
-
 def run_worker(params: Params, processed_dir: Path = PROCESSED_DIR, wait_s: float = 120) -> int:
     """Join the study the select stage started (waiting up to ``wait_s`` for it to appear) and
     run trials of it until its budget is spent; returns how many trials the study holds
     finished. Same params.yaml and data as the stage, or it is another study."""
-    from tasks.training import search as optuna_search
+    from tasks.training import study as studies
+    from tasks.training.search import run_search
 
     if params.train.model != AUTO:
-        raise optuna_search.SelectionError(
+        raise studies.SelectionError(
             f"train.model is {params.train.model}: there is no search to join (set it to {AUTO})"
         )
     data = trial_data(processed_dir)
-    name = optuna_search.study_name(params, processed_dir / "train.npz", processed_dir / "val.npz")
-    study = optuna_search.join_study(params, name, wait_s)
-    parent = study.user_attrs.get(optuna_search.PARENT_RUN_ATTR)
-    optuna_search.run_search(study, params, data, parent)
-    return len(optuna_search.finished_trials(study))
+    name = studies.study_name(params, processed_dir / "train.npz", processed_dir / "val.npz")
+    study = studies.join_study(params, name, wait_s)
+    run_search(study, params, data, study.user_attrs.get(studies.PARENT_RUN_ATTR))
+    return len(studies.finished_trials(study))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -276,13 +271,14 @@ def main(argv: list[str] | None = None) -> None:
         finished = run_worker(params)
         log.info("select worker: the study holds %d finished trials", finished)
         return
-    if params.train.model != AUTO:
+    if params.train.model != AUTO:  # a fixed choice: nothing to record
         run_select(params)
         return
-    with tracked_run(params, run_name="select") as tracker:
+    with stage_run(params, "select", WithoutFlow.OWN_RUN) as tracker:
         if flow_mlflow_run_id() is None:
             tracker.set_tags({"mlcycle.stage": "select"})
-        run_select(params, tracker=tracker)
+        run_select(params, parent_run_id=tracker.run_id)
+        record_selection(tracker)
 
 
 if __name__ == "__main__":

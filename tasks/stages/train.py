@@ -13,18 +13,21 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import task
+import torch
 
+from models import Classifier
 from tasks.core.config import AUTO, TrainParams, load_params
 from tasks.core.console import stage_main
-from tasks.core.files import atomic_path, read_split, write_json
+from tasks.core.files import ImageDataset, atomic_path, read_split, write_json
 from tasks.core.model_file import SavedModel, log_model, save_model
 from tasks.core.model_spec import ModelSpec
 from tasks.core.paths import CHECKPOINT_DIR, MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
-from tasks.core.tracking import RunTracker, flow_mlflow_run_id, tracked_run
+from tasks.core.stage_run import WithoutFlow, stage_run
+from tasks.core.tracking import RunTracker, flow_mlflow_run_id
 from tasks.training.checkpoint import (
     TrainingState,
     fingerprint,
@@ -33,7 +36,8 @@ from tasks.training.checkpoint import (
 )
 from tasks.training.choice import chosen_train_params, fixed_choice
 from tasks.training.distributed import leave, shard_from_env, torchrun_command, under_torchrun
-from tasks.training.loop import PRETRAIN, EpochReport, fit, pretrain_metrics, start_training
+from tasks.training.epochs import HISTORY_COLUMNS, EpochReport, PretrainingEpoch, TrainingEpoch
+from tasks.training.loop import fit, start_training
 from tasks.validation.gate import record_validations
 
 log = logging.getLogger("mlcycle.train")
@@ -43,10 +47,6 @@ HISTORY_FILE = REPORTS_DIR / "training_history.csv"
 
 
 SUMMARY_FILE = REPORTS_DIR / "train.json"
-
-
-# No wall-clock column: outputs must depend on inputs only (DVC compares them by hash).
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 
 
 @dataclass(frozen=True)
@@ -61,86 +61,53 @@ class TrainResult:
     seconds: float
 
 
+# A listener of the live per-epoch reports (the main's MLflow logger); rank 0's only.
+EpochCallback = Callable[[EpochReport], None]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The splits the model learns from and is early-stopped on, and the spec they fix."""
+
+    train_set: ImageDataset
+    val_set: ImageDataset
+    spec: ModelSpec
+
+    @classmethod
+    def read(cls, params: TrainParams, processed_dir: Path) -> TrainingData:
+        train_set, info = read_split(processed_dir, "train")
+        val_set, _ = read_split(processed_dir, "val")
+        return cls(
+            train_set, val_set, ModelSpec.for_split(params.model, params.model_options(), info)
+        )
+
+
 def run_train(
     params: TrainParams,
     processed_dir: Path = PROCESSED_DIR,
     model_path: Path = MODEL_FILE,
     checkpoint_dir: Path = CHECKPOINT_DIR,
     reports_dir: Path = REPORTS_DIR,
-    tracker: RunTracker | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> TrainResult:
+    """Train, write the model file and the reports (rank 0), and return how it went."""
     started = time.perf_counter()
-    train_set, info = read_split(processed_dir, "train")
-    val_set, _ = read_split(processed_dir, "val")
-    spec = ModelSpec.for_split(params.model, params.model_options(), info)
+    data = TrainingData.read(params, processed_dir)
     shard = shard_from_env()  # one process, or one of torchrun's (train.processes)
-    model, optimizer, device = start_training(spec, params, shard)
-    identity = fingerprint(spec, params, processed_dir / "train.npz")
-    checkpoint_path = checkpoint_dir / "last.pt"
-    state = TrainingState()
-    if params.resume:
-        state = restore_checkpoint(checkpoint_path, identity, model, optimizer, params)
+    model, optimizer, device = start_training(data.spec, params, shard)
+    checkpoint = Checkpointing(
+        checkpoint_dir / "last.pt",
+        fingerprint(data.spec, params, processed_dir / "train.npz"),
+        model,
+        optimizer,
+    )
+    state = checkpoint.restore(params) if params.resume else TrainingState()
     if not shard.is_main:
         log.setLevel(logging.WARNING)  # rank 0 speaks for all processes
-    log.info(
-        "train: %s on %s, %d train / %d val images, up to %d epochs%s%s",
-        params.model,
-        device,
-        len(train_set.labels),
-        len(val_set.labels),
-        params.epochs,
-        f", {shard.world} data-parallel processes" if shard.parallel else "",
-        f" (resuming after epoch {state.epoch})" if state.epoch else "",
-    )
-
-    def after_epoch(state: TrainingState, report: EpochReport) -> None:
-        if not shard.is_main:
-            return  # rank 0 alone checkpoints and logs
-        save_checkpoint(checkpoint_path, state, identity, model, optimizer)
-        if report.phase == PRETRAIN:
-            after_pretraining_epoch(report)
-            return
-        row, epoch = report.row, state.epoch
-        log.info(
-            "train: epoch %d/%d  loss %.4f acc %.4f | val loss %.4f acc %.4f  (%.1fs)%s",
-            epoch,
-            params.epochs,
-            row["train_loss"],
-            row["train_accuracy"],
-            row["val_loss"],
-            row["val_accuracy"],
-            report.seconds,
-            "  best" if state.best_epoch == epoch else "",
-        )
-        if tracker is not None:
-            tracker.log_metrics(
-                {key: value for key, value in row.items() if key != "epoch"}
-                | {"epoch_seconds": report.seconds},
-                step=epoch,
-            )
-        if state.stopped_early:
-            log.info(
-                "train: early stop, val loss has not improved for %d epochs",
-                params.early_stopping_patience,
-            )
-
-    def after_pretraining_epoch(report: EpochReport) -> None:
-        row = report.row
-        log.info(
-            "train: pretraining layer %d/%d, epoch %d/%d  reconstruction loss %.4f | val %.4f"
-            "  (%.1fs)",
-            row["layer"],
-            model.pretrain_layers,
-            row["epoch"],
-            model.network.pretrain_epochs,
-            row["loss"],
-            row["val_loss"],
-            report.seconds,
-        )
-        if tracker is not None:
-            tracker.log_metrics(pretrain_metrics(row), step=int(row["epoch"]))
-
-    fit(model, optimizer, params, train_set, val_set, state, after_epoch, shard)
+    log_start(params, data, str(device), shard.world if shard.parallel else 1, state.epoch)
+    # rank 0 alone checkpoints, logs and writes; the others only train
+    listener = MainProcessEpochs(params, checkpoint, on_epoch) if shard.is_main else ignore_epoch
+    fit(model, optimizer, params, data.train_set, data.val_set, state, listener, shard)
     model.load_state_dict(state.best_state)
     result = TrainResult(
         model_path=model_path,
@@ -152,18 +119,120 @@ def run_train(
         stopped_early=state.stopped_early,
         seconds=round(time.perf_counter() - started, 2),
     )
-    if not shard.is_main:
-        return result  # rank 0 writes the model and the reports
-    save_model(model_path, model, SavedModel(spec, state.best_epoch, state.epoch))
+    if shard.is_main:
+        save_model(model_path, model, SavedModel(data.spec, state.best_epoch, state.epoch))
+        write_reports(reports_dir, state)
+        log_finish(result)
+    return result
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """The per-epoch checkpoint of one training run (``train.resume`` continues from it)."""
+
+    path: Path
+    identity: str  # what a checkpoint must match to be resumed (checkpoint.fingerprint)
+    model: Classifier
+    optimizer: torch.optim.Optimizer
+
+    def save(self, state: TrainingState) -> None:
+        save_checkpoint(self.path, state, self.identity, self.model, self.optimizer)
+
+    def restore(self, params: TrainParams) -> TrainingState:
+        return restore_checkpoint(self.path, self.identity, self.model, self.optimizer, params)
+
+
+@dataclass(frozen=True)
+class MainProcessEpochs:
+    """What rank 0 does after every epoch: checkpoint, say it, hand it to ``on_epoch``."""
+
+    params: TrainParams
+    checkpoint: Checkpointing
+    on_epoch: EpochCallback | None
+
+    def __call__(self, state: TrainingState, report: EpochReport) -> None:
+        self.checkpoint.save(state)
+        if isinstance(report, PretrainingEpoch):
+            log_pretraining_epoch(self.checkpoint.model, report)
+        else:
+            log_epoch(self.params, state, report)
+        if self.on_epoch is not None:
+            self.on_epoch(report)
+
+
+def ignore_epoch(state: TrainingState, report: EpochReport) -> None:
+    """The other processes' listener: rank 0 speaks and writes for all of them."""
+
+
+def log_start(
+    params: TrainParams, data: TrainingData, device: str, processes: int, resumed_after: int
+) -> None:
+    log.info(
+        "train: %s on %s, %d train / %d val images, up to %d epochs%s%s",
+        params.model,
+        device,
+        len(data.train_set.labels),
+        len(data.val_set.labels),
+        params.epochs,
+        f", {processes} data-parallel processes" if processes > 1 else "",
+        f" (resuming after epoch {resumed_after})" if resumed_after else "",
+    )
+
+
+def log_epoch(params: TrainParams, state: TrainingState, report: TrainingEpoch) -> None:
+    log.info(
+        "train: epoch %d/%d  loss %.4f acc %.4f | val loss %.4f acc %.4f  (%.1fs)%s",
+        report.epoch,
+        params.epochs,
+        report.train_loss,
+        report.train_accuracy,
+        report.val_loss,
+        report.val_accuracy,
+        report.seconds,
+        "  best" if state.best_epoch == report.epoch else "",
+    )
+    if state.stopped_early:
+        log.info(
+            "train: early stop, val loss has not improved for %d epochs",
+            params.early_stopping_patience,
+        )
+
+
+def log_pretraining_epoch(model: Classifier, report: PretrainingEpoch) -> None:
+    log.info(
+        "train: pretraining layer %d/%d, epoch %d/%d  reconstruction loss %.4f | val %.4f  (%.1fs)",
+        report.layer,
+        model.pretrain_layers,
+        report.epoch,
+        model.network.pretrain_epochs,
+        report.loss,
+        report.val_loss,
+        report.seconds,
+    )
+
+
+def log_finish(result: TrainResult) -> None:
+    log.info(
+        "train: best epoch %d (val loss %.4f, val acc %.4f) -> %s in %.1fs",
+        result.best_epoch,
+        result.best_val_loss,
+        result.best_val_accuracy,
+        result.model_path,
+        result.seconds,
+    )
+
+
+def write_reports(reports_dir: Path, state: TrainingState) -> None:
+    """The history (a line per epoch) and the summary (``train.json``)."""
     write_history(reports_dir / HISTORY_FILE.name, state.history)
     write_json(
         reports_dir / SUMMARY_FILE.name,
         {
-            "best_epoch": result.best_epoch,
-            "epochs_run": result.epochs_run,
-            "best_val_loss": round(result.best_val_loss, 6),
-            "best_val_accuracy": round(result.best_val_accuracy, 6),
-            "stopped_early": result.stopped_early,
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch,
+            "best_val_loss": round(state.best_val_loss, 6),
+            "best_val_accuracy": round(state.best_val_accuracy, 6),
+            "stopped_early": state.stopped_early,
             # the last epoch's validation reconstruction loss of each pretrained layer
             **{
                 f"pretrain_layer{int(row['layer'])}_val_loss": round(row["val_loss"], 6)
@@ -171,17 +240,28 @@ def run_train(
             },
         },
     )
-    if tracker is not None:
-        log_model(tracker.run_id, model_path, val_set)
-    log.info(
-        "train: best epoch %d (val loss %.4f, val acc %.4f) -> %s in %.1fs",
-        result.best_epoch,
-        result.best_val_loss,
-        result.best_val_accuracy,
-        model_path,
-        result.seconds,
-    )
-    return result
+
+
+def epoch_logger(tracker: RunTracker) -> EpochCallback:
+    """The live per-epoch MLflow callback: one batched call per epoch, at the epoch's step."""
+
+    def log_metrics(report: EpochReport) -> None:
+        if isinstance(report, PretrainingEpoch):
+            tracker.log_metrics(report.metrics(), step=report.epoch)
+        else:
+            tracker.log_metrics(
+                report.scores() | {"epoch_seconds": report.seconds}, step=report.epoch
+            )
+
+    return log_metrics
+
+
+def record_training(
+    tracker: RunTracker, model_path: Path = MODEL_FILE, processed_dir: Path = PROCESSED_DIR
+) -> None:
+    """Log the model file the stage wrote to the run, as a pyfunc model with validation images
+    as its input example (and tag the run with the file's hash)."""
+    log_model(tracker.run_id, model_path, read_split(processed_dir, "val")[0])
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
@@ -195,10 +275,6 @@ def _csv_number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
-# For flows of your own: the training pipeline runs the stage through `dvc repro`.
-train_task = task(name="train")(run_train)
-
-
 def main() -> None:
     params = load_params()
     train = chosen_train_params(params)  # train.model, or the select stage's winner
@@ -209,17 +285,17 @@ def main() -> None:
             "train: starting %d data-parallel processes: %s", train.processes, " ".join(command)
         )
         os.execv(command[0], command)
-    shard = shard_from_env()
     try:
-        if not shard.is_main:
-            run_train(train)
+        if not shard_from_env().is_main:
+            run_train(train)  # rank 0 records for all processes
             return
-        with tracked_run(params, run_name=f"train-{train.model}") as tracker:
+        with stage_run(params, f"train-{train.model}", WithoutFlow.OWN_RUN) as tracker:
             if flow_mlflow_run_id() is None:  # under the flow, validation logged itself
                 record_validations(tracker)  # what was checked of the data this model learns from
             if params.train.model == AUTO:  # what was trained, on the run the version records
                 tracker.log_values(selected_values(train))
-            run_train(train, tracker=tracker)
+            run_train(train, on_epoch=epoch_logger(tracker))
+            record_training(tracker)
     finally:
         leave()
 

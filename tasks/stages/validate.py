@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
 import numpy as np
-from prefect import task
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tasks.core.config import ValidateParams, describe_validation_error, load_params
@@ -38,7 +37,7 @@ from tasks.core.files import (
     write_json,
 )
 from tasks.core.paths import RAW_DIR, VALIDATED_DIR
-from tasks.core.tracking import joined_flow_run
+from tasks.core.stage_run import WithoutFlow, stage_run
 from tasks.validation.gate import (
     RAW_SUITE,
     REPOSITORY_PLACES,
@@ -225,17 +224,13 @@ def _fail(
     raise_failure(report, kept, report_path, places)
 
 
-# For flows of your own: the training pipeline runs the stage through `dvc repro`.
-validate_task = task(name="validate")(run_validate)
-
-
 def main() -> None:
     params = load_params()
     # Under the flow, log the report it wrote into the flow's MLflow run (pass or fail); a plain
     # `dvc repro` has no run yet: the train stage records the validation reports in the run it
     # opens.
     with (
-        joined_flow_run(params) as tracker,
+        stage_run(params, "validate", WithoutFlow.NOTHING) as tracker,
         recording_validation(tracker, REPOSITORY_PLACES.raw_report),
     ):
         run_validate(params.validate)

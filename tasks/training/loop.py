@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from tasks.core.errors import MlcycleError
 from tasks.core.files import ImageDataset
 from tasks.core.model_file import predict_logits
 from tasks.core.model_spec import ModelSpec
-from tasks.training.augment import Augmentation, draw_augmentation, take
+from tasks.training.augment import draw_augmentation, take
 from tasks.training.checkpoint import TrainingState
 from tasks.training.device import (
     autocast,
@@ -35,12 +35,19 @@ from tasks.training.device import (
     resolve_device,
 )
 from tasks.training.distributed import SINGLE, Shard, join, parallel_step
+from tasks.training.epochs import EpochListener, PretrainingEpoch, TrainingEpoch
+from tasks.training.placement import PlacedData, batches, epoch_batches, place_data
+from tasks.training.schedule import epoch_learning_rate, set_learning_rate, step_schedule
 
-# The training and validation images stay on the GPU while they take at most this share of its
-# free memory; beyond it they stream from pinned host memory (the rest is for activations).
-DEVICE_DATA_SHARE = 0.5
-ONECYCLE_WARMUP = 0.3  # the share of all steps spent rising to train.lr
-ONECYCLE_START_DIV, ONECYCLE_END_DIV = 25.0, 1e4  # from lr/25 up to lr, down to lr/25/1e4
+# Validation (and a layer's reconstruction check) runs in batches of at least this many
+# images: no gradients are kept, so larger batches than training's fit and run faster.
+MIN_EVAL_BATCH = 256
+# Each epoch's shuffle and augmentation draws come from a generator seeded by the position in
+# training alone, so a resumed run draws what an unbroken one would: fine-tuning epoch e of seed
+# s uses s * SEED_STRIDE + e; pretraining layer l (from 1) adds LAYER_SEED_STRIDE * l, apart
+# from every fine-tuning epoch's.
+SEED_STRIDE = 100_003
+LAYER_SEED_STRIDE = 1_000
 
 
 class TrainingDiverged(MlcycleError):
@@ -76,120 +83,6 @@ def make_optimizer(params: TrainParams, model: nn.Module) -> torch.optim.Optimiz
     return optimizer_class(
         model.parameters(), lr=params.lr, weight_decay=params.weight_decay, **fused
     )
-
-
-def epoch_learning_rate(params: TrainParams, epoch: int, progress: float = 0.0) -> float:
-    """The learning rate ``progress`` (0..1) of the way through ``epoch`` (from 1), computed
-    from the position alone, so a resumed run picks the schedule up exactly. ``constant``:
-    train.lr throughout; ``cosine``: from train.lr down to 0 over train.epochs along half a
-    cosine, one value per epoch; ``onecycle``: step by step, a cosine rise from lr/25 to lr over
-    the first 30% of training, then a cosine fall to lr/25/1e4 (large-batch training)."""
-    if params.lr_schedule == "constant":
-        return params.lr
-    if params.lr_schedule == "cosine":
-        return params.lr * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / params.epochs))
-    position = (epoch - 1 + progress) / params.epochs
-    low = params.lr / ONECYCLE_START_DIV
-    if position < ONECYCLE_WARMUP:
-        return _cosine_between(low, params.lr, position / ONECYCLE_WARMUP)
-    end = low / ONECYCLE_END_DIV
-    return _cosine_between(params.lr, end, (position - ONECYCLE_WARMUP) / (1 - ONECYCLE_WARMUP))
-
-
-def step_schedule(params: TrainParams, epoch: int, steps: int) -> Callable[[int], float] | None:
-    """The learning rate of each step of ``epoch`` for a per-step schedule; None when the rate
-    is set once per epoch."""
-    if params.lr_schedule != "onecycle":
-        return None
-    return lambda number: epoch_learning_rate(params, epoch, number / steps)
-
-
-def _cosine_between(start: float, end: float, fraction: float) -> float:
-    return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-@dataclass(frozen=True)
-class PlacedData:
-    """A split ready for training: labels on the device; images on the device too, or in
-    (pinned) host memory to be copied in batch by batch."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    on_device: bool
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def data_fits_on_device(nbytes: int, device: torch.device) -> bool:
-    if device.type != "cuda":
-        return True  # the CPU's "device" memory is the host memory the data is already in
-    free, _ = torch.cuda.mem_get_info(device)
-    return nbytes <= DEVICE_DATA_SHARE * free
-
-
-def place_data(
-    datasets: list[ImageDataset], device: torch.device, placement: str
-) -> list[PlacedData]:
-    """Each dataset on ``device`` (``train.data_placement``: device, host, or auto: the device
-    while all of them together fit in its share of free memory). Images stay uint8 (4x less
-    memory and transfer than float); the model casts per batch."""
-    nbytes = sum(dataset.images.nbytes for dataset in datasets)
-    on_device = placement == "device" or (
-        placement == "auto" and data_fits_on_device(nbytes, device)
-    )
-    placed = []
-    for dataset in datasets:
-        images = torch.from_numpy(dataset.images)
-        if on_device:
-            images = images.to(device)
-        elif device.type == "cuda":
-            images = images.pin_memory()  # page-locked: copies to the GPU run asynchronously
-        placed.append(PlacedData(images, torch.from_numpy(dataset.labels).to(device), on_device))
-    return placed
-
-
-def epoch_batches(
-    data: PlacedData,
-    order: torch.Tensor,
-    augmentation: Augmentation,
-    batch_size: int,
-    device: torch.device,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The epoch's (images, labels) batches on ``device``, in ``order`` (a CPU index tensor),
-    augmented there, batch by batch: a copy of the whole epoch would double the train split's
-    memory (on a GPU, where ``auto`` placement lets the data take half the free memory, past
-    what is there). Resident data is gathered by indexing; streamed data into one of two pinned
-    buffers and copied without blocking, so the host prepares the next batch while the device
-    trains on this one."""
-    rows_on_device = order.to(device)
-    labels = data.labels[rows_on_device]
-    rows_where_the_images_are = rows_on_device if data.on_device else order
-    pinned = not data.on_device and device.type == "cuda"
-    buffers = [
-        torch.empty((batch_size + 1, *data.images.shape[1:]), dtype=data.images.dtype).pin_memory()
-        for _ in range(2 if pinned else 0)
-    ]
-    copied: list[torch.cuda.Event | None] = [None, None]
-    for number, batch in enumerate(batches(len(order), batch_size)):
-        if not pinned:
-            images = data.images[rows_where_the_images_are[batch]]
-        else:
-            rows = order[batch]
-            slot = number % 2
-            if copied[slot] is not None:
-                copied[slot].synchronize()  # the copy out of this buffer has finished
-            buffer = buffers[slot][: len(rows)]
-            torch.index_select(data.images, 0, rows, out=buffer)
-            images = buffer.to(device, non_blocking=True)
-            copied[slot] = torch.cuda.Event()
-            copied[slot].record()
-        yield augmentation.apply(images, batch), labels[batch]
 
 
 def train_epoch(
@@ -228,14 +121,6 @@ def train_epoch(
     return total_loss.item() / count, correct.item() / count
 
 
-def batches(count: int, batch_size: int) -> list[slice]:
-    """Consecutive slices; a trailing batch of one joins the previous one (batch norm needs 2)."""
-    starts = list(range(0, count, batch_size))
-    if len(starts) > 1 and count - starts[-1] == 1:
-        starts.pop()
-    return [slice(start, end) for start, end in zip(starts, [*starts[1:], count], strict=True)]
-
-
 def score(
     model: nn.Module,
     images: torch.Tensor,
@@ -245,7 +130,7 @@ def score(
 ) -> tuple[float, float]:
     """Validation in fp32 whatever the training precision: early stopping and selection judge
     these numbers."""
-    logits = predict_logits(model, images, max(batch_size, 256))
+    logits = predict_logits(model, images, max(batch_size, MIN_EVAL_BATCH))
     return (loss_fn(logits, labels).item(), (logits.argmax(dim=1) == labels).float().mean().item())
 
 
@@ -265,17 +150,31 @@ def advance(
         state.stopped_early = patience is not None and state.epochs_without_improvement >= patience
 
 
-PRETRAIN = "pretrain"
-FINE_TUNE = "train"
+def epoch_generator(seed: int, epoch: int, layer: int | None = None) -> torch.Generator:
+    """The generator of an epoch's shuffle and augmentation draws (``SEED_STRIDE``); ``layer``
+    (from 0) for a pretraining epoch."""
+    offset = 0 if layer is None else LAYER_SEED_STRIDE * (layer + 1)
+    return torch.Generator().manual_seed(seed * SEED_STRIDE + offset + epoch)
 
 
 @dataclass(frozen=True)
-class EpochReport:
-    # train: epoch, train/val loss and accuracy (a line of the history);
-    # pretrain: layer, epoch (within the layer), loss and val_loss (reconstruction)
-    row: dict[str, float]
-    seconds: float
-    phase: str = FINE_TUNE
+class FineTuning:
+    """What every fine-tuning epoch of one :func:`fit` shares."""
+
+    model: Classifier
+    optimizer: torch.optim.Optimizer
+    params: TrainParams
+    train: PlacedData
+    val: PlacedData
+    shard: Shard
+    step: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    precision: torch.dtype | None
+    positions: torch.Tensor  # this process's share of each epoch's order
+    batch_size: int  # per process
+
+    @property
+    def steps(self) -> int:
+        return len(batches(len(self.positions), self.batch_size))
 
 
 def fit(
@@ -285,7 +184,7 @@ def fit(
     train_set: ImageDataset,
     val_set: ImageDataset,
     state: TrainingState,
-    on_epoch: Callable[[TrainingState, EpochReport], None],
+    on_epoch: EpochListener,
     shard: Shard = SINGLE,
 ) -> TrainingState:
     """Pretrain what is left of the model's layers (if it has any), then train from
@@ -298,55 +197,74 @@ def fit(
     device = next(model.parameters()).device
     train, val = place_data([train_set, val_set], device, params.data_placement)
     pretrain(model, params, train.images, val.images, state, on_epoch)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
-    val_loss_fn = nn.CrossEntropyLoss()  # early stopping and selection judge the plain loss
-    precision = autocast_dtype(params, device)
     step = parallel_step(model, shard) if shard.parallel else model.training_loss
-    step = torch.compile(step) if params.compile else step
-    positions = shard.positions(len(train))
-    batch_size = shard.per_process_batch(params.batch_size)
-    steps = len(batches(len(positions), batch_size))
+    tuning = FineTuning(
+        model,
+        optimizer,
+        params,
+        train,
+        val,
+        shard,
+        torch.compile(step) if params.compile else step,
+        autocast_dtype(params, device),
+        shard.positions(len(train)),
+        shard.per_process_batch(params.batch_size),
+    )
     for epoch in range(state.epoch + 1, params.epochs + 1):
         if state.stopped_early:
             break
         started = time.perf_counter()
-        set_learning_rate(optimizer, epoch_learning_rate(params, epoch))
-        generator = torch.Generator().manual_seed(params.seed * 100_003 + epoch)
-        order = torch.randperm(len(train), generator=generator)
-        augmentation = draw_augmentation(
-            len(train), params.augment_shift, params.augment_flip, generator
-        )
-        if shard.parallel:  # the same order and draws on every process; each takes its share
-            order, augmentation = order[positions], take(augmentation, positions)
-        train_loss, train_accuracy = train_epoch(
-            model,
-            optimizer,
-            loss_fn,
-            epoch_batches(train, order, augmentation, batch_size, device),
-            len(order),
-            step,
-            step_schedule(params, epoch, steps),
-            precision,
-        )
-        train_loss, train_accuracy = shard.mean_of_epoch(train_loss, train_accuracy, len(order))
-        val_loss, val_accuracy = shard.from_main(
-            *score(model, val.images, val.labels, params.batch_size, val_loss_fn)
-        )
-        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            raise TrainingDiverged(
-                f"training diverged in epoch {epoch} (train loss {train_loss}, val loss "
-                f"{val_loss}); lower train.lr (now {params.lr})"
-            )
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_accuracy": train_accuracy,
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-        }
+        row = fine_tune_epoch(tuning, epoch)
         advance(state, row, model, params.early_stopping_patience)
-        on_epoch(state, EpochReport(row, time.perf_counter() - started))
+        on_epoch(state, TrainingEpoch.of_row(row, time.perf_counter() - started))
     return state
+
+
+def fine_tune_epoch(tuning: FineTuning, epoch: int) -> dict[str, float]:
+    """Train one epoch and score it on validation: its line of the history."""
+    params, shard = tuning.params, tuning.shard
+    device = next(tuning.model.parameters()).device
+    set_learning_rate(tuning.optimizer, epoch_learning_rate(params, epoch))
+    generator = epoch_generator(params.seed, epoch)
+    order = torch.randperm(len(tuning.train), generator=generator)
+    augmentation = draw_augmentation(
+        len(tuning.train), params.augment_shift, params.augment_flip, generator
+    )
+    if shard.parallel:  # the same order and draws on every process; each takes its share
+        order, augmentation = order[tuning.positions], take(augmentation, tuning.positions)
+    train_loss, train_accuracy = train_epoch(
+        tuning.model,
+        tuning.optimizer,
+        nn.CrossEntropyLoss(label_smoothing=params.label_smoothing),
+        epoch_batches(tuning.train, order, augmentation, tuning.batch_size, device),
+        len(order),
+        tuning.step,
+        step_schedule(params, epoch, tuning.steps),
+        tuning.precision,
+    )
+    train_loss, train_accuracy = shard.mean_of_epoch(train_loss, train_accuracy, len(order))
+    # early stopping and selection judge the plain loss, without label smoothing
+    val_loss, val_accuracy = shard.from_main(
+        *score(
+            tuning.model,
+            tuning.val.images,
+            tuning.val.labels,
+            params.batch_size,
+            nn.CrossEntropyLoss(),
+        )
+    )
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch} (train loss {train_loss}, val loss "
+            f"{val_loss}); lower train.lr (now {params.lr})"
+        )
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+    }
 
 
 def pretrain(
@@ -355,7 +273,7 @@ def pretrain(
     train_x: torch.Tensor,
     val_x: torch.Tensor,
     state: TrainingState,
-    on_epoch: Callable[[TrainingState, EpochReport], None],
+    on_epoch: EpochListener,
 ) -> None:
     """Greedy layer-wise pretraining: each layer learns to reconstruct the (frozen) codes of the
     layers below it, for ``pretrain_epochs`` epochs, with its own Adam optimiser. Resumes at
@@ -369,31 +287,22 @@ def pretrain(
             optimizer.load_state_dict(state.pretrain_optimizer_state)
         for epoch in range(done + 1, per_layer + 1):
             started = time.perf_counter()
-            generator = torch.Generator().manual_seed(
-                params.seed * 100_003 + 1_000 * (layer + 1) + epoch
-            )
+            generator = epoch_generator(params.seed, epoch, layer)
             order = torch.randperm(len(train_x), generator=generator).to(train_x.device)
             loss = _pretrain_epoch(model, optimizer, layer, train_x[order], params.batch_size)
-            val_loss = _reconstruction_loss(model, layer, val_x, max(params.batch_size, 256))
+            val_loss = _reconstruction_loss(
+                model, layer, val_x, max(params.batch_size, MIN_EVAL_BATCH)
+            )
             if not (math.isfinite(loss) and math.isfinite(val_loss)):
                 raise TrainingDiverged(
                     f"pretraining layer {layer + 1} diverged in epoch {epoch} (loss {loss}); "
                     f"lower train.{params.model}.pretrain_lr"
                 )
-            row = {"layer": layer + 1, "epoch": epoch, "loss": loss, "val_loss": val_loss}
+            report = PretrainingEpoch(layer + 1, epoch, loss, val_loss, 0.0)
             state.pretrain_epoch += 1
-            state.pretrain_history.append(row)
+            state.pretrain_history.append(report.row())
             state.pretrain_optimizer_state = {} if epoch == per_layer else optimizer.state_dict()
-            on_epoch(state, EpochReport(row, time.perf_counter() - started, PRETRAIN))
-
-
-def pretrain_metrics(row: dict[str, float]) -> dict[str, float]:
-    """A pretraining row as MLflow metrics: ``pretrain_layer<N>_loss`` and ``..._val_loss``."""
-    layer = int(row["layer"])
-    return {
-        f"pretrain_layer{layer}_loss": row["loss"],
-        f"pretrain_layer{layer}_val_loss": row["val_loss"],
-    }
+            on_epoch(state, replace(report, seconds=time.perf_counter() - started))
 
 
 def _pretrain_epoch(

@@ -1,143 +1,36 @@
-"""Model selection: an Optuna study over ``select.candidates``, each trial trained by the same
-loop as the train stage and judged on the validation split only.
-
-The study lives in an Optuna storage (SQLite by default, PostgreSQL to share it): its name is a
-digest of everything a trial's result depends on, so a re-run with the same inputs continues
-the same study (after Ctrl-C, or with a larger ``select.max_trials``), and several worker
-processes pointed at one storage run trials of one study at once.
+"""Model selection's trials: each suggests a family and options from ``select.candidates``, is
+trained by the same loop as the train stage, judged on the validation split only, and recorded
+in a run nested under the pipeline's. The study they belong to is ``tasks/training/study.py``'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 import socket
 import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 
 from models import parameter_count
 from tasks.core.config import OPTIMIZER_OPTIONS, Params, TrainParams, search_space
-from tasks.core.errors import MlcycleError
-from tasks.core.files import ImageDataset, file_md5
+from tasks.core.files import ImageDataset
 from tasks.core.model_spec import ModelSpec
-from tasks.core.paths import ARTIFACTS_DIR
 from tasks.core.tracking import RunTracker, child_run, end_run
 from tasks.training.checkpoint import TrainingState
 from tasks.training.choice import ModelChoice, fixed_choice
-from tasks.training.loop import (
-    PRETRAIN,
-    EpochReport,
-    TrainingDiverged,
-    fit,
-    pretrain_metrics,
-    start_training,
-)
+from tasks.training.epochs import EpochReport, PretrainingEpoch, TrainingEpoch
+from tasks.training.loop import TrainingDiverged, fit, start_training
+from tasks.training.study import FINISHED, finished_trials, winning_order
 
 log = logging.getLogger("mlcycle.select")
 
-# Heartbeats (failing the trials of a worker that died) are "experimental" since Optuna 2.9.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-DEFAULT_STORAGE_FILE = ARTIFACTS_DIR / "selection" / "optuna.db"
-HEARTBEAT_S = 10  # a trial whose worker stopped beating for GRACE_S is failed by the next one
-GRACE_S = 30
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-PARENT_RUN_ATTR = "mlflow_parent_run_id"
 QUIET_S = 30  # a long trial says how far it got when nothing was printed for this long
-
-
-class SelectionError(MlcycleError):
-    """The search cannot run or found nothing to choose."""
-
-
-def storage_url(params: Params) -> str:
-    if params.select.storage:
-        return params.select.storage
-    DEFAULT_STORAGE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{DEFAULT_STORAGE_FILE}"
-
-
-def shown_url(url: str) -> str:
-    """A storage URL fit for logs and reports: without its password."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
-
-
-def study_name(params: Params, train_file: Path, val_file: Path) -> str:
-    """A digest of what a trial's result depends on: the space, the per-trial budget, the
-    training settings trials share and the data. Budgets that only say how many trials run
-    (and where the study is stored) are left out."""
-    select = params.select.model_dump(mode="json", exclude={"max_trials", "timeout_s", "storage"})
-    # every train.* a trial reads: the families' options, the optimiser, batch size, seed ...
-    train = params.train.model_dump(
-        mode="json", exclude={"model", "epochs", "early_stopping_patience", "resume"}
-    )
-    digest = hashlib.sha256(json.dumps({"select": select, "train": train}, sort_keys=True).encode())
-    for path in (train_file, val_file):
-        digest.update(file_md5(path).encode())
-    return f"mlcycle-select-{digest.hexdigest()[:12]}"
-
-
-def open_study(params: Params, name: str, create: bool = True) -> optuna.Study:
-    url = storage_url(params)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
-    try:
-        storage = optuna.storages.RDBStorage(
-            url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-        )
-        if not create:
-            return optuna.load_study(study_name=name, storage=storage, sampler=_sampler(params))
-        return optuna.create_study(
-            study_name=name,
-            storage=storage,
-            direction="minimize",  # the best validation loss, as early stopping judges
-            sampler=_sampler(params),
-            pruner=optuna.pruners.MedianPruner(
-                n_startup_trials=3, n_warmup_steps=params.select.pruning_warmup_epochs
-            ),
-            load_if_exists=True,
-        )
-    except KeyError:
-        raise SelectionError(
-            f"study {name} is not in {shown_url(url)}: start the select stage first (it creates "
-            "the study), then the workers"
-        ) from None
-    except Exception as error:  # SQLAlchemy's connection errors, a bad URL ...
-        if isinstance(error, MlcycleError):
-            raise
-        raise SelectionError(
-            f"select.storage {shown_url(url)}: cannot open the Optuna study "
-            f"({type(error).__name__}: {str(error).splitlines()[0][:200]})"
-        ) from None
-
-
-def join_study(params: Params, name: str, wait_s: float) -> optuna.Study:
-    """The study the select stage created, waiting for it to appear."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return open_study(params, name, create=False)
-        except SelectionError:
-            if time.monotonic() >= deadline:
-                raise
-            log.info("select worker: waiting for the select stage to create study %s", name)
-            time.sleep(1)
-
-
-def _sampler(params: Params) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=params.select.seed)
 
 
 def suggest(trial: optuna.Trial, candidates: Mapping[str, Mapping[str, Any]]) -> ModelChoice:
@@ -224,19 +117,18 @@ def run_trial(
     state = TrainingState()
 
     def after_epoch(state: TrainingState, report: EpochReport) -> None:
-        row = report.row
-        if report.phase == PRETRAIN:
+        if isinstance(report, PretrainingEpoch):
             if tracker:
-                tracker.log_metrics(pretrain_metrics(row), step=int(row["epoch"]))
+                tracker.log_metrics(report.metrics(), step=report.epoch)
             return
-        epoch = int(row["epoch"])
+        epoch = report.epoch
         _record(trial, state, started)
         if tracker:
-            curves = {f"{EPOCH_CURVE}{k}": v for k, v in row.items() if k != "epoch"}
+            curves = {f"{EPOCH_CURVE}{k}": v for k, v in report.scores().items()}
             tracker.log_metrics(curves, step=epoch)
         if progress:
-            progress.epoch(trial, row, train.epochs)
-        trial.report(row["val_loss"], epoch)
+            progress.epoch(trial, report, train.epochs)
+        trial.report(report.val_loss, epoch)
         if trial.should_prune():
             trial.set_user_attr("pruned_at_epoch", epoch)
             raise optuna.TrialPruned()
@@ -349,17 +241,6 @@ def trial_note(
     )
 
 
-def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=FINISHED)
-
-
-def winning_order(trial: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
-    """The winner: the best validation accuracy (what the registry's gate compares, on test),
-    then the lower validation loss, then the earlier trial. The sampler and the pruner follow
-    the loss, the smoother signal; accuracy alone ties often on a few hundred images."""
-    return (-trial.user_attrs["val_accuracy"], trial.value, trial.number)
-
-
 def run_search(
     study: optuna.Study,
     params: Params,
@@ -429,16 +310,16 @@ class SearchProgress:
             train.epochs,
         )
 
-    def epoch(self, trial: optuna.Trial, row: Mapping[str, float], epochs: int) -> None:
+    def epoch(self, trial: optuna.Trial, report: TrainingEpoch, epochs: int) -> None:
         if time.monotonic() - self.last_line < self.quiet_s:
             return
         self.say(
             "select:   trial %d epoch %d/%d  val loss %.4f acc %.4f  (%s elapsed)",
             trial.number,
-            int(row["epoch"]),
+            report.epoch,
             epochs,
-            row["val_loss"],
-            row["val_accuracy"],
+            report.val_loss,
+            report.val_accuracy,
             self.elapsed(),
         )
 
@@ -491,14 +372,3 @@ def _options_text(choice: Mapping[str, Any]) -> str:
 
 def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else json.dumps(value).replace(" ", "")
-
-
-def wait_for_running(study: optuna.Study, limit_s: float, poll_s: float = 1.0) -> None:
-    """Let trials other workers are still running finish (or be failed as stale)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        optuna.storages.fail_stale_trials(study)
-        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        if not running:
-            return
-        time.sleep(poll_s)

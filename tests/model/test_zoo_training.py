@@ -18,7 +18,7 @@ from tasks.core.files import read_json, read_split
 from tasks.core.model_file import load_model, predict_logits
 from tasks.core.tracking import tracked_run
 from tasks.stages import train as train_stage
-from tasks.stages.train import run_train
+from tasks.stages.train import epoch_logger, record_training, run_train
 from tasks.training.choice import ModelChoice
 from tests.model.test_models import OPTIONS
 
@@ -32,14 +32,18 @@ def family_params(tiny_params, family: str, options=None, **changes) -> TrainPar
 
 
 def run(params: TrainParams, processed_dir, out, tracker=None):
-    return run_train(
+    """The train stage as its main runs it: live epochs to ``tracker``, then the record."""
+    result = run_train(
         params,
         processed_dir=processed_dir,
         model_path=out / "model.pt",
         checkpoint_dir=out / "checkpoints",
         reports_dir=out / "reports",
-        tracker=tracker,
+        on_epoch=epoch_logger(tracker) if tracker else None,
     )
+    if tracker:
+        record_training(tracker, out / "model.pt", processed_dir)
+    return result
 
 
 @pytest.mark.slow

@@ -9,7 +9,12 @@ from tasks.core.errors import MlcycleError
 from tasks.core.files import read_split
 from tasks.core.model_file import load_model, predict_logits
 from tasks.monitoring.reference import load_reference
-from tasks.stages.evaluate import MONITORING_ARTIFACT_PATH, classification_scores, run_evaluate
+from tasks.stages.evaluate import (
+    MONITORING_ARTIFACT_PATH,
+    classification_scores,
+    record_evaluation,
+    run_evaluate,
+)
 from tasks.stages.train import run_train
 
 
@@ -88,7 +93,8 @@ def test_the_reference_is_logged_for_the_monitor(
     from tasks.core.tracking import tracked_run
 
     with tracked_run(tiny_params, run_name="evaluate") as tracker:
-        run_evaluate(tiny_params.evaluate, trained, processed_dir, tmp_path / "reports", tracker)
+        run_evaluate(tiny_params.evaluate, trained, processed_dir, tmp_path / "reports")
+        record_evaluation(tracker, tmp_path / "reports")
     client = MlflowClient()
     logged = {a.path for a in client.list_artifacts(tracker.run_id, MONITORING_ARTIFACT_PATH)}
     assert logged == {"monitoring/monitoring_reference.npz"}

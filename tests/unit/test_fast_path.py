@@ -9,7 +9,7 @@ import torch
 
 from tasks.training.augment import draw_augmentation
 from tasks.training.device import autocast_dtype, cpu_threads
-from tasks.training.loop import ONECYCLE_WARMUP, epoch_learning_rate
+from tasks.training.schedule import ONECYCLE_WARMUP, epoch_learning_rate
 from tests.unit.test_train import md5, train
 
 
@@ -39,8 +39,11 @@ def test_onecycle_warms_up_then_anneals_step_by_step(tiny_params):
     assert all(a > b for a, b in itertools.pairwise(rates[peak:]))
     assert 0 < rates[-1] < 0.1 / 100
     assert epoch_learning_rate(params, 10, 1.0) == pytest.approx(0.1 / 25 / 1e4)  # the end
-    # a position, not a counter: a resumed run gets the same rates (test_train's resume test)
-    assert epoch_learning_rate(params, 7, 0.5) == epoch_learning_rate(params, 7, 0.5)
+    # a position, not a counter: asked again, out of order (as a resumed run asks), the rate
+    # half-way through epoch 7 is the one the run met, and the known value: 65% of the way,
+    # half-way down the cosine from lr to lr/25/1e4
+    assert epoch_learning_rate(params, 7, 0.5) == rates[6 * 4 + 2]
+    assert rates[6 * 4 + 2] == pytest.approx((0.1 + 0.1 / 25 / 1e4) / 2, rel=1e-12)
 
 
 def test_precision_auto_is_fp32_on_cpu_and_bf16_can_be_asked_for(

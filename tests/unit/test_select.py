@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tasks.core.config import ConfigError, Params, load_params
-from tasks.stages.select import run_select
+from tasks.stages.select import record_selection, run_select
 from tasks.training.choice import FIXED, SEARCHED, chosen_train_params, read_choice
 from tests.helpers import REPO_ROOT, TINY_OVERRIDES
 
@@ -165,8 +165,9 @@ def test_trials_are_nested_runs_under_the_parent(tracking_store, processed_dir, 
     params = search_params(tmp_path)
     with tracked_run(params, run_name="pipeline") as parent:
         result = run_select(
-            params, processed_dir=processed_dir, reports_dir=tmp_path, tracker=parent
+            params, processed_dir=processed_dir, reports_dir=tmp_path, parent_run_id=parent.run_id
         )
+        record_selection(parent, tmp_path)  # as the stage's main does, from the files
     client = MlflowClient()
     experiment = client.get_run(parent.run_id).info.experiment_id
     children = client.search_runs(
@@ -206,7 +207,8 @@ def test_a_trial_reports_its_best_epoch_not_its_last(
     from tasks.core.tracking import tracked_run
     from tasks.stages.select import trial_data
     from tasks.training import search
-    from tasks.training.loop import EpochReport, advance
+    from tasks.training.epochs import TrainingEpoch
+    from tasks.training.loop import advance
 
     # the accuracy peaks in epoch 2, with the lowest validation loss; epoch 3 is worse
     scores = [(0.9, 0.6), (0.5, 0.9), (0.6, 0.8)]
@@ -216,7 +218,7 @@ def test_a_trial_reports_its_best_epoch_not_its_last(
             row = {"epoch": epoch, "train_loss": 1.0, "train_accuracy": 0.5}
             row |= {"val_loss": loss, "val_accuracy": accuracy}
             advance(state, row, model, None)
-            on_epoch(state, EpochReport(row, 0.01))
+            on_epoch(state, TrainingEpoch.of_row(row, 0.01))
         return state
 
     monkeypatch.setattr(search, "fit", scripted_fit)
@@ -284,7 +286,11 @@ def test_the_search_says_how_each_trial_went_as_it_goes(processed_dir, tmp_path,
 
 
 def test_a_quiet_trial_says_how_far_it_got(caplog):
+    from tasks.training.epochs import TrainingEpoch
     from tasks.training.search import SearchProgress, duration
+
+    def epoch(number: int, val_loss: float, val_accuracy: float) -> TrainingEpoch:
+        return TrainingEpoch(number, 0.3, 0.8, val_loss, val_accuracy, 1.0)
 
     class Trial:
         number = 4
@@ -292,8 +298,8 @@ def test_a_quiet_trial_says_how_far_it_got(caplog):
     progress = SearchProgress(budget=10, quiet_s=30.0)
     progress.last_line -= 31  # quiet for 31 s: one epoch line
     with caplog.at_level("INFO", logger="mlcycle.select"):
-        progress.epoch(Trial(), {"epoch": 3, "val_loss": 0.25, "val_accuracy": 0.9}, 10)
-        progress.epoch(Trial(), {"epoch": 4, "val_loss": 0.2, "val_accuracy": 0.91}, 10)
+        progress.epoch(Trial(), epoch(3, 0.25, 0.9), 10)
+        progress.epoch(Trial(), epoch(4, 0.2, 0.91), 10)
     (line,) = [r.getMessage() for r in caplog.records]
     assert line.startswith("select:   trial 4 epoch 3/10  val loss 0.2500 acc 0.9000  (")
     assert [duration(s) for s in (4.4, 185, 3725, float("nan"))] == ["4s", "3m05s", "1h02m", "?"]
@@ -305,7 +311,7 @@ def test_a_quiet_trial_says_how_far_it_got(caplog):
     ids=["server-down", "garbage"],
 )
 def test_a_storage_that_cannot_be_opened_is_named(processed_dir, tmp_path, storage):
-    from tasks.training.search import SelectionError
+    from tasks.training.study import SelectionError
 
     params = search_params(tmp_path, f"select.storage={storage}")
     with pytest.raises(SelectionError, match=r"select\.storage .*: cannot open the Optuna study"):
@@ -314,7 +320,7 @@ def test_a_storage_that_cannot_be_opened_is_named(processed_dir, tmp_path, stora
 
 
 def test_a_password_in_the_storage_url_is_not_shown():
-    from tasks.training.search import shown_url
+    from tasks.training.study import shown_url
 
     assert shown_url("postgresql://me:secret@db/optuna") == "postgresql://me:***@db/optuna"
     assert shown_url("sqlite:///artifacts/selection/optuna.db").endswith("optuna.db")

@@ -23,17 +23,17 @@ from tasks.core.lineage import (
     TAG_RUN,
     git_state,
 )
+from tasks.core.stage_run import can_join
 from tasks.core.tracking import (
     EXPERIMENT_KIND_TAG,
     MODEL_TRAINING_KIND,
     TrackingError,
-    can_join,
     check_server,
     connect,
     get_model_version,
     tracked_run,
 )
-from tasks.stages.train import run_train
+from tasks.stages.train import epoch_logger, record_training, run_train
 from tests.helpers import free_port
 
 
@@ -125,8 +125,9 @@ def test_training_logs_each_epoch_and_a_loadable_model(
             tmp_path / "model.pt",
             tmp_path / "ckpt",
             tmp_path / "reports",
-            tracker=tracker,
+            on_epoch=epoch_logger(tracker),
         )
+        record_training(tracker, tmp_path / "model.pt", processed_dir)
     client = MlflowClient()
     history = client.get_metric_history(tracker.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2, 3]

@@ -11,7 +11,8 @@ from tasks.core.model_file import load_model
 from tasks.stages.train import run_train
 from tasks.training.checkpoint import CheckpointError, TrainingState
 from tasks.training.device import resolve_device
-from tasks.training.loop import TrainingDiverged, advance, batches
+from tasks.training.loop import TrainingDiverged, advance
+from tasks.training.placement import batches
 
 
 def train_params(tiny_params, **changes) -> TrainParams:
@@ -206,7 +207,7 @@ def test_augmented_training_is_still_deterministic(tiny_params, processed_dir, t
 
 
 def test_the_cosine_schedule_decays_from_lr_to_zero(tiny_params):
-    from tasks.training.loop import epoch_learning_rate
+    from tasks.training.schedule import epoch_learning_rate
 
     params = train_params(tiny_params, lr=0.01, epochs=10, lr_schedule="cosine")
     rates = [epoch_learning_rate(params, epoch) for epoch in range(1, 11)]
