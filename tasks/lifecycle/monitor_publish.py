@@ -12,6 +12,7 @@ from pathlib import Path
 from tasks.core.config import Params
 from tasks.core.lineage import TAG_FLOW_RUN
 from tasks.core.paths import REPORTS_DIR
+from tasks.core.tracking import ensure_experiment
 from tasks.lifecycle.monitor_served import Served
 from tasks.lifecycle.monitor_window import Window
 from tasks.monitoring.features import image_features
@@ -71,7 +72,7 @@ def _monitoring_run(
     }
     if flow_run := _prefect_flow_run_id():
         tags[TAG_FLOW_RUN] = flow_run
-    run_id = client.create_run(_experiment_id(client), tags=tags).info.run_id
+    run_id = client.create_run(ensure_experiment(MONITORING_EXPERIMENT), tags=tags).info.run_id
     now = int(time.time() * 1000)
     thresholds = [
         Param(f"monitor.{key}", str(value)) for key, value in params.monitor.model_dump().items()
@@ -85,13 +86,6 @@ def _monitoring_run(
     client.log_artifact(run_id, str(report), "report")
     client.set_terminated(run_id, "FINISHED")
     return run_id
-
-
-def _experiment_id(client) -> str:
-    experiment = client.get_experiment_by_name(MONITORING_EXPERIMENT)
-    return (
-        experiment.experiment_id if experiment else client.create_experiment(MONITORING_EXPERIMENT)
-    )
 
 
 def _prefect_flow_run_id() -> str | None:
