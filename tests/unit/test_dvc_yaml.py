@@ -19,6 +19,7 @@ PLUMBING = {
     "tasks.core.errors",
     "tasks.core.paths",
     "tasks.core.tracking",
+    "tasks.core.stage_run",
     "tasks.core.lineage",
     "tasks.core.dvc",
 }
