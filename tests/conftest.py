@@ -4,6 +4,7 @@ of the project as a fresh clone, and a real ``mlflow server``."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,12 +18,13 @@ from tasks.core.files import write_raw_dataset
 from tests.helpers import (
     REPO_ROOT,
     TINY_OVERRIDES,
+    FirstRun,
     copy_shipped_files,
     free_port,
     make_places,
     synthetic_dataset,
 )
-from tests.integration.helpers import MlflowService, copy_project, run
+from tests.integration.helpers import MlflowService, PrefectServer, copy_project, run
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,30 +77,48 @@ def places(tmp_path: Path):
     return make_places(tmp_path)
 
 
-@pytest.fixture
-def processed_dir(raw_dir: Path, tmp_path: Path, tiny_params: Params, places) -> Path:
-    """``data/processed`` made from the tiny raw data by the real preprocess stage."""
+@pytest.fixture(scope="session")
+def processed_template(tmp_path_factory: pytest.TempPathFactory, tiny_params: Params) -> Path:
+    """A folder where the real preprocess stage (GX's split validation included) made
+    ``data/processed`` from the tiny raw data once this session: ``processed_dir`` copies it
+    (the stage takes ~20 s on a busy 2-core machine, and some 40 tests want its output)."""
     from tasks.stages.preprocess import run_preprocess
 
-    path = tmp_path / "data" / "processed"
+    root = tmp_path_factory.mktemp("processed-template")
+    raw = root / "data" / "raw"
+    write_raw_dataset(synthetic_dataset(), raw, source="synthetic")
     run_preprocess(
         tiny_params.preprocess.model_copy(update={"val_fraction": 0.25, "test_fraction": 0.25}),
-        raw_dir,
-        path,
-        places,
+        raw,
+        root / "data" / "processed",
+        make_places(root),
     )
-    return path
+    return root
+
+
+@pytest.fixture
+def processed_dir(raw_dir: Path, tmp_path: Path, places, processed_template: Path) -> Path:
+    """``data/processed`` made from the tiny raw data (``raw_dir``) by the real preprocess
+    stage, with what that stage wrote beside it (``places``: the split validation's report,
+    Data Docs, GX's results): a copy of the session's ``processed_template``."""
+    for folder in ("gx", "reports", "data/processed"):
+        shutil.copytree(processed_template / folder, tmp_path / folder, dirs_exist_ok=True)
+    return tmp_path / "data" / "processed"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
-    if torch.cuda.is_available():
-        return
+    no_gpu = not torch.cuda.is_available()
     skip = pytest.mark.skip(reason="needs a CUDA device; none is present")
     for item in items:
-        if "gpu" in item.keywords:
+        if no_gpu and "gpu" in item.keywords:
             item.add_marker(skip)
+        # With pytest-xdist's --dist loadgroup (`make test`), a slow module's tests stay on one
+        # worker: its module fixtures (a pipeline run, a server) are made once; the fast tests
+        # go to whichever worker is free.
+        if "slow" in item.keywords and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 @pytest.fixture(scope="session")
@@ -116,14 +136,22 @@ def project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ran_project(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A clone that ran `mlcycle run` once (champion v1) and committed the dvc.lock it wrote:
-    copy it (``copy_project``) before changing anything."""
+def first_run(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
+    """A clone that ran `mlcycle run` once (champion v1, the temporary Prefect API, its own
+    SQLite MLflow store) and committed the dvc.lock it wrote: the one full pipeline run the
+    tests that need a trained project copy (``copy_project``) instead of running their own."""
     root = copy_project(project_template, tmp_path_factory.mktemp("ran"))
-    run([str(Path(sys.executable).parent / "mlcycle"), "run"], cwd=root)
+    result = run([str(Path(sys.executable).parent / "mlcycle"), "run"], cwd=root)
     run(["git", "add", "dvc.lock"], cwd=root)
     run(["git", "commit", "-qm", "the pipeline's first run"], cwd=root)
-    return root
+    return FirstRun(root, result.stdout + result.stderr)
+
+
+@pytest.fixture(scope="session")
+def ran_project(first_run: FirstRun) -> Path:
+    """The session's trained clone (champion v1, dvc.lock committed): copy it
+    (``copy_project``) before changing anything."""
+    return first_run.root
 
 
 @pytest.fixture
@@ -143,6 +171,27 @@ def mlflow_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowS
 @pytest.fixture(scope="session")
 def mlflow_server(mlflow_service: MlflowService) -> str:
     return mlflow_service.uri
+
+
+@pytest.fixture(scope="session")
+def prefect_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """The session's real ``prefect server start`` (a database of its own, a free loopback
+    port, its UI told where its API is), for tests that add flow runs of their own and read
+    them back by id. A test that stops or restarts a server, switches a service off, or leaves
+    deployments whose runs a worker would pick up starts its own ``PrefectServer``."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-server"))
+    server.server_settings.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=server.url)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(prefect_service: PrefectServer) -> str:
+    """The session Prefect server's API URL (what ``PREFECT_API_URL`` names)."""
+    return prefect_service.url
 
 
 def build_site(out: Path) -> subprocess.CompletedProcess[str]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +27,60 @@ TINY_OVERRIDES = (
     "train.device=cpu",
     "evaluate.baseline_max_iter=200",
     "validate.min_rows=10",
-    "registry.min_score=0.2",  # a 2-epoch model is weak; the gate's floor has its own tests
+    # Well above chance (0.1 on ten digits) and below the 0.87 this 2-epoch CNN scores on the
+    # digits' test split: a model that learned nothing is refused here as in params.yaml (0.9).
+    "registry.min_score=0.5",
 )
+
+
+# The docs' "within seconds" (an unreachable server, a refusal): what a person waits for at a
+# prompt, not MLflow's or Prefect's minutes of retries. A command's own start-up (imports) comes
+# on top: tests.integration.helpers.mlcycle_within_seconds measures it beside.
+WITHIN_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class FirstRun:
+    """The session's trained template: a clone that ran `mlcycle run` once, and what it said."""
+
+    root: Path
+    output: str  # all the command printed (stdout, then stderr)
+
+
+def md5(path: Path) -> str:
+    """The MD5 of a file's bytes, as DVC and the model's tags record it ("the same bytes")."""
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LiveProcess:
+    """One process of this machine, as /proc shows it at the moment it was read."""
+
+    pid: int
+    group: int  # its process group
+    state: str  # R, S, Z (a zombie: ended, not yet reaped) ...
+    command: str  # its command line, arguments joined by spaces
+    cwd: Path | None  # its working folder (None where it cannot be read)
+
+
+def live_processes() -> list[LiveProcess]:
+    """Every process /proc lists now (Linux); one that ends while it is read is left out."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # the fields after the command's name, which may hold spaces and parentheses
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, IndexError):
+            continue
+        try:
+            cwd: Path | None = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            cwd = None
+        found.append(LiveProcess(int(entry.name), int(fields[2]), fields[0], command, cwd))
+    return found
 
 
 def free_port() -> int:

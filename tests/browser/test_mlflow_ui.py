@@ -49,7 +49,9 @@ class Tracked:
 
 @pytest.fixture(scope="module")
 def tracked(
-    mlflow_service: MlflowService, tmp_path_factory: pytest.TempPathFactory
+    mlflow_service: MlflowService,
+    prefect_server: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Tracked]:
     """A registered champion and a pruned trial on the server, in an experiment of their own."""
     import optuna
@@ -79,7 +81,8 @@ def tracked(
         run_preprocess(
             params.preprocess.model_copy(update=split), raw, processed, make_places(root)
         )
-        workspace = make_workspace(root / "ws", processed, params, f"ui-{uuid.uuid4().hex[:8]}")
+        name = f"ui-{uuid.uuid4().hex[:8]}"
+        workspace = make_workspace(root / "ws", processed, params, name, prefect_server)
         candidate = workspace.train(seed=1)
         registration = workspace.register(candidate)
         assert registration.promoted, registration.reason

@@ -10,7 +10,6 @@ counts and the model registration (which used to show only on the register-model
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,13 +43,10 @@ class PipelineRun:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    """A Prefect server with its UI; the UI is told where its API is (another port than 4200)."""
-    server = PrefectServer(tmp_path_factory.mktemp("run-page-server"))
-    server.server_settings.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=server.url)
-    server.start()
-    yield server
-    server.stop()
+def server(prefect_service: PrefectServer) -> PrefectServer:
+    """The session's Prefect server, with its UI (told where its API is: another port than
+    4200)."""
+    return prefect_service
 
 
 def run_pipeline(server: PrefectServer, project: Path) -> PipelineRun:

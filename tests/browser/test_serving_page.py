@@ -25,11 +25,11 @@ NOT_AN_IMAGE = "digit.txt: not an image PIL can read; expected a PNG or JPEG fil
 
 
 @pytest.fixture(scope="module")
-def served(mlflow_server, tmp_path_factory):
+def served(mlflow_server, prefect_server, tmp_path_factory):
     """A workspace with champion v1 and `mlcycle serve` running on it."""
     # a model of its own: the serving tests register "served" on the same session server
     root = tmp_path_factory.mktemp("serving-page")
-    with serving_champion(mlflow_server, root, name="served-page") as served:
+    with serving_champion(mlflow_server, prefect_server, root, name="served-page") as served:
         yield served
 
 

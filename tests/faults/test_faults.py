@@ -8,11 +8,7 @@ dvc checkout` restores to a clean `dvc status`.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -20,9 +16,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.helpers import WITHIN_SECONDS, live_processes
 from tests.integration.helpers import (
-    BIN,
-    GIT_IDENTITY,
+    BackgroundRun,
     MlflowService,
     copy_project,
     dvc,
@@ -40,78 +36,13 @@ def project(ran_project: Path, tmp_path: Path) -> Path:
     return copy_project(ran_project, tmp_path)
 
 
-class Run:
-    """`mlcycle run` in the background, in a process group of its own as a terminal starts it,
-    its output collected line by line."""
-
-    def __init__(self, project: Path, *args: str, **env: str) -> None:
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [str(BIN / "mlcycle"), "run", *args],
-            cwd=project,
-            env={
-                **os.environ,
-                **GIT_IDENTITY,
-                "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                "PYTHONUNBUFFERED": "1",
-                # DVC runs a stage through $SHELL. /bin/sh (dash here, as in CI where SHELL is
-                # unset) keeps itself as the stage's parent instead of exec'ing it: the harder
-                # case for a stop, which must end the shell and the stage under it.
-                "SHELL": "/bin/sh",
-                **env,
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip())
-
-    def wait_for(self, text: str, timeout_s: float = 180) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not any(text in line for line in self.lines):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"never saw {text!r}:\n" + "\n".join(self.lines[-40:]))
-            time.sleep(0.1)
-
-    def signal_group(self, signum: int, again_after_s: float | None = None) -> float:
-        """Send ``signum`` as a terminal would (the whole foreground group), and once more
-        ``again_after_s`` later (an impatient second Ctrl-C); seconds to exit."""
-        started = time.monotonic()
-        os.killpg(self.process.pid, signum)
-        if again_after_s is not None:
-            time.sleep(again_after_s)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signum)
-        self.process.wait(timeout=60)
-        self.reader.join(10)
-        return time.monotonic() - started
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-
 def processes_in(project: Path) -> list[str]:
     """Command lines of the processes whose working folder is inside ``project``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = Path(os.readlink(entry / "cwd"))
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except OSError:
-            continue
-        if cwd == project or project in cwd.parents:
-            found.append(command)
-    return found
+    return [
+        process.command
+        for process in live_processes()
+        if process.cwd is not None and (process.cwd == project or project in process.cwd.parents)
+    ]
 
 
 def wait_until_no_process_in(project: Path, timeout_s: float = 10) -> None:
@@ -161,7 +92,7 @@ def assert_restorable(project: Path) -> None:
     ],
 )
 def test_a_signal_mid_training_stops_the_whole_run(project, signum, code, how):
-    pipeline = Run(project, *LONG_RUN)
+    pipeline = BackgroundRun(project, *LONG_RUN)
     pipeline.wait_for("train: epoch 2/300")
     # Ctrl-C twice, as people do: the second one must not cut the stop short
     seconds = pipeline.signal_group(signum, again_after_s=0.5 if signum == signal.SIGINT else None)
@@ -179,7 +110,7 @@ def test_a_signal_mid_training_stops_the_whole_run(project, signum, code, how):
 
 
 def test_after_kill_9_nothing_runs_on_and_the_next_run_closes_the_dead_one(project):
-    pipeline = Run(project, *LONG_RUN)
+    pipeline = BackgroundRun(project, *LONG_RUN)
     pipeline.wait_for("train: epoch 2/300")
     pipeline.process.kill()  # the CLI alone, as `kill -9 <pid>`: its children must follow
     pipeline.process.wait()
@@ -202,7 +133,7 @@ def test_after_kill_9_nothing_runs_on_and_the_next_run_closes_the_dead_one(proje
 
 
 def test_a_second_run_in_the_same_workspace_is_refused_before_it_writes(project):
-    first = Run(project, *LONG_RUN, "--set", "train.seed=33")
+    first = BackgroundRun(project, *LONG_RUN, "--set", "train.seed=33")
     first.wait_for("train: epoch 2/300")
     second = mlcycle("run", "--set", "train.seed=34", cwd=project, check=False)
     assert second.returncode == 1
@@ -215,13 +146,17 @@ def test_a_second_run_in_the_same_workspace_is_refused_before_it_writes(project)
 
 
 def test_the_tracking_server_dying_mid_run_fails_it_clearly(project, tmp_path):
+    """The troubleshooting page: the run fails within seconds, naming the server; nothing is
+    registered."""
     (tmp_path / "mlflow").mkdir()
     server = MlflowService(tmp_path / "mlflow").start()
     try:
-        pipeline = Run(project, *LONG_RUN, MLFLOW_TRACKING_URI=server.uri)
+        pipeline = BackgroundRun(project, *LONG_RUN, MLFLOW_TRACKING_URI=server.uri)
         pipeline.wait_for("train: epoch 2/300")
         server.stop()
+        stopped = time.monotonic()
         pipeline.process.wait(timeout=120)
+        seconds = time.monotonic() - stopped
         pipeline.reader.join(10)
     finally:
         server.stop()
@@ -229,7 +164,14 @@ def test_the_tracking_server_dying_mid_run_fails_it_clearly(project, tmp_path):
     error = pipeline.lines[-1]
     assert error.startswith("mlcycle: error: stage 'train' failed: "), pipeline.output[-3000:]
     assert server.uri.removeprefix("http://") in error or "MLflow" in error, error
+    assert seconds < WITHIN_SECONDS, f"failed {seconds:.1f} s after the server stopped"
     wait_until_no_process_in(project, timeout_s=5)
+    server.start()  # the same store: nothing was registered there, nor in the project's own
+    try:
+        assert MlflowClient(server.uri).search_model_versions() == []
+    finally:
+        server.stop()
+    assert_nothing_registered_from_the_broken_run(project)
     assert_restorable(project)
 
 
@@ -293,7 +235,7 @@ def finished_trials(project: Path) -> int:
 
 
 def test_ctrl_c_mid_selection_stops_it_and_the_next_run_keeps_its_finished_trials(project):
-    search = Run(project, *SEARCH, "--set", "select.max_trials=50")
+    search = BackgroundRun(project, *SEARCH, "--set", "select.max_trials=50")
     search.wait_for("select: [2/50]")
     search.signal_group(signal.SIGINT, again_after_s=0.5)
     assert search.process.returncode == 130, search.output[-3000:]

@@ -20,12 +20,11 @@ from mlflow.tracking import MlflowClient
 
 from tasks.core.config import load_params
 from tests.faults.test_faults import (
-    Run,
     registered_versions,
     runs_of,
     wait_until_no_process_in,
 )
-from tests.integration.helpers import PrefectServer, copy_project, mlcycle
+from tests.integration.helpers import BackgroundRun, PrefectServer, copy_project, mlcycle
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +72,9 @@ def slot_state(server: PrefectServer, name: str) -> int:
 def test_the_prefect_server_dying_mid_run_ends_it_and_the_next_run_recovers(project, server):
     env = server_env(server)
     slot = load_params(project / "params.yaml").schedule.training_slot
-    pipeline = Run(project, "--set", "train.seed=21", **env)  # retrains: evaluate runs again
+    pipeline = BackgroundRun(
+        project, "--set", "train.seed=21", **env
+    )  # retrains: evaluate runs again
     pipeline.wait_for("stage 'evaluate' is stale")
     kill_9(server)
     died = time.monotonic()
@@ -145,7 +146,7 @@ def test_a_signal_ends_a_run_waiting_for_the_slot_within_5_s(project, server, si
         temporary_settings(updates={PREFECT_API_URL: server.url}),
         holding_slot(slot, "another training run (this test)", 30),
     ):
-        waiting = Run(project, **server_env(server))
+        waiting = BackgroundRun(project, **server_env(server))
         waiting.wait_for("waiting for the training slot")
         seconds = waiting.signal_group(signum)
         assert waiting.process.returncode == code, waiting.output[-3000:]

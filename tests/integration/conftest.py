@@ -4,6 +4,7 @@ ephemeral API)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import free_port
-from tests.integration.helpers import MlflowService, PrefectServer
+from tests.integration.helpers import MlflowService, copy_project, dvc
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +48,27 @@ def postgres_mlflow_server(
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``prefect server start`` on a free loopback port, with its own database; yields
-    its API URL (what ``PREFECT_API_URL`` names)."""
-    server = PrefectServer(tmp_path_factory.mktemp("prefect-server")).start()
+def dvc_reproduction(
+    project_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str]:
+    """A copy of the project that ran plain `dvc repro` once (its default SQLite MLflow store),
+    and what DVC printed: test_dvc_pipeline's subject, and test_flow's reference outputs. A
+    test that changes it puts it back."""
+    project = copy_project(project_template, tmp_path_factory.mktemp("repro"))
+    # the default store, whichever module asks first (test_flow points MLflow at a server)
+    tracking = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
-        yield server.url
+        return project, dvc("repro", cwd=project).stdout
     finally:
-        server.stop()
+        if tracking is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = tracking
+
+
+@pytest.fixture(scope="session")
+def reproduced(dvc_reproduction: tuple[Path, str]) -> Path:
+    return dvc_reproduction[0]
+
+
+@pytest.fixture(scope="session")
+def reproduced_output(dvc_reproduction: tuple[Path, str]) -> str:
+    return dvc_reproduction[1]

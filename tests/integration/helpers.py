@@ -8,11 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,10 @@ import yaml
 from tasks.core.config import Params, RegistryParams
 from tasks.core.tracking import tracked_run
 from tasks.registry.candidate import Candidate, find_candidate
-from tasks.registry.check import check_registered
-from tasks.registry.gate import promote_if_better
-from tasks.registry.versions import create_version
-from tasks.stages.evaluate import run_evaluate
-from tasks.stages.train import run_train
-from tests.helpers import free_port
+from tasks.registry.gate import Registration
+from tasks.stages.evaluate import record_evaluation, run_evaluate
+from tasks.stages.train import epoch_logger, record_training, run_train
+from tests.helpers import WITHIN_SECONDS, free_port
 
 BIN = Path(sys.executable).parent
 
@@ -69,6 +68,24 @@ def mlcycle(*args: str, cwd: Path, check: bool = True, **env: str) -> subprocess
     return run([str(BIN / "mlcycle"), *args], cwd=cwd, check=check, **env)
 
 
+def mlcycle_within_seconds(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """`mlcycle *args` (not checked), asserted to end within WITHIN_SECONDS more than the CLI
+    takes to start here and refuse a bad override (reaching nothing): the docs' "within
+    seconds", with the machine's load measured rather than guessed."""
+    started = time.monotonic()
+    refused = mlcycle("run", "--set", "train.epoch=1", cwd=cwd, check=False)
+    start_up = time.monotonic() - started
+    assert "train.epoch is not a key" in refused.stderr, refused.stderr[-2000:]
+    started = time.monotonic()
+    result = mlcycle(*args, cwd=cwd, check=False, **env)
+    seconds = time.monotonic() - started
+    assert seconds < start_up + WITHIN_SECONDS, (
+        f"mlcycle {' '.join(args)} took {seconds:.1f} s; starting and refusing took "
+        f"{start_up:.1f} s\n{result.stderr[-2000:]}"
+    )
+    return result
+
+
 _PREFECT_FILTER = """
 import asyncio, json, sys, tasks
 from prefect.client.orchestration import get_client
@@ -102,6 +119,85 @@ def prefect_flow_runs(cwd: Path) -> list[tuple[str, str]]:
     return [
         (names[r["flow_id"]], r["state_type"]) for r in prefect_filter(cwd, "/flow_runs/filter")
     ]
+
+
+class BackgroundRun:
+    """`mlcycle run` started as a terminal starts it (a process group of its own), its output
+    collected line by line with the time each line came. DVC runs a stage through $SHELL:
+    /bin/sh here (dash, as in CI where SHELL is unset) keeps itself as the stage's parent
+    instead of exec'ing it, the harder case for a stop, which must end the shell and the stage
+    under it."""
+
+    def __init__(self, project: Path, *args: str, **env: str) -> None:
+        self.timed: list[tuple[float, str]] = []  # (time.monotonic() when it came, the line)
+        self.process = subprocess.Popen(
+            [str(BIN / "mlcycle"), "run", *args],
+            cwd=project,
+            env={
+                **os.environ,
+                **GIT_IDENTITY,
+                "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+                "PYTHONUNBUFFERED": "1",
+                "SHELL": "/bin/sh",
+                **env,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.timed.append((time.monotonic(), line.rstrip()))
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for _, line in self.timed]
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def seen_at(self, text: str, timeout_s: float = 240) -> float:
+        """When a line holding ``text`` came (waits for it)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for at, line in list(self.timed):
+                if text in line:
+                    return at
+            if self.process.poll() is not None and not self.reader.is_alive():
+                raise AssertionError(f"never saw {text!r}:\n{self.output[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not within {timeout_s} s: {text!r}\n{self.output[-4000:]}")
+            time.sleep(0.1)
+
+    def wait_for(self, text: str, timeout_s: float = 240) -> None:
+        self.seen_at(text, timeout_s)
+
+    def signal_group(self, signum: int, again_after_s: float | None = None) -> float:
+        """Send ``signum`` as a terminal would (the whole foreground group), and once more
+        ``again_after_s`` later (an impatient second Ctrl-C); seconds to exit."""
+        started = time.monotonic()
+        os.killpg(self.process.pid, signum)
+        if again_after_s is not None:
+            time.sleep(again_after_s)
+            with suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
+        self.process.wait(timeout=60)
+        self.reader.join(10)
+        return time.monotonic() - started
+
+    def stop(self) -> int:
+        """Ctrl-C as a terminal sends it, unless the run ended already; the exit code."""
+        if self.process.poll() is None:
+            self.signal_group(signal.SIGINT)
+        self.process.wait(timeout=60)
+        self.reader.join(10)
+        return self.process.returncode
 
 
 class MlflowService:
@@ -145,20 +241,21 @@ class MlflowService:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
-            self.process.wait(timeout=30)
+        if self.process is not None:
+            stop_process_group(self.process)
         self.process = None
 
 
 @dataclass
 class Workspace:
     """A project-like folder (params.yaml, data/processed, artifacts/, a DVC repo) whose
-    models are trained for real and tracked on an MLflow server."""
+    models are trained for real and tracked on an MLflow server, and registered by the
+    register flow itself on the Prefect API at ``prefect_url``."""
 
     root: Path
     params: Params
     name: str
+    prefect_url: str
 
     @property
     def processed(self) -> Path:
@@ -179,19 +276,27 @@ class Workspace:
                 self.model_file,
                 self.root / "artifacts" / "checkpoints",
                 self.root / "reports",
-                tracker,
+                on_epoch=epoch_logger(tracker),
             )
-            run_evaluate(
-                params.evaluate, self.model_file, self.processed, self.root / "reports", tracker
-            )
+            record_training(tracker, self.model_file, self.processed)
+            run_evaluate(params.evaluate, self.model_file, self.processed, self.root / "reports")
+            record_evaluation(tracker, self.root / "reports")
         return find_candidate(tracker.run_id, self.model_file, self.root)
 
-    def register(self, candidate: Candidate, policy: RegistryParams | None = None):
-        """The register flow's three steps, without Prefect."""
-        policy = policy or self.params.registry
-        registered = create_version(candidate, self.name)
-        check_registered(registered, policy, self.model_file, self.processed)
-        return promote_if_better(candidate, registered, policy, self.processed)
+    def register(self, candidate: Candidate, policy: RegistryParams | None = None) -> Registration:
+        """``candidate``'s run registered by the register flow (flows/registry.py: the
+        version, its load-back check and the gate in one transaction, the data push), as
+        `mlcycle register --run` runs it; ``policy``: another ``registry`` section than
+        params.yaml's. Scores a test set on ``candidate`` (to steer the gate) are logged to its
+        run first: the flow reads them from there."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from flows.registry import register_model
+
+        record_scores(candidate)
+        params = self.params.model_copy(update={"registry": policy or self.params.registry})
+        with temporary_settings({PREFECT_API_URL: self.prefect_url}):
+            return register_model(run_id=candidate.run_id, params=params, workspace=self.root)
 
     def write_params(self, **register: object) -> None:
         self.update("registry", **register)
@@ -203,13 +308,43 @@ class Workspace:
         (self.root / "params.yaml").write_text(yaml.safe_dump(self.params.model_dump(mode="json")))
 
 
-def make_workspace(root: Path, processed_dir: Path, tiny_params: Params, name: str) -> Workspace:
+def record_scores(candidate: Candidate) -> None:
+    """``candidate``'s test scores on its run, where registration reads them (a test may set
+    others than its evaluation gave, to steer the gate)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    logged = client.get_run(candidate.run_id).data.metrics
+    for name, value in candidate.metrics.items():
+        if logged.get(f"test_{name}") != value:
+            client.log_metric(candidate.run_id, f"test_{name}", value)
+
+
+def make_workspace(
+    root: Path, processed_dir: Path, tiny_params: Params, name: str, prefect_url: str
+) -> Workspace:
+    """A Workspace at ``root`` on a copy of ``processed_dir``, registering model ``name``
+    (no score floor, no margin) through the Prefect API at ``prefect_url``."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(processed_dir, root / "data" / "processed")
     dvc("init", "--no-scm", "-q", cwd=root)
-    workspace = Workspace(root, tiny_params, name)
+    workspace = Workspace(root, tiny_params, name, prefect_url)
     workspace.write_params(model_name=name, min_score=0.0, min_improvement=0.0)
     return workspace
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM to the process group ``process`` leads (a server started in a session of its
+    own), SIGKILL if it has not ended after ``grace_s`` (a loaded machine's uvicorn may not)."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: float = 120) -> None:
@@ -240,10 +375,37 @@ def corrupt_logged_model(service: MlflowService, model_id: str) -> None:
 
 
 def copy_project(source: Path, tmp_path: Path) -> Path:
-    """A copy of a project folder (git, DVC cache and all) as ``tmp_path/project``."""
+    """A copy of a project folder (git, DVC cache and all) as ``tmp_path/project``; its own
+    MLflow store (``mlflow.db``) then records the copy's artifact folders, not the source's."""
     target = tmp_path / "project"
     shutil.copytree(source, target, symlinks=True)
+    if (target / "mlflow.db").is_file():
+        relocate_mlflow_store(target / "mlflow.db", source.resolve(), target.resolve())
     return target
+
+
+# Where a SQLite MLflow store records the absolute locations of artifacts and model files.
+MLFLOW_LOCATIONS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+)
+
+
+def relocate_mlflow_store(store: Path, old: Path, new: Path) -> None:
+    """Point the locations ``store`` records under folder ``old`` at the same places under
+    ``new`` (a copy of it): the copy's runs and models then load, and change, its own files."""
+    import sqlite3
+
+    with closing(sqlite3.connect(store)) as db, db:
+        for table, column in MLFLOW_LOCATIONS:
+            for before, after in ((f"file://{old}/", f"file://{new}/"), (f"{old}/", f"{new}/")):
+                db.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) "
+                    f"WHERE substr({column}, 1, ?) = ?",
+                    (after, len(before) + 1, len(before), before),
+                )
 
 
 class PrefectServer:
@@ -284,21 +446,21 @@ class PrefectServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
+        if self.process is not None:
+            stop_process_group(self.process)
 
 
 class Worker:
-    """`mlcycle worker` in the background, in a session of its own; its output in a file."""
+    """`mlcycle worker` in the background, in a session of its own; its output in a file.
+    ``env``: settings of the worker process (``PREFECT_WORKER_QUERY_SECONDS``: its poll)."""
 
-    def __init__(self, checkout: Path, server: PrefectServer, log: Path) -> None:
+    def __init__(self, checkout: Path, server: PrefectServer, log: Path, **env: str) -> None:
         self.log = log
         with log.open("a") as output:
             self.process = subprocess.Popen(
                 [str(BIN / "mlcycle"), "worker"],
                 cwd=checkout,
-                env={**server.env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
+                env={**server.env, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **env},
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -315,12 +477,13 @@ class Worker:
 
 
 @contextmanager
-def serving_champion(mlflow_uri: str, root: Path, name: str) -> Iterator[tuple]:
+def serving_champion(mlflow_uri: str, prefect_url: str, root: Path, name: str) -> Iterator[tuple]:
     """A workspace under ``root`` with champion v1 of ``name`` (a tiny CNN trained on
     synthetic 8x8 digits of 3 classes) and ``mlcycle serve`` running on it: yields
     ``(workspace, url, registration)``. The working directory and the MLflow settings are the
     workspace's until the block ends (the serve process and the registry read them).
-    ``name``: a model of its own per caller, since callers share the session's MLflow server."""
+    ``name``: a model of its own per caller, since callers share the session's MLflow server.
+    v1 is registered by the register flow, on the Prefect API at ``prefect_url``."""
     import mlflow
 
     from tasks.core.config import load_params
@@ -344,7 +507,9 @@ def serving_champion(mlflow_uri: str, root: Path, name: str) -> Iterator[tuple]:
     os.environ.update(env)
     mlflow.set_tracking_uri(mlflow_uri)
     try:
-        workspace = make_workspace(root / "ws", root / "data" / "processed", params, name)
+        workspace = make_workspace(
+            root / "ws", root / "data" / "processed", params, name, prefect_url
+        )
         port = free_port()
         # The watcher stays out of the way (an hour): reloads come from /admin/reload.
         workspace.update("serve", port=port, poll_seconds=3600.0, deploy_timeout_s=60.0)

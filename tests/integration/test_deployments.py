@@ -9,6 +9,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,19 @@ def wait_for_final(server: PrefectServer, run_ids: list, worker: Worker, timeout
             time.sleep(2)
 
 
+def task_span(server: PrefectServer, run_id) -> tuple[datetime, datetime]:
+    """When the first task of flow run ``run_id`` started and its last one ended."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with client_of(server) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+    spans = [(task.start_time, task.end_time) for task in tasks if task.end_time]
+    assert spans, tasks
+    return min(start for start, _ in spans), max(end for _, end in spans)
+
+
 def run_log(server: PrefectServer, run_id) -> str:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
@@ -125,9 +139,11 @@ def test_deployments_apply_registers_the_schedules_of_params_yaml(server, checko
     assert training.parameters == {"params": params.model_dump(mode="json")}
     assert set(training.parameter_openapi_schema["definitions"]) >= {"Params", "ScheduleParams"}
 
-    # the listing commands see them
-    listed = prefect_cli("deployment", "ls", env=server.env).stdout
-    assert "training-pipeline/scheduled" in listed or "scheduled" in listed
+    # the listing command sees them (wide enough that Rich cuts no name short)
+    listed = prefect_cli("deployment", "ls", env={**server.env, "COLUMNS": "250"})
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    for name in ("training-pipeline/scheduled", "monitoring/hourly"):
+        assert name in listed.stdout, listed.stdout
 
 
 def server_env(server: PrefectServer) -> dict[str, str]:
@@ -138,7 +154,7 @@ def test_two_triggers_at_once_run_one_at_a_time_in_the_checkout(server, checkout
     worker = Worker(checkout, server, checkout.parent / "worker.log")
     try:
         params = load_params(checkout / "params.yaml").model_dump(mode="json")
-        params["train"]["epochs"] = 1  # "Custom run" with a changed parameter
+        params["train"]["seed"] = 1  # "Custom run" with a changed parameter
         runs = [
             trigger(server, "training-pipeline/scheduled", {"params": params}) for _ in range(2)
         ]
@@ -148,6 +164,10 @@ def test_two_triggers_at_once_run_one_at_a_time_in_the_checkout(server, checkout
     assert [run.state.type.value for run in finished] == ["COMPLETED", "COMPLETED"], [
         run_log(server, run.id)[-3000:] for run in finished
     ]
+    # one at a time: every task of one run (the whole pipeline holds the training slot)
+    # ended before the other run's first task started
+    first, second = sorted(task_span(server, run.id) for run in finished)
+    assert first[1] <= second[0], (first, second)
     logs = [run_log(server, run.id) for run in finished]
     waited = [log for log in logs if "waiting for the training slot" in log]
     assert len(waited) == 1, (
@@ -157,7 +177,7 @@ def test_two_triggers_at_once_run_one_at_a_time_in_the_checkout(server, checkout
     assert "training slot" in waited[0] and "is free: this run goes on" in waited[0]
 
     # the changed parameter reached params.yaml and the runs; one champion
-    assert yaml.safe_load((checkout / "params.yaml").read_text())["train"]["epochs"] == 1
+    assert yaml.safe_load((checkout / "params.yaml").read_text())["train"]["seed"] == 1
     listing = mlcycle("models", cwd=checkout).stdout
     rows = [line.split() for line in listing.splitlines()[2:] if line.strip()]
     assert [row[1] for row in rows].count("challenger,champion") + [row[1] for row in rows].count(

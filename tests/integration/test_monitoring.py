@@ -31,12 +31,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
 
 
 @pytest.fixture(scope="module")
-def project(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Its own run, not a copy of `ran_project`: a copy's MLflow runs keep the original's
-    # (absolute) artifact folder, and this module moves a logged reference away and back.
-    root = copy_project(project_template, tmp_path_factory.mktemp("monitored"))
-    mlcycle("run", cwd=root)
-    return root
+def project(ran_project: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's trained clone; its MLflow store records the copy's artifact
+    folders (``copy_project``), since this module moves a logged reference away and back."""
+    return copy_project(ran_project, tmp_path_factory.mktemp("monitored"))
 
 
 @pytest.fixture(scope="module")

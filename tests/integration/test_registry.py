@@ -30,6 +30,7 @@ from tasks.registry.lock import registry_lock
 from tasks.registry.manual import force_promote, promote, rollback
 from tasks.registry.store import CHALLENGER, CHAMPION, RegistryError, alias_map
 from tasks.registry.versions import create_version
+from tests.helpers import WITHIN_SECONDS
 from tests.integration.helpers import (
     BIN,
     MlflowService,
@@ -53,9 +54,12 @@ def server_uri(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 @pytest.fixture
-def workspace(server_uri, processed_dir, tiny_params, tmp_path, monkeypatch) -> Workspace:
+def workspace(
+    server_uri, prefect_server, processed_dir, tiny_params, tmp_path, monkeypatch
+) -> Workspace:
     monkeypatch.chdir(tmp_path)
-    return make_workspace(tmp_path / "ws", processed_dir, tiny_params, f"m-{uuid.uuid4().hex[:8]}")
+    name = f"m-{uuid.uuid4().hex[:8]}"
+    return make_workspace(tmp_path / "ws", processed_dir, tiny_params, name, prefect_server)
 
 
 def description(name: str, version: str) -> str:
@@ -220,7 +224,7 @@ def test_rollback_and_manual_promote_move_the_champion(workspace: Workspace):
 
 
 def test_server_down_fails_fast_moves_nothing_and_a_retry_completes(
-    processed_dir, tiny_params, tmp_path, monkeypatch
+    processed_dir, tiny_params, prefect_server, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
     service = MlflowService(tmp_path / "server")
@@ -229,7 +233,9 @@ def test_server_down_fails_fast_moves_nothing_and_a_retry_completes(
     try:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", service.uri)
         mlflow.set_tracking_uri(service.uri)
-        workspace = make_workspace(tmp_path / "ws", processed_dir, tiny_params, "down-up")
+        workspace = make_workspace(
+            tmp_path / "ws", processed_dir, tiny_params, "down-up", prefect_server
+        )
         candidate = workspace.train(seed=1)
         registered = create_version(candidate, workspace.name)
         service.stop()
@@ -239,11 +245,11 @@ def test_server_down_fails_fast_moves_nothing_and_a_retry_completes(
             TrackingError, match=f"MLflow {service.uri}: could not move the aliases"
         ):
             promote_if_better(candidate, registered, workspace.params.registry, workspace.processed)
-        assert time.monotonic() - started < 20
+        assert time.monotonic() - started < WITHIN_SECONDS  # the docs' "within seconds"
         started = time.monotonic()
         with pytest.raises(TrackingError, match="cannot be reached"):
             find_candidate(candidate.run_id, workspace.model_file, workspace.root)
-        assert time.monotonic() - started < 20
+        assert time.monotonic() - started < WITHIN_SECONDS
 
         service.start()  # same port, same store
         assert alias_map(workspace.name) == {}  # nothing moved while it was down
@@ -258,7 +264,7 @@ def test_server_down_fails_fast_moves_nothing_and_a_retry_completes(
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_concurrent_registrations_leave_one_champion_the_best(
-    backend, request, processed_dir, tiny_params, tmp_path, monkeypatch
+    backend, request, processed_dir, tiny_params, prefect_server, tmp_path, monkeypatch
 ):
     """Two `mlcycle register` flow runs at once, from two workspaces, on one server."""
     uri = request.getfixturevalue(
@@ -272,7 +278,8 @@ def test_concurrent_registrations_leave_one_champion_the_best(
     mlflow.set_tracking_uri(uri)
     try:
         workspaces = [
-            make_workspace(tmp_path / f"ws{i}", processed_dir, tiny_params, name) for i in (1, 2)
+            make_workspace(tmp_path / f"ws{i}", processed_dir, tiny_params, name, prefect_server)
+            for i in (1, 2)
         ]
         run_ids = [
             ws.train(seed=seed, epochs=1 + 3 * seed).run_id for seed, ws in enumerate(workspaces)
@@ -304,13 +311,17 @@ def test_concurrent_registrations_leave_one_champion_the_best(
         accuracy = {v.version: float(v.tags["accuracy"]) for v in versions}
         champion = alias_map(name)[CHAMPION]
         assert accuracy[champion] == max(accuracy.values())
-        # a version that says it was promoted either is the champion or was replaced by it
-        for v in versions:
-            if v.tags.get(TAG_DECISION) == "promoted to champion" and v.version != champion:
-                assert (
-                    client.get_model_version(name, champion).tags[TAG_PREVIOUS_CHAMPION]
-                    == v.version
-                )
+        # Whichever took the lock first became the first champion. The other version either
+        # was that first champion, replaced by this one (which names it), or came second,
+        # was no better, and stayed a challenger (and this one names no predecessor).
+        [other] = [v for v in versions if v.version != champion]
+        winner = client.get_model_version(name, champion).tags
+        assert winner[TAG_DECISION] == "promoted to champion"
+        replaced = winner.get(TAG_PREVIOUS_CHAMPION)
+        assert (other.tags[TAG_DECISION], replaced) in {
+            ("promoted to champion", other.version),
+            ("kept as challenger", None),
+        }, (other.tags, winner)
         # no lock shows up in the registry, and both runs released theirs
         assert {m.name for m in client.search_registered_models(f"name LIKE '{name}%'")} == {name}
         with registry_lock(name, wait_s=5):

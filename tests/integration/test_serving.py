@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import subprocess
 import threading
 import time
 import urllib.error
@@ -31,8 +32,8 @@ from tasks.lifecycle.deploy import (
 )
 from tasks.registry.store import CHAMPION
 from tasks.registry.versions import create_version
-from tests.helpers import free_port
-from tests.integration.helpers import corrupt_logged_model, serving_champion
+from tests.helpers import WITHIN_SECONDS, free_port
+from tests.integration.helpers import BIN, corrupt_logged_model, serving_champion
 
 pytestmark = pytest.mark.slow
 
@@ -48,9 +49,11 @@ def call(url: str, payload: object | None = None, timeout: float = 10) -> tuple[
 
 
 @pytest.fixture(scope="module")
-def served(mlflow_server, tmp_path_factory):
+def served(mlflow_server, prefect_server, tmp_path_factory):
     """A workspace with champion v1 and `mlcycle serve` running on it."""
-    with serving_champion(mlflow_server, tmp_path_factory.mktemp("serving"), "served") as served:
+    with serving_champion(
+        mlflow_server, prefect_server, tmp_path_factory.mktemp("serving"), "served"
+    ) as served:
         yield served
 
 
@@ -120,6 +123,43 @@ def test_deploy_reloads_the_app_without_dropping_requests(served):
 
     kept = nothing_to_deploy(registration.champion, workspace.params.serve)
     assert kept.action == "none" and "no promotion: nothing to deploy" in kept.message
+
+
+def test_an_app_follows_the_alias_by_polling_alone(served, tmp_path):
+    """Nobody asks for a reload: an app whose serve.poll_seconds is 1 serves the version the
+    champion alias moves to within a few polls (this module's app polls hourly, and stays)."""
+    workspace, url, _ = served
+    serving = call(f"{url}/ready")[1]["version"]
+    versions = {
+        v.version for v in MlflowClient().search_model_versions(f"name = '{workspace.name}'")
+    }
+    [other] = versions - {serving}  # v1, which the module's earlier test replaced
+    port = free_port()
+    hourly = workspace.params.serve
+    workspace.update("serve", port=port, poll_seconds=1.0)  # what the started app reads
+    with (tmp_path / "serve.log").open("w") as log:
+        process = subprocess.Popen(
+            [str(BIN / "mlcycle"), "serve"],
+            cwd=workspace.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    polling = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(polling, serving, 240, started=process)
+        MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, other)
+        started = time.monotonic()
+        wait_until_serving(polling, other, 60, started=process)
+        seconds = time.monotonic() - started
+        assert call(f"{url}/ready")[1]["version"] == serving  # no reload was asked of it
+    finally:
+        MlflowClient().set_registered_model_alias(workspace.name, CHAMPION, serving)
+        workspace.update("serve", port=hourly.port, poll_seconds=hourly.poll_seconds)
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+    # a few polls and one model load, not the next hour
+    assert seconds < WITHIN_SECONDS, (seconds, (tmp_path / "serve.log").read_text()[-2000:])
 
 
 def test_a_version_that_fails_to_load_never_replaces_the_served_one(served, mlflow_service):

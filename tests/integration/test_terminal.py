@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tasks.core.files import read_split
-from tests.helpers import free_port
-from tests.integration.helpers import BIN, PrefectServer, copy_project, mlcycle, wait_for_http
+from tests.helpers import FirstRun, free_port
+from tests.integration.helpers import BIN, copy_project, mlcycle, wait_for_http
 
 pytestmark = pytest.mark.slow
 
@@ -23,18 +22,10 @@ DEAD_LINK = re.compile(r"View at http://127\.0\.0\.1:\d+/")
 
 
 @pytest.fixture(scope="module")
-def ran(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A clone that ran `mlcycle run` once (temporary Prefect API), and all it printed."""
-    root = copy_project(project_template, tmp_path_factory.mktemp("terminal"))
-    result = mlcycle("run", cwd=root)
-    return root, result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    server = PrefectServer(tmp_path_factory.mktemp("terminal-server")).start()
-    yield server
-    server.stop()
+def ran(first_run: FirstRun, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of the session's clone that ran `mlcycle run` once (temporary Prefect API), and
+    all that run printed."""
+    return copy_project(first_run.root, tmp_path_factory.mktemp("terminal")), first_run.output
 
 
 def assert_no_progress_bar(output: str) -> None:
@@ -83,7 +74,7 @@ def test_serve_loads_the_champion_without_a_progress_bar(ran):
     assert_no_progress_bar(log.read_text())
 
 
-def test_monitor_on_a_real_prefect_server_keeps_its_view_at_link(ran, prefect_server, tmp_path):
+def test_monitor_on_a_real_prefect_server_keeps_its_view_at_link(ran, prefect_service, tmp_path):
     root, _ = ran
     test, _ = read_split(root / "data" / "processed", "test")
     batch = tmp_path / "batch.npz"
@@ -94,10 +85,10 @@ def test_monitor_on_a_real_prefect_server_keeps_its_view_at_link(ran, prefect_se
         str(batch),
         cwd=root,
         check=False,
-        PREFECT_API_URL=prefect_server.url,
-        PREFECT_HOME=str(prefect_server.root),
+        PREFECT_API_URL=prefect_service.url,
+        PREFECT_HOME=str(prefect_service.root),
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
-    assert f"View at http://127.0.0.1:{prefect_server.port}/runs/flow-run/" in output, output
+    assert f"View at http://127.0.0.1:{prefect_service.port}/runs/flow-run/" in output, output
     assert_no_progress_bar(output)

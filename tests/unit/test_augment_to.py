@@ -1,7 +1,6 @@
 """collect.augment_to: sklearn digits grown to MNIST-like 28x28 images, and the split that keeps
 copies of one digit together."""
 
-import hashlib
 import json
 
 import numpy as np
@@ -19,7 +18,7 @@ from tasks.stages.preprocess import linked_groups, run_preprocess, stratified_sp
 from tasks.stages.validate import run_validate
 from tasks.validation.gate import DataValidationFailed
 from tasks.validation.profiles import content_hashes
-from tests.helpers import synthetic_dataset
+from tests.helpers import md5, synthetic_dataset
 
 ORIGINALS = 1797
 PREPROCESS = PreprocessParams(
@@ -36,10 +35,6 @@ def augmented(augment_to: int, seed: int = 0, feedback: bool = False) -> Collect
         augment_to=augment_to,
         seed=seed,
     )
-
-
-def md5(path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def split_rows(processed) -> dict[str, np.ndarray]:

@@ -3,7 +3,6 @@ and behaves in a pipe."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 from flows.cli import main
 from tasks.lifecycle.prefect_api import starting_prefect_api
 from tasks.lifecycle.workspace import WorkspaceBusy, workspace_lock
-from tests.helpers import REPO_ROOT, free_port
+from tests.helpers import REPO_ROOT, free_port, live_processes
 
 
 @pytest.fixture
@@ -65,15 +64,11 @@ def test_a_run_this_machine_cannot_do_is_refused_before_params_yaml_changes(
 
 def prefect_servers_in(folder: Path) -> list[str]:
     """Command lines of the `prefect server` processes running in ``folder``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            if "prefect server" in command and Path(os.readlink(entry / "cwd")) == folder:
-                found.append(command)
-        except OSError:  # not a process, or gone
-            continue
-    return found
+    return [
+        process.command
+        for process in live_processes()
+        if "prefect server" in process.command and process.cwd == folder
+    ]
 
 
 def test_the_temporary_prefect_api_answers_once_ready_returns_and_stops_after(

@@ -10,6 +10,7 @@ import textwrap
 import time
 
 from tasks.core.processes import start_group, stop_group
+from tests.helpers import live_processes
 
 # A parent that starts a group through the guard (a shell that does not exec its last command,
 # as dash does for DVC's stages), says the group's id, then waits to be killed.
@@ -25,18 +26,8 @@ PARENT = textwrap.dedent(
 
 
 def members(group_id: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group_id and fields[0] != "Z":  # pgrp, state
-            found.append(int(entry))
-    return found
+    """The live (not zombie) processes of process group ``group_id``."""
+    return [p.pid for p in live_processes() if p.group == group_id and p.state != "Z"]
 
 
 def wait_until_empty(group_id: int, timeout_s: float = 10) -> None:
