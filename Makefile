@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run repro serve monitor deploy worker test test-fast lint format mlflow-ui prefect-ui docs docs-serve clean bench
+.PHONY: help install browser run repro serve monitor deploy worker test test-fast lint format mlflow-ui prefect-ui docs docs-serve clean bench soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,8 +59,12 @@ endef
 browser: ## install Debian's chromium (the serving page test drives it with Playwright)
 	$(call apt_install,chromium,chromium)
 
+# The suite on TEST_WORKERS processes (pytest-xdist): a slow module stays on one worker
+# (tests/conftest.py groups it), fast tests go to whichever is free. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+
 test: install browser ## run the whole test suite (unit, data, model, integration)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: install ## skip the slow tests (real services, full pipeline runs)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -103,6 +107,10 @@ docs-serve: install ## serve the documentation at http://127.0.0.1:8001, rebuilt
 
 clean: ## remove pipeline outputs and local tracking stores (keeps .venv and the DVC cache)
 	rm -rf data/raw data/processed artifacts reports mlflow.db mlartifacts
+
+# The test suite runs the soak at its own pace (bench/soak.py --quick, about four minutes).
+soak: install ## the loop unattended for 24 minutes: drift episodes retrained once, nothing lost
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)  # e.g. SOAK_ARGS="--minutes 12" (one episode)
 
 bench: install ## every benchmark (bench/suite.py): training speed-up, pipeline, zoo, data, serving, scale
 	$(call apt_install,wrk,wrk)
