@@ -62,9 +62,10 @@ def write_log(root: Path, rows: int, model_name: str) -> dict[str, float]:
     from tasks.core.prediction_log.labels import Label
     from tasks.core.prediction_log.writer import PredictionLog
     from tasks.monitoring.reference import build_reference, save_reference
+    from tasks.stages.collecting.digits import digit_pixels
 
     digits = load_digits()
-    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., np.newaxis]
+    images = digit_pixels(digits.images)
     labels, names = digits.target.astype(np.int64), tuple(str(n) for n in digits.target_names)
     flat = images.reshape(len(images), -1) / 255.0
     rest, test = train_test_split(np.arange(len(images)), test_size=0.15, random_state=0)

@@ -8,13 +8,14 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from tasks.core.files import ImageDataset
+from tasks.stages.collecting.digits import digit_pixels
 
 
 @pytest.fixture(scope="session")
 def digits() -> tuple[ImageDataset, ImageDataset, ImageDataset]:
     """The pipeline's default data, 70/15/15, pixels 0..16 -> 0..255 as collect stores them."""
     data = load_digits()
-    images = (data.images * (255 / 16)).round().astype(np.uint8)[..., None]
+    images = digit_pixels(data.images)
     rest_x, test_x, rest_y, test_y = train_test_split(
         images, data.target, test_size=0.15, stratify=data.target, random_state=42
     )

@@ -2,7 +2,6 @@ import functools
 import inspect
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +11,7 @@ import models
 from models import MODEL_NAMES, MODELS, PixelNormalize, build_classifier
 from tasks.core import config
 from tasks.core.model_spec import classifier_from_bundle
+from tasks.stages.collecting.digits import digit_pixels
 
 OPTIONS = {
     "mlp": {"hidden_sizes": (16, 8), "dropout": 0.1},
@@ -335,7 +335,7 @@ def digits_pixels():
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    pixels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., np.newaxis]
+    pixels = digit_pixels(digits.images)
     return torch.from_numpy(pixels), torch.from_numpy(digits.target)
 
 

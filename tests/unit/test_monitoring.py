@@ -29,6 +29,7 @@ from tasks.monitoring.reference import (
 )
 from tasks.monitoring.report import write_report
 from tasks.monitoring.verdict import DRIFT, NO_DRIFT, NOT_ENOUGH_DATA, DriftInputError, DriftResult
+from tasks.stages.collecting.digits import digit_pixels
 
 WINDOW = 400  # held-out digits per window: above monitor.min_rows, below the 527 held out
 
@@ -54,8 +55,7 @@ def digits() -> Digits:
     from sklearn.linear_model import LogisticRegression
 
     data = load_digits()
-    # As the collect stage lands them: 0..16 rescaled to uint8 0..255, one channel.
-    images = np.rint(data.images * (255.0 / 16.0)).astype(np.uint8)[..., np.newaxis]
+    images = digit_pixels(data.images)  # as the collect stage lands them
     order = np.random.default_rng(0).permutation(len(images))
     train, val, held = order[:1000], order[1000:1270], order[1270:]
     classifier = LogisticRegression(max_iter=1000)
@@ -303,7 +303,7 @@ def test_a_reference_of_the_newest_rows_stops_the_alarm_once_retrained_on_the_ne
 
     from tasks.core.files import read_split
 
-    images = np.rint(load_digits().images * (255.0 / 16.0)).astype(np.uint8)[..., np.newaxis]
+    images = digit_pixels(load_digits().images)
     labels = load_digits().target
     faded = (images // 2).astype(np.uint8)
     order = np.random.default_rng(1).permutation(len(images))
