@@ -608,8 +608,10 @@ def soak(minutes: float, root: Path, pace: Pace, database: str = "auto") -> dict
         wait_ready(url, serving)
         from sklearn.datasets import load_digits
 
+        from tasks.stages.collecting.digits import digit_pixels
+
         digits = load_digits()
-        pool = ((digits.images * (255 / 16)).round().astype(np.uint8), digits.target)
+        pool = (digit_pixels(digits.images)[..., 0], digits.target)
         say(
             f"soak: traffic for {minutes:g} min: "
             + ", ".join(f"{p.population} from {p.start_s:.0f} s" for p in phases)

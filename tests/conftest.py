@@ -141,7 +141,8 @@ def first_run(project_template: Path, tmp_path_factory: pytest.TempPathFactory) 
     SQLite MLflow store) and committed the dvc.lock it wrote: the one full pipeline run the
     tests that need a trained project copy (``copy_project``) instead of running their own."""
     root = copy_project(project_template, tmp_path_factory.mktemp("ran"))
-    result = run([str(Path(sys.executable).parent / "mlcycle"), "run"], cwd=root)
+    # a deadline, not a speed check: on a busy 2-core machine this run has taken over 5 min
+    result = run([str(Path(sys.executable).parent / "mlcycle"), "run"], cwd=root, timeout=900)
     run(["git", "add", "dvc.lock"], cwd=root)
     run(["git", "commit", "-qm", "the pipeline's first run"], cwd=root)
     return FirstRun(root, result.stdout + result.stderr)

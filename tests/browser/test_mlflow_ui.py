@@ -20,11 +20,9 @@ import mlflow
 import pytest
 
 from tasks.core.config import load_params
-from tasks.core.files import write_raw_dataset
 from tasks.core.tracking import UI_VIEW, run_url, tracked_run
-from tasks.stages.preprocess import run_preprocess
 from tests.browser.conftest import SCREENSHOTS
-from tests.helpers import REPO_ROOT, TINY_OVERRIDES, make_places, synthetic_dataset
+from tests.helpers import REPO_ROOT, TINY_OVERRIDES
 from tests.integration.helpers import MlflowService, make_workspace
 
 pytestmark = pytest.mark.slow
@@ -51,6 +49,7 @@ class Tracked:
 def tracked(
     mlflow_service: MlflowService,
     prefect_server: str,
+    processed_template: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Tracked]:
     """A registered champion and a pruned trial on the server, in an experiment of their own."""
@@ -75,12 +74,7 @@ def tracked(
                 "select.epochs=2",
             ],
         )
-        raw, processed = root / "data" / "raw", root / "data" / "processed"
-        write_raw_dataset(synthetic_dataset(), raw, source="synthetic")
-        split = {"val_fraction": 0.25, "test_fraction": 0.25}
-        run_preprocess(
-            params.preprocess.model_copy(update=split), raw, processed, make_places(root)
-        )
+        processed = processed_template / "data" / "processed"  # the session's tiny splits
         name = f"ui-{uuid.uuid4().hex[:8]}"
         workspace = make_workspace(root / "ws", processed, params, name, prefect_server)
         candidate = workspace.train(seed=1)

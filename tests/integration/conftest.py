@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import free_port
-from tests.integration.helpers import MlflowService, copy_project, dvc
+from tests.integration.helpers import MlflowService, copy_project, run
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +59,7 @@ def dvc_reproduction(
     # the default store, whichever module asks first (test_flow points MLflow at a server)
     tracking = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
-        return project, dvc("repro", cwd=project).stdout
+        return project, run([sys.executable, "-m", "dvc", "repro"], cwd=project, timeout=900).stdout
     finally:
         if tracking is not None:
             os.environ["MLFLOW_TRACKING_URI"] = tracking
