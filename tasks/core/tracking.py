@@ -306,20 +306,21 @@ class ModelVersionNotFound(TrackingError):
     """The registry holds no such version, or no version holds the alias."""
 
 
-def get_model_version(
-    name: str, version: str | None = None, alias: str | None = None, *, lineage: bool = True
-) -> Any:
+def get_model_version(name: str, version: str | None = None, alias: str | None = None) -> Any:
     """The registry's record of ``version`` of ``name``, or of the one ``alias`` points at, its
-    tags completed with the lineage its run keeps (:func:`with_lineage`; ``lineage=False``
-    skips that second request where only the version's own record is wanted)."""
+    tags completed with the lineage its run keeps (:func:`with_lineage`)."""
+    return with_lineage(model_version_record(name, version, alias))
+
+
+def model_version_record(name: str, version: str | None = None, alias: str | None = None) -> Any:
+    """The version's own record, in one request (no lineage from its run): what a poll wants."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    complete = with_lineage if lineage else (lambda details: details)
     try:
         if version is not None:
-            return complete(MlflowClient().get_model_version(name, version))
-        return complete(MlflowClient().get_model_version_by_alias(name, alias))
+            return MlflowClient().get_model_version(name, version)
+        return MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException as error:
         if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise TrackingError(

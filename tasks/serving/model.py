@@ -29,7 +29,7 @@ from tasks.core.lineage import (
 )
 from tasks.core.model_file import model_file_problem
 from tasks.core.redaction import redact, redact_mapping
-from tasks.core.tracking import get_model_version
+from tasks.core.tracking import get_model_version, model_version_record
 
 log = logging.getLogger("mlcycle.serve")
 
@@ -72,7 +72,7 @@ class ServedModel:
 def resolve_alias(name: str, alias: str) -> str:
     """The version number holding ``alias``; ModelVersionNotFound if none does. One request:
     the app asks this every poll, and the number needs no lineage."""
-    return str(get_model_version(name, alias=alias, lineage=False).version)
+    return str(model_version_record(name, alias=alias).version)
 
 
 def load_served_model(name: str, alias: str, version: str | None = None) -> ServedModel:
