@@ -15,6 +15,7 @@ import sys
 import time
 
 from flows.cli.formatting import (
+    SHORT_ID,
     format_monitoring,
     format_outcome,
     format_registration,
@@ -188,7 +189,7 @@ def restore_version(args: argparse.Namespace) -> int:
     if not restored.commit_matches:
         print(
             f"  note: trained at git commit {restored.commit}; this checkout is elsewhere. "
-            f"`git checkout {restored.commit[:12]}` first for the exact code."
+            f"`git checkout {restored.commit[:SHORT_ID]}` first for the exact code."
         )
     print("  retrain it: dvc repro --force --single-item train && dvc repro evaluate")
     return 0

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from tasks.core.redaction import redact
 from tasks.core.tracking import DEFAULT_TRACKING_URI, tracking_uri
 
+SHORT_ID = 12  # characters of a data hash or a commit shown in a listing
+
 if TYPE_CHECKING:
     from flows.monitoring import MonitoringOutcome
     from flows.training import PipelineOutcome
@@ -109,7 +111,8 @@ def format_versions(name: str, rows: list[VersionRow]) -> str:
         lines.append(
             f"  {row.version:>7}  {','.join(row.aliases) or '-':<20} {row.family or '-':<12} "
             f"{score(row.accuracy):>8} {score(row.macro_f1):>8}  {row.check:<7} "
-            f"{row.data[:12]:<12} {row.commit[:12]:<12} {row.created:<16} {row.decision}"
+            f"{row.data[:SHORT_ID]:<12} {row.commit[:SHORT_ID]:<12} {row.created:<16} "
+            f"{row.decision}"
         )
     return "\n".join(lines)
 

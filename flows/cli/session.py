@@ -22,7 +22,7 @@ def watching(url: str, settle: Callable[[str], str]) -> Iterator[None]:
 
 def settle_pipeline(since_ms: int) -> Callable[[str], str]:
     def settle(why: str) -> str:
-        from tasks.lifecycle.pipeline import settle_runs_of_this_process
+        from tasks.lifecycle.settle import settle_runs_of_this_process
 
         return settle_runs_of_this_process(why, since_ms)
 

@@ -21,6 +21,7 @@ from tasks.core.redaction import redact
 from tasks.core.tracking import connect
 
 UNKNOWN_CAUSE = "its command ended before registering it"
+REASON_MAX_CHARS = 500  # a reason tag stays a readable line in the MLflow UI
 
 
 def is_evaluated(run: Any) -> bool:
@@ -74,7 +75,7 @@ def mark_unregistered(run_id: str, why: str) -> None:
 
     client = MlflowClient()
     if TAG_UNREGISTERED not in client.get_run(run_id).data.tags:
-        client.set_tag(run_id, TAG_UNREGISTERED, redact(why)[:500])
+        client.set_tag(run_id, TAG_UNREGISTERED, redact(why)[:REASON_MAX_CHARS])
 
 
 def clear_unregistered(run_id: str) -> None:

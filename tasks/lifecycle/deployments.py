@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,9 @@ DRIFT_EVENT = "mlcycle.monitor.drift"  # what the training deployment's trigger 
 # The server's scheduler creates each active schedule's next runs every 60 s
 # (PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS): after this long, none is a fault.
 SCHEDULER_GRACE_S = 90
+SERVER_CHECK_TIMEOUT_S = 10.0  # the server's /health before anything is applied
+ERROR_TAIL_LINES = 15  # of a failed `prefect` command's output, in its error
+RUNS_READ = 50  # flow runs read per question: the upcoming ones, the trigger's
 MONITORING_DEPLOYMENT = "monitoring/hourly"
 PREFECT_FILE = Path("prefect.yaml")
 
@@ -58,12 +61,12 @@ def server_url() -> str:
 
 def drift_window_s(params: Params) -> int:
     """The drift trigger's window in whole seconds: ``monitor.cooldown_hours``."""
-    return round(params.monitor.cooldown_hours * 3600)
+    return round(timedelta(hours=params.monitor.cooldown_hours).total_seconds())
 
 
 def retrain_delay_s(params: Params) -> int:
     """How long after the drift event its training starts, in whole seconds."""
-    return round(params.monitor.retrain_delay_minutes * 60)
+    return round(timedelta(minutes=params.monitor.retrain_delay_minutes).total_seconds())
 
 
 def placeholder_values(params: Params, checkout: Path) -> dict[str, str]:
@@ -89,7 +92,7 @@ def _prefect(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
     )
     output = (result.stdout + result.stderr).strip()
     if result.returncode != 0:
-        tail = "\n".join(output.splitlines()[-15:])
+        tail = "\n".join(output.splitlines()[-ERROR_TAIL_LINES:])
         raise DeploymentError(f"`prefect {' '.join(args)}` failed:\n{tail}")
     return output
 
@@ -122,7 +125,7 @@ def apply_deployments(params: Params, checkout: Path = Path(".")) -> list[Applie
 
     url = server_url()
     try:
-        httpx.get(f"{url.rstrip('/')}/health", timeout=10).raise_for_status()
+        httpx.get(f"{url.rstrip('/')}/health", timeout=SERVER_CHECK_TIMEOUT_S).raise_for_status()
         for problem in scheduler_problems():  # before the update resets what it reads
             run_logger("mlcycle.deployments").warning("warning: %s", problem)
         return register_deployments(params, checkout)
@@ -221,7 +224,7 @@ def scheduler_problems(now: datetime | None = None) -> list[str]:
                 client,
                 deployment.id,
                 sort=FlowRunSort.EXPECTED_START_TIME_DESC,  # the upcoming ones first
-                limit=50,
+                limit=RUNS_READ,
             )
             if not any(run.auto_scheduled and run.created >= changed for run in runs):
                 problems.append(
@@ -268,7 +271,9 @@ def pending_retrain(training_slot: str) -> str | None:
             deployment = client.read_deployment_by_name(TRAINING_DEPLOYMENT)
         except ObjectNotFound:
             return None
-        runs = _runs_of(client, deployment.id, [StateType.SCHEDULED, StateType.PENDING], limit=50)
+        runs = _runs_of(
+            client, deployment.id, [StateType.SCHEDULED, StateType.PENDING], limit=RUNS_READ
+        )
     for run in runs:  # the cron's next runs are Scheduled too: only the trigger's count
         if run.created_by is not None and run.created_by.type == "AUTOMATION":
             return f"flow run '{run.name}' of {TRAINING_DEPLOYMENT}, {run.state_name}"

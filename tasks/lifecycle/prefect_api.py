@@ -35,6 +35,10 @@ from tasks.core.processes import start_group, stop_group
 
 SERVER_LOG = Path(".mlcycle/prefect-server.log")
 START_TIMEOUT_S = 90.0
+START_POLL_S = 0.2  # how often a starting server is asked for /health
+HEALTH_TIMEOUT_S = 2.0  # one /health request while it starts
+LOG_TAIL_CHARS = 1500  # of the server's log, in the error when it did not start
+DRAIN_TIMEOUT_S = 5.0  # for the run logs and events still queued, per queue
 API_CHECK_EVERY_S = 5.0  # how often a watched API is asked for /health
 API_LOST_AFTER_S = 15.0  # unanswered this long, it is lost (a restart takes ~5-10 s)
 UNWIND_GRACE_S = 10.0  # what a stopped command gets to stop its children before the exit
@@ -129,7 +133,7 @@ def check_answers(url: str, timeout_s: float = API_CHECK_EVERY_S) -> None:
         )
 
 
-def _send_queued_reports(timeout_s: float = 5.0) -> None:
+def _send_queued_reports(timeout_s: float = DRAIN_TIMEOUT_S) -> None:
     """Hand the run logs and events Prefect still queues to the server while it runs: left
     for exit, they would be retried against a stopped server for over a minute."""
     from prefect.events.worker import EventsWorker
@@ -145,12 +149,12 @@ def _wait_until_healthy(url: str, server: subprocess.Popen, log_path: Path) -> N
         if server.poll() is not None:
             break
         try:
-            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+            if httpx.get(f"{url}/health", timeout=HEALTH_TIMEOUT_S).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
-    tail = log_path.read_text()[-1500:] if log_path.is_file() else ""
+        time.sleep(START_POLL_S)
+    tail = log_path.read_text()[-LOG_TAIL_CHARS:] if log_path.is_file() else ""
     raise PrefectApiError(
         f"the temporary Prefect server did not start within {START_TIMEOUT_S:g} s (log: "
         f"{log_path}); set PREFECT_API_URL to a running `prefect server` instead. {tail}"

@@ -7,7 +7,7 @@ The lock is an OS file lock (``flock``): the kernel releases it when its holder 
 dies, so a killed run never blocks the next one. The file also says who holds it (pid, host,
 start time, command), so a second command can name the holder, and the next command after a
 crash knows which process died (its MLflow run carries the same pid: see
-``pipeline.close_orphaned_runs``).
+``settle.close_orphaned_runs``).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def holding_workspace(command: str, say: Callable[[str], None]) -> Iterator[Work
         return
     with workspace_lock(command) as lock:
         if lock.previous is not None:
-            from tasks.lifecycle.pipeline import close_orphaned_runs
+            from tasks.lifecycle.settle import close_orphaned_runs
 
             say(f"the previous command here, {lock.previous.describe()}, died without finishing")
             for run_id in close_orphaned_runs(lock.previous.pid, lock.previous.host):
@@ -146,7 +146,7 @@ def training_slot(name: str, wait_s: float, say: Callable[[str], None]) -> Itera
         say(f"waiting for {where}: another training run holds it (up to {wait_s:g} s)")
 
     def take_over(takeover: Takeover) -> None:
-        from tasks.lifecycle.pipeline import settle_flow_run
+        from tasks.lifecycle.settle import settle_flow_run
 
         holder = takeover.holder
         why = f"{holder.describe()} died holding the training slot ({takeover.why})"
@@ -174,7 +174,7 @@ def watching_training(say: Callable[[str], None]) -> Iterator[None]:
     if not os.environ.get("PREFECT_API_URL"):
         yield
         return
-    from tasks.lifecycle.pipeline import settle_runs_of_this_process
+    from tasks.lifecycle.settle import settle_runs_of_this_process
 
     since_ms = int(time.time() * 1000)
 
