@@ -108,7 +108,7 @@ docs-serve: install ## serve the documentation at http://127.0.0.1:8001, rebuilt
 clean: ## remove pipeline outputs and local tracking stores (keeps .venv and the DVC cache)
 	rm -rf data/raw data/processed artifacts reports mlflow.db mlartifacts
 
-# The test suite runs the soak at its own pace (bench/soak.py --quick, about four minutes).
+# The test suite runs the soak at its own pace (bench/soak.py --quick: one short episode).
 soak: install ## the loop unattended for 24 minutes: drift episodes retrained once, nothing lost
 	$(BIN)/python bench/soak.py $(SOAK_ARGS)  # e.g. SOAK_ARGS="--minutes 12" (one episode)
 

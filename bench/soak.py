@@ -23,7 +23,8 @@ trainings (0), server ERROR lines (0), the serving process's peak memory.
 Targets: detection within 2 monitoring cycles; live accuracy on the new population back within
 2 points of the clean-traffic accuracy after one retrain; one training per episode; nothing
 lost. Exits 1 when a target is missed. --minutes 12 runs one episode, the default three;
---quick runs one episode at the test suite's pace (monitoring every 15 s, 80 images/s).
+--quick runs one episode at the test suite's pace (monitoring every 15 s, 80 images/s), until
+the retrained model has answered for 45 s.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,13 @@ class Pace:
     # ... and the monitoring reference of the retrained model is its newest this-many images:
     # the new population alone.
     reference_rows: int
+    detection_limit_s: float  # the detection target: two cycles and the run's own time
     worker_query_s: float | None = None  # the worker's poll (None: Prefect's 10 s)
     training: tuple[str, ...] = ()  # params.yaml overrides of the trainings (none: as shipped)
+    # The last episode goes on past episode_s, up to this long, until the retrained model has
+    # answered for settle_s (a loaded machine trains slower): None, a fixed length.
+    episode_cap_s: float | None = None
+    settle_s: float = 0.0
 
 
 # 20 images/s: the window is 20 s of traffic; 150 s of delay lets ~1,500 labels accrue.
@@ -90,14 +96,16 @@ FULL = Pace(
     retrain_delay_s=150.0,
     monitor_window=400,
     reference_rows=1000,
+    detection_limit_s=150.0,
 )
-# The test suite's soak (tests/integration/test_soak.py): one episode in four minutes.
+# The test suite's soak (tests/integration/test_soak.py): one episode, over once the retrained
+# model has answered for 45 s (about 2.5 minutes on an idle 2-core machine, 8 at most).
 # Monitoring every 15 s and 80 images/s, so the window fills in 5 s and 30 s of delay still
 # brings ~1,200 labels; 8 epochs (the CNN scores 0.98 on the digits after 12) train in a
 # fraction of the shipped 30's time.
 QUICK = Pace(
     warm_up_s=45.0,
-    episode_s=195.0,
+    episode_s=120.0,
     monitor_cycle_s=15.0,
     images_per_request=40,
     retrain_delay_s=30.0,
@@ -105,6 +113,10 @@ QUICK = Pace(
     reference_rows=1000,
     worker_query_s=2.0,
     training=("train.epochs=8",),
+    # the monitor's run takes ~15 s on an idle 2-core machine, a minute under heavy load
+    detection_limit_s=90.0,
+    episode_cap_s=480.0,
+    settle_s=45.0,  # three monitoring cycles: a verdict on the retrained model, 100+ labels
 )
 
 
@@ -170,6 +182,7 @@ class Traffic:
     feedback_sent: int = 0
     feedback_stored: int = 0
     errors: list[str] = field(default_factory=list)
+    ended_s: float = 0.0  # seconds from the start to the last request
 
 
 def generate(
@@ -178,9 +191,10 @@ def generate(
     started: float,
     pool: tuple[np.ndarray, np.ndarray],
     stop,
-    images_per_request: int,
+    pace: Pace,
 ) -> Traffic:
-    """Send the phases' traffic until the last phase ends (or ``stop`` is set)."""
+    """Send the phases' traffic until the last phase ends (or ``stop`` is set); the last one
+    goes on while ``pace`` says it may not be settled yet (``traffic.ended_s``: when it ended)."""
     images, labels = pool
     rng = np.random.default_rng(0)
     traffic = Traffic()
@@ -189,9 +203,12 @@ def generate(
         while not stop.is_set():
             now = time.time() - started
             phase = next((p for p in phases if p.start_s <= now < p.end_s), None)
+            if phase is None and not settled(traffic, phases[-1], started, pace):
+                phase = phases[-1]
             if phase is None:
                 break
-            pick = rng.integers(0, len(images), images_per_request)
+            traffic.ended_s = now
+            pick = rng.integers(0, len(images), pace.images_per_request)
             batch = drifted(images[pick], phase.population, rng)
             truth = labels[pick]
             traffic.predictions_sent += len(batch)
@@ -243,6 +260,17 @@ def generate(
                 )
             time.sleep(REQUEST_EVERY_S)
     return traffic
+
+
+def settled(traffic: Traffic, last: Phase, started: float, pace: Pace) -> bool:
+    """Whether the last episode may end: its retrained model has answered for
+    ``pace.settle_s``, or ``pace.episode_cap_s`` is over (or the pace has a fixed length)."""
+    now = time.time()
+    if pace.episode_cap_s is None or now - started >= last.start_s + pace.episode_cap_s:
+        return True
+    answers = [a for a in traffic.answers if a.population == last.population]
+    newer = [a for a in answers if a.version > answers[0].version] if answers else []
+    return bool(newer) and now - newer[0].at >= pace.settle_s
 
 
 class Background:
@@ -452,8 +480,8 @@ def checks(figures: dict[str, Any], pace: Pace) -> list[dict[str, Any]]:
             {
                 "figure": f"episode {index} ({episode['population']}): detection",
                 "measured": detected,
-                "target": f"<= {2 * pace.monitor_cycle_s:g} s + the window's fill",
-                "passed": detected is not None and detected <= detection_limit_s(pace),
+                "target": f"<= {pace.detection_limit_s:g} s",
+                "passed": detected is not None and detected <= pace.detection_limit_s,
             }
         )
         found.append(
@@ -513,11 +541,6 @@ def quicken_monitoring(server_url: str, every_s: float) -> None:
         )
 
 
-def detection_limit_s(pace: Pace) -> float:
-    """Two monitoring cycles and the run's own time: the detection target."""
-    return 2 * pace.monitor_cycle_s + 30
-
-
 def prefect_database(choice: str) -> tuple[dict[str, str], Any]:
     """The Prefect server's database settings, and the PostgreSQL cluster to stop (or None).
     ``auto``: PostgreSQL when its server binaries are here (Prefect's choice for a server
@@ -561,6 +584,7 @@ def soak(minutes: float, root: Path, pace: Pace, database: str = "auto") -> dict
         env.pop(name, None)
     phases = plan(minutes, pace)
     episode_s = phases[1].end_s - phases[1].start_s
+    longest_s = max(episode_s, pace.episode_cap_s or 0.0)  # an episode may go on this long
     set_params(
         workspace,
         [
@@ -569,7 +593,7 @@ def soak(minutes: float, root: Path, pace: Pace, database: str = "auto") -> dict
             f"monitor.window={pace.monitor_window}",
             # One training per episode: the window outlasts the delay, the training and the
             # alias's move, and ends two monitoring cycles before the next episode's onset.
-            f"monitor.cooldown_hours={(episode_s - 2 * pace.monitor_cycle_s) / 3600:.6f}",
+            f"monitor.cooldown_hours={(longest_s - 2 * pace.monitor_cycle_s) / 3600:.6f}",
             f"monitor.retrain_delay_minutes={pace.retrain_delay_s / 60:g}",
             f"evaluate.reference_rows={pace.reference_rows}",
             f"serve.port={port}",
@@ -618,7 +642,9 @@ def soak(minutes: float, root: Path, pace: Pace, database: str = "auto") -> dict
         )
         stop = threading.Event()
         began = time.time()
-        traffic = generate(url, phases, began, pool, stop, pace.images_per_request)
+        traffic = generate(url, phases, began, pool, stop, pace)
+        phases[-1] = replace(phases[-1], end_s=max(phases[-1].end_s, traffic.ended_s))
+        figures["phases"] = [vars(p) for p in phases]
         figures["serving_peak_rss_mb"] = serving.peak_rss_mb()
         time.sleep(3)  # the log's writer flushes every 0.5 s
         events = verdict_events(server.url)
@@ -667,7 +693,7 @@ def main() -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="the test suite's pace: monitoring every 15 s, one episode in four minutes",
+        help="the test suite's pace: monitoring every 15 s, one episode (2.5 to 8 minutes)",
     )
     parser.add_argument("--json", type=Path, help="where the figures go")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (logs)")
@@ -696,7 +722,7 @@ def main() -> int:
     figures["date"] = date.today().isoformat()
     figures["machine"] = machine_facts("cpu")
     figures["pace"] = vars(pace)
-    figures["detection_limit_s"] = detection_limit_s(pace)
+    figures["detection_limit_s"] = pace.detection_limit_s
     figures["checks"] = checks(figures, pace)
     out = args.json or REPO / "bench" / "results" / (
         f"soak-{figures['date']}-{machine_slug(figures['machine'])}.json"
