@@ -14,7 +14,7 @@ from tasks.core.paths import DVC_LOCK, PARAMS_FILE, PROCESSED_DIR, RAW_DIR
 
 LINEAGE_DIR = "lineage"  # run artifacts: the dvc.lock and params.yaml a run ended with
 
-# Run tags (a model version reads the lineage ones through its run: LINEAGE_TAGS below).
+# Run tags (a model version reads the lineage ones through its run: kept_on_run below).
 TAG_GIT_COMMIT = "mlcycle.git_commit"
 TAG_GIT_DIRTY = "mlcycle.git_dirty"
 TAG_DVC_PREFIX = "mlcycle.dvc."
