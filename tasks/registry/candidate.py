@@ -5,7 +5,6 @@ against the data and params in the workspace.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from tasks.core.lineage import (
     Lineage,
 )
 from tasks.core.model_file import load_model
+from tasks.core.model_spec import ModelSpec
 from tasks.core.paths import MODEL_FILE, PARAMS_FILE, RAW_DIR
 from tasks.core.tracking import as_logged, connect, tracking_errors
 from tasks.registry.store import SCORES, RegistryError, client
@@ -81,10 +81,11 @@ def find_candidate(
     _check_params(run, root / PARAMS_FILE)
     _check_lock_params(run, root)
     metrics = _test_scores(run)
-    _, spec = load_model(model_file)
+    _, saved = load_model(model_file)
+    spec = saved.spec
     record = {
         # the version's own tags (create_version), in the order the MLflow UI lists them
-        TAG_FAMILY: str(spec["model"]),
+        TAG_FAMILY: spec.model,
         **{name: f"{value:.4f}" for name, value in metrics.items()},
         TAG_RUN: run.info.run_id,
         TAG_MODEL_MD5: model_md5,
@@ -92,8 +93,8 @@ def find_candidate(
         **lineage.to_tags(),
         TAG_FLOW_RUN: tags.get(TAG_FLOW_RUN, "none"),
         TAG_PARAMS: json.dumps(dict(sorted(run.data.params.items()))),
-        TAG_CLASS_NAMES: json.dumps(list(spec["class_names"])),
-        TAG_INPUT_SHAPE: json.dumps(list(spec["input_shape"])),
+        TAG_CLASS_NAMES: json.dumps(list(spec.class_names)),
+        TAG_INPUT_SHAPE: json.dumps(list(spec.input_shape)),
         TAG_RAW_SHAPE: json.dumps(_raw_shape(raw_dir, spec)),
     }
     return Candidate(
@@ -209,12 +210,12 @@ def _first_few(items: list[str]) -> str:
     return ", ".join(items[:SHOWN_KEYS]) + (" ..." if len(items) > SHOWN_KEYS else "")
 
 
-def _raw_shape(raw_dir: Path, spec: Mapping[str, Any]) -> list[int]:
+def _raw_shape(raw_dir: Path, spec: ModelSpec) -> list[int]:
     """One raw image's shape; without ``data/raw`` (a bare workspace), the model's input's."""
     meta = raw_dir / "meta.json"
     if meta.is_file():
         return list(read_json(meta)["image_shape"])
-    return list(spec["input_shape"])
+    return list(spec.input_shape)
 
 
 def _newest_run(experiment_id: str, model_file: Path, model_md5: str) -> Any:
