@@ -109,14 +109,13 @@ def test_register_and_restore_are_refused_while_a_run_works(project):
         params_yaml = (project / "params.yaml").read_bytes()
         dvc_lock = (project / "dvc.lock").read_bytes()
         for command in (("register",), ("restore", "1")):
-            started = time.monotonic()
             refused = mlcycle(*command, cwd=project, check=False)
             assert refused.returncode == 1, refused.stdout + refused.stderr
             assert "this workspace is busy: `mlcycle run --set train.epochs=300" in refused.stderr
             assert "train.seed=33` (pid " in refused.stderr
             assert "Traceback" not in refused.stderr
-            # "at once": the refusal costs no more than starting the command
-            assert time.monotonic() - started < 30, command
+            # "at once": refused while the run still works, not after waiting for it
+            assert first.process.poll() is None, command
             # before anything is written: the run's params.yaml and dvc.lock, and v1 alone
             assert (project / "params.yaml").read_bytes() == params_yaml, command
             assert (project / "dvc.lock").read_bytes() == dvc_lock, command
@@ -147,7 +146,7 @@ def test_ctrl_c_mid_search_marks_the_trial_in_progress_failed_and_its_mlflow_run
 
     search = BackgroundRun(project, *SEARCH)
     try:
-        search.seen_at("trial 0 epoch 2/300", timeout_s=300)  # the first trial is training
+        search.seen_at("select:   trial 0 epoch ", timeout_s=600)  # the first trial trains
     finally:
         code = search.stop()
     assert code == 130, search.output[-3000:]
@@ -182,7 +181,7 @@ def test_a_run_waiting_for_the_training_slot_gives_up_after_slot_wait_minutes(
         before = {
             name: (waiter_project / name).read_bytes() for name in ("params.yaml", "dvc.lock")
         }
-        wait_s = 3.0
+        wait_s = 12.0  # schedule.slot_wait_minutes 0.2
         waiter = BackgroundRun(
             waiter_project,
             "--set",
@@ -196,10 +195,13 @@ def test_a_run_waiting_for_the_training_slot_gives_up_after_slot_wait_minutes(
         waiter.reader.join(10)
         gave_up_after = waiter.lines[-1][0] - waiting_since
         assert waiter.process.returncode == 1, waiter.output[-3000:]
-        assert "(schedule.slot_wait_minutes); this run did nothing" in waiter.output
+        assert (
+            f"was not free within {wait_s:g} s (schedule.slot_wait_minutes); this run did nothing"
+        ) in waiter.output
         assert "Traceback" not in waiter.output
-        # it waited as long as it was told, not much longer (its exit included)
-        assert wait_s - 0.5 <= gave_up_after <= wait_s + 20, gave_up_after
+        # it waited as long as it was told (it says it waits once 2 s of the wait have gone),
+        # and gave up then, not much later (its exit included)
+        assert wait_s - 2 - 0.5 <= gave_up_after <= wait_s + 30, gave_up_after
         assert holder.process.poll() is None  # the holder trains on
     finally:
         holder.stop()
@@ -240,7 +242,11 @@ def test_more_train_processes_than_gpus_is_refused_before_params_yaml_changes(fr
 def test_a_stage_that_crashes_on_a_bug_ends_in_one_line_naming_it(fresh_project):
     # a bug nobody foresaw, in the copy's own collect stage (what `dvc repro` runs there)
     stage = fresh_project / "tasks" / "stages" / "collect.py"
-    stage.write_text('raise ZeroDivisionError("a bug nobody foresaw")\n' + stage.read_text())
+    lines = stage.read_text().splitlines(keepends=True)
+    future = [n for n, line in enumerate(lines) if line.startswith("from __future__")]
+    at = future[-1] + 1 if future else 0  # the first statement it may be
+    lines.insert(at, 'raise ZeroDivisionError("a bug nobody foresaw")\n')
+    stage.write_text("".join(lines))
     result = mlcycle("run", cwd=fresh_project, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     error = result.stderr.strip().splitlines()[-1]

@@ -47,15 +47,15 @@ def test_deploying_again_updates_the_deployments_in_place(
     # the checkout moves, and params.yaml gets another schedule
     moved = tmp_path / "moved"
     shutil.move(checkout, moved)
-    params = moved / "project" / "params.yaml"
+    params = moved / "params.yaml"
     cron, zone = "30 4 * * 2", "Europe/Paris"
     overrides = [f"schedule.retrain_cron={cron}", f"schedule.timezone={zone}"]
     apply_params(load_params(params, overrides=overrides), params)
-    mlcycle("deployments", "apply", cwd=moved / "project", **server)
+    mlcycle("deployments", "apply", cwd=moved, **server)
     after = deployed(prefect_server)
 
     for name in DEPLOYMENTS:
         assert after[name][0] == before[name][0], name  # the same deployment, updated
-        assert Path(after[name][2]) == (moved / "project").resolve(), name
+        assert Path(after[name][2]) == moved.resolve(), name
     assert after["training-pipeline/scheduled"][1] == [(cron, zone)]  # one schedule, the new
     assert after["monitoring/hourly"][1] == [(before["monitoring/hourly"][1][0][0], zone)]

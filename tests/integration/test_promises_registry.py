@@ -76,9 +76,11 @@ def test_restore_at_another_commit_prints_the_git_checkout(project):
 
 # Takes the registry lock (waiting up to argv[2] seconds), says so, holds it argv[3] seconds.
 HOLDER = """
-import sys, time
+import logging, sys, time
 import tasks
 from tasks.registry.lock import registry_lock
+logging.basicConfig(format="%(message)s")
+logging.getLogger("mlcycle").setLevel(logging.INFO)  # what mlcycle says, as its commands show it
 with registry_lock(sys.argv[1], wait_s=float(sys.argv[2])):
     print("HOLDING", flush=True)
     time.sleep(float(sys.argv[3]))
@@ -97,9 +99,15 @@ def holder(name: str, cwd: Path, wait_s: float, hold_s: float, **env: str) -> su
 
 
 def holding(process: subprocess.Popen) -> None:
+    """Until the holder says it holds the lock (its log lines come first); a holder that
+    gives up ends its output, and the test with it."""
     assert process.stdout is not None
-    line = process.stdout.readline()
-    assert line.strip() == "HOLDING", line + process.stdout.read()[-3000:]
+    seen = []
+    for line in process.stdout:
+        if line.strip() == "HOLDING":
+            return
+        seen.append(line)
+    raise AssertionError("the holder never held the lock:\n" + "".join(seen)[-3000:])
 
 
 def test_a_waiter_gives_up_on_a_held_registry_lock_after_its_wait(tmp_path):
