@@ -22,7 +22,6 @@ from flows.cli.formatting import (
     format_versions,
 )
 from flows.cli.session import (
-    flow_api,
     flow_run_link,
     holding_workspace,
     settle_pipeline,
@@ -152,12 +151,15 @@ def list_models(args: argparse.Namespace) -> int:
 
 
 def promote(args: argparse.Namespace) -> int:
-    from flows.registry import promote_model
-
-    params = load_params()
-    name = model_name(args, params)
-    with flow_api():  # first: an unreachable PREFECT_API_URL fails before MLflow loads
+    # The API first: an unreachable PREFECT_API_URL fails before params.yaml's validation,
+    # MLflow and Prefect load (seconds); they load while a temporary server comes up.
+    with starting_flow_api() as api:
+        params = load_params()
+        name = model_name(args, params)
         connect()
+        from flows.registry import promote_model
+
+        api.ready()
         previous = promote_model(name, args.version, params.registry, args.force)
     print(f"{name}: champion is now version {args.version} (was {previous or 'none'})")
     print(notify_serving_app(params.serve))
@@ -165,12 +167,13 @@ def promote(args: argparse.Namespace) -> int:
 
 
 def rollback(args: argparse.Namespace) -> int:
-    from flows.registry import rollback_model
-
-    params = load_params()
-    name = model_name(args, params)
-    with flow_api():
+    with starting_flow_api() as api:  # the API first, as promote
+        params = load_params()
+        name = model_name(args, params)
         connect()
+        from flows.registry import rollback_model
+
+        api.ready()
         current, previous = rollback_model(name, params.registry)
     print(f"{name}: champion rolled back from version {current} to version {previous}")
     print(notify_serving_app(params.serve))

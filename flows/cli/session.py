@@ -54,14 +54,6 @@ def starting_flow_api() -> Iterator[PrefectApi]:
         yield api
 
 
-@contextmanager
-def flow_api() -> Iterator[PrefectApi]:
-    """:func:`starting_flow_api`, once it answers."""
-    with starting_flow_api() as api:
-        api.ready()
-        yield api
-
-
 def flow_run_link(flow_run_id: str | None, temporary: bool) -> str:
     """Where a flow run can be browsed: on PREFECT_API_URL's server, its UI; after a temporary
     server, the UI of `make prefect-ui`, which reads the same database (PREFECT_HOME)."""

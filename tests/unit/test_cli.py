@@ -325,7 +325,7 @@ def test_the_temporary_prefect_api_gets_no_view_at_link_and_a_real_server_keeps_
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.utilities.urls import url_for
 
-    from flows.cli.session import flow_api, starting_flow_api
+    from flows.cli.session import starting_flow_api
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with starting_flow_api() as api:
@@ -337,7 +337,7 @@ def test_the_temporary_prefect_api_gets_no_view_at_link_and_a_real_server_keeps_
     url = f"http://127.0.0.1:{server.server_address[1]}/api"
     monkeypatch.setenv("PREFECT_API_URL", url)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: url}), flow_api():
+        with temporary_settings(updates={PREFECT_API_URL: url}), starting_flow_api():
             assert url_for("flow-run", obj_id="abc") == f"{url[:-4]}/runs/flow-run/abc"
     finally:
         server.shutdown()
