@@ -3,8 +3,9 @@ cron on a real `prefect server`, a real worker, and no hand trigger. The server'
 creates the run and the worker finishes it; a server whose scheduler does not run (its
 service switched off, as SQLAlchemy 2.1 broke it) is named by the check `apply` runs first.
 
-The worker polls every 2 s, and the scheduler check is judged as of SCHEDULER_GRACE_S later
-(its ``now``) instead of waited for: the module waits for the next minute, not longer."""
+The scheduler check is judged as of SCHEDULER_GRACE_S later (its ``now``) instead of waited
+for: the module waits for the next minute and the worker's poll, not longer. (A 2 s poll made
+the SQLite server log "database is locked" on a loaded machine.)"""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from tests.integration.helpers import PrefectServer, Worker, copy_project, mlcyc
 pytestmark = pytest.mark.slow
 
 EVERY_MINUTE = "* * * * *"
-FIRES_WITHIN_S = 150  # the next minute, the worker's 2 s poll, the monitoring run itself
+FIRES_WITHIN_S = 180  # the next minute, the worker's 10 s poll, the monitoring run itself
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +87,7 @@ def test_a_one_minute_schedule_fires_and_a_dead_scheduler_is_named(project, serv
     assert "warning" not in first.stderr, first.stderr  # nothing to judge yet
     applied = datetime.now(UTC)
     apply(project, healthy)
-    worker = Worker(
-        project, healthy, project.parent / "worker.log", PREFECT_WORKER_QUERY_SECONDS="2"
-    )
+    worker = Worker(project, healthy, project.parent / "worker.log")
     started = time.monotonic()
     try:
         while True:
