@@ -124,7 +124,7 @@ def log_model(run_id: str, model_path: Path, examples: ImageDataset) -> None:
         python_model=str(PYFUNC_ENTRY),
         artifacts={"model_file": str(model_path)},
         # What the MLflow UI shows under Schema, and MLflow enforces: uint8 images (N, H, W, C)
-        # as the processed splits hold them: the network's input (the check casts to it).
+        # as the processed splits hold them: the network's input.
         signature=classifier_signature(
             examples.images.shape[1:], examples.images.dtype, len(examples.class_names)
         ),
@@ -142,8 +142,7 @@ def log_model(run_id: str, model_path: Path, examples: ImageDataset) -> None:
 
 def model_file_problem(model_dir: Path, recorded_md5: str | None) -> str | None:
     """Why the downloaded model's weights file is not the one the version recorded; None when
-    it is, or when there is nothing to compare: a version logged before mlcycle's pyfunc model
-    (an ``mlflow.pytorch`` program) holds no model file, one from another tool records no md5."""
+    it is, or when there is nothing to compare (a version from another tool records no md5)."""
     from mlflow.models import Model
 
     artifacts = Model.load(str(model_dir)).flavors.get("python_function", {}).get("artifacts", {})
