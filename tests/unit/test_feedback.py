@@ -478,7 +478,8 @@ def test_read_window_returns_one_versions_newest_rows_as_arrays(tmp_path):
     assert len(empty) == 0 and empty.images.shape == (0, 0, 0, 0)
 
 
-def test_read_window_reads_100000_rows_in_a_few_seconds(tmp_path):
+def test_read_window_reads_a_100000_row_window_whole(tmp_path):
+    # How fast is bench/monitoring.py's read_window_s (speed targets live in bench/).
     path = tmp_path / "p.sqlite"
     PredictionLog(path, max_rows=10).start().close()  # the schema
     pixels = image().tobytes()
@@ -495,11 +496,10 @@ def test_read_window_reads_100000_rows_in_a_few_seconds(tmp_path):
             rows,
         )
     connection.close()
-    started = time.perf_counter()
     window = read_window(path, "digits", "7", limit=100_000)
-    elapsed = time.perf_counter() - started
     assert window.images.shape == (100_000, 8, 8, 1) and window.probabilities.shape == (100_000, 10)
-    assert elapsed < 5, f"read_window took {elapsed:.1f} s for 100,000 rows"
+    assert window.predicted[:12].tolist() == [k % 10 for k in range(12)]
+    np.testing.assert_array_equal(window.images[-1].reshape(-1), image().reshape(-1))
 
 
 # --- the export ------------------------------------------------------------------------------
