@@ -13,10 +13,6 @@ import resource
 import subprocess
 import sys
 import textwrap
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,7 +21,7 @@ import pytest
 
 from tasks.core.files import read_split
 from tests.helpers import free_port
-from tests.integration.helpers import BIN, copy_project, mlcycle, run, wait_for_http
+from tests.integration.helpers import copy_project, mlcycle, run, serving, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,70 +39,6 @@ def test_images(project: Path) -> np.ndarray:
     """Held-out images of the project's data, as many as monitor.min_rows wants and more."""
     test, _ = read_split(project / "data" / "processed", "test")
     return np.concatenate([test.images] * (1 + 300 // len(test.images)))[:300]
-
-
-class Served:
-    """`mlcycle serve` in the background (its own session), its output read line by line from
-    a pipe (a pipe, not a file: a write limit on the process must hit the log alone)."""
-
-    def __init__(self, project: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [str(BIN / "mlcycle"), "serve", "--port", str(self.port), *args],
-            cwd=project,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip())
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def predict(self, images: np.ndarray) -> list[str]:
-        ids = []
-        for start in range(0, len(images), 100):
-            body = {"images": images[start : start + 100].tolist()}
-            answer = httpx.post(f"{self.url}/predict", json=body, timeout=60)
-            assert answer.status_code == 200, answer.text
-            ids += answer.json()["prediction_ids"]
-        return ids
-
-    def feedback(self, prediction_id: str, label: int = 0) -> httpx.Response:
-        body = {"prediction_id": prediction_id, "label": label}
-        return httpx.post(f"{self.url}/feedback", json=body, timeout=30)
-
-
-@contextmanager
-def serving(project: Path, *args: str) -> Iterator[Served]:
-    served = Served(project, *args)
-    try:
-        wait_for_http(f"{served.url}/ready", served.process, Path(os.devnull))
-        yield served
-    except RuntimeError as error:
-        raise AssertionError(f"{error}\n{served.output}") from None
-    finally:
-        if served.process.poll() is None:
-            os.killpg(served.process.pid, 15)
-        served.process.wait(timeout=30)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.1)
 
 
 def logged_rows(path: Path) -> int:
@@ -136,7 +68,7 @@ def error_line(result: subprocess.CompletedProcess) -> str:
 
 def test_a_log_removed_under_serve_is_started_again_and_the_gap_reported(project, test_images):
     log = project / LOG
-    with serving(project) as app:
+    with serving(project, port=free_port()) as app:
         before = app.predict(test_images[:50])
         wait_until(lambda: logged_rows(log) == 50, "the first 50 predictions logged")
 
@@ -170,7 +102,7 @@ def test_a_log_removed_under_serve_is_started_again_and_the_gap_reported(project
 
 def test_feedback_for_a_prediction_the_full_disk_never_logged_says_so(project, test_images):
     log = project / LOG
-    with serving(project) as app:
+    with serving(project, port=free_port()) as app:
         logged = app.predict(test_images[:3])
         wait_until(lambda: app.feedback(logged[0]).status_code == 200, "the first label stored")
         soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -298,7 +230,7 @@ def test_a_full_reports_folder_is_one_line_naming_the_report(project, test_image
 
 def test_monitor_reads_the_log_serve_wrote_elsewhere(project, test_images, tmp_path):
     elsewhere = tmp_path / "elsewhere.sqlite"
-    with serving(project, "--prediction-log", str(elsewhere)) as app:
+    with serving(project, "--prediction-log", str(elsewhere), port=free_port()) as app:
         app.predict(test_images[:250])
         wait_until(lambda: logged_rows(elsewhere) == 250, "250 predictions logged elsewhere")
     args = ("monitor", "--window", "250", "--prediction-log", str(elsewhere))

@@ -15,78 +15,18 @@ once (champion v1), a real Prefect server for the training slot, real signals.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.helpers import BIN, GIT_IDENTITY, copy_project, mlcycle
+from tests.integration.helpers import BackgroundRun, copy_project, mlcycle
 
 pytestmark = pytest.mark.slow
 
 LONG_RUN = ("--set", "train.epochs=300", "--set", "train.early_stopping_patience=null")
 IN_TRAINING = "train: epoch 2/300"
-
-
-class BackgroundRun:
-    """`mlcycle run` started as a terminal starts it (a process group of its own), its output
-    collected line by line with the time each line came."""
-
-    def __init__(self, project: Path, *args: str, **env: str) -> None:
-        self.lines: list[tuple[float, str]] = []
-        self.process = subprocess.Popen(
-            [str(BIN / "mlcycle"), "run", *args],
-            cwd=project,
-            env={
-                **os.environ,
-                **GIT_IDENTITY,
-                "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                "PYTHONUNBUFFERED": "1",
-                **env,
-            },
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append((time.monotonic(), line.rstrip()))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-    def seen_at(self, text: str, timeout_s: float = 240) -> float:
-        """When a line holding ``text`` came (waits for it)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            for at, line in list(self.lines):
-                if text in line:
-                    return at
-            if self.process.poll() is not None and not self.reader.is_alive():
-                raise AssertionError(f"never saw {text!r}:\n{self.output[-4000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not within {timeout_s} s: {text!r}\n{self.output[-4000:]}")
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        """Ctrl-C as a terminal sends it; the exit code."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGINT)
-        self.process.wait(timeout=60)
-        self.reader.join(10)
-        return self.process.returncode
 
 
 def tracking(project: Path) -> MlflowClient:
@@ -150,7 +90,7 @@ def test_ctrl_c_mid_search_marks_the_trial_in_progress_failed_and_its_mlflow_run
         # a trial's progress line: that trial is training now (trials end in seconds or
         # minutes, and say how far they got every 30 s)
         search.seen_at("select:   trial ", timeout_s=600)
-        started = [line for _, line in search.lines if re.search(r"select: trial \d+ starts", line)]
+        started = [line for _, line in search.timed if re.search(r"select: trial \d+ starts", line)]
         in_progress = int(re.search(r"trial (\d+) starts", started[-1]).group(1))
     finally:
         code = search.stop()
@@ -202,7 +142,7 @@ def test_a_run_waiting_for_the_training_slot_gives_up_after_slot_wait_minutes(
         waiting_since = waiter.seen_at("waiting for the training slot")
         waiter.process.wait(timeout=120)
         waiter.reader.join(10)
-        gave_up_after = waiter.lines[-1][0] - waiting_since
+        gave_up_after = waiter.timed[-1][0] - waiting_since
         assert waiter.process.returncode == 1, waiter.output[-3000:]
         assert (
             f"was not free within {wait_s:g} s (schedule.slot_wait_minutes); this run did nothing"

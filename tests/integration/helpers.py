@@ -12,11 +12,13 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import numpy as np
 import yaml
 
 from tasks.core.config import Params, RegistryParams
@@ -360,6 +362,92 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout_s: flo
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not come up:\n{log.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 15) -> float:
+    """Seconds until ``condition`` held; AssertionError naming ``what`` after ``timeout_s``."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise AssertionError(f"not within {timeout_s} s: {what}")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+class ServedApp:
+    """`mlcycle serve` in the background (a session of its own), its output read line by line
+    from a pipe (not a file: a write limit set on the process must hit the prediction log
+    alone), each line with the time it came. ``port`` None: the project's ``serve.port`` (what
+    `mlcycle promote` asks to reload); otherwise passed as ``--port``."""
+
+    def __init__(self, project: Path, *args: str, port: int | None = None) -> None:
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        self.port = port or int(params["serve"]["port"])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.timed: list[tuple[float, str]] = []  # (time.monotonic() when it came, the line)
+        flags = ["--port", str(port)] if port else []
+        self.process = subprocess.Popen(
+            [str(BIN / "mlcycle"), "serve", *flags, *args],
+            cwd=project,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.timed.append((time.monotonic(), line.rstrip()))
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for _, line in self.timed]
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def get(self, path: str) -> dict:
+        answer = httpx.get(f"{self.url}{path}", timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def version(self) -> str:
+        return self.get("/metadata")["version"]
+
+    def predict(self, images: np.ndarray, chunk: int = 100) -> list[str]:
+        """The prediction ids of ``images``, sent ``chunk`` to a request."""
+        ids = []
+        for start in range(0, len(images), chunk):
+            body = {"images": images[start : start + chunk].tolist()}
+            answer = httpx.post(f"{self.url}/predict", json=body, timeout=60)
+            assert answer.status_code == 200, answer.text
+            ids += answer.json()["prediction_ids"]
+        return ids
+
+    def feedback(self, prediction_id: str, label: int = 0) -> httpx.Response:
+        body = {"prediction_id": prediction_id, "label": label}
+        return httpx.post(f"{self.url}/feedback", json=body, timeout=30)
+
+
+@contextmanager
+def serving(
+    project: Path, *args: str, port: int | None = None, timeout_s: float = 240
+) -> Iterator[ServedApp]:
+    """A :class:`ServedApp` once it answers ``/ready``; stopped (SIGTERM) when the block ends."""
+    served = ServedApp(project, *args, port=port)
+    try:
+        wait_for_http(f"{served.url}/ready", served.process, Path(os.devnull), timeout_s)
+        yield served
+    except RuntimeError as error:
+        raise AssertionError(f"{error}\n{served.output}") from None
+    finally:
+        if served.process.poll() is None:
+            os.killpg(served.process.pid, signal.SIGTERM)
+        served.process.wait(timeout=30)
 
 
 def corrupt_logged_model(service: MlflowService, model_id: str) -> None:

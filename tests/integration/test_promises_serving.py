@@ -12,14 +12,8 @@ the gate did not promote (v2), real sockets, a real write limit, the real regist
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import resource
-import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from itertools import pairwise
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -32,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.core.config import apply_params, load_params
 from tests.helpers import free_port
-from tests.integration.helpers import BIN, copy_project, mlcycle, run, wait_for_http
+from tests.integration.helpers import ServedApp, copy_project, mlcycle, run, serving, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -62,66 +56,6 @@ def images(project: Path) -> np.ndarray:
 
 def registry(project: Path) -> MlflowClient:
     return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-
-
-class Served:
-    """`mlcycle serve` in the background (its own session), its output read line by line."""
-
-    def __init__(self, project: Path, *args: str) -> None:
-        self.port = int(yaml.safe_load((project / "params.yaml").read_text())["serve"]["port"])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.lines: list[tuple[float, str]] = []
-        self.process = subprocess.Popen(
-            [str(BIN / "mlcycle"), "serve", *args],
-            cwd=project,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append((time.monotonic(), line.rstrip()))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(line for _, line in self.lines)
-
-    def get(self, path: str) -> dict:
-        answer = httpx.get(f"{self.url}{path}", timeout=30)
-        assert answer.status_code == 200, answer.text
-        return answer.json()
-
-    def version(self) -> str:
-        return self.get("/metadata")["version"]
-
-
-@contextmanager
-def serving(project: Path, *args: str) -> Iterator[Served]:
-    served = Served(project, *args)
-    try:
-        wait_for_http(f"{served.url}/ready", served.process, Path(os.devnull), timeout_s=240)
-        yield served
-    except RuntimeError as error:
-        raise AssertionError(f"{error}\n{served.output}") from None
-    finally:
-        if served.process.poll() is None:
-            os.killpg(served.process.pid, 15)
-        served.process.wait(timeout=30)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float) -> float:
-    """Seconds until ``condition`` held; AssertionError after ``timeout_s``."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise AssertionError(f"not within {timeout_s} s: {what}")
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def answers(url: str) -> bool:
@@ -168,13 +102,13 @@ def test_metadata_shows_the_dvc_hashes_and_the_commit_of_the_served_model(projec
     }
 
 
-def dropped(app: Served) -> float:
+def dropped(app: ServedApp) -> float:
     metrics = httpx.get(f"{app.url}/metrics", timeout=30).text
     [value] = re.findall(r"^mlcycle_prediction_log_dropped (\S+)$", metrics, re.M)
     return float(value)
 
 
-def predict(app: Served, images: np.ndarray) -> None:
+def predict(app: ServedApp, images: np.ndarray) -> None:
     answer = httpx.post(f"{app.url}/predict", json={"images": images.tolist()}, timeout=60)
     assert answer.status_code == 200, answer.text
 
@@ -251,7 +185,7 @@ def test_a_version_that_failed_to_load_is_tried_again_every_30_polls(project):
 
             def tries() -> list[float]:
                 """When each failed load of v2 was logged."""
-                return [at for at, line in list(app.lines) if failures.search(line)]
+                return [at for at, line in list(app.timed) if failures.search(line)]
 
             def three_tries_v1_serving() -> bool:
                 assert app.version() == "1"  # the old version serves on meanwhile
