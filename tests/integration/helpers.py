@@ -123,26 +123,16 @@ def prefect_flow_runs(cwd: Path) -> list[tuple[str, str]]:
     ]
 
 
-class BackgroundRun:
-    """`mlcycle run` started as a terminal starts it (a process group of its own), its output
-    collected line by line with the time each line came. DVC runs a stage through $SHELL:
-    /bin/sh here (dash, as in CI where SHELL is unset) keeps itself as the stage's parent
-    instead of exec'ing it, the harder case for a stop, which must end the shell and the stage
-    under it."""
+class BackgroundCommand:
+    """An `mlcycle` command in a process group of its own (as a terminal starts it), its
+    output read line by line from a pipe, each line with the time it came."""
 
-    def __init__(self, project: Path, *args: str, **env: str) -> None:
+    def __init__(self, project: Path, command: list[str], env: dict[str, str]) -> None:
         self.timed: list[tuple[float, str]] = []  # (time.monotonic() when it came, the line)
         self.process = subprocess.Popen(
-            [str(BIN / "mlcycle"), "run", *args],
+            [str(BIN / "mlcycle"), *command],
             cwd=project,
-            env={
-                **os.environ,
-                **GIT_IDENTITY,
-                "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-                "PYTHONUNBUFFERED": "1",
-                "SHELL": "/bin/sh",
-                **env,
-            },
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -163,6 +153,19 @@ class BackgroundRun:
     @property
     def output(self) -> str:
         return "\n".join(self.lines)
+
+
+class BackgroundRun(BackgroundCommand):
+    """`mlcycle run` started as a terminal starts it (a process group of its own), its output
+    collected line by line with the time each line came. DVC runs a stage through $SHELL:
+    /bin/sh here (dash, as in CI where SHELL is unset) keeps itself as the stage's parent
+    instead of exec'ing it, the harder case for a stop, which must end the shell and the stage
+    under it."""
+
+    def __init__(self, project: Path, *args: str, **env: str) -> None:
+        path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
+        shell_env = {**GIT_IDENTITY, "PATH": path, "SHELL": "/bin/sh", **env}
+        super().__init__(project, ["run", *args], shell_env)
 
     def seen_at(self, text: str, timeout_s: float = 240) -> float:
         """When a line holding ``text`` came (waits for it)."""
@@ -374,7 +377,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 15) 
     return time.monotonic() - started
 
 
-class ServedApp:
+class ServedApp(BackgroundCommand):
     """`mlcycle serve` in the background (a session of its own), its output read line by line
     from a pipe (not a file: a write limit set on the process must hit the prediction log
     alone), each line with the time it came. ``port`` None: the project's ``serve.port`` (what
@@ -384,31 +387,8 @@ class ServedApp:
         params = yaml.safe_load((project / "params.yaml").read_text())
         self.port = port or int(params["serve"]["port"])
         self.url = f"http://127.0.0.1:{self.port}"
-        self.timed: list[tuple[float, str]] = []  # (time.monotonic() when it came, the line)
         flags = ["--port", str(port)] if port else []
-        self.process = subprocess.Popen(
-            [str(BIN / "mlcycle"), "serve", *flags, *args],
-            cwd=project,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.timed.append((time.monotonic(), line.rstrip()))
-
-    @property
-    def lines(self) -> list[str]:
-        return [line for _, line in self.timed]
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
+        super().__init__(project, ["serve", *flags, *args], {})
 
     def get(self, path: str) -> dict:
         answer = httpx.get(f"{self.url}{path}", timeout=30)
