@@ -25,6 +25,9 @@ from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
 STOP_GRACE_S = 5.0
+# How long a Ctrl-C'd group may take to finish its records before SIGKILL: a search trial's
+# MLflow run and Optuna's tell take a second on an idle machine, over 5 s on a loaded one.
+INTERRUPT_GRACE_S = 30.0
 
 
 class Terminated(BaseException):
@@ -57,12 +60,12 @@ def start_group(command: Sequence[str], **popen: Any) -> subprocess.Popen:
     return subprocess.Popen(guarded, start_new_session=True, **popen)
 
 
-def stop_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+def stop_group(process: subprocess.Popen, grace_s: float = INTERRUPT_GRACE_S) -> None:
     """Stop a process started by :func:`start_group` and everything it started: SIGINT (its
     Python code cleans up, DVC releases its locks), then SIGKILL after ``grace_s``."""
     if process.poll() is not None:
         return
-    for signum, wait_s in ((signal.SIGINT, grace_s), (signal.SIGKILL, grace_s)):
+    for signum, wait_s in ((signal.SIGINT, grace_s), (signal.SIGKILL, STOP_GRACE_S)):
         try:
             os.killpg(process.pid, signum)
         except ProcessLookupError:

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from tasks.core.errors import MlcycleError
-from tasks.core.processes import start_group, stop_group
+from tasks.core.processes import STOP_GRACE_S, start_group, stop_group
 
 SERVER_LOG = Path(".mlcycle/prefect-server.log")
 START_TIMEOUT_S = 90.0
@@ -109,7 +109,7 @@ def starting_prefect_api(log_path: Path = SERVER_LOG) -> Iterator[PrefectApi]:
                 if api.answered:  # else nothing reported to it
                     _send_queued_reports()
     finally:
-        stop_group(server)
+        stop_group(server, grace_s=STOP_GRACE_S)  # a server keeps no records of ours to finish
 
 
 def check_answers(url: str, timeout_s: float = API_CHECK_EVERY_S) -> None:
