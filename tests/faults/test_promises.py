@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.helpers import BackgroundRun, copy_project, mlcycle
+from tests.integration.helpers import BackgroundRun, copy_project, mlcycle, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -82,16 +82,26 @@ SEARCH = (
 )
 
 
+def trial_run_exists(project: Path, number: int) -> bool:
+    experiment = tracking(project).get_experiment_by_name("mlcycle")
+    found = tracking(project).search_runs(
+        [experiment.experiment_id], f"tags.`mlcycle.trial` = '{number}'"
+    )
+    return bool(found)
+
+
 def test_ctrl_c_mid_search_marks_the_trial_in_progress_failed_and_its_mlflow_run_too(project):
     import optuna
 
     search = BackgroundRun(project, *SEARCH)
     try:
-        # a trial's progress line: that trial is training now (trials end in seconds or
-        # minutes, and say how far they got every 30 s)
-        search.seen_at("select:   trial ", timeout_s=600)
+        # the second trial's start: the first has ended (its result must stay) and this one
+        # trains for many seconds more (300 epochs), so the Ctrl-C lands in the middle of it
+        search.seen_at("select: trial 1 starts", timeout_s=600)
         started = [line for _, line in search.timed if re.search(r"select: trial \d+ starts", line)]
         in_progress = int(re.search(r"trial (\d+) starts", started[-1]).group(1))
+        # ... and once its MLflow run exists, which the Ctrl-C must then mark failed
+        wait_until(lambda: trial_run_exists(project, in_progress), "the trial's MLflow run", 60)
     finally:
         code = search.stop()
     assert code == 130, search.output[-3000:]
