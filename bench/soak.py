@@ -442,13 +442,15 @@ def episode_figures(
         "accuracy_after": accuracy(newer),
         "labelled_after": sum(a.labelled for a in newer),
         "trainings": len(triggered),
-        # Drift verdicts once the retrained model answered: none, when its monitoring reference
-        # is the population it was retrained on.
+        # Drift verdicts on the retrained model: none, when its monitoring reference is the
+        # population it was retrained on. (A monitor run that began before the switch judges
+        # the model it found then, and may say drift just after the switch: not counted.)
         "drift_after_served": sum(
             1
             for event in events
             if event["event"] == "mlcycle.monitor.drift"
             and newer
+            and event["resource"].get("mlcycle.model.version") == str(newer[-1].version)
             and newer[0].at < timestamp(event["occurred"]) < end
         ),
         "training_states": [run.state_type.value if run.state_type else None for run in triggered],
