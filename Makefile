@@ -59,12 +59,14 @@ endef
 browser: ## install Debian's chromium (the serving page test drives it with Playwright)
 	$(call apt_install,chromium,chromium)
 
-# The suite on TEST_WORKERS processes (pytest-xdist): a slow module stays on one worker
-# (tests/conftest.py groups it), fast tests go to whichever is free. TEST_WORKERS=0: one process.
+# The suite on TEST_WORKERS processes (pytest-xdist): each module stays on one worker (its
+# module fixtures are made once), slow modules first (tests/conftest.py; --no-loadscope-reorder
+# keeps that order, xdist would sort modules by their number of tests). TEST_WORKERS=0: one
+# process. (Not --dist loadgroup: pytest-xdist 3.8's groups do nothing under pytest 9.2.)
 TEST_WORKERS ?= 2
 
 test: install browser ## run the whole test suite (unit, data, model, integration)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: install ## skip the slow tests (real services, full pipeline runs)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -7,7 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,16 +84,17 @@ def processed_template(tmp_path_factory: pytest.TempPathFactory, tiny_params: Pa
     (the stage takes ~20 s on a busy 2-core machine, and some 40 tests want its output)."""
     from tasks.stages.preprocess import run_preprocess
 
-    root = tmp_path_factory.mktemp("processed-template")
-    raw = root / "data" / "raw"
-    write_raw_dataset(synthetic_dataset(), raw, source="synthetic")
-    run_preprocess(
-        tiny_params.preprocess.model_copy(update={"val_fraction": 0.25, "test_fraction": 0.25}),
-        raw,
-        root / "data" / "processed",
-        make_places(root),
-    )
-    return root
+    def build(root: Path) -> None:
+        raw = root / "data" / "raw"
+        write_raw_dataset(synthetic_dataset(), raw, source="synthetic")
+        run_preprocess(
+            tiny_params.preprocess.model_copy(update={"val_fraction": 0.25, "test_fraction": 0.25}),
+            raw,
+            root / "data" / "processed",
+            make_places(root),
+        )
+
+    return built_once(tmp_path_factory, "processed-template", build)
 
 
 @pytest.fixture
@@ -106,6 +107,11 @@ def processed_dir(raw_dir: Path, tmp_path: Path, places, processed_template: Pat
     return tmp_path / "data" / "processed"
 
 
+# The module that runs longest (the soak: a few minutes of real time) starts first, so that no
+# worker is left running it alone at the end of the session.
+LONGEST_FIRST = ("tests/integration/test_soak.py",)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
@@ -114,38 +120,76 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if no_gpu and "gpu" in item.keywords:
             item.add_marker(skip)
-        # With pytest-xdist's --dist loadgroup (`make test`), a slow module's tests stay on one
-        # worker: its module fixtures (a pipeline run, a server) are made once; the fast tests
-        # go to whichever worker is free.
-        if "slow" in item.keywords and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    # `make test` runs pytest-xdist with --dist loadfile: a module's tests stay on one worker,
+    # so its module fixtures (a pipeline run, a server) are made once. Slow modules go out
+    # first, the quick ones fill in at the end.
+    slow_modules = {item.path for item in items if "slow" in item.keywords}
+    items.sort(
+        key=lambda item: (
+            item.nodeid.split("::")[0] not in LONGEST_FIRST,
+            item.path not in slow_modules,
+        )
+    )
+
+
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]
+) -> Path:
+    """A folder ``build`` fills once per test session, whatever the number of pytest-xdist
+    workers: the first worker to ask builds it under a file lock, the others wait and read it.
+    For session fixtures that are costly (a pipeline run) and only ever copied, never changed."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # popen-gw0/, popen-gw1/ ... share the parent
+        shared = shared.parent
+    root = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        if not (root / BUILT).is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed half-way
+            root.mkdir()
+            build(root)
+            (root / BUILT).touch()
+    return root
+
+
+BUILT = ".built"  # what built_once leaves in a folder once it is complete
 
 
 @pytest.fixture(scope="session")
 def project_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This repository's files (as git would ship them) in a fresh git repo, shrunk params."""
-    root = copy_shipped_files(tmp_path_factory.mktemp("template") / "project")
-    params_file = root / "params.yaml"
-    # its own serving port: a deploy step must never talk to an app the developer runs
-    overrides = [*TINY_OVERRIDES, f"serve.port={free_port()}"]
-    apply_params(load_params(params_file, overrides=overrides), params_file)
-    run(["git", "init", "-q"], cwd=root)
-    run(["git", "add", "-A"], cwd=root)
-    run(["git", "commit", "-qm", "project under test"], cwd=root)
-    return root
+
+    def build(folder: Path) -> None:
+        root = copy_shipped_files(folder / "project")
+        params_file = root / "params.yaml"
+        # its own serving port: a deploy step must never talk to an app the developer runs
+        overrides = [*TINY_OVERRIDES, f"serve.port={free_port()}"]
+        apply_params(load_params(params_file, overrides=overrides), params_file)
+        run(["git", "init", "-q"], cwd=root)
+        run(["git", "add", "-A"], cwd=root)
+        run(["git", "commit", "-qm", "project under test"], cwd=root)
+
+    return built_once(tmp_path_factory, "template", build) / "project"
 
 
 @pytest.fixture(scope="session")
 def first_run(project_template: Path, tmp_path_factory: pytest.TempPathFactory) -> FirstRun:
     """A clone that ran `mlcycle run` once (champion v1, the temporary Prefect API, its own
-    SQLite MLflow store) and committed the dvc.lock it wrote: the one full pipeline run the
-    tests that need a trained project copy (``copy_project``) instead of running their own."""
-    root = copy_project(project_template, tmp_path_factory.mktemp("ran"))
-    # a deadline, not a speed check: on a busy 2-core machine this run has taken over 5 min
-    result = run([str(Path(sys.executable).parent / "mlcycle"), "run"], cwd=root, timeout=900)
-    run(["git", "add", "dvc.lock"], cwd=root)
-    run(["git", "commit", "-qm", "the pipeline's first run"], cwd=root)
-    return FirstRun(root, result.stdout + result.stderr)
+    SQLite MLflow store) and committed the dvc.lock it wrote: the one full pipeline run of the
+    session (all workers share it) that the tests needing a trained project copy
+    (``copy_project``) instead of running their own."""
+
+    def build(folder: Path) -> None:
+        root = copy_project(project_template, folder)
+        # a deadline, not a speed check: on a busy 2-core machine this run has taken over 5 min
+        result = run([str(Path(sys.executable).parent / "mlcycle"), "run"], cwd=root, timeout=900)
+        run(["git", "add", "dvc.lock"], cwd=root)
+        run(["git", "commit", "-qm", "the pipeline's first run"], cwd=root)
+        (folder / "output.txt").write_text(result.stdout + result.stderr)
+
+    folder = built_once(tmp_path_factory, "ran", build)
+    return FirstRun(folder / "project", (folder / "output.txt").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -211,7 +255,9 @@ def build_site(out: Path) -> subprocess.CompletedProcess[str]:
 def docs_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The documentation site as `make docs` builds it, once per session (the docs tests and
     the browser tests read the same build)."""
-    out = tmp_path_factory.mktemp("site")
-    result = build_site(out)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return out
+
+    def build(folder: Path) -> None:
+        result = build_site(folder / "site")
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    return built_once(tmp_path_factory, "site", build) / "site"

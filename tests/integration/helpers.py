@@ -236,6 +236,9 @@ class MlflowService:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # MLflow 3's job runner (three huey consumers, for its GenAI jobs) is not used by
+            # mlcycle: without it a server starts one process, not four, and idles at ~0% CPU.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         log.close()
         try:
