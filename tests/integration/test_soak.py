@@ -7,7 +7,7 @@ no two trainings may overlap, and the Prefect server may log no ERROR.
 
 `bench/soak.py --quick`: the same loop as the 24-minute benchmark (`make soak`; the README's
 soak table), with monitoring every 15 s instead of every minute, four times the traffic, and an
-episode that ends once the retrained model has answered for 45 s (8 minutes at most)."""
+episode that ends once the retrained model has answered for 30 s (8 minutes at most)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.helpers import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 
-# A deadline, not a speed check: the first training, 45 s of clean traffic and an episode of 8
+# A deadline, not a speed check: the first training, 30 s of clean traffic and an episode of 8
 # minutes at most; on a loaded 2-core machine the first `mlcycle run` alone took 10 minutes.
 DEADLINE_S = 1500
 
