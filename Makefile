@@ -65,11 +65,13 @@ browser: ## install Debian's chromium (the serving page test drives it with Play
 # process. (Not --dist loadgroup: pytest-xdist 3.8's groups do nothing under pytest 9.2.)
 TEST_WORKERS ?= 2
 
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: install browser ## run the whole test suite (unit, data, model, integration)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install ## skip the slow tests (real services, full pipeline runs)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## check formatting, lint rules and the import layers (pyproject.toml)
 	$(BIN)/ruff format --check .
