@@ -46,6 +46,31 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     os.environ.update(saved)
 
 
+# What MLflow keeps per process: set_tracking_uri also exports MLFLOW_TRACKING_URI, so every
+# later subprocess (an `mlcycle` command of another module) would use that store.
+MLFLOW_PROCESS_SETTINGS = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_EXPERIMENT_ID",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlflow_settings_end_with_the_module() -> Iterator[None]:
+    """A module's MLflow store stays its own: the next module on this worker starts with none
+    set (a module that pointed MLflow at its store and never reset it made later modules'
+    commands read that store, and fail on versions and runs that were not theirs)."""
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+    for name in MLFLOW_PROCESS_SETTINGS:
+        os.environ.pop(name, None)
+
+
 @pytest.fixture
 def tracking_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A real MLflow SQLite store in a temp folder (artifacts beside it)."""
