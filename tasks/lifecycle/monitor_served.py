@@ -12,8 +12,12 @@ from pathlib import Path
 from tasks.core.config import Params
 from tasks.core.errors import MlcycleError
 from tasks.core.tracking import ModelVersionNotFound, get_model_version
-from tasks.monitoring.reference import REFERENCE_FILE_NAME, Reference, load_reference
-from tasks.stages.evaluate import MONITORING_ARTIFACT_PATH
+from tasks.monitoring.reference import (
+    REFERENCE_ARTIFACT_DIR,
+    REFERENCE_FILE_NAME,
+    Reference,
+    load_reference,
+)
 
 
 class MonitorError(MlcycleError):
@@ -46,7 +50,7 @@ def served_reference(served: Served) -> Reference:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    artifact = f"{MONITORING_ARTIFACT_PATH}/{REFERENCE_FILE_NAME}"
+    artifact = f"{REFERENCE_ARTIFACT_DIR}/{REFERENCE_FILE_NAME}"
     with tempfile.TemporaryDirectory(prefix="mlcycle-reference-") as folder:
         try:
             path = mlflow.artifacts.download_artifacts(

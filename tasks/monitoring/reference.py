@@ -20,6 +20,9 @@ from tasks.monitoring.features import FEATURES, image_features
 
 FORMAT_VERSION = 1
 REFERENCE_FILE_NAME = "monitoring_reference.npz"
+# The run's artifact folder of the reference: the evaluate stage logs it there, the monitor
+# fetches `monitoring/monitoring_reference.npz` from the served version's run.
+REFERENCE_ARTIFACT_DIR = "monitoring"
 
 
 class MonitoringReferenceError(MlcycleError):

@@ -26,7 +26,12 @@ from tasks.core.model_file import load_model, predict_logits
 from tasks.core.paths import MODEL_FILE, PROCESSED_DIR, REPORTS_DIR
 from tasks.core.stage_run import WithoutFlow, stage_run
 from tasks.core.tracking import RunTracker
-from tasks.monitoring.reference import REFERENCE_FILE_NAME, reference_from_split, save_reference
+from tasks.monitoring.reference import (
+    REFERENCE_ARTIFACT_DIR,
+    REFERENCE_FILE_NAME,
+    reference_from_split,
+    save_reference,
+)
 
 log = logging.getLogger("mlcycle.evaluate")
 
@@ -44,11 +49,6 @@ CONFUSION_PNG = REPORTS_DIR / "confusion_matrix.png"
 
 
 MONITORING_REFERENCE = REPORTS_DIR / REFERENCE_FILE_NAME
-
-
-# The run's artifact folder of the monitoring reference: the monitor fetches
-# `monitoring/monitoring_reference.npz` from the served version's run.
-MONITORING_ARTIFACT_PATH = "monitoring"
 
 
 BASELINE_SEED = 0
@@ -189,7 +189,7 @@ def record_evaluation(tracker: RunTracker, reports_dir: Path = REPORTS_DIR) -> N
     tracker.log_metrics(logged)
     for path in paths.evaluation_files():
         tracker.log_artifact(path, "evaluation")
-    tracker.log_artifact(paths.monitoring_reference, MONITORING_ARTIFACT_PATH)
+    tracker.log_artifact(paths.monitoring_reference, REFERENCE_ARTIFACT_DIR)
     tracker.set_tags({TAG_EVALUATED: "true"})
 
 

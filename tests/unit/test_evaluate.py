@@ -8,9 +8,8 @@ from PIL import Image
 from tasks.core.errors import MlcycleError
 from tasks.core.files import read_split
 from tasks.core.model_file import load_model, predict_logits
-from tasks.monitoring.reference import load_reference
+from tasks.monitoring.reference import REFERENCE_ARTIFACT_DIR, load_reference
 from tasks.stages.evaluate import (
-    MONITORING_ARTIFACT_PATH,
     classification_scores,
     record_evaluation,
     run_evaluate,
@@ -96,7 +95,7 @@ def test_the_reference_is_logged_for_the_monitor(
         run_evaluate(tiny_params.evaluate, trained, processed_dir, tmp_path / "reports")
         record_evaluation(tracker, tmp_path / "reports")
     client = MlflowClient()
-    logged = {a.path for a in client.list_artifacts(tracker.run_id, MONITORING_ARTIFACT_PATH)}
+    logged = {a.path for a in client.list_artifacts(tracker.run_id, REFERENCE_ARTIFACT_DIR)}
     assert logged == {"monitoring/monitoring_reference.npz"}
     assert "evaluation/monitoring_reference.npz" not in {
         a.path for a in client.list_artifacts(tracker.run_id, "evaluation")
