@@ -36,13 +36,14 @@ def configure_logging(level: int = logging.INFO) -> None:
 def run_logger(fallback: str) -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run's logger inside a flow or task (lines reach the UI), else ``fallback``
     (a test, a script, a plain ``dvc repro``)."""
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
+    context = sys.modules.get("prefect.context")  # loaded by any process running a flow
+    if context is None or not (context.FlowRunContext.get() or context.TaskRunContext.get()):
+        # Outside a run, without importing Prefect's logging: that import alone costs a second
+        # and re-configures logging (its setup replaces the root logger's handlers).
         return logging.getLogger(fallback)
+    from prefect import get_run_logger
+
+    return get_run_logger()
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from tasks.core.config.base import Section
+from tasks.core.config.cron import cron_problem
 
 
 class ServeParams(Section):
@@ -32,7 +33,6 @@ class ServeParams(Section):
     )
 
 
-CRON_FIELDS = 5
 WORK_POOL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"  # a Prefect work pool's name
 SLOT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,99}$"  # a Prefect global concurrency limit's name
 
@@ -53,15 +53,9 @@ class ScheduleParams(Section):
     @field_validator("retrain_cron", "monitor_cron")
     @classmethod
     def _cron(cls, value: str) -> str:
-        # Prefect's own schedule model: what it accepts here, its server accepts at deploy time
-        from prefect.client.schemas.schedules import CronSchedule
-
-        try:
-            if len(value.split()) != CRON_FIELDS:
-                raise ValueError(value)
-            CronSchedule(cron=value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a cron expression like '0 3 * * 1'") from None
+        problem = cron_problem(value)
+        if problem:
+            raise ValueError(f"{value!r} is not a cron expression like '0 3 * * 1': {problem}")
         return value
 
     @field_validator("timezone")
