@@ -152,7 +152,7 @@ def server_env(server: PrefectServer) -> dict[str, str]:
     return {"PREFECT_API_URL": server.url, "PREFECT_HOME": str(server.root)}
 
 
-def test_two_triggers_at_once_run_one_at_a_time_in_the_checkout(server, checkout, applied):
+def test_two_triggers_at_once_train_one_at_a_time_and_monitor_once(server, checkout, applied):
     worker = Worker(checkout, server, checkout.parent / "worker.log")
     try:
         params = load_params(checkout / "params.yaml").model_dump(mode="json")
@@ -160,9 +160,17 @@ def test_two_triggers_at_once_run_one_at_a_time_in_the_checkout(server, checkout
         runs = [
             trigger(server, "training-pipeline/scheduled", {"params": params}) for _ in range(2)
         ]
+        monitors = [trigger(server, "monitoring/hourly") for _ in range(2)]
         finished = wait_for_final(server, [run.id for run in runs], worker)
+        monitored = wait_for_final(server, [run.id for run in monitors], worker)
     finally:
         worker.stop()
+    # the monitoring deployment's limit: never two monitor runs at once (one that finds the
+    # other running is cancelled; had the worker taken them in turn, they ran one after another)
+    ran = sorted(
+        (run.start_time, run.end_time) for run in monitored if run.state.type.value != "CANCELLED"
+    )
+    assert ran and (len(ran) == 1 or ran[0][1] <= ran[1][0]), monitored
     assert [run.state.type.value for run in finished] == ["COMPLETED", "COMPLETED"], [
         run_log(server, run.id)[-3000:] for run in finished
     ]
