@@ -25,6 +25,7 @@ from tasks.core.tracking import RunTracker, child_run, end_run
 from tasks.training.checkpoint import TrainingState
 from tasks.training.choice import ModelChoice, fixed_choice
 from tasks.training.epochs import EpochReport, PretrainingEpoch, TrainingEpoch
+from tasks.training.interrupts import HeldInterrupts, holding_interrupts
 from tasks.training.loop import TrainingDiverged, fit, start_training
 from tasks.training.study import FINISHED, finished_trials, winning_order
 
@@ -79,7 +80,11 @@ def trial_params(params: Params, choice: ModelChoice) -> TrainParams:
 
 
 def make_objective(
-    params: Params, data: TrialData, parent_run_id: str | None, progress: SearchProgress
+    params: Params,
+    data: TrialData,
+    parent_run_id: str | None,
+    progress: SearchProgress,
+    interrupts: HeldInterrupts | None = None,
 ) -> Callable[[optuna.Trial], float]:
     candidates = search_space(params.select.candidates)
 
@@ -89,7 +94,7 @@ def make_objective(
         trial.set_user_attr("choice", fixed_choice(train).to_json())
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         progress.started(trial, train)
-        return run_trial(trial, train, data, parent_run_id, progress)
+        return run_trial(trial, train, data, parent_run_id, progress, interrupts)
 
     return objective
 
@@ -107,7 +112,10 @@ def run_trial(
     data: TrialData,
     parent_run_id: str | None,
     progress: SearchProgress | None = None,
+    interrupts: HeldInterrupts | None = None,
 ) -> float:
+    """Train one trial; a Ctrl-C held by ``interrupts`` lands in ``fit``, not in a record."""
+    interrupts = interrupts or HeldInterrupts()
     spec = ModelSpec.for_split(train.model, train.model_options(), data.split_info)
     model, optimizer, _ = start_training(spec, train)
     parameters = parameter_count(model)
@@ -117,6 +125,10 @@ def run_trial(
     state = TrainingState()
 
     def after_epoch(state: TrainingState, report: EpochReport) -> None:
+        with interrupts.held():  # Optuna's storage and MLflow are written here
+            _after_epoch(state, report)
+
+    def _after_epoch(state: TrainingState, report: EpochReport) -> None:
         if isinstance(report, PretrainingEpoch):
             if tracker:
                 tracker.log_metrics(report.metrics(), step=report.epoch)
@@ -135,7 +147,8 @@ def run_trial(
 
     outcome, problem = "failed", None
     try:
-        fit(model, optimizer, train, data.train_set, data.val_set, state, after_epoch)
+        with interrupts.delivered():
+            fit(model, optimizer, train, data.train_set, data.val_set, state, after_epoch)
         outcome = "complete"
     except optuna.TrialPruned:
         outcome = "pruned"
@@ -262,21 +275,23 @@ def run_search(
         params.select.timeout_s,
     )
     progress = SearchProgress(budget)
-    study.optimize(
-        make_objective(params, data, parent_run_id, progress),
-        n_trials=remaining,
-        timeout=params.select.timeout_s,
-        catch=(TrainingDiverged,),
-        callbacks=[
-            # Running trials count too: a worker stops when the others' trials will fill the
-            # budget. Two workers starting their last trial at once can still pass it by one.
-            optuna.study.MaxTrialsCallback(
-                budget, states=(*FINISHED, optuna.trial.TrialState.RUNNING)
-            ),
-            progress.finished,
-        ],
-        gc_after_trial=False,
-    )
+    with holding_interrupts() as interrupts:
+        study.optimize(
+            make_objective(params, data, parent_run_id, progress, interrupts),
+            n_trials=remaining,
+            timeout=params.select.timeout_s,
+            catch=(TrainingDiverged,),
+            callbacks=[
+                # Running trials count too: a worker stops when the others' trials will fill
+                # the budget. Two workers starting their last trial at once can pass it by one.
+                optuna.study.MaxTrialsCallback(
+                    budget, states=(*FINISHED, optuna.trial.TrialState.RUNNING)
+                ),
+                progress.finished,
+                interrupts.raise_if_pending,  # a Ctrl-C held while the trial was told
+            ],
+            gc_after_trial=False,
+        )
 
 
 class SearchProgress:
