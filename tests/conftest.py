@@ -26,26 +26,6 @@ from tests.helpers import (
 )
 from tests.integration.helpers import MlflowService, PrefectServer, copy_project, run
 
-
-@pytest.fixture(scope="session", autouse=True)
-def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Keep tests away from the developer's ~/.prefect, ./mlflow.db and any live run."""
-    home = tmp_path_factory.mktemp("prefect-home")
-    saved = dict(os.environ)
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
-    for name in (
-        "MLFLOW_RUN_ID",
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_EXPERIMENT_NAME",
-        "PREFECT_API_URL",
-    ):
-        os.environ.pop(name, None)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 # What MLflow keeps per process: set_tracking_uri also exports MLFLOW_TRACKING_URI, so every
 # later subprocess (an `mlcycle` command of another module) would use that store.
 MLFLOW_PROCESS_SETTINGS = (
@@ -55,6 +35,20 @@ MLFLOW_PROCESS_SETTINGS = (
     "MLFLOW_EXPERIMENT_NAME",
     "MLFLOW_EXPERIMENT_ID",
 )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep tests away from the developer's ~/.prefect, ./mlflow.db and any live run."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    saved = dict(os.environ)
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
+    for name in (*MLFLOW_PROCESS_SETTINGS, "PREFECT_API_URL"):
+        os.environ.pop(name, None)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="module", autouse=True)
