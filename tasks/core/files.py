@@ -140,6 +140,19 @@ def unlock(handle: IO[str]) -> None:
     fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock (``flock``) on ``path`` (created if missing) for the block,
+    waiting for another process that holds it; the kernel drops it when its holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            unlock(handle)
+
+
 MD5_BLOCK_BYTES = 1 << 20  # read a file to hash in 1 MiB blocks: memory stays flat
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from tasks.core.config import Params
 from tasks.core.errors import MlcycleError
+from tasks.core.files import exclusive_lock
 from tasks.core.lineage import (
     TAG_PARAMS,
     TAG_RUN,
@@ -93,13 +94,30 @@ def connect() -> str:
     mlflow.set_tracking_uri(uri)
     location = None if uri.startswith("http") else DEFAULT_ARTIFACT_ROOT.resolve().as_uri()
     try:
-        return ensure_experiment(
-            experiment_name(),
-            tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
-            artifact_location=location,
-        )
+        with one_store_creator(uri):
+            return ensure_experiment(
+                experiment_name(),
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+                artifact_location=location,
+            )
     except MlflowException as error:
         raise TrackingError(f"MLflow tracking store {uri}: {error.message}") from None
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+@contextmanager
+def one_store_creator(uri: str) -> Iterator[None]:
+    """A SQLite store's first use (MLflow creates and migrates its tables) by one process at a
+    time: a monitor run and a training run starting together on a new checkout had one query
+    the tables the other was still creating ("no such column: spans.dimension_attributes")."""
+    if not uri.startswith(SQLITE_PREFIX):
+        yield
+        return
+    database = Path(uri.removeprefix(SQLITE_PREFIX))
+    with exclusive_lock(database.with_name(f".{database.name}.create-lock")):
+        yield
 
 
 def ensure_experiment(

@@ -19,6 +19,7 @@ from tasks.core.config import Params
 from tasks.core.console import run_logger
 from tasks.core.paths import PREDICTION_LOG
 from tasks.core.prediction_log.readers import UNLABELLED
+from tasks.core.tracking import connect
 from tasks.lifecycle.monitor_publish import publish
 from tasks.lifecycle.monitor_served import Served, served_reference, served_version
 from tasks.lifecycle.monitor_window import Window, batch_window, checked_log_path, logged_window
@@ -59,6 +60,7 @@ def monitor(
     ``monitor.window``) of the prediction log at ``log_path`` (default
     data/serving/predictions.sqlite), or with ``batch`` (an ``.npz``); publish the verdict."""
     checked_log_path(log_path)
+    connect()  # as every command does: the configured store, created by one process at a time
     served = served_version(params)
     reference = served_reference(served)
     if batch is not None:
