@@ -53,7 +53,15 @@ def deployed(
     project's deployments, as `make deploy` registers them."""
     from prefect.client.orchestration import SyncPrefectClient
 
-    server = PrefectServer(tmp_path_factory.mktemp("form-server"))
+    # The scheduler off: no test here needs a scheduled run, and its inserts of the
+    # deployments' next 100 runs are the largest writes beside the form's. A write landing
+    # between the reads and the write of 'create flow run' makes SQLite answer SQLITE_BUSY at
+    # once (a stale snapshot gets no busy wait); the server turns that into a 503, which
+    # Prefect's Python client retries and the UI shows as 'Unknown error while creating flow
+    # run' (CI saw it once, under load).
+    server = PrefectServer(
+        tmp_path_factory.mktemp("form-server"), PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false"
+    )
     server.server_settings.update(PREFECT_UI_ENABLED="true", PREFECT_UI_API_URL=server.url)
     server.start()
     try:
