@@ -139,8 +139,15 @@ def _send_queued_reports(timeout_s: float = DRAIN_TIMEOUT_S) -> None:
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
-    for worker in (APILogWorker, EventsWorker):
-        worker.drain_all(timeout=timeout_s)
+    def drain() -> None:
+        for worker in (APILogWorker, EventsWorker):
+            worker.drain_all(timeout=timeout_s)
+
+    # From a thread running an event loop, drain_all returns a coroutine instead of waiting
+    # (and nothing awaits it): a thread of its own has no loop, so the wait always happens.
+    drainer = threading.Thread(target=drain, name="mlcycle-send-reports")
+    drainer.start()
+    drainer.join()
 
 
 def _wait_until_healthy(url: str, server: subprocess.Popen, log_path: Path) -> None:

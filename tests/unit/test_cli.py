@@ -85,6 +85,49 @@ def test_the_temporary_prefect_api_answers_once_ready_returns_and_stops_after(
         httpx.get(f"{url}/health", timeout=5)
 
 
+def test_queued_run_logs_reach_the_server_before_it_stops_even_from_an_event_loop(
+    prefect_server,
+):
+    """What the temporary API does before it stops: send the run logs Prefect still queues.
+    Called from a thread that runs an event loop (CI's warnings showed three tests do),
+    Prefect's drain_all hands back a coroutine instead of waiting; the logs must be on the
+    server when the call returns all the same."""
+    import asyncio
+    import gc
+    import uuid
+    import warnings
+    from datetime import UTC, datetime
+
+    from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.lifecycle.prefect_api import _send_queued_reports
+
+    message = f"queued before the stop {uuid.uuid4()}"
+
+    async def from_inside_a_loop() -> None:
+        with temporary_settings({PREFECT_API_URL: prefect_server}):
+            APILogWorker.instance().send(
+                {
+                    "name": "mlcycle.test",
+                    "level": 20,
+                    "message": message,
+                    "timestamp": datetime.now(UTC).isoformat(),
+                }
+            )
+            _send_queued_reports()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(from_inside_a_loop())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)], caught
+    logs = httpx.post(
+        f"{prefect_server}/logs/filter", json={"sort": "TIMESTAMP_DESC", "limit": 200}, timeout=10
+    )
+    assert message in [log["message"] for log in logs.json()]
+
+
 def test_a_port_out_of_range_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--port", "99999"])
