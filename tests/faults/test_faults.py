@@ -37,10 +37,14 @@ def project(ran_project: Path, tmp_path: Path) -> Path:
 
 
 def processes_in(project: Path) -> list[str]:
-    """Command lines of the processes whose working folder is inside ``project``."""
+    """The processes whose working folder is inside ``project``: pid, state, process group
+    (and whether its leader, the guard of tasks.core.processes, still lives), command line."""
+    found = live_processes()
+    alive = {process.pid for process in found}
     return [
-        process.command
-        for process in live_processes()
+        f"pid {process.pid} state {process.state} group {process.group} "
+        f"(leader {'alive' if process.group in alive else 'gone'}): {process.command}"
+        for process in found
         if process.cwd is not None and (process.cwd == project or project in process.cwd.parents)
     ]
 
