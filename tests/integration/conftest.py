@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import built_once
 from tests.helpers import free_port
 from tests.integration.helpers import MlflowService, copy_project, run
 
@@ -53,16 +54,23 @@ def dvc_reproduction(
     project_template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, str]:
     """A copy of the project that ran plain `dvc repro` once (its default SQLite MLflow store),
-    and what DVC printed: test_dvc_pipeline's subject, and test_flow's reference outputs. A
-    test that changes it puts it back."""
-    project = copy_project(project_template, tmp_path_factory.mktemp("repro"))
-    # the default store, whichever module asks first (test_flow points MLflow at a server)
-    tracking = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        return project, run([sys.executable, "-m", "dvc", "repro"], cwd=project, timeout=900).stdout
-    finally:
-        if tracking is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = tracking
+    and what DVC printed: test_dvc_pipeline's subject, and test_flow's reference outputs. Run
+    once per session (all workers share it): read it, or copy it (``copy_project``) to
+    change it."""
+
+    def build(folder: Path) -> None:
+        project = copy_project(project_template, folder)
+        # the default store, whichever module asks first (test_flow points MLflow at a server)
+        tracking = os.environ.pop("MLFLOW_TRACKING_URI", None)
+        try:
+            output = run([sys.executable, "-m", "dvc", "repro"], cwd=project, timeout=900).stdout
+        finally:
+            if tracking is not None:
+                os.environ["MLFLOW_TRACKING_URI"] = tracking
+        (folder / "output.txt").write_text(output)
+
+    folder = built_once(tmp_path_factory, "repro", build)
+    return folder / "project", (folder / "output.txt").read_text()
 
 
 @pytest.fixture(scope="session")

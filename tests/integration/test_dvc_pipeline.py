@@ -13,10 +13,19 @@ from mlflow.tracking import MlflowClient
 from tasks.core.config import load_params
 from tasks.core.files import read_split
 from tasks.core.lineage import TAG_EVALUATED, TAG_MODEL_MD5
-from tests.integration.helpers import dvc, mlcycle, run
+from tests.integration.helpers import copy_project, dvc, mlcycle, run
 
 pytestmark = pytest.mark.slow
 STAGES = ("collect", "validate", "preprocess", "select", "train", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def reproduced(
+    dvc_reproduction: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """This module's copy of the session's `dvc repro` (the tests here register from it and
+    re-run stages in it; test_flow reads the original meanwhile)."""
+    return copy_project(dvc_reproduction[0], tmp_path_factory.mktemp("repro"))
 
 
 def test_repro_runs_every_stage(reproduced_output: str):
