@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.core.config import Params
-from tasks.core.errors import MlcycleError
+from tasks.core.errors import MlcycleError, sqlite_path
 from tasks.core.files import exclusive_lock
 from tasks.core.lineage import (
     TAG_PARAMS,
@@ -104,18 +104,15 @@ def connect() -> str:
         raise TrackingError(f"MLflow tracking store {uri}: {error.message}") from None
 
 
-SQLITE_PREFIX = "sqlite:///"
-
-
 @contextmanager
 def one_store_creator(uri: str) -> Iterator[None]:
     """A SQLite store's first use (MLflow creates and migrates its tables) by one process at a
     time: a monitor run and a training run starting together on a new checkout had one query
     the tables the other was still creating ("no such column: spans.dimension_attributes")."""
-    if not uri.startswith(SQLITE_PREFIX):
+    database = sqlite_path(uri)
+    if database is None:
         yield
         return
-    database = Path(uri.removeprefix(SQLITE_PREFIX))
     with exclusive_lock(database.with_name(f".{database.name}.create-lock")):
         yield
 

@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from tasks.core.dvc import data_versions
-from tasks.core.files import file_md5
+from tasks.core.files import file_md5, try_lock, unlock
 from tasks.core.lineage import (
     TAG_CLASS_NAMES,
     TAG_DVC_PREFIX,
@@ -31,6 +31,7 @@ from tasks.core.tracking import (
     check_server,
     connect,
     get_model_version,
+    one_store_creator,
     tracked_run,
 )
 from tasks.stages.train import epoch_logger, record_training, run_train
@@ -308,3 +309,19 @@ def test_a_version_logged_as_an_mlflow_pytorch_program_is_refused_by_serving(
     )
     with pytest.raises(NoModelError, match=f"version {version.version} of 'old' cannot be served"):
         load_served_model("old", "champion", str(version.version))
+
+
+def test_a_new_sqlite_store_is_created_by_one_process_at_a_time(tmp_path):
+    """The lock beside the store's file (a URI's query left out) is held for the block; another
+    holder is kept out, and a server URI takes no lock."""
+    lock = tmp_path / ".mlflow.db.create-lock"
+    with (
+        one_store_creator(f"sqlite:///{tmp_path / 'mlflow.db'}?timeout=20"),
+        lock.open("a") as other,
+    ):
+        assert not try_lock(other)
+    with lock.open("a") as other:
+        assert try_lock(other)
+        unlock(other)
+    with one_store_creator("http://127.0.0.1:5000"):
+        assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name]
