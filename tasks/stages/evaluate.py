@@ -60,6 +60,12 @@ BASELINE_SEED = 0
 SVM_C = 10.0
 SVM_ITERATIONS_PER_ITER = 100
 
+# Below this many pixel values (train rows x pixels) the baseline fits on one BLAS thread.
+# Logistic regression's many small products spend longer handing work to OpenBLAS's threads
+# than doing it: on the digits (1,257 x 64) two threads took 0.94 s on an idle 2-core machine
+# and 2.3 s (7 s inside a pipeline run) on a busy one, one thread 0.03-0.07 s.
+BASELINE_ONE_THREAD_BELOW = 2_000_000
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -239,6 +245,7 @@ def fit_baseline(
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import SVC
+    from threadpoolctl import threadpool_limits
 
     rows = np.arange(len(train.labels))
     if len(rows) > params.baseline_max_train_samples:
@@ -259,7 +266,9 @@ def fit_baseline(
         if name == "svm"
         else LogisticRegression(max_iter=params.baseline_max_iter)
     )
-    with warnings.catch_warnings(record=True) as caught:
+    pixels = len(rows) * int(np.prod(train.images.shape[1:]))
+    blas_threads = 1 if pixels < BASELINE_ONE_THREAD_BELOW else None  # None: the library's own
+    with warnings.catch_warnings(record=True) as caught, threadpool_limits(blas_threads, "blas"):
         warnings.simplefilter("always", ConvergenceWarning)
         classifier.fit(_standardised(train.images[rows], info), train.labels[rows])
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):

@@ -109,6 +109,26 @@ def test_evaluation_without_baseline(tiny_params, processed_dir, trained, tmp_pa
     assert "baseline" not in json.loads((tmp_path / "reports" / "metrics.json").read_text())
 
 
+def test_a_small_baseline_fits_on_one_blas_thread(
+    tiny_params, processed_dir, trained, tmp_path, monkeypatch
+):
+    """OpenBLAS's threads made the digits' baseline 30x slower on two cores (evaluate.py)."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    fit = LogisticRegression.fit
+    seen: list[int] = []
+
+    def fit_and_count_threads(self, *args, **kwargs):
+        seen.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas")
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LogisticRegression, "fit", fit_and_count_threads)
+    with threadpool_limits(2, "blas"):  # what a 2-core machine gives by default
+        run_evaluate(tiny_params.evaluate, trained, processed_dir, tmp_path / "reports")
+    assert seen and set(seen) == {1}
+
+
 def test_missing_model_is_named(tiny_params, processed_dir, tmp_path):
     with pytest.raises(MlcycleError, match=r"absent\.pt: not found; run the train stage"):
         run_evaluate(tiny_params.evaluate, tmp_path / "absent.pt", processed_dir, tmp_path)
