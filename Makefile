@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser run repro serve monitor deploy worker test test-fast lint format mlflow-ui prefect-ui docs docs-serve clean bench soak
+.PHONY: help install browser run repro serve monitor deploy worker test test-e2e test-all test-fast lint format mlflow-ui prefect-ui docs docs-serve clean bench soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -67,7 +67,16 @@ TEST_WORKERS ?= 2
 
 XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-test: install browser ## run the whole test suite (unit, data, model, integration)
+# Two tiers: `make test` (every kind of test and every real service, under 10 minutes on 2
+# cores) and `make test-e2e` (the whole-lifecycle scenarios marked e2e: runs that train again,
+# wait on the clock or are killed mid-way; about 25 minutes). CI (.ci/run) runs both.
+test: install browser ## run the test suite but the e2e scenarios (under 10 min on 2 cores)
+	$(BIN)/python -m pytest $(XDIST) -m "not e2e" $(PYTEST_ARGS)
+
+test-e2e: install browser ## run the whole-lifecycle scenarios only (marked e2e; CI runs them)
+	$(BIN)/python -m pytest $(XDIST) -m e2e $(PYTEST_ARGS)
+
+test-all: install browser ## run every test in one session (make test + make test-e2e)
 	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install ## skip the slow tests (real services, full pipeline runs)

@@ -131,6 +131,7 @@ def processed_dir(raw_dir: Path, tmp_path: Path, places, processed_template: Pat
 LONGEST_FIRST = ("tests/integration/test_soak.py",)
 
 
+@pytest.hookimpl(trylast=True)  # after -m has deselected: order only what runs
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
@@ -140,12 +141,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if no_gpu and "gpu" in item.keywords:
             item.add_marker(skip)
     # `make test` runs pytest-xdist with --dist loadfile: a module's tests stay on one worker,
-    # so its module fixtures (a pipeline run, a server) are made once. Slow modules go out
-    # first, the quick ones fill in at the end.
+    # so its module fixtures (a pipeline run, a server) are made once. The session's first
+    # `mlcycle run` (first_run) takes one core for about two minutes: a module that needs it
+    # goes first, so one worker starts it at once, and the other worker runs what does not
+    # need it (slow modules before quick ones) meanwhile; the rest of its users come last.
     slow_modules = {item.path for item in items if "slow" in item.keywords}
+    needs_first_run = {item.path for item in items if "first_run" in item.fixturenames}
+    first_run_maker = next((item.path for item in items if item.path in needs_first_run), None)
     items.sort(
         key=lambda item: (
             item.nodeid.split("::")[0] not in LONGEST_FIRST,
+            item.path != first_run_maker,
+            item.path in needs_first_run,
             item.path not in slow_modules,
         )
     )

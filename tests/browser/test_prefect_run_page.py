@@ -20,7 +20,7 @@ from tasks.stages import DATA_STAGES
 from tests.browser.conftest import SCREENSHOTS
 from tests.integration.helpers import BIN, PrefectServer, copy_project, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 # What the pipeline's task runs are called (Prefect adds a suffix to the untemplated ones).
 TASK_RUNS = (

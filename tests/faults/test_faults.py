@@ -26,7 +26,7 @@ from tests.integration.helpers import (
     run,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 LONG_RUN = ("--set", "train.epochs=300", "--set", "train.early_stopping_patience=null")
 

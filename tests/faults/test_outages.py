@@ -26,7 +26,7 @@ from tests.faults.test_faults import (
 )
 from tests.integration.helpers import BackgroundRun, PrefectServer, copy_project, mlcycle
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 API_GONE_WITHIN_S = 60  # the command ends this soon after its Prefect API dies
 STOPPED_WITHIN_S = 5  # a Ctrl-C or SIGTERM ends a run waiting for the slot this soon

@@ -23,7 +23,7 @@ from tasks.core.files import read_split
 from tests.helpers import free_port
 from tests.integration.helpers import copy_project, mlcycle, run, serving, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 LOG = Path("data/serving/predictions.sqlite")
 NOTICED_WITHIN_S = 5  # a removed log file is back this soon, traffic or not

@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.integration.helpers import BackgroundRun, copy_project, mlcycle, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 LONG_RUN = ("--set", "train.epochs=300", "--set", "train.early_stopping_patience=null")
 IN_TRAINING = "train: epoch 2/300"

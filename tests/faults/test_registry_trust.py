@@ -39,7 +39,7 @@ from tasks.registry.versions import create_version
 from tasks.serving.model import NoModelError, load_served_model
 from tests.integration.helpers import BIN, GIT_IDENTITY, Workspace, make_workspace, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 NAME = "trust"
 STRONG = {"accuracy": 2.0, "macro_f1": 2.0}  # beats any champion at the gate

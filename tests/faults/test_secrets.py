@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from tests.helpers import free_port
 from tests.integration.helpers import BIN, MlflowService, mlcycle, run, wait_for_http
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 SECRET = "s3cr3t-planted"
 STORAGE = f"postgresql://me:{SECRET}@127.0.0.1:1/x"

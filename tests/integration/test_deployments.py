@@ -18,7 +18,7 @@ import yaml
 from tasks.core.config import load_params
 from tests.integration.helpers import BIN, PrefectServer, Worker, copy_project, mlcycle, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 PREFECT_LISTINGS = (
     ("deployment", "ls"),

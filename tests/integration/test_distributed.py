@@ -20,7 +20,7 @@ from tasks.stages.train import run_train
 from tests.helpers import REPO_ROOT, make_places
 from tests.integration.helpers import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from tasks.core.files import read_split
 from tasks.core.lineage import TAG_EVALUATED, TAG_MODEL_MD5
 from tests.integration.helpers import copy_project, dvc, mlcycle, run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 STAGES = ("collect", "validate", "preprocess", "select", "train", "evaluate")
 
 

@@ -35,7 +35,7 @@ from tasks.core.tracking import get_model_version
 from tests.helpers import free_port
 from tests.integration.helpers import dvc, mlcycle, mlcycle_within_seconds, prefect_artifacts
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 REGISTERED = re.compile(r"registered: mlcycle-classifier version (\d+), promoted to champion")
 RUN_ID = re.compile(r"MLflow run: http://\S+/runs/([0-9a-f]{32})")
 

@@ -118,6 +118,7 @@ def verdict_events(server: PrefectServer, count: int, timeout_s: float = 30) -> 
         time.sleep(1)
 
 
+@pytest.mark.e2e
 def test_drifted_traffic_triggers_one_retraining_and_clean_traffic_none(project, server, app):
     mlcycle(
         "deployments",
@@ -225,6 +226,7 @@ def test_a_served_version_without_its_reference_is_named(project, tmp_path):
     assert "monitoring/monitoring_reference.npz" in refused.stderr
 
 
+@pytest.mark.e2e
 def test_labelled_feedback_reaches_the_training_data_through_dvc(project, app):
     """Runs last in this module: it retrains the project on its labelled traffic."""
     test, _ = read_split(project / "data" / "processed", "test")

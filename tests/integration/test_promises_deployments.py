@@ -12,7 +12,7 @@ import pytest
 from tasks.core.config import apply_params, load_params
 from tests.integration.helpers import copy_project, mlcycle
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 DEPLOYMENTS = ("training-pipeline/scheduled", "monitoring/hourly")
 

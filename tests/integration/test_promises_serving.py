@@ -28,7 +28,7 @@ from tasks.core.config import apply_params, load_params
 from tests.helpers import free_port
 from tests.integration.helpers import ServedApp, copy_project, mlcycle, run, serving, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 NAME = "mlcycle-classifier"
 

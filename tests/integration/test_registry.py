@@ -262,6 +262,7 @@ def test_server_down_fails_fast_moves_nothing_and_a_retry_completes(
         mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_concurrent_registrations_leave_one_champion_the_best(
     backend, request, processed_dir, tiny_params, prefect_server, tmp_path, monkeypatch
@@ -341,6 +342,7 @@ def test_register_cli_reports_the_version_and_lists_it(workspace: Workspace, ser
     assert "passed" in row
 
 
+@pytest.mark.e2e
 def test_promote_and_rollback_by_hand_leave_prefect_flow_runs(
     workspace: Workspace, server_uri: str
 ):

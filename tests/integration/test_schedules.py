@@ -20,7 +20,7 @@ from tasks.core.config import apply_params, load_params
 from tasks.lifecycle.deployments import SCHEDULER_GRACE_S, scheduler_problems
 from tests.integration.helpers import PrefectServer, Worker, copy_project, mlcycle
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 EVERY_MINUTE = "* * * * *"
 FIRES_WITHIN_S = 180  # the next minute, the worker's 10 s poll, the monitoring run itself

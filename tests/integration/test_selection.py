@@ -16,7 +16,7 @@ from tasks.core.config import apply_params, load_params
 from tasks.core.files import write_raw_dataset
 from tests.helpers import REPO_ROOT, TINY_OVERRIDES, make_places, synthetic_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def create_database(server_uri: str, name: str) -> str:

@@ -21,7 +21,7 @@ import pytest
 
 from tests.helpers import REPO_ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 # A deadline, not a speed check: the first training, 30 s of clean traffic and an episode of 8
