@@ -67,13 +67,13 @@ TEST_WORKERS ?= 2
 
 XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-# Two tiers: `make test` (every kind of test and every real service, under 10 minutes on 2
-# cores) and `make test-e2e` (the whole-lifecycle scenarios marked e2e: runs that train again,
-# wait on the clock or are killed mid-way; about 25 minutes). CI (.ci/run) runs both.
-test: install browser ## run the test suite but the e2e scenarios (under 10 min on 2 cores)
+# Two tiers: `make test` (every real service, under 10 minutes on 2 cores) and `make test-e2e`
+# (the tests marked e2e: the fault try-outs of tests/faults/ and the whole-lifecycle scenarios,
+# runs that train again, wait on the clock or are killed mid-way). CI (.ci/run) runs both.
+test: install browser ## run every test but the e2e ones (under 10 min on 2 cores)
 	$(BIN)/python -m pytest $(XDIST) -m "not e2e" $(PYTEST_ARGS)
 
-test-e2e: install browser ## run the whole-lifecycle scenarios only (marked e2e; CI runs them)
+test-e2e: install browser ## run the e2e tests only: tests/faults/ and whole-lifecycle scenarios (CI runs them)
 	$(BIN)/python -m pytest $(XDIST) -m e2e $(PYTEST_ARGS)
 
 test-all: install browser ## run every test in one session (make test + make test-e2e)

@@ -24,6 +24,7 @@ from tests.integration.helpers import (
     dvc,
     mlcycle,
     run,
+    start_up_seconds,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -96,13 +97,14 @@ def assert_restorable(project: Path) -> None:
     ],
 )
 def test_a_signal_mid_training_stops_the_whole_run(project, signum, code, how):
+    shut_down = start_up_seconds(project)  # the processes' own exit, at this moment's load
     pipeline = BackgroundRun(project, *LONG_RUN)
     pipeline.wait_for("train: epoch 2/300")
     # Ctrl-C twice, as people do: the second one must not cut the stop short
     seconds = pipeline.signal_group(signum, again_after_s=0.5 if signum == signal.SIGINT else None)
 
     assert pipeline.process.returncode == code, pipeline.output[-3000:]
-    assert seconds < 10, f"took {seconds:.1f} s to stop"
+    assert seconds < WITHIN_SECONDS + shut_down, f"took {seconds:.1f} s to stop ({shut_down:.1f})"
     assert pipeline.lines[-1].startswith(f"mlcycle: stopped, {how}: the MLflow run is marked")
     assert "Traceback" not in pipeline.output
     wait_until_no_process_in(project, timeout_s=3)
@@ -152,6 +154,7 @@ def test_a_second_run_in_the_same_workspace_is_refused_before_it_writes(project)
 def test_the_tracking_server_dying_mid_run_fails_it_clearly(project, tmp_path):
     """The troubleshooting page: the run fails within seconds, naming the server; nothing is
     registered."""
+    shut_down = start_up_seconds(project)  # the processes' own exit, at this moment's load
     (tmp_path / "mlflow").mkdir()
     server = MlflowService(tmp_path / "mlflow").start()
     try:
@@ -168,7 +171,9 @@ def test_the_tracking_server_dying_mid_run_fails_it_clearly(project, tmp_path):
     error = pipeline.lines[-1]
     assert error.startswith("mlcycle: error: stage 'train' failed: "), pipeline.output[-3000:]
     assert server.uri.removeprefix("http://") in error or "MLflow" in error, error
-    assert seconds < WITHIN_SECONDS, f"failed {seconds:.1f} s after the server stopped"
+    assert seconds < WITHIN_SECONDS + shut_down, (
+        f"failed {seconds:.1f} s after the server stopped ({shut_down:.1f} s to start and refuse)"
+    )
     wait_until_no_process_in(project, timeout_s=5)
     server.start()  # the same store: nothing was registered there, nor in the project's own
     try:
